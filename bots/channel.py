@@ -1,0 +1,65 @@
+"""The channel protocol, and ``ReplyStream``, the one reply path every channel delivers from.
+
+A channel translates one platform: its events into ``InboundMessage``s handed to the gateway, and a
+``ReplyStream`` back into messages on the platform. Everything platform-specific (length limits,
+markup, rate limits) stays inside the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
+
+from frontdesk import texts
+from frontdesk.wire import InboundMessage, ReplyDelta
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+
+class ReplyStream:
+    """The deltas of one reply, in order, ending with one whose ``done`` is set. A reply that goes
+    quiet for ``timeout_s`` ends with a polite time-out error."""
+
+    def __init__(self, inbound: InboundMessage, turn_id: str, *, timeout_s: float = 600.0) -> None:
+        self.inbound = inbound
+        self.turn_id = turn_id
+        self._timeout_s = timeout_s
+        self._deltas: asyncio.Queue[ReplyDelta] = asyncio.Queue()
+        self._next_seq = 0
+
+    @classmethod
+    def immediate(cls, inbound: InboundMessage, text: str) -> ReplyStream:
+        """A complete reply the gateway gives itself (command answers, polite refusals)."""
+        stream = cls(inbound, turn_id="")
+        stream.feed(ReplyDelta("", 0, text, done=True))
+        return stream
+
+    def feed(self, delta: ReplyDelta) -> None:
+        self._deltas.put_nowait(delta)
+
+    async def __aiter__(self) -> AsyncIterator[ReplyDelta]:
+        while True:
+            try:
+                delta = await asyncio.wait_for(self._deltas.get(), self._timeout_s)
+            except TimeoutError:
+                yield ReplyDelta(self.turn_id, self._next_seq, "", done=True, error=texts.TIMED_OUT)
+                return
+            if delta.seq < self._next_seq:
+                continue  # a redelivered turn re-sent what was already shown
+            self._next_seq = delta.seq + 1
+            yield delta
+            if delta.done:
+                return
+
+
+class Channel(Protocol):
+    """A platform adapter. ``start`` connects it to the gateway (which it calls ``handle`` on for
+    each message); ``deliver`` shows one reply; ``stop`` disconnects."""
+
+    name: str
+
+    async def start(self, gateway: Gateway) -> None: ...
+    async def stop(self) -> None: ...
+    async def deliver(self, reply: ReplyStream) -> None: ...

@@ -1,0 +1,149 @@
+"""The gateway: the platform side's one entry point. Channels hand it messages; it turns each into a
+queued turn and routes the reply deltas back to the channel that owns the chat.
+
+For each message: clean the text (no NUL bytes, no lone surrogates), answer commands (/reset,
+/help) and refuse what cannot be answered (empty, too long) politely; store the message, which
+drops a duplicate of an event seen before (the dedupe key lives in storage, so it survives
+restarts); queue the turn; and only then return, so a channel acks its platform after the message
+is safe. Replies come back on this gateway's own reply stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from frontdesk import texts
+from frontdesk.errors import QueueUnavailable, StorageUnavailable
+from frontdesk.settings import Settings
+from frontdesk.storage import Store
+from frontdesk.wire import InboundMessage, Turn
+
+from .channel import ReplyStream
+
+if TYPE_CHECKING:
+    from frontdesk.engine.queue import TurnQueue
+
+    from .channel import Channel
+
+log = logging.getLogger(__name__)
+
+
+def clean_text(text: str) -> str:
+    """Text every database and platform accepts: NUL bytes removed (PostgreSQL refuses them), lone
+    surrogates (undecodable input) replaced by U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: TurnQueue,
+        store: Store,
+        channels: list[Channel],
+    ) -> None:
+        self.settings = settings
+        self.id = settings.gateway_id
+        self.queue = queue
+        self.store = store
+        self.channels = channels
+        self._pending: dict[str, ReplyStream] = {}
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._pump = asyncio.create_task(self._pump_replies(), name="gateway-replies")
+        for channel in self.channels:
+            await channel.start(self)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        for channel in reversed(self.channels):
+            await channel.stop()
+        if self._deliveries:
+            await asyncio.wait(self._deliveries, timeout=grace_s)
+        for task in (*self._deliveries, self._pump):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
+        if self._pump is not None:
+            await asyncio.gather(self._pump, return_exceptions=True)
+
+    @property
+    def pending(self) -> int:
+        """Replies this gateway is still waiting for."""
+        return len(self._pending)
+
+    async def handle(self, msg: InboundMessage, channel: Channel) -> asyncio.Task[None] | None:
+        """Take one message from ``channel``. Returns the task delivering its reply, or None when
+        the message was a duplicate and gets no reply."""
+        text = clean_text(msg.text)
+        if text != msg.text:
+            msg = replace(msg, text=text)
+        command = text.strip().split(maxsplit=1)[0].lower() if text.strip() else ""
+        if command in ("/reset", "/new"):
+            try:
+                await self.store.reset_conversation(msg.platform, msg.conversation_key)
+            except StorageUnavailable as exc:
+                log.error("cannot reset %s: %s", msg.conversation_key, exc)
+                return self._reply_now(channel, msg, texts.STORAGE_DOWN)
+            return self._reply_now(channel, msg, texts.RESET)
+        if command in ("/help", "/start"):
+            return self._reply_now(channel, msg, texts.HELP)
+        if command.startswith("/"):
+            return self._reply_now(channel, msg, texts.UNKNOWN_COMMAND)
+        if not text.strip():
+            return self._reply_now(channel, msg, texts.EMPTY_MESSAGE)
+        if len(text) > self.settings.max_message_chars:
+            return self._reply_now(
+                channel, msg, texts.too_long(len(text), self.settings.max_message_chars)
+            )
+        try:
+            recorded = await self.store.record_user_message(msg)
+        except StorageUnavailable as exc:
+            log.error("cannot store message %s: %s", msg.dedupe_key, exc)
+            return self._reply_now(channel, msg, texts.STORAGE_DOWN)
+        if recorded is None:
+            log.info("duplicate message %s dropped", msg.dedupe_key)
+            return None
+        turn = Turn(recorded.conversation_id, recorded.message_id, gateway=self.id)
+        stream = ReplyStream(msg, turn.turn_id, timeout_s=self.settings.reply_timeout_s)
+        self._pending[turn.turn_id] = stream
+        try:
+            await self.queue.submit(turn)
+        except QueueUnavailable as exc:
+            log.error("cannot queue turn %s: %s", turn.turn_id, exc)
+            del self._pending[turn.turn_id]
+            return self._reply_now(channel, msg, texts.QUEUE_DOWN)
+        return self._deliver(channel, stream)
+
+    def _reply_now(self, channel: Channel, msg: InboundMessage, text: str) -> asyncio.Task[None]:
+        return self._deliver(channel, ReplyStream.immediate(msg, text))
+
+    def _deliver(self, channel: Channel, stream: ReplyStream) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run_delivery(channel, stream))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return task
+
+    async def _run_delivery(self, channel: Channel, stream: ReplyStream) -> None:
+        try:
+            await channel.deliver(stream)
+        except Exception:
+            log.exception("channel %s failed to deliver turn %s", channel.name, stream.turn_id)
+        finally:
+            self._pending.pop(stream.turn_id, None)
+
+    async def _pump_replies(self) -> None:
+        async for delta in self.queue.replies(self.id):
+            stream = self._pending.get(delta.turn_id)
+            if stream is None:
+                log.debug("delta for unknown or finished turn %s ignored", delta.turn_id)
+                continue
+            stream.feed(delta)
+            if delta.done:
+                del self._pending[delta.turn_id]

@@ -1,0 +1,308 @@
+"""The turn queue: gateways submit turns, workers take them, and reply deltas flow back.
+
+Semantics (both implementations):
+
+* **At least once.** A turn is delivered until a worker acks it. A worker that dies holding turns
+  leaves them pending; after ``claim_idle_ms`` without a heartbeat another worker reclaims them. So a
+  turn can be processed twice: the worker makes that harmless by checking storage for an existing
+  reply (``Store.reply_to``) before generating, and storage refuses a second reply.
+* **Heartbeats.** A worker ``touch``-es the turns it is still working on, so a long generation is
+  not mistaken for a dead worker.
+* **Dead letters.** ``Delivery.deliveries`` counts deliveries. The worker moves a turn delivered more
+  than ``max_deliveries`` times to the dead-letter stream (``dead_letter``) instead of trying again.
+* **Replies** go to the stream of the gateway that owns the turn (``Turn.gateway``), in order.
+
+``RedisQueue`` does this with Redis Streams: one stream of turns read through the consumer group
+``workers`` (XADD with ``MAXLEN ~``, XREADGROUP, XACK, XAUTOCLAIM, XCLAIM JUSTID as heartbeat, XPENDING
+for delivery counts), a dead-letter stream, and a reply stream per gateway. ``LocalQueue`` does it in
+memory for the embedded mode, where gateway and worker share one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from frontdesk.errors import QueueUnavailable
+from frontdesk.wire import ReplyDelta, Turn, decode, encode
+
+log = logging.getLogger(__name__)
+
+GROUP = "workers"
+REPLY_STREAM_MAXLEN = 10_000
+REPLY_STREAM_TTL_S = 24 * 3600
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One delivery of a queue entry. ``turn`` is None when the entry could not be decoded: the
+    worker dead-letters it at once."""
+
+    entry_id: str
+    turn: Turn | None
+    deliveries: int
+    fields: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+class TurnQueue(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    # gateway side
+    async def submit(self, turn: Turn) -> None: ...
+    def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]: ...
+
+    # worker side
+    async def receive(self, count: int, block_ms: int) -> list[Delivery]: ...
+    async def ack(self, delivery: Delivery) -> None: ...
+    async def release(self, delivery: Delivery) -> None: ...
+    async def touch(self, deliveries: Iterable[Delivery]) -> None: ...
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+    async def publish(self, gateway: str, delta: ReplyDelta) -> None: ...
+
+
+class LocalQueue:
+    """In-memory queue for the embedded mode. ``release`` puts a turn back after ``retry_delay_s``."""
+
+    def __init__(self, retry_delay_s: float = 0.5) -> None:
+        self._turns: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._replies: defaultdict[str, asyncio.Queue[ReplyDelta]] = defaultdict(asyncio.Queue)
+        self._ids = itertools.count(1)
+        self._retry_delay_s = retry_delay_s
+        self.dead: list[tuple[Delivery, str]] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def submit(self, turn: Turn) -> None:
+        self._turns.put_nowait(Delivery(str(next(self._ids)), turn, 1, encode(turn)))
+
+    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:  # type: ignore[override]
+        queue = self._replies[gateway]
+        while True:
+            yield await queue.get()
+
+    async def receive(self, count: int, block_ms: int) -> list[Delivery]:
+        try:
+            first = await asyncio.wait_for(self._turns.get(), block_ms / 1000)
+        except TimeoutError:
+            return []
+        batch = [first]
+        while len(batch) < count and not self._turns.empty():
+            batch.append(self._turns.get_nowait())
+        return batch
+
+    async def ack(self, delivery: Delivery) -> None:
+        pass
+
+    async def release(self, delivery: Delivery) -> None:
+        again = Delivery(delivery.entry_id, delivery.turn, delivery.deliveries + 1, delivery.fields)
+        asyncio.get_running_loop().call_later(self._retry_delay_s, self._turns.put_nowait, again)
+
+    async def touch(self, deliveries: Iterable[Delivery]) -> None:
+        pass
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        log.error("turn %s dead-lettered: %s", delivery.entry_id, reason)
+        self.dead.append((delivery, reason))
+
+    async def publish(self, gateway: str, delta: ReplyDelta) -> None:
+        self._replies[gateway].put_nowait(delta)
+
+
+class RedisQueue:
+    """Redis Streams queue; see the module docstring for the semantics."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        consumer: str,
+        prefix: str = "frontdesk",
+        maxlen: int = 100_000,
+        claim_idle_ms: int = 60_000,
+    ) -> None:
+        self.url = url
+        self.consumer = consumer
+        self.turns_key = f"{prefix}:turns"
+        self.dead_key = f"{prefix}:turns:dead"
+        self.reply_prefix = f"{prefix}:replies:"
+        self.maxlen = maxlen
+        self.claim_idle_ms = claim_idle_ms
+        self.redis: aioredis.Redis = aioredis.from_url(
+            url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5
+        )
+        self._claim_cursor = "0-0"
+        self._next_claim_at = 0.0
+
+    async def start(self) -> None:
+        try:
+            await self.redis.ping()
+            await self.redis.xgroup_create(self.turns_key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise QueueUnavailable(f"Redis at {self.url} refused the setup: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+
+    async def stop(self) -> None:
+        await self.redis.aclose()
+
+    # -- gateway side --------------------------------------------------------------------------
+
+    async def submit(self, turn: Turn) -> None:
+        try:
+            await self.redis.xadd(
+                self.turns_key, encode(turn), maxlen=self.maxlen, approximate=True
+            )
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot queue the turn on Redis: {exc}") from exc
+
+    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:  # type: ignore[override]
+        """Every delta on this gateway's reply stream, in order, for as long as it is iterated.
+        Reads from the start: gateway ids are unique per process, so the stream holds only its own
+        turns. Survives Redis outages by retrying."""
+        key = self.reply_prefix + gateway
+        last_id = "0-0"
+        backoff = 0.1
+        while True:
+            try:
+                result = await self.redis.xread({key: last_id}, count=500, block=1000)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("reply stream %s: Redis unreachable (%s); retrying", key, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for _key, entries in result or ():
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    try:
+                        yield decode(ReplyDelta, fields)
+                    except ValueError:
+                        log.exception("undecodable reply delta %s on %s", entry_id, key)
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    async def receive(self, count: int, block_ms: int) -> list[Delivery]:
+        """Reclaimed turns of dead workers first, then new ones (blocking up to ``block_ms``)."""
+        deliveries = await self._reclaim(count)
+        want = count - len(deliveries)
+        if want <= 0:
+            return deliveries
+        result = await self.redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            {self.turns_key: ">"},
+            count=want,
+            block=None if deliveries else block_ms,
+        )
+        for _key, entries in result or ():
+            for entry_id, fields in entries:
+                deliveries.append(_delivery(entry_id, fields, 1))
+        return deliveries
+
+    async def _reclaim(self, count: int) -> list[Delivery]:
+        now = time.monotonic()
+        if now < self._next_claim_at:
+            return []
+        cursor, entries, *_deleted = await self.redis.xautoclaim(
+            self.turns_key,
+            GROUP,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        self._claim_cursor = cursor
+        if cursor == "0-0":
+            # A full pass over the pending list: look again after a fraction of the idle time.
+            self._next_claim_at = now + self.claim_idle_ms / 4000
+        entries = [(entry_id, fields) for entry_id, fields in entries if fields]
+        if not entries:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, _fields in entries:
+                pipe.xpending_range(self.turns_key, GROUP, min=entry_id, max=entry_id, count=1)
+            pending = await pipe.execute()
+        out = []
+        for (entry_id, fields), info in zip(entries, pending, strict=True):
+            times = info[0]["times_delivered"] if info else 1
+            log.warning("reclaimed turn entry %s (delivery %d)", entry_id, times)
+            out.append(_delivery(entry_id, fields, times))
+        return out
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self.redis.xack(self.turns_key, GROUP, delivery.entry_id)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Leave the entry pending: once it has been idle for ``claim_idle_ms`` (this worker no
+        longer touches it), a worker reclaims it. That idle time is the retry backoff."""
+
+    async def touch(self, deliveries: Iterable[Delivery]) -> None:
+        ids = [d.entry_id for d in deliveries]
+        if ids:
+            await self.redis.xclaim(
+                self.turns_key, GROUP, self.consumer, min_idle_time=0, message_ids=ids, justid=True
+            )
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        record = {
+            **delivery.fields,
+            "entry_id": delivery.entry_id,
+            "deliveries": str(delivery.deliveries),
+            "reason": reason,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_key, record, maxlen=self.maxlen, approximate=True)
+            pipe.xack(self.turns_key, GROUP, delivery.entry_id)
+            await pipe.execute()
+        log.error("turn entry %s dead-lettered: %s", delivery.entry_id, reason)
+
+    async def publish(self, gateway: str, delta: ReplyDelta) -> None:
+        key = self.reply_prefix + gateway
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, encode(delta), maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+            # A gateway that is gone for good leaves no stream behind for long.
+            pipe.expire(key, REPLY_STREAM_TTL_S)
+            await pipe.execute()
+
+
+def _delivery(entry_id: str, fields: dict[str, Any], deliveries: int) -> Delivery:
+    try:
+        turn: Turn | None = decode(Turn, fields)
+    except ValueError:
+        log.exception("undecodable turn entry %s", entry_id)
+        turn = None
+    return Delivery(entry_id, turn, deliveries, dict(fields))
+
+
+def make_queue(redis_url: str | None, *, consumer: str, **redis_options: Any) -> TurnQueue:
+    """A Redis queue when a URL is configured, else the embedded in-memory one."""
+    if redis_url is None:
+        return LocalQueue()
+    return RedisQueue(redis_url, consumer=consumer, **redis_options)
+
+
+@contextlib.asynccontextmanager
+async def opened(queue: TurnQueue) -> AsyncIterator[TurnQueue]:
+    await queue.start()
+    try:
+        yield queue
+    finally:
+        await queue.stop()

@@ -1,0 +1,339 @@
+"""The worker: takes turns off the queue, answers them with the backend, stores and streams replies.
+
+It keeps up to ``worker_concurrency`` turns in flight (a batching backend needs that concurrency)
+while turns of one conversation run strictly in order: each conversation with work has one task
+draining its backlog. A turn's life:
+
+1. If storage already holds a reply to the message (a redelivery after a crash), send that again.
+2. Build the prompt from stored history within the token budget.
+3. Stream the reply to the owning gateway as coalesced deltas.
+4. Store the reply with its figures, send the final delta, and only then ack.
+
+Failures before the first token give the turn back to the queue (``release``) for another try; a
+turn delivered more than ``queue_max_deliveries`` times is dead-lettered and the user told so.
+Failures after text has gone out are not retried (that would repeat text): the user gets a polite
+error. Deterministic failures (a prompt that cannot fit) are answered politely at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from frontdesk import texts
+from frontdesk.errors import FrontdeskError, PromptTooLong
+from frontdesk.settings import Settings
+from frontdesk.storage import ReplyFigures, Store
+from frontdesk.wire import ChatMessage, ReplyDelta, Turn
+
+from .backends import Backend, GenerationParams, Usage
+from .context import build_prompt
+from .queue import Delivery, TurnQueue
+
+log = logging.getLogger(__name__)
+
+HISTORY_LIMIT = 200  # messages fetched per prompt; the token budget then trims further
+
+
+class _Coalescer:
+    """Batches text deltas: the first text goes out at once (time to first token matters), the rest
+    at most every ``flush_ms`` or when ``flush_chars`` have piled up."""
+
+    def __init__(
+        self,
+        turn_id: str,
+        send: Callable[[ReplyDelta], Awaitable[None]],
+        flush_ms: int,
+        flush_chars: int,
+    ) -> None:
+        self._turn_id = turn_id
+        self._send = send
+        self._interval = flush_ms / 1000
+        self._chars = flush_chars
+        self._buffer: list[str] = []
+        self._buffered = 0
+        self._seq = 0
+        self._last = 0.0
+        self.sent_text = False
+
+    async def add(self, text: str) -> None:
+        self._buffer.append(text)
+        self._buffered += len(text)
+        now = time.monotonic()
+        if (
+            not self.sent_text
+            or self._buffered >= self._chars
+            or now - self._last >= self._interval
+        ):
+            await self._flush(done=False)
+            self._last = now
+
+    async def finish(self, *, error: str | None = None, text: str | None = None) -> None:
+        if text is not None:
+            self._buffer, self._buffered = [text], len(text)
+        await self._flush(done=True, error=error)
+
+    async def _flush(self, *, done: bool, error: str | None = None) -> None:
+        text = "".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        await self._send(ReplyDelta(self._turn_id, self._seq, text, done=done, error=error))
+        self._seq += 1
+        self.sent_text = self.sent_text or bool(text)
+
+
+class Worker:
+    """Runs the turn loop on ``start()`` until ``stop()``."""
+
+    def __init__(
+        self, settings: Settings, queue: TurnQueue, store: Store, backend: Backend
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.store = store
+        self.backend = backend
+        self._budget = settings.context_tokens - settings.max_new_tokens
+        if self._budget <= 0:
+            raise FrontdeskError(
+                "FRONTDESK_CONTEXT_TOKENS must be larger than FRONTDESK_MAX_NEW_TOKENS"
+            )
+        self._backlogs: dict[int, deque[Delivery]] = {}
+        self._held: dict[str, Delivery] = {}
+        self._drainers: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self.turns_done = 0
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="worker-loop")
+        self._beat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking turns; let in-flight ones finish for ``grace_s``, then give the rest back
+        to the queue unacked (another worker, or this one after a restart, reclaims them)."""
+        self._stopping = True
+        for task in (self._loop_task, self._beat_task):
+            if task is not None:
+                task.cancel()
+        if self._drainers:
+            _done, pending = await asyncio.wait(self._drainers, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in (self._loop_task, self._beat_task) if t), return_exceptions=True
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._held)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            room = self.settings.worker_concurrency - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                deliveries = await self.queue.receive(room, block_ms=1000)
+            except (FrontdeskError, OSError, ConnectionError) as exc:
+                log.warning("cannot read turns (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception as exc:  # redis-py raises its own ConnectionError tree
+                log.warning("cannot read turns (%r); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for delivery in deliveries:
+                await self._dispatch(delivery)
+
+    async def _heartbeat(self) -> None:
+        """Touch held turns well within the claim timeout, so none is reclaimed while in work."""
+        period = self.settings.queue_claim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.queue.touch(list(self._held.values()))
+            except Exception as exc:
+                log.warning("heartbeat failed: %r", exc)
+
+    async def _dispatch(self, delivery: Delivery) -> None:
+        turn = delivery.turn
+        if turn is None:
+            await self._safely(self.queue.dead_letter(delivery, "undecodable entry"))
+            return
+        if delivery.deliveries > self.settings.queue_max_deliveries:
+            await self._give_up(delivery, turn)
+            return
+        self._held[delivery.entry_id] = delivery
+        backlog = self._backlogs.get(turn.conversation_id)
+        if backlog is not None:
+            backlog.append(delivery)
+            return
+        self._backlogs[turn.conversation_id] = deque([delivery])
+        task = asyncio.create_task(
+            self._drain(turn.conversation_id), name=f"conv-{turn.conversation_id}"
+        )
+        self._drainers.add(task)
+        task.add_done_callback(self._drainers.discard)
+
+    async def _drain(self, conversation_id: int) -> None:
+        backlog = self._backlogs[conversation_id]
+        try:
+            while backlog:
+                delivery = backlog[0]
+                try:
+                    await self._process(delivery)
+                finally:
+                    backlog.popleft()
+                    self._held.pop(delivery.entry_id, None)
+                    self._room.set()
+        finally:
+            # Cancelled at shutdown: what is still queued here stays unacked for redelivery.
+            for delivery in backlog:
+                self._held.pop(delivery.entry_id, None)
+            del self._backlogs[conversation_id]
+
+    async def _process(self, delivery: Delivery) -> None:
+        turn = delivery.turn
+        assert turn is not None
+        try:
+            acked = await self._answer(turn)
+        except asyncio.CancelledError:
+            await self._safely(self.queue.release(delivery))
+            raise
+        except Exception as exc:
+            log.warning(
+                "turn %s (conversation %s) failed on delivery %d: %r",
+                turn.turn_id,
+                turn.conversation_id,
+                delivery.deliveries,
+                exc,
+            )
+            await self._safely(self.queue.release(delivery))
+            return
+        if acked:
+            await self._safely(self.queue.ack(delivery))
+            self.turns_done += 1
+
+    async def _answer(self, turn: Turn) -> bool:
+        """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it."""
+        send = self._sender(turn)
+        existing = await self.store.reply_to(turn.message_id)
+        if existing is not None:
+            await send(
+                ReplyDelta(
+                    turn.turn_id,
+                    0,
+                    existing.content if existing.status == "ok" else "",
+                    done=True,
+                    error=None if existing.status == "ok" else texts.ENGINE_FAILED,
+                )
+            )
+            return True
+        history = await self.store.history(
+            turn.conversation_id, up_to=turn.message_id, limit=HISTORY_LIMIT
+        )
+        messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
+        out = _Coalescer(
+            turn.turn_id, send, self.settings.stream_flush_ms, self.settings.stream_flush_chars
+        )
+        try:
+            built = build_prompt(self.backend, self.settings.system_prompt, messages, self._budget)
+        except PromptTooLong as exc:
+            await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
+            return True
+        params = GenerationParams(
+            request_id=turn.turn_id,
+            max_tokens=self.settings.max_new_tokens,
+            temperature=self.settings.temperature,
+        )
+        parts: list[str] = []
+        usage: Usage | None = None
+        ttft_ms: float | None = None
+        try:
+            async for chunk in self.backend.stream(built.prompt, params):
+                if chunk.text:
+                    if ttft_ms is None:
+                        ttft_ms = _ms_since(turn.enqueued_at)
+                    parts.append(chunk.text)
+                    await out.add(chunk.text)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+        except asyncio.CancelledError:
+            await self.backend.cancel(turn.turn_id)
+            raise
+        except Exception as exc:
+            if not out.sent_text:
+                raise  # nothing shown yet: safe to try again
+            await self._fail(turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens)
+            return True
+        text = "".join(parts)
+        figures = ReplyFigures(
+            tokens_in=usage.prompt_tokens if usage else built.prompt.n_tokens,
+            tokens_out=usage.completion_tokens if usage else None,
+            ttft_ms=ttft_ms,
+            latency_ms=_ms_since(turn.enqueued_at),
+            model=self.backend.model,
+        )
+        if not text.strip():
+            await self.store.record_reply(
+                turn.conversation_id, turn.message_id, "", figures, error="empty reply"
+            )
+            await out.finish(error=texts.EMPTY_REPLY)
+            return True
+        await self.store.record_reply(turn.conversation_id, turn.message_id, text, figures)
+        await out.finish()
+        return True
+
+    async def _fail(
+        self, turn: Turn, out: _Coalescer, polite: str, error: str, tokens_in: int
+    ) -> None:
+        figures = ReplyFigures(
+            tokens_in=tokens_in,
+            latency_ms=_ms_since(turn.enqueued_at),
+            model=self.backend.model,
+        )
+        await self.store.record_reply(
+            turn.conversation_id, turn.message_id, "", figures, error=error
+        )
+        await out.finish(error=polite)
+
+    async def _give_up(self, delivery: Delivery, turn: Turn) -> None:
+        reason = f"delivered {delivery.deliveries} times"
+        await self._safely(self.queue.dead_letter(delivery, reason))
+        send = self._sender(turn)
+        await self._safely(send(ReplyDelta(turn.turn_id, 0, "", done=True, error=texts.GAVE_UP)))
+        figures = ReplyFigures(latency_ms=_ms_since(turn.enqueued_at), model=self.backend.model)
+        await self._safely(
+            self.store.record_reply(
+                turn.conversation_id, turn.message_id, "", figures, error=reason
+            )
+        )
+
+    def _sender(self, turn: Turn) -> Callable[[ReplyDelta], Awaitable[None]]:
+        async def send(delta: ReplyDelta) -> None:
+            await self.queue.publish(turn.gateway, delta)
+
+        return send
+
+    async def _safely(self, action: Awaitable[object]) -> None:
+        """Await a bookkeeping step whose failure must not kill the worker (it is logged)."""
+        try:
+            await action
+        except Exception as exc:
+            log.warning("queue or storage step failed: %r", exc)
+
+
+def _ms_since(epoch_s: float) -> float:
+    return max(0.0, (time.time() - epoch_s) * 1000)

@@ -1,0 +1,78 @@
+"""The `frontdesk` command: one typer app. Run commands (shell, gateway, worker) live here; each
+admin command group lives next to what it reads and is mounted below."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from frontdesk.clitools import err, run, settings
+from frontdesk.storage.cli import conversations, db
+
+app = typer.Typer(
+    name="frontdesk",
+    help="LLM chat-bots on messaging platforms, and the admin tools for their logs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(conversations, name="conversations")
+app.add_typer(db, name="db")
+
+
+@app.command()
+def shell(ctx: typer.Context) -> None:
+    """Chat on the terminal through the whole pipeline (gateway, queue, worker, engine, storage).
+
+    Without FRONTDESK_REDIS_URL everything runs in this process on the embedded default: SQLite,
+    an in-process queue and llama.cpp with the bundled SmolLM2. With it, a `frontdesk worker`
+    elsewhere answers. /reset starts a new conversation, /quit leaves.
+    """
+    from frontdesk.runtime import run_shell
+
+    cfg = settings(ctx)
+    if cfg.embedded and _interactive():
+        err.print(
+            f"frontdesk shell · {cfg.engine} · {cfg.model_path()} · /reset, /quit", style="dim"
+        )
+    run(run_shell(cfg))
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Answer turns from Redis until SIGTERM (needs FRONTDESK_REDIS_URL)."""
+    from frontdesk.runtime import run_worker
+
+    run(run_worker(settings(ctx)))
+
+
+@app.command()
+def gateway(ctx: typer.Context) -> None:
+    """Run the configured platform channels until SIGTERM (needs FRONTDESK_REDIS_URL)."""
+    from frontdesk.runtime import run_gateway
+
+    run(run_gateway(settings(ctx), channels=[]))
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    if verbose:
+        settings(ctx)
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""What every `frontdesk` sub-command shares: the settings object, running a coroutine with errors
+turned into one line on stderr and an exit code, and JSON output for scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Coroutine
+from datetime import datetime
+from typing import Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from frontdesk.errors import FrontdeskError
+from frontdesk.settings import Settings
+
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` as one line on stderr; returns the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    return typer.Exit(code)
+
+
+def settings(ctx: typer.Context) -> Settings:
+    """The one Settings object, built on first use from the environment and frontdesk.toml."""
+    root = ctx.find_root()
+    if root.obj is None:
+        try:
+            root.obj = Settings()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"FRONTDESK_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise fail(f"bad configuration: {problems}", 2) from None
+        logging.basicConfig(
+            level=root.obj.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    return root.obj
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a FrontdeskError becomes one line on stderr and its exit code,
+    Ctrl-C a quiet exit 130."""
+    try:
+        return asyncio.run(coro)
+    except FrontdeskError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
+    print(json.dumps(data, default=_default, ensure_ascii=False, indent=2))

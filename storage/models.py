@@ -1,0 +1,94 @@
+"""SQLAlchemy models for conversations and their messages.
+
+The indexes serve the two hot reads: "newest N messages of a conversation" (the worker builds every
+prompt with it) and "conversations by last activity" (the admin CLI lists them). ``dedupe_key`` is
+unique, so a replayed platform event inserts nothing; ``reply_to_id`` is unique, so a turn that is
+delivered twice stores one reply.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# BIGINT on PostgreSQL; INTEGER on SQLite, where only "INTEGER PRIMARY KEY" autoincrements.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    external_key: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    user_name: Mapped[str | None] = mapped_column(String(255))
+    # "active" takes new messages; "closed" after /reset (kept for the logs).
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_activity_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        Index("ix_conversations_last_activity", "last_activity_at"),
+        Index("ix_conversations_platform_key", "platform", "external_key"),
+        # At most one active conversation per platform chat: two gateways racing to open one
+        # cannot both win.
+        Index(
+            "uq_conversations_active",
+            "platform",
+            "external_key",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    platform: Mapped[str | None] = mapped_column(String(32))
+    platform_message_id: Mapped[str | None] = mapped_column(String(255))
+    dedupe_key: Mapped[str | None] = mapped_column(String(512), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    user_name: Mapped[str | None] = mapped_column(String(255))
+    reply_to_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("messages.id", ondelete="SET NULL"), unique=True
+    )
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    ttft_ms: Mapped[float | None]
+    latency_ms: Mapped[float | None]
+    model: Mapped[str | None] = mapped_column(String(255))
+    # user messages: "ok"; replies: "ok" or "error" (then ``error`` says why).
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_messages_conversation_id_id", "conversation_id", "id"),)
