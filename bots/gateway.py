@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -30,13 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def clean_text(text: str) -> str:
     """Text every database and platform accepts: NUL bytes removed (PostgreSQL refuses them), lone
     surrogates (undecodable input) replaced by U+FFFD."""
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return _SURROGATE.sub("\ufffd", text.replace("\x00", ""))
 
 
 class Gateway:

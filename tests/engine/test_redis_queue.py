@@ -1,0 +1,114 @@
+"""The Redis Streams queue against a real Redis: at-least-once delivery, reclaim, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from frontdesk.engine.queue import GROUP, RedisQueue
+from frontdesk.wire import ReplyDelta, Turn
+
+
+async def open_queue(url: str, prefix: str, consumer: str, claim_idle_ms: int = 200) -> RedisQueue:
+    queue = RedisQueue(url, consumer=consumer, prefix=prefix, claim_idle_ms=claim_idle_ms)
+    await queue.start()
+    return queue
+
+
+async def test_turn_of_a_consumer_that_died_unacked_is_reclaimed(
+    redis_url: str, queue_prefix: str
+) -> None:
+    a = await open_queue(redis_url, queue_prefix, "worker-a")
+    b = await open_queue(redis_url, queue_prefix, "worker-b")
+    turn = Turn(conversation_id=1, message_id=7, gateway="gw")
+    await a.submit(turn)
+
+    taken = await a.receive(10, block_ms=500)
+    assert [d.turn for d in taken] == [turn] and taken[0].deliveries == 1
+    await a.stop()  # worker-a "dies" without acking
+
+    assert await b.receive(10, block_ms=50) == []  # not idle long enough yet
+    await asyncio.sleep(0.3)
+    reclaimed: list = []
+    for _ in range(20):
+        reclaimed = await b.receive(10, block_ms=50)
+        if reclaimed:
+            break
+        await asyncio.sleep(0.1)
+    assert [d.turn for d in reclaimed] == [turn]
+    assert reclaimed[0].deliveries == 2
+    await b.ack(reclaimed[0])
+    pending = await b.redis.xpending(b.turns_key, GROUP)
+    assert pending["pending"] == 0
+    await b.stop()
+
+
+async def test_heartbeat_keeps_a_long_turn_from_being_reclaimed(
+    redis_url: str, queue_prefix: str
+) -> None:
+    a = await open_queue(redis_url, queue_prefix, "worker-a")
+    b = await open_queue(redis_url, queue_prefix, "worker-b")
+    await a.submit(Turn(1, 1, "gw"))
+    [held] = await a.receive(1, block_ms=500)
+    for _ in range(6):  # 0.6 s of work, three times the claim timeout, touched every 0.1 s
+        await asyncio.sleep(0.1)
+        await a.touch([held])
+        assert await b.receive(10, block_ms=1) == []
+    await a.ack(held)
+    await a.stop()
+    await b.stop()
+
+
+async def test_dead_letter_moves_the_entry_and_acks_it(redis_url: str, queue_prefix: str) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    await q.submit(Turn(3, 9, "gw"))
+    [d] = await q.receive(1, block_ms=500)
+    await q.dead_letter(d, "delivered 4 times")
+    dead = await q.redis.xrange(q.dead_key)
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields["reason"] == "delivered 4 times" and fields["entry_id"] == d.entry_id
+    assert (await q.redis.xpending(q.turns_key, GROUP))["pending"] == 0
+    await q.stop()
+
+
+async def test_undecodable_entry_is_delivered_without_a_turn(
+    redis_url: str, queue_prefix: str
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    await q.redis.xadd(q.turns_key, {"v": "1", "d": "{not json"})
+    [d] = await q.receive(1, block_ms=500)
+    assert d.turn is None and d.fields["d"] == "{not json"
+    await q.stop()
+
+
+async def test_replies_arrive_in_order_on_the_owning_gateway_stream(
+    redis_url: str, queue_prefix: str
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    for seq in range(5):
+        await q.publish("gw-1", ReplyDelta("t", seq, f"part{seq}", done=seq == 4))
+    await q.publish("gw-2", ReplyDelta("other", 0, "not mine", done=True))
+    got = []
+    async for delta in q.replies("gw-1"):
+        got.append(delta)
+        if delta.done:
+            break
+    assert [d.text for d in got] == [f"part{i}" for i in range(5)]
+    assert await q.redis.ttl(q.reply_prefix + "gw-1") > 0
+    await q.stop()
+
+
+async def test_consumer_group_is_recreated_after_redis_loses_it(
+    redis_url: str, queue_prefix: str
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    client = aioredis.from_url(redis_url)
+    await client.delete(q.turns_key)  # what a restart without persistence does
+    await client.aclose()
+    assert await q.receive(1, block_ms=10) == []
+    await q.submit(Turn(1, 2, "gw"))
+    [d] = await q.receive(1, block_ms=500)
+    assert d.turn is not None and d.turn.message_id == 2
+    await q.stop()

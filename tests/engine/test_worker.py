@@ -1,0 +1,151 @@
+"""Worker behaviour a user notices: one reply per message, in order, and a polite end to failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from frontdesk import texts
+from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
+from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.engine.queue import LocalQueue, RedisQueue
+from frontdesk.wire import Turn
+from tests.support import pipeline
+
+
+class FailingBackend(FixedReplyBackend):
+    """Raises before producing any text, like an engine that is down."""
+
+    def __init__(self) -> None:
+        super().__init__("never")
+        self.calls = 0
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        raise RuntimeError("engine exploded")
+        yield Chunk("")  # pragma: no cover - makes this an async generator
+
+
+class BreaksMidway(FixedReplyBackend):
+    """Sends some text, then fails."""
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        yield Chunk("Half an ans")
+        raise RuntimeError("lost the GPU")
+
+
+class SlowRecordingBackend(FixedReplyBackend):
+    """Takes 50 ms per reply and records concurrency and the order of prompts per conversation."""
+
+    def __init__(self) -> None:
+        super().__init__("ok")
+        self.active = 0
+        self.peak = 0
+        self.calls = 0
+        self.seen: dict[str, list[str]] = defaultdict(list)
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        # the prompt's last user line names the conversation and the message's position
+        last = prompt.text.strip().splitlines()[-2]
+        chat, index = last.split("#")
+        self.seen[chat].append(index)
+        try:
+            await asyncio.sleep(0.05)
+            yield Chunk(f"answer to {last}")
+            yield Chunk("", Usage(prompt.n_tokens, 3, "stop"))
+        finally:
+            self.active -= 1
+
+
+async def test_poisoned_turn_is_dead_lettered_and_the_user_told(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(
+        redis_url=redis_url,
+        queue_prefix=queue_prefix,
+        queue_claim_idle_ms=150,
+        queue_max_deliveries=2,
+    )
+    backend = FailingBackend()
+    async with pipeline(settings, backend) as p:
+        reply = await p.channel.say("please answer", wait_s=30)
+        assert reply is not None
+        assert reply.text == "" and reply.error == texts.GAVE_UP
+        assert backend.calls == 2  # tried, reclaimed once, then given up
+        assert isinstance(p.queue, RedisQueue)
+        dead = await p.queue.redis.xrange(p.queue.dead_key)
+        assert len(dead) == 1 and dead[0][1]["reason"] == "delivered 3 times"
+        [conv] = await p.store.list_conversations(limit=1)
+        _c, messages = await p.store.conversation(conv.id)
+        assert [(m.role, m.status) for m in messages] == [("user", "ok"), ("assistant", "error")]
+        assert messages[0].content == "please answer"  # the user's message is kept
+
+
+async def test_failure_after_text_went_out_is_not_retried(make_settings) -> None:
+    settings = make_settings(engine="fixed")
+    async with pipeline(settings, BreaksMidway("x")) as p:
+        reply = await p.channel.say("hi")
+        assert reply is not None
+        assert reply.text == "Half an ans" and reply.error == texts.ENGINE_FAILED
+        # and the worker keeps serving
+        p.worker.backend = FixedReplyBackend("fine now")  # type: ignore[union-attr]
+        again = await p.channel.say("hi again")
+        assert again is not None and again.text == "fine now" and again.error is None
+
+
+async def test_turns_run_concurrently_across_conversations_and_in_order_within_one(
+    make_settings,
+) -> None:
+    settings = make_settings(engine="fixed", worker_concurrency=8)
+    backend = SlowRecordingBackend()
+    async with pipeline(settings, backend) as p:
+        sends = []
+        for index in range(3):
+            for chat in range(12):
+                msg = p.channel.message(f"c{chat}#{index}", chat=f"c{chat}")
+                sends.append(await p.gateway.handle(msg, p.channel))
+        await asyncio.wait_for(asyncio.gather(*sends), 30)
+    assert backend.peak == 8  # never more than the concurrency, and it was reached
+    assert len(p.channel.delivered) == 36
+    assert all(order == ["0", "1", "2"] for order in backend.seen.values())
+    assert len(backend.seen) == 12
+
+
+class TwiceQueue(LocalQueue):
+    """At-least-once taken literally: every turn is delivered twice."""
+
+    async def submit(self, turn: Turn) -> None:
+        await super().submit(turn)
+        await super().submit(turn)
+
+
+async def test_turn_delivered_twice_is_answered_once(make_settings) -> None:
+    settings = make_settings(engine="fixed")
+    backend = SlowRecordingBackend()
+    async with pipeline(settings, backend, queue=TwiceQueue()) as p:
+        first = await p.channel.say("c1#0", chat="c1")
+        second = await p.channel.say("c1#1", chat="c1")
+        await asyncio.sleep(0.2)  # let the duplicate deliveries run
+        assert p.worker is not None and p.worker.turns_done == 4
+        [conv] = await p.store.list_conversations(limit=1)
+        assert conv.message_count == 4  # two questions, two replies: nothing stored twice
+    assert first is not None and first.text == "answer to c1#0"
+    assert second is not None and second.text == "answer to c1#1"
+    assert backend.calls == 2  # the duplicates found their stored replies
+    assert len(p.channel.delivered) == 2
+
+
+async def test_reply_deltas_are_coalesced(make_settings) -> None:
+    settings = make_settings(
+        engine="fixed", stream_flush_ms=10_000, stream_flush_chars=200, max_new_tokens=1000
+    )
+    words = " ".join(f"w{i}" for i in range(400))  # 100 chunks of 4 words
+    async with pipeline(settings, FixedReplyBackend(words)) as p:
+        reply = await p.channel.say("go")
+        assert reply is not None and reply.text == words
+        # the first text goes out at once, then only every 200 characters, then the final delta
+        assert 3 <= len(reply.deltas) <= len(words) // 200 + 3

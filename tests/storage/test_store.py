@@ -1,0 +1,137 @@
+"""The repository API on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from frontdesk.errors import NotFound, StorageUnavailable
+from frontdesk.storage import ReplyFigures, Store
+from frontdesk.wire import InboundMessage
+
+
+def message(text: str, *, chat: str, message_id: str | None = None) -> InboundMessage:
+    return InboundMessage(
+        platform="test",
+        chat_id=chat,
+        user_id="u-1",
+        user_name="Ada",
+        message_id=message_id or uuid.uuid4().hex,
+        text=text,
+    )
+
+
+@pytest.fixture
+def chat() -> str:
+    return uuid.uuid4().hex  # the PostgreSQL database is shared: each test its own chat
+
+
+async def test_message_and_reply_round_trip(store: Store, chat: str) -> None:
+    first = await store.record_user_message(message("Hello, ünïcødé 👋", chat=chat))
+    assert first is not None
+    figures = ReplyFigures(tokens_in=12, tokens_out=5, ttft_ms=40.5, latency_ms=120.0, model="m")
+    reply_id = await store.record_reply(first.conversation_id, first.message_id, "Hi!", figures)
+    second = await store.record_user_message(message("And now?", chat=chat))
+    assert second is not None and second.conversation_id == first.conversation_id
+
+    history = await store.history(first.conversation_id, up_to=second.message_id)
+    assert [(m.role, m.content) for m in history] == [
+        ("user", "Hello, ünïcødé 👋"),
+        ("assistant", "Hi!"),
+        ("user", "And now?"),
+    ]
+    reply = history[1]
+    assert reply.id == reply_id
+    assert (reply.tokens_in, reply.tokens_out, reply.ttft_ms, reply.latency_ms, reply.model) == (
+        12,
+        5,
+        40.5,
+        120.0,
+        "m",
+    )
+    conv, messages = await store.conversation(first.conversation_id)
+    assert conv.message_count == 3 and conv.user_name == "Ada" and len(messages) == 3
+
+
+async def test_replayed_platform_message_is_a_no_op(store: Store, chat: str) -> None:
+    original = message("once", chat=chat, message_id="42")
+    first = await store.record_user_message(original)
+    assert first is not None
+    assert await store.record_user_message(original) is None
+    conv, messages = await store.conversation(first.conversation_id)
+    assert conv.message_count == 1 and [m.content for m in messages] == ["once"]
+
+
+async def test_history_stops_at_the_turn_and_leaves_out_failed_replies(
+    store: Store, chat: str
+) -> None:
+    a = await store.record_user_message(message("a", chat=chat))
+    assert a is not None
+    await store.record_reply(a.conversation_id, a.message_id, "", ReplyFigures(), error="boom")
+    b = await store.record_user_message(message("b", chat=chat))
+    c = await store.record_user_message(message("c", chat=chat))
+    assert b is not None and c is not None
+    history = await store.history(a.conversation_id, up_to=b.message_id)
+    assert [m.content for m in history] == ["a", "b"]
+    newest = await store.history(a.conversation_id, up_to=c.message_id, limit=2)
+    assert [m.content for m in newest] == ["b", "c"]
+
+
+async def test_second_reply_to_one_message_is_refused(store: Store, chat: str) -> None:
+    a = await store.record_user_message(message("q", chat=chat))
+    assert a is not None
+    first = await store.record_reply(a.conversation_id, a.message_id, "one", ReplyFigures())
+    again = await store.record_reply(a.conversation_id, a.message_id, "two", ReplyFigures())
+    assert again == first
+    existing = await store.reply_to(a.message_id)
+    assert existing is not None and existing.content == "one"
+    _conv, messages = await store.conversation(a.conversation_id)
+    assert [m.content for m in messages] == ["q", "one"]
+
+
+async def test_reset_opens_a_new_conversation_and_keeps_the_old(store: Store, chat: str) -> None:
+    old = await store.record_user_message(message("before", chat=chat))
+    assert old is not None
+    assert await store.reset_conversation("test", chat) is True
+    new = await store.record_user_message(message("after", chat=chat))
+    assert new is not None and new.conversation_id != old.conversation_id
+    old_conv, old_messages = await store.conversation(old.conversation_id)
+    assert old_conv.status == "closed" and [m.content for m in old_messages] == ["before"]
+    listed = {c.id: c for c in await store.list_conversations(limit=1000)}
+    assert listed[new.conversation_id].status == "active"
+    assert listed[new.conversation_id].last_message == "after"
+    assert old.conversation_id in listed
+
+
+async def test_list_is_ordered_by_last_activity(store: Store) -> None:
+    chats = [uuid.uuid4().hex for _ in range(3)]
+    ids = []
+    for chat in chats:
+        recorded = await store.record_user_message(message("hi", chat=chat))
+        assert recorded is not None
+        ids.append(recorded.conversation_id)
+    await store.record_user_message(message("bump", chat=chats[0]))
+    listed = [c.id for c in await store.list_conversations(limit=3)]
+    assert listed == [ids[0], ids[2], ids[1]]
+
+
+async def test_unknown_conversation_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await store.conversation(987654321)
+
+
+async def test_unmigrated_database_is_refused_with_the_fix(tmp_path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StorageUnavailable, match="frontdesk db upgrade"):
+        await store.start()
+    await store.upgrade()
+    await store.start()  # now current
+    await store.stop()
+
+
+async def test_unreachable_database_is_one_clear_error() -> None:
+    store = Store("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StorageUnavailable, match="cannot reach the database"):
+        await store.start()
+    await store.stop()

@@ -1,0 +1,123 @@
+"""Test helpers: a channel that records replies, and a whole pipeline assembled in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from frontdesk.bots import Gateway, ReplyStream
+from frontdesk.engine.backends import Backend
+from frontdesk.engine.queue import TurnQueue, make_queue
+from frontdesk.engine.worker import Worker
+from frontdesk.settings import Settings
+from frontdesk.storage import Store
+from frontdesk.wire import InboundMessage, ReplyDelta
+
+
+@dataclass
+class Reply:
+    deltas: list[ReplyDelta]
+
+    @property
+    def text(self) -> str:
+        return "".join(d.text for d in self.deltas)
+
+    @property
+    def error(self) -> str | None:
+        return self.deltas[-1].error if self.deltas else None
+
+
+class RecordingChannel:
+    """A channel whose platform is the test: ``say`` sends a message and returns the whole reply."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self.delivered: list[Reply] = []
+        # unique per channel: tests share one PostgreSQL database
+        self.chat = f"chat-{uuid.uuid4().hex[:8]}"
+
+    async def start(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def stop(self) -> None:
+        pass
+
+    async def deliver(self, reply: ReplyStream) -> None:
+        self.delivered.append(Reply([d async for d in reply]))
+
+    def message(
+        self, text: str, *, chat: str | None = None, message_id: str | None = None
+    ) -> InboundMessage:
+        chat = chat or self.chat
+        return InboundMessage(
+            platform=self.name,
+            chat_id=chat,
+            user_id=f"user-{chat}",
+            user_name=f"User {chat}",
+            message_id=message_id or uuid.uuid4().hex,
+            text=text,
+        )
+
+    async def say(self, text: str, wait_s: float = 60, **kwargs: str) -> Reply | None:
+        """Send a message; the reply, or None when the gateway dropped it as a duplicate."""
+        return await self.send(self.message(text, **kwargs), wait_s)
+
+    async def send(self, msg: InboundMessage, wait_s: float = 60) -> Reply | None:
+        assert self.gateway is not None
+        before = len(self.delivered)
+        task = await self.gateway.handle(msg, self)
+        if task is None:
+            return None
+        await asyncio.wait_for(task, wait_s)
+        assert len(self.delivered) == before + 1
+        return self.delivered[-1]
+
+
+@dataclass
+class Pipeline:
+    gateway: Gateway
+    channel: RecordingChannel
+    worker: Worker | None
+    queue: TurnQueue
+    store: Store
+
+
+@contextlib.asynccontextmanager
+async def pipeline(
+    settings: Settings,
+    backend: Backend | None,
+    *,
+    store: Store | None = None,
+    queue: TurnQueue | None = None,
+) -> AsyncIterator[Pipeline]:
+    """Store, queue, worker (when a backend is given) and gateway with a RecordingChannel, started
+    in order and stopped in reverse. The backend is started and closed by the caller."""
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            store = Store(settings.database_url)
+            await store.start(migrate=True)
+            stack.push_async_callback(store.stop)
+        if queue is None:
+            queue = make_queue(
+                settings.redis_url,
+                consumer=settings.worker_id,
+                prefix=settings.queue_prefix,
+                claim_idle_ms=settings.queue_claim_idle_ms,
+            )
+            await queue.start()
+            stack.push_async_callback(queue.stop)
+        worker = None
+        if backend is not None:
+            worker = Worker(settings, queue, store, backend)
+            await worker.start()
+            stack.push_async_callback(worker.stop)
+        channel = RecordingChannel()
+        gateway = Gateway(settings, queue, store, [channel])
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+        yield Pipeline(gateway, channel, worker, queue, store)
