@@ -36,10 +36,13 @@ class BreaksMidway(FixedReplyBackend):
 
 
 class SlowRecordingBackend(FixedReplyBackend):
-    """Takes 50 ms per reply and records concurrency and the order of prompts per conversation."""
+    """Records concurrency and the order of prompts per conversation. Each reply waits for ``gate``
+    and then takes 10 ms."""
 
     def __init__(self) -> None:
         super().__init__("ok")
+        self.gate = asyncio.Event()
+        self.gate.set()
         self.active = 0
         self.peak = 0
         self.calls = 0
@@ -54,7 +57,8 @@ class SlowRecordingBackend(FixedReplyBackend):
         chat, index = last.split("#")
         self.seen[chat].append(index)
         try:
-            await asyncio.sleep(0.05)
+            await self.gate.wait()
+            await asyncio.sleep(0.01)
             yield Chunk(f"answer to {last}")
             yield Chunk("", Usage(prompt.n_tokens, 3, "stop"))
         finally:
@@ -102,12 +106,16 @@ async def test_turns_run_concurrently_across_conversations_and_in_order_within_o
 ) -> None:
     settings = make_settings(engine="fixed", worker_concurrency=8)
     backend = SlowRecordingBackend()
+    backend.gate.clear()  # hold every reply until all 36 messages are queued
     async with pipeline(settings, backend) as p:
         sends = []
         for index in range(3):
             for chat in range(12):
                 msg = p.channel.message(f"c{chat}#{index}", chat=f"c{chat}")
                 sends.append(await p.gateway.handle(msg, p.channel))
+        await asyncio.sleep(0.2)
+        assert backend.active == 8  # the worker holds exactly its concurrency in flight
+        backend.gate.set()
         await asyncio.wait_for(asyncio.gather(*sends), 30)
     assert backend.peak == 8  # never more than the concurrency, and it was reached
     assert len(p.channel.delivered) == 36
