@@ -293,9 +293,13 @@ class RedisQueue:
 
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
         key = self.reply_prefix + gateway
+        fields = encode(delta)
+        if delta.seq:
+            await self.redis.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, encode(delta), maxlen=REPLY_STREAM_MAXLEN, approximate=True)
-            # A gateway that is gone for good leaves no stream behind for long.
+            pipe.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+            # Once a turn: a gateway that is gone for good leaves no stream behind for long.
             pipe.expire(key, REPLY_STREAM_TTL_S)
             await pipe.execute()
 

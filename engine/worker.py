@@ -224,7 +224,9 @@ class Worker:
     async def _answer(self, turn: Turn) -> bool:
         """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it."""
         send = self._sender(turn)
-        existing = await self.store.reply_to(turn.message_id)
+        existing, history = await self.store.turn_context(
+            turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
+        )
         if existing is not None:
             await send(
                 ReplyDelta(
@@ -236,9 +238,6 @@ class Worker:
                 )
             )
             return True
-        history = await self.store.history(
-            turn.conversation_id, up_to=turn.message_id, limit=HISTORY_LIMIT
-        )
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
         out = _Coalescer(
             turn.turn_id, send, self.settings.stream_flush_ms, self.settings.stream_flush_chars

@@ -79,9 +79,14 @@ class ReplyDelta:
 T = TypeVar("T", Turn, ReplyDelta)
 
 
+_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in (Turn, ReplyDelta)}
+_VERSION = str(WIRE_VERSION)
+
+
 def encode(obj: Turn | ReplyDelta) -> dict[str, str]:
     """Serialise a wire object into queue entry fields."""
-    return {"v": str(WIRE_VERSION), "d": json.dumps(dataclasses.asdict(obj), ensure_ascii=False)}
+    data = {name: getattr(obj, name) for name in _FIELDS[type(obj)]}
+    return {"v": _VERSION, "d": json.dumps(data, ensure_ascii=False)}
 
 
 def decode(cls: type[T], fields: dict[Any, Any]) -> T:
@@ -91,7 +96,7 @@ def decode(cls: type[T], fields: dict[Any, Any]) -> T:
     if raw is None:
         raise ValueError("queue entry has no 'd' field")
     data = json.loads(raw)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = _FIELDS[cls]
     try:
         return cls(**{k: v for k, v in data.items() if k in known})
     except TypeError as exc:

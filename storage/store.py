@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import bindparam, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -103,27 +103,78 @@ def _describe(url: str) -> str:
 class Store:
     """Conversation history on one database. ``async with Store(url) as store:`` or start()/stop()."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         self.url = url
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
             raise ConfigError(f"FRONTDESK_DATABASE_URL is not a database URL: {url!r}") from exc
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo}
+        self._engine_options: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
             # Gateway and worker write from one process in embedded mode: wait for the lock.
-            kwargs["connect_args"] = {"timeout": 30}
+            self._engine_options["connect_args"] = {"timeout": 30}
         else:
-            kwargs["pool_pre_ping"] = True
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 20
+            # A fixed pool: overflow connections would be opened and closed again under load.
+            self._engine_options.update(pool_size=pool_size, max_overflow=0, pool_recycle=1800)
+        # Every hot-path write is one statement (counters are kept by a trigger), so statements
+        # run in autocommit: no BEGIN/COMMIT round trips. A dropped connection invalidates the
+        # pool, so the next call reconnects without a pre-ping on every checkout.
+        self.engine: AsyncEngine = self._create_engine(isolation_level="AUTOCOMMIT")
+        insert = _dialect_insert(self.dialect)
+        self._insert_user_message = (
+            insert(Message)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Message.id)
+        )
+        # INSERT INTO messages (...) SELECT <active conversation's id>, :role, ... : a user message
+        # lands in its chat's active conversation in one statement, or not at all.
+        columns = [
+            "conversation_id",
+            "role",
+            "content",
+            "platform",
+            "platform_message_id",
+            "dedupe_key",
+            "user_id",
+            "user_name",
+            "status",
+            "created_at",
+        ]
+        active = select(
+            Conversation.id, *(bindparam(c, type_=Message.__table__.c[c].type) for c in columns[1:])
+        ).where(
+            Conversation.platform == bindparam("platform"),
+            Conversation.external_key == bindparam("external_key"),
+            Conversation.status == "active",
+        )
+        self._insert_into_active = (
+            insert(Message)
+            .from_select(columns, active)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Message.id, Message.conversation_id)
+        )
+        self._insert_reply = (
+            insert(Message)
+            .on_conflict_do_nothing(index_elements=["reply_to_id"])
+            .returning(Message.id)
+        )
+        self._insert_conversation = (
+            insert(Conversation)
+            .on_conflict_do_nothing(
+                index_elements=["platform", "external_key"], index_where=text("status = 'active'")
+            )
+            .returning(Conversation.id)
+        )
+
+    def _create_engine(self, **options: Any) -> AsyncEngine:
         try:
-            self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+            engine = create_async_engine(self.url, **self._engine_options, **options)
         except (ArgumentError, ImportError) as exc:
-            raise ConfigError(f"cannot use database {_describe(url)}: {exc}") from exc
+            raise ConfigError(f"cannot use database {_describe(self.url)}: {exc}") from exc
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
 
     async def __aenter__(self) -> Store:
         await self.start()
@@ -151,109 +202,88 @@ class Store:
         await self.engine.dispose()
 
     async def upgrade(self) -> str:
-        """Run the Alembic migrations up to head; returns the head revision."""
+        """Run the Alembic migrations up to head, in one transaction; returns the head revision."""
         from . import migrations
 
-        async with self._connect(begin=True) as conn:
-            await conn.run_sync(migrations.upgrade_to_head)
+        engine = self._create_engine()
+        try:
+            async with _translated(self.url), engine.begin() as conn:
+                await conn.run_sync(migrations.upgrade_to_head)
+        finally:
+            await engine.dispose()
         return migrations.head_revision()
 
     @asynccontextmanager
-    async def _connect(self, *, begin: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A connection (in a transaction when ``begin``) with connection failures translated."""
-        try:
-            if begin:
-                async with self.engine.begin() as conn:
-                    yield conn
-            else:
-                async with self.engine.connect() as conn:
-                    yield conn
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError, OSError) as exc:
-            if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
-                raise
-            raise StorageUnavailable(
-                f"cannot reach the database at {_describe(self.url)}: {_first_line(exc)}"
-            ) from exc
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection, with connection failures translated."""
+        async with _translated(self.url), self.engine.connect() as conn:
+            yield conn
 
     # -- the gateway's writes ------------------------------------------------------------------
 
     async def record_user_message(self, msg: InboundMessage) -> RecordedMessage | None:
         """Store a user's message in its chat's active conversation, opening one if needed.
 
-        Returns None, and writes nothing, when the same platform event was stored before.
+        Returns None, and writes nothing, when the same platform event was stored before. The
+        common case (the chat has an active conversation) is one INSERT … SELECT statement.
         """
-        for attempt in range(2):
-            try:
-                async with self._connect(begin=True) as conn:
-                    return await self._insert_user_message(conn, msg)
-            except IntegrityError:
-                async with self._connect() as conn:
-                    seen = await conn.scalar(
-                        select(Message.id).where(Message.dedupe_key == msg.dedupe_key)
-                    )
-                if seen is not None:
-                    return None
-                if attempt:
-                    raise
-                # Lost a race to open the chat's active conversation: the retry finds it.
-        raise AssertionError("unreachable")
-
-    async def _insert_user_message(
-        self, conn: AsyncConnection, msg: InboundMessage
-    ) -> RecordedMessage:
-        now = utcnow()
-        conv_id = await conn.scalar(
-            select(Conversation.id).where(
-                Conversation.platform == msg.platform,
-                Conversation.external_key == msg.conversation_key,
-                Conversation.status == "active",
-            )
-        )
-        if conv_id is None:
-            conv_id = await conn.scalar(
-                insert(Conversation)
-                .values(
-                    platform=msg.platform,
-                    external_key=msg.conversation_key,
-                    user_id=msg.user_id,
-                    user_name=msg.user_name,
-                    status="active",
-                    message_count=0,
-                    created_at=now,
-                    last_activity_at=now,
+        row = {
+            "role": "user",
+            "content": msg.text,
+            "platform": msg.platform,
+            "platform_message_id": msg.message_id,
+            "dedupe_key": msg.dedupe_key,
+            "user_id": msg.user_id,
+            "user_name": msg.user_name,
+            "status": "ok",
+            "created_at": utcnow(),
+        }
+        async with self._connect() as conn:
+            found = (
+                await conn.execute(
+                    self._insert_into_active, {**row, "external_key": msg.conversation_key}
                 )
-                .returning(Conversation.id)
+            ).first()
+            if found is not None:
+                return RecordedMessage(conversation_id=found[1], message_id=found[0])
+            if await conn.scalar(_SELECT_DEDUPE, {"dedupe_key": msg.dedupe_key}) is not None:
+                return None
+            conv_id = await self._active_conversation(conn, msg)
+            message_id = await conn.scalar(
+                self._insert_user_message, {**row, "conversation_id": conv_id}
             )
-        message_id = await conn.scalar(
-            insert(Message)
-            .values(
-                conversation_id=conv_id,
-                role="user",
-                content=msg.text,
-                platform=msg.platform,
-                platform_message_id=msg.message_id,
-                dedupe_key=msg.dedupe_key,
-                user_id=msg.user_id,
-                user_name=msg.user_name,
-                status="ok",
-                created_at=now,
-            )
-            .returning(Message.id)
-        )
-        await conn.execute(
-            update(Conversation)
-            .where(Conversation.id == conv_id)
-            .values(message_count=Conversation.message_count + 1, last_activity_at=now)
-        )
-        assert conv_id is not None and message_id is not None
+        if message_id is None:
+            return None
         return RecordedMessage(conversation_id=conv_id, message_id=message_id)
+
+    async def _active_conversation(self, conn: AsyncConnection, msg: InboundMessage) -> int:
+        key = {"platform": msg.platform, "external_key": msg.conversation_key}
+        for _ in range(3):
+            conv_id = await conn.scalar(_SELECT_ACTIVE, key)
+            if conv_id is not None:
+                return conv_id
+            now = utcnow()
+            conv_id = await conn.scalar(
+                self._insert_conversation,
+                {
+                    **key,
+                    "user_id": msg.user_id,
+                    "user_name": msg.user_name,
+                    "status": "active",
+                    "message_count": 0,
+                    "created_at": now,
+                    "last_activity_at": now,
+                },
+            )
+            if conv_id is not None:
+                return conv_id
+            # another gateway opened it in between: read it
+        raise StorageUnavailable(f"cannot open a conversation for {msg.conversation_key}")
 
     async def reset_conversation(self, platform: str, external_key: str) -> bool:
         """Close the chat's active conversation (it stays in the logs); the next message opens a
         new one. Returns whether there was one to close."""
-        async with self._connect(begin=True) as conn:
+        async with self._connect() as conn:
             result = await conn.execute(
                 update(Conversation)
                 .where(
@@ -272,28 +302,31 @@ class Store:
     ) -> list[StoredMessage]:
         """The newest ``limit`` good messages of a conversation up to message ``up_to``, oldest
         first. Failed replies are left out: they are not context."""
-        query = (
-            select(*_MESSAGE_COLUMNS)
-            .where(
-                Message.conversation_id == conversation_id,
-                Message.id <= up_to,
-                Message.status == "ok",
-            )
-            .order_by(Message.id.desc())
-            .limit(limit)
-        )
+        return (await self.turn_context(conversation_id, up_to, limit=limit))[1]
+
+    async def turn_context(
+        self, conversation_id: int, message_id: int, *, limit: int = 200
+    ) -> tuple[StoredMessage | None, list[StoredMessage]]:
+        """What a worker needs to answer ``message_id``, in one query: the reply already stored
+        for it (a redelivered turn), and the history up to it, as in ``history``."""
+        params = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit + 1}
         async with self._connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [StoredMessage(*row) for row in reversed(rows)]
+            rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
+        reply = None
+        history = []
+        for row in rows:
+            message = StoredMessage(*row)
+            if message.id > message_id:
+                reply = message  # only the reply to message_id is newer than it here
+            elif message.status == "ok" and len(history) < limit:
+                history.append(message)
+        history.reverse()
+        return reply, history
 
     async def reply_to(self, message_id: int) -> StoredMessage | None:
         """The stored reply to a user message, if a worker already answered it."""
         async with self._connect() as conn:
-            row = (
-                await conn.execute(
-                    select(*_MESSAGE_COLUMNS).where(Message.reply_to_id == message_id)
-                )
-            ).first()
+            row = (await conn.execute(_SELECT_REPLY, {"message_id": message_id})).first()
         return StoredMessage(*row) if row else None
 
     async def record_reply(
@@ -307,39 +340,29 @@ class Store:
     ) -> int:
         """Store the assistant's reply to a user message, with its figures; ``error`` marks a
         failed one. Idempotent: a second reply to the same message returns the first one's id."""
-        now = utcnow()
-        try:
-            async with self._connect(begin=True) as conn:
-                message_id = await conn.scalar(
-                    insert(Message)
-                    .values(
-                        conversation_id=conversation_id,
-                        role="assistant",
-                        content=content,
-                        reply_to_id=reply_to_id,
-                        tokens_in=figures.tokens_in,
-                        tokens_out=figures.tokens_out,
-                        ttft_ms=figures.ttft_ms,
-                        latency_ms=figures.latency_ms,
-                        model=figures.model,
-                        status="error" if error else "ok",
-                        error=error,
-                        created_at=now,
-                    )
-                    .returning(Message.id)
-                )
-                await conn.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conversation_id)
-                    .values(message_count=Conversation.message_count + 1, last_activity_at=now)
-                )
-        except IntegrityError:
-            existing = await self.reply_to(reply_to_id)
-            if existing is None:
-                raise
-            return existing.id
-        assert message_id is not None
-        return message_id
+        async with self._connect() as conn:
+            message_id = await conn.scalar(
+                self._insert_reply,
+                {
+                    "conversation_id": conversation_id,
+                    "role": "assistant",
+                    "content": content,
+                    "reply_to_id": reply_to_id,
+                    "tokens_in": figures.tokens_in,
+                    "tokens_out": figures.tokens_out,
+                    "ttft_ms": figures.ttft_ms,
+                    "latency_ms": figures.latency_ms,
+                    "model": figures.model,
+                    "status": "error" if error else "ok",
+                    "error": error,
+                    "created_at": utcnow(),
+                },
+            )
+        if message_id is not None:
+            return message_id
+        existing = await self.reply_to(reply_to_id)
+        assert existing is not None, "conflicting reply vanished"
+        return existing.id
 
     # -- the admin CLI's reads -----------------------------------------------------------------
 
@@ -402,6 +425,50 @@ class Store:
                 )
             ).all()
         return ConversationSummary(*conv), [StoredMessage(*row) for row in rows]
+
+
+# Hot-path statements, built once: SQLAlchemy then only binds parameters.
+_SELECT_ACTIVE = select(Conversation.id).where(
+    Conversation.platform == bindparam("platform"),
+    Conversation.external_key == bindparam("external_key"),
+    Conversation.status == "active",
+)
+_SELECT_TURN_CONTEXT = (
+    select(*_MESSAGE_COLUMNS)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        or_(Message.id <= bindparam("message_id"), Message.reply_to_id == bindparam("message_id")),
+    )
+    .order_by(Message.id.desc())
+    .limit(bindparam("limit"))
+)
+_SELECT_DEDUPE = select(Message.id).where(Message.dedupe_key == bindparam("dedupe_key"))
+_SELECT_REPLY = select(*_MESSAGE_COLUMNS).where(Message.reply_to_id == bindparam("message_id"))
+
+
+def _dialect_insert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise ConfigError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+    return dialect_insert
+
+
+@asynccontextmanager
+async def _translated(url: str) -> AsyncIterator[None]:
+    """Connection failures become StorageUnavailable; other database errors pass through."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (OperationalError, DBAPIError, OSError) as exc:
+        if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
+            raise
+        raise StorageUnavailable(
+            f"cannot reach the database at {_describe(url)}: {_first_line(exc)}"
+        ) from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
