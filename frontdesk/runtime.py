@@ -30,7 +30,7 @@ async def _enter(stack: contextlib.AsyncExitStack, piece: Any, **start_options: 
 
 async def open_store(stack: contextlib.AsyncExitStack, settings: Settings) -> Store:
     """The store, migrated first when running embedded (the first run creates the database)."""
-    store = Store(settings.database_url)
+    store = Store(settings.database_url, pool_size=settings.database_pool_size)
     await _enter(stack, store, migrate=settings.embedded)
     return store
 

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "sqlite+aiosqlite:///frontdesk.db"
+    database_pool_size: int = Field(20, ge=1)
     redis_url: str | None = None
     engine: Literal["llamacpp", "fixed"] = "llamacpp"
     model: str | None = None
