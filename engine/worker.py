@@ -18,6 +18,7 @@ error. Deterministic failures (a prompt that cannot fit) are answered politely a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -256,17 +257,16 @@ class Worker:
         usage: Usage | None = None
         ttft_ms: float | None = None
         try:
-            async for chunk in self.backend.stream(built.prompt, params):
-                if chunk.text:
-                    if ttft_ms is None:
-                        ttft_ms = _ms_since(turn.enqueued_at)
-                    parts.append(chunk.text)
-                    await out.add(chunk.text)
-                if chunk.usage is not None:
-                    usage = chunk.usage
-        except asyncio.CancelledError:
-            await self.backend.cancel(turn.turn_id)
-            raise
+            # aclosing: a cancelled turn closes the stream at once, which stops generation
+            async with contextlib.aclosing(self.backend.stream(built.prompt, params)) as stream:
+                async for chunk in stream:
+                    if chunk.text:
+                        if ttft_ms is None:
+                            ttft_ms = _ms_since(turn.enqueued_at)
+                        parts.append(chunk.text)
+                        await out.add(chunk.text)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
         except Exception as exc:
             if not out.sent_text:
                 raise  # nothing shown yet: safe to try again
