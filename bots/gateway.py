@@ -23,6 +23,7 @@ from frontdesk.storage import Store
 from frontdesk.wire import InboundMessage, Turn
 
 from .channel import ReplyStream
+from .http import HttpServer
 
 if TYPE_CHECKING:
     from frontdesk.engine.queue import TurnQueue
@@ -54,19 +55,26 @@ class Gateway:
         self.store = store
         self.channels = channels
         self._pending: dict[str, ReplyStream] = {}
+        self._generating: dict[tuple[str, str], str] = {}  # (platform, conversation) -> turn id
         self._deliveries: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
+        self.http = HttpServer(settings.http_host, settings.http_port)
 
     async def start(self) -> None:
         self._pump = asyncio.create_task(self._pump_replies(), name="gateway-replies")
         for channel in self.channels:
-            await channel.start(self)
+            await channel.start(self)  # webhook channels add their routes to self.http here
+        if self.http.needed:
+            await self.http.start()
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        for channel in reversed(self.channels):
-            await channel.stop()
+        """Stop taking webhooks, give replies being shown ``grace_s`` to finish (they need their
+        channel), then stop the channels and the reply pump."""
+        await self.http.stop()
         if self._deliveries:
             await asyncio.wait(self._deliveries, timeout=grace_s)
+        for channel in reversed(self.channels):
+            await channel.stop()
         for task in (*self._deliveries, self._pump):
             if task is not None:
                 task.cancel()
@@ -76,12 +84,12 @@ class Gateway:
 
     @property
     def pending(self) -> int:
-        """Replies this gateway is still waiting for."""
-        return len(self._pending)
+        """Replies not yet fully shown to their users."""
+        return len(self._deliveries)
 
     async def handle(self, msg: InboundMessage, channel: Channel) -> asyncio.Task[None] | None:
         """Take one message from ``channel``. Returns the task delivering its reply, or None when
-        the message was a duplicate and gets no reply."""
+        the message gets no reply of its own (a duplicate, or a /stop that ended another reply)."""
         text = clean_text(msg.text)
         if text != msg.text:
             msg = replace(msg, text=text)
@@ -93,8 +101,12 @@ class Gateway:
                 log.error("cannot reset %s: %s", msg.conversation_key, exc)
                 return self._reply_now(channel, msg, texts.STORAGE_DOWN)
             return self._reply_now(channel, msg, texts.RESET)
-        if command in ("/help", "/start"):
+        if command == "/start":
+            return self._reply_now(channel, msg, self.settings.greeting)
+        if command == "/help":
             return self._reply_now(channel, msg, texts.HELP)
+        if command == "/stop":
+            return await self._stop(channel, msg)
         if command.startswith("/"):
             return self._reply_now(channel, msg, texts.UNKNOWN_COMMAND)
         if not text.strip():
@@ -120,7 +132,20 @@ class Gateway:
             log.error("cannot queue turn %s: %s", turn.turn_id, exc)
             del self._pending[turn.turn_id]
             return self._reply_now(channel, msg, texts.QUEUE_DOWN)
+        self._generating[(msg.platform, msg.conversation_key)] = turn.turn_id
         return self._deliver(channel, stream)
+
+    async def _stop(self, channel: Channel, msg: InboundMessage) -> asyncio.Task[None] | None:
+        """/stop: cancel the chat's reply in progress; it ends with what was generated so far."""
+        turn_id = self._generating.get((msg.platform, msg.conversation_key))
+        if turn_id is None or turn_id not in self._pending:
+            return self._reply_now(channel, msg, texts.NOTHING_TO_STOP)
+        try:
+            await self.queue.cancel(turn_id)
+        except QueueUnavailable as exc:
+            log.error("cannot cancel turn %s: %s", turn_id, exc)
+            return self._reply_now(channel, msg, texts.QUEUE_DOWN)
+        return None
 
     def _reply_now(self, channel: Channel, msg: InboundMessage, text: str) -> asyncio.Task[None]:
         return self._deliver(channel, ReplyStream.immediate(msg, text))
@@ -138,6 +163,9 @@ class Gateway:
             log.exception("channel %s failed to deliver turn %s", channel.name, stream.turn_id)
         finally:
             self._pending.pop(stream.turn_id, None)
+            key = (stream.inbound.platform, stream.inbound.conversation_key)
+            if self._generating.get(key) == stream.turn_id:
+                del self._generating[key]
 
     async def _pump_replies(self) -> None:
         async for delta in self.queue.replies(self.id):

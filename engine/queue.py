@@ -11,6 +11,8 @@ Semantics (both implementations):
 * **Dead letters.** ``Delivery.deliveries`` counts deliveries. The worker moves a turn delivered more
   than ``max_deliveries`` times to the dead-letter stream (``dead_letter``) instead of trying again.
 * **Replies** go to the stream of the gateway that owns the turn (``Turn.gateway``), in order.
+* **Cancels** (a user's /stop) are broadcast to every worker; the one generating the turn stops.
+  A cancel for a turn no worker holds is simply ignored.
 
 ``RedisQueue`` does this with Redis Streams: one stream of turns read through the consumer group
 ``workers`` (XADD with ``MAXLEN ~``, XREADGROUP, XACK, XAUTOCLAIM, XCLAIM JUSTID as heartbeat, XPENDING
@@ -62,6 +64,7 @@ class TurnQueue(Protocol):
     # gateway side
     async def submit(self, turn: Turn) -> None: ...
     def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]: ...
+    async def cancel(self, turn_id: str) -> None: ...
 
     # worker side
     async def receive(self, count: int, block_ms: int) -> list[Delivery]: ...
@@ -70,6 +73,7 @@ class TurnQueue(Protocol):
     async def touch(self, deliveries: Iterable[Delivery]) -> None: ...
     async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
     async def publish(self, gateway: str, delta: ReplyDelta) -> None: ...
+    def cancellations(self) -> AsyncIterator[str]: ...
 
 
 class LocalQueue:
@@ -80,6 +84,7 @@ class LocalQueue:
         self._replies: defaultdict[str, asyncio.Queue[ReplyDelta]] = defaultdict(asyncio.Queue)
         self._ids = itertools.count(1)
         self._retry_delay_s = retry_delay_s
+        self._cancel_listeners: list[asyncio.Queue[str]] = []
         self.dead: list[tuple[Delivery, str]] = []
 
     async def start(self) -> None:
@@ -123,6 +128,19 @@ class LocalQueue:
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
         self._replies[gateway].put_nowait(delta)
 
+    async def cancel(self, turn_id: str) -> None:
+        for listener in self._cancel_listeners:
+            listener.put_nowait(turn_id)
+
+    async def cancellations(self) -> AsyncIterator[str]:  # type: ignore[override]
+        listener: asyncio.Queue[str] = asyncio.Queue()
+        self._cancel_listeners.append(listener)
+        try:
+            while True:
+                yield await listener.get()
+        finally:
+            self._cancel_listeners.remove(listener)
+
 
 class RedisQueue:
     """Redis Streams queue; see the module docstring for the semantics."""
@@ -141,6 +159,7 @@ class RedisQueue:
         self.turns_key = f"{prefix}:turns"
         self.dead_key = f"{prefix}:turns:dead"
         self.reply_prefix = f"{prefix}:replies:"
+        self.cancel_channel = f"{prefix}:cancel"
         self.maxlen = maxlen
         self.claim_idle_ms = claim_idle_ms
         self.redis: aioredis.Redis = aioredis.from_url(
@@ -202,7 +221,31 @@ class RedisQueue:
                     except ValueError:
                         log.exception("undecodable reply delta %s on %s", entry_id, key)
 
+    async def cancel(self, turn_id: str) -> None:
+        try:
+            await self.redis.publish(self.cancel_channel, turn_id)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot send the cancel on Redis: {exc}") from exc
+
     # -- worker side ---------------------------------------------------------------------------
+
+    async def cancellations(self) -> AsyncIterator[str]:  # type: ignore[override]
+        """Turn ids to stop, from Redis pub/sub; resubscribes after a Redis outage."""
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.cancel_channel)
+                backoff = 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        yield message["data"]
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("cancel channel: Redis unreachable (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                await pubsub.aclose()
 
     async def receive(self, count: int, block_ms: int) -> list[Delivery]:
         """Reclaimed turns of dead workers first, then new ones (blocking up to ``block_ms``)."""

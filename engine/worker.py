@@ -106,29 +106,29 @@ class Worker:
         self._drainers: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._stopping = False
-        self._loop_task: asyncio.Task[None] | None = None
-        self._beat_task: asyncio.Task[None] | None = None
+        self._stops: dict[str, asyncio.Event] = {}  # turn id -> set when the user said /stop
+        self._tasks: list[asyncio.Task[None]] = []
         self.turns_done = 0
 
     async def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="worker-loop")
-        self._beat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="worker-loop"),
+            asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
+            asyncio.create_task(self._watch_cancels(), name="worker-cancels"),
+        ]
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking turns; let in-flight ones finish for ``grace_s``, then give the rest back
         to the queue unacked (another worker, or this one after a restart, reclaims them)."""
         self._stopping = True
-        for task in (self._loop_task, self._beat_task):
-            if task is not None:
-                task.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self._drainers:
             _done, pending = await asyncio.wait(self._drainers, timeout=grace_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.gather(
-            *(t for t in (self._loop_task, self._beat_task) if t), return_exceptions=True
-        )
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def in_flight(self) -> int:
@@ -162,6 +162,14 @@ class Worker:
                 await self.queue.touch(list(self._held.values()))
             except Exception as exc:
                 log.warning("heartbeat failed: %r", exc)
+
+    async def _watch_cancels(self) -> None:
+        """Stop a turn this worker is generating when its user says /stop."""
+        async for turn_id in self.queue.cancellations():
+            stop = self._stops.get(turn_id)
+            if stop is not None:
+                stop.set()
+                await self.backend.cancel(turn_id)
 
     async def _dispatch(self, delivery: Delivery) -> None:
         turn = delivery.turn
@@ -256,6 +264,7 @@ class Worker:
         parts: list[str] = []
         usage: Usage | None = None
         ttft_ms: float | None = None
+        stop = self._stops[turn.turn_id] = asyncio.Event()
         try:
             # aclosing: a cancelled turn closes the stream at once, which stops generation
             async with contextlib.aclosing(self.backend.stream(built.prompt, params)) as stream:
@@ -267,11 +276,15 @@ class Worker:
                         await out.add(chunk.text)
                     if chunk.usage is not None:
                         usage = chunk.usage
+                    if stop.is_set():
+                        break
         except Exception as exc:
             if not out.sent_text:
                 raise  # nothing shown yet: safe to try again
             await self._fail(turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens)
             return True
+        finally:
+            del self._stops[turn.turn_id]
         text = "".join(parts)
         figures = ReplyFigures(
             tokens_in=usage.prompt_tokens if usage else built.prompt.n_tokens,
@@ -281,13 +294,15 @@ class Worker:
             model=self.backend.model,
         )
         if not text.strip():
+            reason = "stopped by the user" if stop.is_set() else "empty reply"
             await self.store.record_reply(
-                turn.conversation_id, turn.message_id, "", figures, error="empty reply"
+                turn.conversation_id, turn.message_id, "", figures, error=reason
             )
-            await out.finish(error=texts.EMPTY_REPLY)
+            await out.finish(error=texts.STOPPED if stop.is_set() else texts.EMPTY_REPLY)
             return True
+        # A reply stopped part-way is kept as it was shown: it is context for the next turn.
         await self.store.record_reply(turn.conversation_id, turn.message_id, text, figures)
-        await out.finish()
+        await out.finish(error=texts.STOPPED if stop.is_set() else None)
         return True
 
     async def _fail(

@@ -51,9 +51,11 @@ def worker(ctx: typer.Context) -> None:
 @app.command()
 def gateway(ctx: typer.Context) -> None:
     """Run the configured platform channels until SIGTERM (needs FRONTDESK_REDIS_URL)."""
+    from frontdesk.bots import build_channels
     from frontdesk.runtime import run_gateway
 
-    run(run_gateway(settings(ctx), channels=[]))
+    cfg = settings(ctx)
+    run(run_gateway(cfg, channels=build_channels(cfg)))
 
 
 @app.callback()

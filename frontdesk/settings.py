@@ -12,11 +12,12 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -76,11 +77,30 @@ class Settings(BaseSettings):
     stream_flush_chars: int = Field(200, ge=1)
     reply_timeout_s: float = Field(600.0, gt=0)
 
+    greeting: str = "Hello! I'm an assistant. Ask me anything, or send /help."
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+
+    telegram_token: str | None = None
+    telegram_api_url: str = "https://api.telegram.org/bot"
+    telegram_allowed_users: Annotated[list[str], NoDecode] = []
+    telegram_edit_interval: float = Field(1.5, gt=0)
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
+
     gateway_id: str = Field(default_factory=_default_gateway_id)
     worker_id: str = Field(default_factory=_default_gateway_id)
     log_level: str = "WARNING"
 
-    @field_validator("redis_url", "model", mode="before")
+    @field_validator("telegram_allowed_users", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """``"123, @alice"`` in the environment; a list in frontdesk.toml."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("redis_url", "model", "telegram_token", "telegram_webhook_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

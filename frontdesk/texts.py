@@ -3,10 +3,14 @@ errors. One place, so every channel says the same thing."""
 
 HELP = (
     "I'm a chat assistant. Send me a message and I'll answer.\n"
-    "/reset starts a new conversation, /help shows this."
+    "/reset starts a new conversation, /stop stops an answer in progress, /help shows this."
 )
 RESET = "Started a new conversation. Earlier messages no longer count."
 EMPTY_MESSAGE = "Your message is empty. Send me some text and I'll answer."
+STOPPED = "(stopped)"
+NOTHING_TO_STOP = "There is no answer in progress to stop."
+NON_TEXT = "I can only read text for now."
+NOT_ALLOWED = "Sorry, I'm not available to you here. Ask the bot's owner for access."
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I understand."
 QUEUE_DOWN = "I can't take messages right now. Please try again in a minute."
 STORAGE_DOWN = "I can't save messages right now, so I didn't take this one. Please try again soon."

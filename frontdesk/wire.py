@@ -40,6 +40,9 @@ class InboundMessage:
     text: str
     user_name: str | None = None
     thread_id: str | None = None
+    # Platform details only the channel that made the message reads (chat type, what to reply
+    # to); the gateway passes them through untouched.
+    meta: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def conversation_key(self) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from frontdesk.bots import Gateway, ReplyStream
+from frontdesk.bots import Channel, Gateway, ReplyStream
 from frontdesk.engine.backends import Backend
 from frontdesk.engine.queue import TurnQueue, make_queue
 from frontdesk.engine.worker import Worker
@@ -94,6 +94,7 @@ async def pipeline(
     *,
     store: Store | None = None,
     queue: TurnQueue | None = None,
+    channels: Sequence[Channel] = (),
 ) -> AsyncIterator[Pipeline]:
     """Store, queue, worker (when a backend is given) and gateway with a RecordingChannel, started
     in order and stopped in reverse. The backend is started and closed by the caller."""
@@ -117,7 +118,7 @@ async def pipeline(
             await worker.start()
             stack.push_async_callback(worker.stop)
         channel = RecordingChannel()
-        gateway = Gateway(settings, queue, store, [channel])
+        gateway = Gateway(settings, queue, store, [channel, *channels])
         await gateway.start()
         stack.push_async_callback(gateway.stop)
         yield Pipeline(gateway, channel, worker, queue, store)

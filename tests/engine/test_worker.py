@@ -157,3 +157,53 @@ async def test_reply_deltas_are_coalesced(make_settings) -> None:
         assert reply is not None and reply.text == words
         # the first text goes out at once, then only every 200 characters, then the final delta
         assert 3 <= len(reply.deltas) <= len(words) // 200 + 3
+
+
+class Talkative(FixedReplyBackend):
+    """Streams a word every 20 ms for a long time; stops when cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__("x")
+        self.cancelled: set[str] = set()
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        produced = 0
+        for i in range(1000):
+            if params.request_id in self.cancelled:
+                break
+            await asyncio.sleep(0.02)
+            produced += 1
+            yield Chunk(f"w{i} ")
+        yield Chunk("", Usage(prompt.n_tokens, produced, "cancelled"))
+
+    async def cancel(self, request_id: str) -> None:
+        self.cancelled.add(request_id)
+
+
+async def test_stop_ends_a_reply_in_progress(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(
+        redis_url=redis_url, queue_prefix=queue_prefix, max_new_tokens=2000, stream_flush_ms=20
+    )
+    backend = Talkative()
+    async with pipeline(settings, backend) as p:
+        task = await p.gateway.handle(p.channel.message("tell me everything"), p.channel)
+        assert task is not None
+        await asyncio.sleep(0.5)
+        assert await p.gateway.handle(p.channel.message("/stop"), p.channel) is None
+        await asyncio.wait_for(task, 10)
+        reply = p.channel.delivered[-1]
+        assert reply.error == texts.STOPPED
+        assert 5 < len(reply.text.split()) < 200  # stopped long before 1000 words
+        assert backend.cancelled  # the engine was told to abort, not just ignored
+        [conv] = [
+            c
+            for c in await p.store.list_conversations(limit=50)
+            if c.external_key == p.channel.chat
+        ]
+        _c, messages = await p.store.conversation(conv.id)
+        assert messages[-1].role == "assistant" and messages[-1].content == reply.text
+
+        nothing = await p.channel.say("/stop")
+        assert nothing is not None and nothing.text == texts.NOTHING_TO_STOP

@@ -1,0 +1,242 @@
+"""The Telegram channel end to end: the real python-telegram-bot against the Bot API stand-in,
+through the gateway, Redis, the worker and PostgreSQL, with the real model where the reply's
+content does not matter to the assertion and a fixed reply where it does."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from chatgpt_md_converter import telegram_format
+
+from frontdesk import texts
+from frontdesk.bots.telegram import TelegramChannel
+from frontdesk.engine.backends import Backend
+from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from tests.fakes.telegram_api import FakeTelegram, parse_html
+from tests.support import Pipeline, pipeline
+
+ALICE = 1001
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+def tg_settings(
+    make_settings, fake: FakeTelegram, redis_url: str, queue_prefix: str, pg_database: str
+):  # type: ignore[no-untyped-def]
+    def build(**values: object):  # type: ignore[no-untyped-def]
+        values = {
+            "telegram_token": fake.token,
+            "telegram_api_url": fake.base_url,
+            "telegram_edit_interval": 0.5,
+            "redis_url": redis_url,
+            "queue_prefix": queue_prefix,
+            "max_new_tokens": 48,
+            "temperature": 0.0,
+            **values,
+        }
+        return make_settings(**values)
+
+    return build
+
+
+@contextlib.asynccontextmanager
+async def running(settings, backend: Backend) -> AsyncIterator[tuple[Pipeline, TelegramChannel]]:  # type: ignore[no-untyped-def]
+    channel = TelegramChannel(settings)
+    async with pipeline(settings, backend, channels=[channel]) as p:
+        yield p, channel
+
+
+async def settled(fake: FakeTelegram, p: Pipeline, chat_id: int, count: int = 1) -> list[dict]:
+    """Wait until ``count`` bot messages are in the chat and no reply is still streaming."""
+    await fake.wait_for(lambda f: len(f.messages_in(chat_id)) >= count and p.gateway.pending == 0)
+    return fake.messages_in(chat_id)
+
+
+async def test_update_in_gives_one_streamed_reply_out(
+    fake: FakeTelegram, tg_settings, llama: LlamaCppBackend, pg_database: str
+) -> None:
+    # Each stand-in numbers messages from 1, so only this test uses the session's shared
+    # PostgreSQL database; the others get a SQLite file of their own (same dedupe keys otherwise).
+    settings = tg_settings(max_new_tokens=64, database_url=pg_database)
+    async with running(settings, llama) as (p, _channel):
+        fake.private_message("Tell me a short story about a brave cat.")
+        [reply] = await settled(fake, p, ALICE)
+        assert len(fake.calls_to("sendMessage", ALICE)) == 1  # one reply, posted once…
+        edits = fake.calls_to("editMessageText", ALICE)
+        assert edits and all(c.status == 200 for c in edits)  # …then grown by edits
+        assert len(reply["texts"]) == len(edits) + 1
+        assert fake.calls_to("sendChatAction", ALICE)  # "typing…" before the first text
+        # what the user sees is what was stored
+        [conv] = [
+            c for c in await p.store.list_conversations(limit=200) if c.external_key == str(ALICE)
+        ]
+        _c, messages = await p.store.conversation(conv.id)
+        assert messages[-1].role == "assistant"
+        visible, _entities = parse_html(telegram_format(messages[-1].content))
+        assert reply["text"] == visible.strip()
+        assert {c["command"] for c in fake.commands} >= {"start", "help", "reset", "stop"}
+
+
+async def test_duplicate_update_gets_no_second_reply_even_after_a_restart(
+    fake: FakeTelegram, tg_settings
+) -> None:
+    """Updates are handled in order, so once the reply to a later message is in, the duplicate
+    before it has been dealt with."""
+    settings = tg_settings()
+    async with running(settings, FixedReplyBackend("Only once.")) as (p, _channel):
+        update = fake.private_message("hello")
+        await settled(fake, p, ALICE)
+        fake.push(update)  # Telegram delivers it again
+        fake.private_message("marker one")
+        await settled(fake, p, ALICE, count=2)
+    async with running(settings, FixedReplyBackend("Only once.")) as (p, _channel):
+        fake.push(update)  # and again, to a restarted gateway
+        fake.private_message("marker two")
+        await settled(fake, p, ALICE, count=3)
+    # hello and the two markers (a restarted gateway may meet one 429 from the last one's pace)
+    sent = [c for c in fake.calls_to("sendMessage", ALICE) if c.status == 200]
+    assert len(sent) == 3
+    [conv] = [
+        c for c in await p.store.list_conversations(limit=200) if c.external_key == str(ALICE)
+    ]
+    _c, messages = await p.store.conversation(conv.id)
+    assert [m.content for m in messages if m.role == "user"] == [
+        "hello",
+        "marker one",
+        "marker two",
+    ]
+
+
+async def test_long_reply_is_split_into_messages_within_the_limit(
+    fake: FakeTelegram, tg_settings
+) -> None:
+    paragraph = " ".join(f"Sentence number {i} of the answer." for i in range(25))
+    reply = "\n\n".join(f"{n}. {paragraph}" for n in range(12))
+    assert len(reply) > 10_000
+    async with running(
+        tg_settings(max_new_tokens=5000, context_tokens=8192), FixedReplyBackend(reply)
+    ) as (p, _c):
+        fake.private_message("Tell me everything")
+        messages = await settled(fake, p, ALICE, count=3)
+    assert len(messages) >= 3
+    assert all(len(m["text"]) <= 4096 for m in messages)
+    joined = " ".join(m["text"] for m in messages)
+    assert joined.split() == reply.split()  # the whole text, in order, nothing lost or repeated
+    assert fake.count_429() == 0
+
+
+async def test_a_429_is_waited_out_and_the_reply_arrives(fake: FakeTelegram, tg_settings) -> None:
+    fake.fail_next("sendMessage", retry_after=2)
+    async with running(tg_settings(), FixedReplyBackend("Patience pays.")) as (p, channel):
+        fake.private_message("hi")
+        [message] = await settled(fake, p, ALICE)
+    assert message["text"] == "Patience pays."
+    sends = fake.calls_to("sendMessage", ALICE)
+    assert [c.status for c in sends] == [429, 200]
+    assert sends[1].at - sends[0].at >= 2.0  # retry_after was honoured
+    assert channel.retries_after_429 == 1
+
+
+async def test_group_answers_only_when_addressed(fake: FakeTelegram, tg_settings) -> None:
+    group = -100200
+    async with running(tg_settings(), FixedReplyBackend("Here to help.")) as (p, _channel):
+        fake.group_message("just chatting among ourselves")
+        fake.group_message("what are your hours?", mention_bot=True)
+        [answer] = await settled(fake, p, group)
+        fake.group_message("and on Sundays?", reply_to_bot_message_id=answer["message_id"])
+        await settled(fake, p, group, count=2)
+        fake.group_message("/help@someone_else_bot")
+        fake.group_message("still chatting")
+        # updates are handled in order: once this one is answered, the two above were seen
+        fake.group_message("/reset@frontdesk_test_bot")
+        await settled(fake, p, group, count=3)
+        convs = [
+            c for c in await p.store.list_conversations(limit=200) if c.external_key == str(group)
+        ]
+        _c, messages = await p.store.conversation(convs[-1].id)
+    assert [m["text"] for m in fake.messages_in(group)] == [
+        "Here to help.",
+        "Here to help.",
+        texts.RESET,  # the /command addressed to this bot, with its @name taken off
+    ]
+    assert [m.content for m in messages if m.role == "user"] == [
+        "what are your hours?",  # the @mention is taken out of the turn's text
+        "and on Sundays?",
+    ]
+
+
+async def test_webhook_checks_the_secret_token(fake: FakeTelegram, tg_settings) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = tg_settings(
+        telegram_webhook_url=f"http://127.0.0.1:{port}/telegram/hook", http_port=port
+    )
+    secret = hashlib.sha256(fake.token.encode()).hexdigest()
+    async with running(settings, FixedReplyBackend("Via webhook.")) as (p, _channel):
+        assert fake.webhook is not None and fake.webhook.secret_token == secret
+        update = fake.private_message("hello by webhook")
+        assert await fake.post_webhook(update, secret="wrong") == 403
+        assert await fake.post_webhook(update, secret=None) == 403
+        assert p.gateway.pending == 0  # nothing was taken
+        assert await fake.post_webhook(update, secret=secret) == 200
+        [message] = await settled(fake, p, ALICE)
+    assert message["text"] == "Via webhook."
+    assert not fake.calls_to("getUpdates")  # webhook mode does not poll
+
+
+async def test_unbalanced_markdown_still_arrives_readable(fake: FakeTelegram, tg_settings) -> None:
+    reply = "**Bold that never closes, `code too, a <tag> & an _underscore\n```python\nx = 1 < 2"
+    async with running(tg_settings(), FixedReplyBackend(reply)) as (p, _channel):
+        fake.private_message("markdown please")
+        [message] = await settled(fake, p, ALICE)
+    for fragment in ("Bold that never closes", "<tag> & an", "x = 1 < 2"):
+        assert fragment in message["text"]
+    failed = [c for c in fake.calls if c.status >= 400]
+    assert failed == []
+
+
+async def test_user_outside_the_allowlist_is_refused_once(fake: FakeTelegram, tg_settings) -> None:
+    settings = tg_settings(telegram_allowed_users=["@carol", "42"])
+    async with running(settings, FixedReplyBackend("secret")) as (p, _channel):
+        fake.private_message("let me in")
+        fake.private_message("please?")
+        fake.private_message("hi", user_id=42, username="dave")
+        await settled(fake, p, 42)
+        await fake.wait_for(lambda f: len(f.messages_in(ALICE)) == 1)
+    assert [m["text"] for m in fake.messages_in(ALICE)] == [texts.NOT_ALLOWED]
+    assert [m["text"] for m in fake.messages_in(42)] == ["secret"]
+    stored = {c.external_key for c in await p.store.list_conversations(limit=200)}
+    assert str(ALICE) not in stored  # nothing was queued for the refused user
+
+
+async def test_non_text_and_edits(fake: FakeTelegram, tg_settings) -> None:
+    async with running(tg_settings(), FixedReplyBackend("ok")) as (p, _channel):
+        fake.private_message("first")
+        await settled(fake, p, ALICE)
+        fake.edited_message("first, edited")
+        fake.non_text_message("sticker")
+        await settled(fake, p, ALICE, count=2)
+    assert [m["text"] for m in fake.messages_in(ALICE)] == ["ok", texts.NON_TEXT]
+
+
+async def test_forum_topic_is_its_own_conversation(fake: FakeTelegram, tg_settings) -> None:
+    group = -100300
+    async with running(tg_settings(), FixedReplyBackend("In the topic.")) as (p, _channel):
+        fake.group_message(
+            "hi", chat_id=group, mention_bot=True, message_thread_id=7, is_topic_message=True
+        )
+        [message] = await settled(fake, p, group)
+    assert message["message_thread_id"] == 7
+    keys = {c.external_key for c in await p.store.list_conversations(limit=200)}
+    assert f"{group}:7" in keys
