@@ -240,3 +240,12 @@ async def test_forum_topic_is_its_own_conversation(fake: FakeTelegram, tg_settin
     assert message["message_thread_id"] == 7
     keys = {c.external_key for c in await p.store.list_conversations(limit=200)}
     assert f"{group}:7" in keys
+
+
+async def test_start_sends_the_configured_greeting(fake: FakeTelegram, tg_settings) -> None:
+    settings = tg_settings(greeting="Welcome to Acme support!")
+    async with running(settings, FixedReplyBackend("ok")) as (p, _channel):
+        fake.private_command("start")
+        fake.private_command("help")
+        await settled(fake, p, ALICE, count=2)
+    assert [m["text"] for m in fake.messages_in(ALICE)] == ["Welcome to Acme support!", texts.HELP]
