@@ -29,15 +29,15 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from frontdesk.bots import Gateway  # noqa: E402
-from frontdesk.bots.telegram import TelegramChannel  # noqa: E402
-from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage  # noqa: E402
-from frontdesk.engine.backends.fixed import FixedReplyBackend  # noqa: E402
-from frontdesk.engine.queue import RedisQueue  # noqa: E402
-from frontdesk.engine.worker import Worker  # noqa: E402
-from frontdesk.settings import Settings  # noqa: E402
-from frontdesk.storage import Store  # noqa: E402
-from tests.fakes.telegram_api import FakeTelegram  # noqa: E402
+from frontdesk.bots import Gateway
+from frontdesk.bots.telegram import TelegramChannel
+from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
+from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.engine.queue import RedisQueue
+from frontdesk.engine.worker import Worker
+from frontdesk.settings import Settings
+from frontdesk.storage import Store
+from tests.fakes.telegram_api import FakeTelegram
 
 SENTENCE = "Our support team answers every question within one business day, on weekdays. "
 REPLY = (SENTENCE * 20)[:1500]
