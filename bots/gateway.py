@@ -93,23 +93,10 @@ class Gateway:
         text = clean_text(msg.text)
         if text != msg.text:
             msg = replace(msg, text=text)
-        command = text.strip().split(maxsplit=1)[0].lower() if text.strip() else ""
-        if command in ("/reset", "/new"):
-            try:
-                await self.store.reset_conversation(msg.platform, msg.conversation_key)
-            except StorageUnavailable as exc:
-                log.error("cannot reset %s: %s", msg.conversation_key, exc)
-                return self._reply_now(channel, msg, texts.STORAGE_DOWN)
-            return self._reply_now(channel, msg, texts.RESET)
-        if command == "/start":
-            return self._reply_now(channel, msg, self.settings.greeting)
-        if command == "/help":
-            return self._reply_now(channel, msg, texts.HELP)
-        if command == "/stop":
-            return await self._stop(channel, msg)
-        if command.startswith("/"):
-            return self._reply_now(channel, msg, texts.UNKNOWN_COMMAND)
-        if not text.strip():
+        stripped = text.strip()
+        if stripped.startswith("/"):
+            return await self._command(channel, msg, stripped.split(maxsplit=1)[0].lower())
+        if not stripped:
             return self._reply_now(channel, msg, texts.EMPTY_MESSAGE)
         if len(text) > self.settings.max_message_chars:
             return self._reply_now(
@@ -134,6 +121,24 @@ class Gateway:
             return self._reply_now(channel, msg, texts.QUEUE_DOWN)
         self._generating[(msg.platform, msg.conversation_key)] = turn.turn_id
         return self._deliver(channel, stream)
+
+    async def _command(
+        self, channel: Channel, msg: InboundMessage, command: str
+    ) -> asyncio.Task[None] | None:
+        if command in ("/reset", "/new"):
+            try:
+                await self.store.reset_conversation(msg.platform, msg.conversation_key)
+            except StorageUnavailable as exc:
+                log.error("cannot reset %s: %s", msg.conversation_key, exc)
+                return self._reply_now(channel, msg, texts.STORAGE_DOWN)
+            return self._reply_now(channel, msg, texts.RESET)
+        if command == "/start":
+            return self._reply_now(channel, msg, self.settings.greeting)
+        if command == "/help":
+            return self._reply_now(channel, msg, texts.HELP)
+        if command == "/stop":
+            return await self._stop(channel, msg)
+        return self._reply_now(channel, msg, texts.UNKNOWN_COMMAND)
 
     async def _stop(self, channel: Channel, msg: InboundMessage) -> asyncio.Task[None] | None:
         """/stop: cancel the chat's reply in progress; it ends with what was generated so far."""

@@ -320,7 +320,6 @@ class _LiveReply:
         self.chat = chat
         self.interval = interval
         self.shown: list[tuple[int, str]] = []  # (message id, HTML it shows)
-        self.edits = 0
 
     async def run(self, reply: ReplyStream) -> None:
         typing = asyncio.create_task(self._typing())
@@ -373,7 +372,6 @@ class _LiveReply:
 
                 await self.channel._call(self.chat, edit, html, part)
                 self.shown[index] = (message_id, html)
-                self.edits += 1
             else:
 
                 async def send(**kw: Any) -> Any:

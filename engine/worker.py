@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from frontdesk import texts
 from frontdesk.errors import FrontdeskError, PromptTooLong
@@ -30,7 +31,7 @@ from frontdesk.settings import Settings
 from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn
 
-from .backends import Backend, GenerationParams, Usage
+from .backends import Backend, GenerationParams, Prompt, Usage
 from .context import build_prompt
 from .queue import Delivery, TurnQueue
 
@@ -84,6 +85,14 @@ class _Coalescer:
         await self._send(ReplyDelta(self._turn_id, self._seq, text, done=done, error=error))
         self._seq += 1
         self.sent_text = self.sent_text or bool(text)
+
+
+@dataclass(slots=True)
+class _Generated:
+    text: str = ""
+    usage: Usage | None = None
+    ttft_ms: float | None = None
+    stopped: bool = False
 
 
 class Worker:
@@ -232,78 +241,82 @@ class Worker:
 
     async def _answer(self, turn: Turn) -> bool:
         """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it."""
-        send = self._sender(turn)
+        out = _Coalescer(
+            turn.turn_id,
+            self._sender(turn),
+            self.settings.stream_flush_ms,
+            self.settings.stream_flush_chars,
+        )
         existing, history = await self.store.turn_context(
             turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
-        if existing is not None:
-            await send(
-                ReplyDelta(
-                    turn.turn_id,
-                    0,
-                    existing.content if existing.status == "ok" else "",
-                    done=True,
-                    error=None if existing.status == "ok" else texts.ENGINE_FAILED,
-                )
+        if existing is not None:  # a redelivery: the user gets the reply already stored
+            ok = existing.status == "ok"
+            await out.finish(
+                text=existing.content if ok else "", error=None if ok else texts.ENGINE_FAILED
             )
             return True
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
-        out = _Coalescer(
-            turn.turn_id, send, self.settings.stream_flush_ms, self.settings.stream_flush_chars
-        )
         try:
             built = build_prompt(self.backend, self.settings.system_prompt, messages, self._budget)
         except PromptTooLong as exc:
             await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
             return True
-        params = GenerationParams(
-            request_id=turn.turn_id,
-            max_tokens=self.settings.max_new_tokens,
-            temperature=self.settings.temperature,
-        )
-        parts: list[str] = []
-        usage: Usage | None = None
-        ttft_ms: float | None = None
-        stop = self._stops[turn.turn_id] = asyncio.Event()
         try:
-            # aclosing: a cancelled turn closes the stream at once, which stops generation
-            async with contextlib.aclosing(self.backend.stream(built.prompt, params)) as stream:
-                async for chunk in stream:
-                    if chunk.text:
-                        if ttft_ms is None:
-                            ttft_ms = _ms_since(turn.enqueued_at)
-                        parts.append(chunk.text)
-                        await out.add(chunk.text)
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    if stop.is_set():
-                        break
+            gen = await self._generate(turn, built.prompt, out)
         except Exception as exc:
             if not out.sent_text:
                 raise  # nothing shown yet: safe to try again
             await self._fail(turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens)
             return True
-        finally:
-            del self._stops[turn.turn_id]
-        text = "".join(parts)
         figures = ReplyFigures(
-            tokens_in=usage.prompt_tokens if usage else built.prompt.n_tokens,
-            tokens_out=usage.completion_tokens if usage else None,
-            ttft_ms=ttft_ms,
+            tokens_in=gen.usage.prompt_tokens if gen.usage else built.prompt.n_tokens,
+            tokens_out=gen.usage.completion_tokens if gen.usage else None,
+            ttft_ms=gen.ttft_ms,
             latency_ms=_ms_since(turn.enqueued_at),
             model=self.backend.model,
         )
-        if not text.strip():
-            reason = "stopped by the user" if stop.is_set() else "empty reply"
+        note = texts.STOPPED if gen.stopped else None
+        if not gen.text.strip():
+            reason = "stopped by the user" if gen.stopped else "empty reply"
             await self.store.record_reply(
                 turn.conversation_id, turn.message_id, "", figures, error=reason
             )
-            await out.finish(error=texts.STOPPED if stop.is_set() else texts.EMPTY_REPLY)
+            await out.finish(error=note or texts.EMPTY_REPLY)
             return True
         # A reply stopped part-way is kept as it was shown: it is context for the next turn.
-        await self.store.record_reply(turn.conversation_id, turn.message_id, text, figures)
-        await out.finish(error=texts.STOPPED if stop.is_set() else None)
+        await self.store.record_reply(turn.conversation_id, turn.message_id, gen.text, figures)
+        await out.finish(error=note)
         return True
+
+    async def _generate(self, turn: Turn, prompt: Prompt, out: _Coalescer) -> _Generated:
+        """Stream the backend's reply into ``out`` until it ends or the user says /stop."""
+        params = GenerationParams(
+            request_id=turn.turn_id,
+            max_tokens=self.settings.max_new_tokens,
+            temperature=self.settings.temperature,
+        )
+        gen = _Generated()
+        parts: list[str] = []
+        stop = self._stops[turn.turn_id] = asyncio.Event()
+        try:
+            # aclosing: a cancelled turn closes the stream at once, which stops generation
+            async with contextlib.aclosing(self.backend.stream(prompt, params)) as stream:
+                async for chunk in stream:
+                    if chunk.text:
+                        if gen.ttft_ms is None:
+                            gen.ttft_ms = _ms_since(turn.enqueued_at)
+                        parts.append(chunk.text)
+                        await out.add(chunk.text)
+                    if chunk.usage is not None:
+                        gen.usage = chunk.usage
+                    if stop.is_set():
+                        break
+        finally:
+            del self._stops[turn.turn_id]
+        gen.text = "".join(parts)
+        gen.stopped = stop.is_set()
+        return gen
 
     async def _fail(
         self, turn: Turn, out: _Coalescer, polite: str, error: str, tokens_in: int
