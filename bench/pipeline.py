@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -93,10 +95,81 @@ async def drive(
 
 
 async def framework(
-    db_url: str, redis_url: str, turns: int, in_flight: int, warmup: int
+    db_url: str, redis_url: str, turns: int, in_flight: int, warmup: int, *, split: bool
 ) -> tuple[float, float, list[float]]:
+    """The framework's turns. ``split``: the worker runs in its own process (scaled mode), and
+    the CPU figure adds both processes'."""
     prefix = f"fdbench:{uuid.uuid4().hex[:8]}"
-    settings = Settings(
+    settings = _settings(db_url, redis_url, prefix, in_flight)
+    async with contextlib.AsyncExitStack() as stack:
+        store = Store(db_url)
+        await store.start(migrate=True)
+        stack.push_async_callback(store.stop)
+        gw_queue = RedisQueue(redis_url, consumer="gateway", prefix=prefix)
+        await gw_queue.start()
+        stack.push_async_callback(gw_queue.stop)
+        if split:
+            ctx = multiprocessing.get_context("spawn")
+            pipe, child_end = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker_process, args=(db_url, redis_url, prefix, in_flight, child_end)
+            )
+            proc.start()
+            assert await asyncio.to_thread(pipe.recv) == "ready"
+        else:
+            # gateway and worker hold their own Redis connections, as in separate processes
+            wk_queue = RedisQueue(redis_url, consumer="worker", prefix=prefix)
+            await wk_queue.start()
+            stack.push_async_callback(wk_queue.stop)
+            worker = Worker(settings, wk_queue, store, FixedReplyBackend(settings.fixed_reply))
+            await worker.start()
+            stack.push_async_callback(worker.stop)
+        channel = BenchChannel()
+        gateway = Gateway(settings, gw_queue, store, [channel])
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+
+        await drive(channel.turn, warmup, in_flight)
+        if split:
+            pipe.send("cpu")
+            child_cpu0 = await asyncio.to_thread(pipe.recv)
+        wall, cpu, latencies = await drive(channel.turn, turns, in_flight)
+        if split:
+            pipe.send("cpu")
+            cpu += await asyncio.to_thread(pipe.recv) - child_cpu0
+            pipe.send("stop")
+            await asyncio.to_thread(proc.join, 30)
+    client = aioredis.from_url(redis_url)
+    await client.delete(*[k async for k in client.scan_iter(match=f"{prefix}:*")])
+    await client.aclose()
+    return wall, cpu, latencies
+
+
+def _worker_process(db_url: str, redis_url: str, prefix: str, in_flight: int, pipe: Any) -> None:
+    """A worker in a process of its own, as in scaled mode. Answers "cpu" with its CPU seconds
+    so far, and stops on "stop"."""
+
+    async def serve() -> None:
+        settings = _settings(db_url, redis_url, prefix, in_flight)
+        async with contextlib.AsyncExitStack() as stack:
+            store = Store(db_url)
+            await store.start()
+            stack.push_async_callback(store.stop)
+            queue = RedisQueue(redis_url, consumer="worker", prefix=prefix)
+            await queue.start()
+            stack.push_async_callback(queue.stop)
+            worker = Worker(settings, queue, store, FixedReplyBackend(settings.fixed_reply))
+            await worker.start()
+            stack.push_async_callback(worker.stop)
+            pipe.send("ready")
+            while await asyncio.to_thread(pipe.recv) != "stop":
+                pipe.send(time.process_time())
+
+    asyncio.run(serve())
+
+
+def _settings(db_url: str, redis_url: str, prefix: str, in_flight: int) -> Settings:
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=db_url,
         redis_url=redis_url,
@@ -105,30 +178,6 @@ async def framework(
         worker_concurrency=in_flight,
         queue_prefix=prefix,
     )
-    async with contextlib.AsyncExitStack() as stack:
-        store = Store(db_url)
-        await store.start(migrate=True)
-        stack.push_async_callback(store.stop)
-        # gateway and worker hold their own Redis connections, as in separate processes
-        gw_queue = RedisQueue(redis_url, consumer="gateway", prefix=prefix)
-        wk_queue = RedisQueue(redis_url, consumer="worker", prefix=prefix)
-        for q in (gw_queue, wk_queue):
-            await q.start()
-            stack.push_async_callback(q.stop)
-        worker = Worker(settings, wk_queue, store, FixedReplyBackend(settings.fixed_reply))
-        await worker.start()
-        stack.push_async_callback(worker.stop)
-        channel = BenchChannel()
-        gateway = Gateway(settings, gw_queue, store, [channel])
-        await gateway.start()
-        stack.push_async_callback(gateway.stop)
-
-        await drive(channel.turn, warmup, in_flight)
-        result = await drive(channel.turn, turns, in_flight)
-    client = aioredis.from_url(redis_url)
-    await client.delete(*[k async for k in client.scan_iter(match=f"{prefix}:*")])
-    await client.aclose()
-    return result
 
 
 async def raw_hop(redis_url: str, turns: int, in_flight: int) -> tuple[float, float, list[float]]:
@@ -198,32 +247,37 @@ async def main() -> None:
     db_url = f"{db_url}/{db_name}"
     try:
         rows = []
-        for in_flight in (1, args.in_flight):
-            n = args.turns if in_flight > 1 else max(200, args.turns // 10)
-            fw = await framework(db_url, args.redis, n, in_flight, warmup=min(200, n))
-            raw = await raw_hop(args.redis, n, in_flight)
-            rows.append((in_flight, n, fw, raw))
+        for split in (False, True):
+            for in_flight in (1, args.in_flight):
+                n = args.turns if in_flight > 1 else max(200, args.turns // 10)
+                fw = await framework(
+                    db_url, args.redis, n, in_flight, warmup=min(200, n), split=split
+                )
+                raw = await raw_hop(args.redis, n, in_flight)
+                rows.append((split, in_flight, n, fw, raw))
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         await admin.close()
 
     print("frontdesk pipeline benchmark: fixed-reply engine, Redis + PostgreSQL on 127.0.0.1")
     header = (
-        f"{'in flight':>9} {'turns':>6} {'turns/s':>9} {'raw hop/s':>10} {'ratio':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'raw p50':>8} {'CPU ms/turn':>12}"
+        f"{'processes':>19} {'in flight':>9} {'turns':>6} {'turns/s':>9} {'raw hop/s':>10} "
+        f"{'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'raw p50':>8} {'CPU ms/turn':>12}"
     )
     print(header)
-    for in_flight, n, (wall, cpu, lat), (raw_wall, _raw_cpu, raw_lat) in rows:
+    for split, in_flight, n, (wall, cpu, lat), (raw_wall, _raw_cpu, raw_lat) in rows:
         rate, raw_rate = n / wall, n / raw_wall
+        shape = "gateway | worker" if split else "gateway + worker"
         print(
-            f"{in_flight:>9} {n:>6} {rate:>9.0f} {raw_rate:>10.0f} {rate / raw_rate:>6.2f} "
-            f"{pct(lat, 50) * 1000:>7.2f} {pct(lat, 99) * 1000:>7.2f} "
+            f"{shape:>19} {in_flight:>9} {n:>6} {rate:>9.0f} {raw_rate:>10.0f} "
+            f"{rate / raw_rate:>6.2f} {pct(lat, 50) * 1000:>7.2f} {pct(lat, 99) * 1000:>7.2f} "
             f"{pct(raw_lat, 50) * 1000:>8.2f} {cpu / n * 1000:>12.2f}"
         )
     print(
         "p50/p99: a turn's latency from the message reaching the gateway to the last reply delta "
         "delivered,\nwith an instant engine: all of it is framework (at 1 in flight, nothing "
-        "queues). CPU: this process\n(gateway + worker), not the Redis and PostgreSQL servers."
+        'queues). "gateway + worker": one\nprocess; "gateway | worker": two processes, as in '
+        "scaled mode. CPU: frontdesk's processes, not the\nRedis and PostgreSQL servers."
     )
 
 

@@ -43,6 +43,10 @@ def build_prompt(
             f"the message needs {smallest.n_tokens} tokens with the system prompt; "
             f"the budget is {budget}"
         )
+    if len(history) > 1:
+        everything = render(len(history))
+        if everything.n_tokens <= budget:  # the common case: one render, nothing dropped
+            return BuiltPrompt(prompt=everything, kept=len(history), dropped=0)
     # Token count grows with every message kept: binary search the largest suffix that fits.
     lo, hi, best = 1, len(history), smallest
     while lo < hi:

@@ -8,4 +8,11 @@ from .store import (
     StoredMessage,
 )
 
-__all__ = ["ConversationSummary", "RecordedMessage", "ReplyFigures", "Store", "StoredMessage"]
+__all__ = [
+    "ConversationSummary",
+    "RecordedMessage",
+    "ReplyFigures",
+    "Store",
+    "StoredMessage",
+    "TurnMessage",
+]

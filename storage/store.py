@@ -52,6 +52,16 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnMessage:
+    """The part of a stored message a worker needs to build a prompt."""
+
+    id: int
+    role: str
+    content: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationSummary:
     id: int
     platform: str
@@ -301,21 +311,34 @@ class Store:
         self, conversation_id: int, *, up_to: int, limit: int = 200
     ) -> list[StoredMessage]:
         """The newest ``limit`` good messages of a conversation up to message ``up_to``, oldest
-        first. Failed replies are left out: they are not context."""
-        return (await self.turn_context(conversation_id, up_to, limit=limit))[1]
+        first, with all their figures. Failed replies are left out: they are not context."""
+        query = (
+            select(*_MESSAGE_COLUMNS)
+            .where(
+                Message.conversation_id == conversation_id,
+                Message.id <= up_to,
+                Message.status == "ok",
+            )
+            .order_by(Message.id.desc())
+            .limit(limit)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [StoredMessage(*row) for row in reversed(rows)]
 
     async def turn_context(
         self, conversation_id: int, message_id: int, *, limit: int = 200
-    ) -> tuple[StoredMessage | None, list[StoredMessage]]:
+    ) -> tuple[TurnMessage | None, list[TurnMessage]]:
         """What a worker needs to answer ``message_id``, in one query: the reply already stored
-        for it (a redelivered turn), and the history up to it, as in ``history``."""
+        for it (a redelivered turn), and the newest ``limit`` good messages up to it, oldest
+        first. Only the columns a prompt needs: this runs on every turn."""
         params = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit + 1}
         async with self._connect() as conn:
             rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
         reply = None
         history = []
         for row in rows:
-            message = StoredMessage(*row)
+            message = TurnMessage(*row)
             if message.id > message_id:
                 reply = message  # only the reply to message_id is newer than it here
             elif message.status == "ok" and len(history) < limit:
@@ -434,7 +457,7 @@ _SELECT_ACTIVE = select(Conversation.id).where(
     Conversation.status == "active",
 )
 _SELECT_TURN_CONTEXT = (
-    select(*_MESSAGE_COLUMNS)
+    select(Message.id, Message.role, Message.content, Message.status)
     .where(
         Message.conversation_id == bindparam("conversation_id"),
         or_(Message.id <= bindparam("message_id"), Message.reply_to_id == bindparam("message_id")),
