@@ -4,9 +4,13 @@ content does not matter to the assertion and a fixed reply where it does."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -249,3 +253,37 @@ async def test_start_sends_the_configured_greeting(fake: FakeTelegram, tg_settin
         fake.private_command("help")
         await settled(fake, p, ALICE, count=2)
     assert [m["text"] for m in fake.messages_in(ALICE)] == ["Welcome to Acme support!", texts.HELP]
+
+
+async def test_frontdesk_gateway_runs_the_telegram_channel_when_a_token_is_set(
+    fake: FakeTelegram, redis_url: str, queue_prefix: str, tmp_path
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")},
+        "FRONTDESK_TELEGRAM_TOKEN": fake.token,
+        "FRONTDESK_TELEGRAM_API_URL": fake.base_url,
+        "FRONTDESK_REDIS_URL": redis_url,
+        "FRONTDESK_QUEUE_PREFIX": queue_prefix,
+        "FRONTDESK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}",
+        "FRONTDESK_ENGINE": "fixed",
+        "FRONTDESK_FIXED_REPLY": "From separate processes.",
+    }
+    cli = [sys.executable, "-m", "frontdesk.cli"]
+    upgrade = await asyncio.create_subprocess_exec(*cli, "db", "upgrade", env=env)
+    assert await upgrade.wait() == 0
+    procs = [
+        await asyncio.create_subprocess_exec(*cli, role, env=env, stderr=asyncio.subprocess.PIPE)
+        for role in ("gateway", "worker")
+    ]
+    try:
+        fake.private_message("hello")
+        await fake.wait_for(lambda f: bool(f.messages_in(ALICE)), timeout=60)
+        assert fake.messages_in(ALICE)[0]["text"] == "From separate processes."
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(proc.wait(), 30) for proc in procs]
+    assert codes == [0, 0]  # both stop cleanly on SIGTERM
+    for proc in procs:
+        assert proc.stderr is not None
+        assert b"Traceback" not in await proc.stderr.read()
