@@ -117,13 +117,7 @@ async def framework(
             proc.start()
             assert await asyncio.to_thread(pipe.recv) == "ready"
         else:
-            # gateway and worker hold their own Redis connections, as in separate processes
-            wk_queue = RedisQueue(redis_url, consumer="worker", prefix=prefix)
-            await wk_queue.start()
-            stack.push_async_callback(wk_queue.stop)
-            worker = Worker(settings, wk_queue, store, FixedReplyBackend(settings.fixed_reply))
-            await worker.start()
-            stack.push_async_callback(worker.stop)
+            await _start_worker(stack, settings, store)
         channel = BenchChannel()
         gateway = Gateway(settings, gw_queue, store, [channel])
         await gateway.start()
@@ -155,17 +149,24 @@ def _worker_process(db_url: str, redis_url: str, prefix: str, in_flight: int, pi
             store = Store(db_url)
             await store.start()
             stack.push_async_callback(store.stop)
-            queue = RedisQueue(redis_url, consumer="worker", prefix=prefix)
-            await queue.start()
-            stack.push_async_callback(queue.stop)
-            worker = Worker(settings, queue, store, FixedReplyBackend(settings.fixed_reply))
-            await worker.start()
-            stack.push_async_callback(worker.stop)
+            await _start_worker(stack, settings, store)
             pipe.send("ready")
             while await asyncio.to_thread(pipe.recv) != "stop":
                 pipe.send(time.process_time())
 
     asyncio.run(serve())
+
+
+async def _start_worker(stack: contextlib.AsyncExitStack, settings: Settings, store: Store) -> None:
+    """A worker on the fixed-reply engine with a Redis connection of its own (as a worker process
+    has), stopped by ``stack``."""
+    assert settings.redis_url is not None
+    queue = RedisQueue(settings.redis_url, consumer="worker", prefix=settings.queue_prefix)
+    await queue.start()
+    stack.push_async_callback(queue.stop)
+    worker = Worker(settings, queue, store, FixedReplyBackend(settings.fixed_reply))
+    await worker.start()
+    stack.push_async_callback(worker.stop)
 
 
 def _settings(db_url: str, redis_url: str, prefix: str, in_flight: int) -> Settings:

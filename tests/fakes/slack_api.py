@@ -11,7 +11,6 @@ Tests read back what the app did through `calls`, `messages_in` and `wait_for`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -22,10 +21,12 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from ._server import FakeServer
 
 MAX_TEXT_CHARS = 40_000
 # Slack accepts up to 40,000 but cuts the displayed text here, so apps should stay below it
@@ -144,9 +145,11 @@ async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, st
         return response.status, text, time.monotonic() - started
 
 
-class FakeSlack:
+class FakeSlack(FakeServer):
     """The Slack Web API on 127.0.0.1 (point AsyncWebClient at `base_url`) and a signed-event
     sender for the app's Events API endpoint."""
+
+    ROUTE = "/api/{method}"
 
     def __init__(
         self,
@@ -159,11 +162,10 @@ class FakeSlack:
     ) -> None:
         self.bot_token, self.signing_secret, self.team_id = bot_token, signing_secret, team_id
         self.bot_user_id, self.bot_id, self.rate_limits = bot_user_id, bot_id, rate_limits
+        super().__init__()
         self.calls: list[Call] = []
         # users.info lookups per user id, so tests can tell whether the app caches them
         self.user_lookups: Counter[str] = Counter()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
         self._users: dict[str, dict[str, Any]] = {}
         # Every message the fake knows, user and bot alike: channel -> ts -> Slack message
         self._messages: dict[str, dict[str, dict[str, Any]]] = {}
@@ -174,8 +176,6 @@ class FakeSlack:
         self._posted_at: dict[str, float] = {}
         self._updated_at: dict[tuple[str, str], float] = {}
         self._updates: deque[float] = deque()
-        self._fail_next: dict[str, list[int]] = {}
-        self._answered_429 = 0
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test, "chat.postMessage": self._post_message,
             "chat.update": self._update, "users.info": self._users_info,
@@ -192,26 +192,6 @@ class FakeSlack:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/api/{method}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
     # -- test controls and queries ---------------------------------------------------------------
 
     def add_user(
@@ -227,11 +207,9 @@ class FakeSlack:
         }  # fmt: skip
         return self._users[user_id]
 
-    def fail_next(self, method: str, *, retry_after: int) -> None:
-        self._fail_next.setdefault(method, []).append(retry_after)
-
-    def count_429(self) -> int:
-        return self._answered_429
+    def _describe(self, call: Call) -> str:
+        error = call.response.get("error", "")
+        return f"{call.method} channel={call.params.get('channel')} -> {call.status} {error}"
 
     def calls_to(self, method: str, channel: str | None = None) -> list[Call]:
         return [
@@ -247,23 +225,6 @@ class FakeSlack:
             (_ts_key(ts), post) for (chan, ts), post in self._bot_posts.items() if chan == channel
         )
         return [{**post, "texts": list(post["texts"])} for _, post in found]
-
-    async def wait_for(
-        self,
-        predicate: Callable[[FakeSlack], bool],
-        timeout: float = 30,  # noqa: ASYNC109 - a plain number is this helper's contract
-    ) -> None:
-        """Poll until predicate(self) holds; on timeout fail with the last calls recorded."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                summary = "\n".join(
-                    f"  {c.method} channel={c.params.get('channel')} -> {c.status}"
-                    f" {c.response.get('error', '')}"
-                    for c in self.calls[-25:]
-                )
-                raise AssertionError(f"condition not met in {timeout}s; last calls:\n{summary}")
-            await asyncio.sleep(0.02)
 
     # -- Events API: signing and sending ---------------------------------------------------------
 

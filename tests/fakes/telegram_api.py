@@ -19,10 +19,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from ._server import FakeServer
 
 MAX_TEXT_UTF16 = 4096
 # Form fields that are strings even when they look like JSON ("123", "true"), since PTB sends
@@ -220,8 +222,10 @@ def _chat_id(params: dict[str, Any]) -> int:
         raise ApiError(400, "Bad Request: chat not found") from None
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     """The Bot API on 127.0.0.1; point PTB at `base_url`."""
+
+    ROUTE = "/bot{token}/{method}"
 
     def __init__(
         self,
@@ -231,11 +235,10 @@ class FakeTelegram:
     ) -> None:
         self.token, self.bot_username, self.rate_limits = token, bot_username, rate_limits
         self.bot_id = int(token.split(":", 1)[0]) if token.split(":", 1)[0].isdigit() else 1
+        super().__init__()
         self.calls: list[Call] = []
         self.webhook: Webhook | None = None
         self.commands: list[dict[str, Any]] | None = None
-        self.port = 0
-        self._runner: web.AppRunner | None = None
         self._updates: list[dict[str, Any]] = []
         self._next_update_id = 1
         self._next_message_id: dict[int, int] = {}
@@ -243,8 +246,6 @@ class FakeTelegram:
         # The bot's own messages: current text, parse mode, entities and every text they had
         self._bot_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._accepted_at: dict[int, deque[float]] = {}
-        self._fail_next: dict[str, list[int]] = {}
-        self._answered_429 = 0
         self._wakeup = asyncio.Event()
         self._closing = False
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -260,36 +261,19 @@ class FakeTelegram:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-
     async def stop(self) -> None:
         # Long polls still waiting would hold up the server's shutdown, so answer them first
         self._closing = True
         self._wake()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        await super().stop()
 
     # -- test controls and queries ---------------------------------------------------------------
 
-    def fail_next(self, method: str, *, retry_after: int) -> None:
-        self._fail_next.setdefault(method.lower(), []).append(retry_after)
+    def _method_key(self, method: str) -> str:
+        return method.lower()
 
-    def count_429(self) -> int:
-        return self._answered_429
+    def _describe(self, call: Call) -> str:
+        return f"{call.method} chat={call.params.get('chat_id')} -> {call.status}"
 
     def calls_to(self, method: str, chat_id: int | None = None) -> list[Call]:
         return [
@@ -304,22 +288,6 @@ class FakeTelegram:
         `parse_mode`, `entities`, `message_thread_id` and `texts` (every text it had)."""
         found = sorted((mid, m) for (chat, mid), m in self._bot_messages.items() if chat == chat_id)
         return [{**m, "texts": list(m["texts"])} for _, m in found]
-
-    async def wait_for(
-        self,
-        predicate: Callable[[FakeTelegram], bool],
-        timeout: float = 30,  # noqa: ASYNC109 - a plain number is this helper's contract
-    ) -> None:
-        """Poll until predicate(self) holds; on timeout fail with the last calls recorded."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                summary = "\n".join(
-                    f"  {c.method} chat={c.params.get('chat_id')} -> {c.status}"
-                    for c in self.calls[-25:]
-                )
-                raise AssertionError(f"condition not met in {timeout}s; last calls:\n{summary}")
-            await asyncio.sleep(0.02)
 
     async def post_webhook(self, update: dict[str, Any], *, secret: str | None) -> int:
         if self.webhook is None:

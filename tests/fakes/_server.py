@@ -1,0 +1,75 @@
+"""What every platform stand-in shares: an aiohttp server on a free loopback port, the record of
+calls, forced 429s, and polling until a condition holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Self
+
+from aiohttp import web
+
+
+class FakeServer:
+    """Base of the stand-ins. A subclass sets ``ROUTE`` (an aiohttp route with ``{method}``),
+    implements ``_handle``, appends to ``calls`` and describes a call in ``_describe``."""
+
+    ROUTE = "/{method}"
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._fail_next: dict[str, list[int]] = {}
+        self._answered_429 = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", self.ROUTE, self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def _method_key(self, method: str) -> str:
+        """How method names compare (Telegram's are case-insensitive)."""
+        return method
+
+    def _describe(self, call: Any) -> str:
+        return f"{call.method} -> {call.status}"
+
+    def fail_next(self, method: str, *, retry_after: int) -> None:
+        """The next call of ``method`` answers 429 with this retry-after, whatever the limits."""
+        self._fail_next.setdefault(self._method_key(method), []).append(retry_after)
+
+    def count_429(self) -> int:
+        return self._answered_429
+
+    async def wait_for(
+        self,
+        predicate: Callable[[Any], bool],
+        timeout: float = 30,  # noqa: ASYNC109 - a plain number is this helper's contract
+    ) -> None:
+        """Poll until predicate(self) holds; on timeout fail with the last calls recorded."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                summary = "\n".join(f"  {self._describe(c)}" for c in self.calls[-25:])
+                raise AssertionError(f"condition not met in {timeout}s; last calls:\n{summary}")
+            await asyncio.sleep(0.02)
