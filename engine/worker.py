@@ -139,10 +139,6 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._held)
-
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:

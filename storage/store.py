@@ -307,25 +307,6 @@ class Store:
 
     # -- the worker's reads and writes ---------------------------------------------------------
 
-    async def history(
-        self, conversation_id: int, *, up_to: int, limit: int = 200
-    ) -> list[StoredMessage]:
-        """The newest ``limit`` good messages of a conversation up to message ``up_to``, oldest
-        first, with all their figures. Failed replies are left out: they are not context."""
-        query = (
-            select(*_MESSAGE_COLUMNS)
-            .where(
-                Message.conversation_id == conversation_id,
-                Message.id <= up_to,
-                Message.status == "ok",
-            )
-            .order_by(Message.id.desc())
-            .limit(limit)
-        )
-        async with self._connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [StoredMessage(*row) for row in reversed(rows)]
-
     async def turn_context(
         self, conversation_id: int, message_id: int, *, limit: int = 200
     ) -> tuple[TurnMessage | None, list[TurnMessage]]:

@@ -35,7 +35,7 @@ async def test_message_and_reply_round_trip(store: Store, chat: str) -> None:
     second = await store.record_user_message(message("And now?", chat=chat))
     assert second is not None and second.conversation_id == first.conversation_id
 
-    history = await store.history(first.conversation_id, up_to=second.message_id)
+    _conv, history = await store.conversation(first.conversation_id)
     assert [(m.role, m.content) for m in history] == [
         ("user", "Hello, ünïcødé 👋"),
         ("assistant", "Hi!"),
@@ -72,9 +72,9 @@ async def test_history_stops_at_the_turn_and_leaves_out_failed_replies(
     b = await store.record_user_message(message("b", chat=chat))
     c = await store.record_user_message(message("c", chat=chat))
     assert b is not None and c is not None
-    history = await store.history(a.conversation_id, up_to=b.message_id)
+    _reply, history = await store.turn_context(a.conversation_id, b.message_id)
     assert [m.content for m in history] == ["a", "b"]
-    newest = await store.history(a.conversation_id, up_to=c.message_id, limit=2)
+    _reply, newest = await store.turn_context(a.conversation_id, c.message_id, limit=2)
     assert [m.content for m in newest] == ["b", "c"]
 
 
