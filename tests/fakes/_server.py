@@ -1,5 +1,5 @@
 """What every platform stand-in shares: an aiohttp server on a free loopback port, the record of
-calls, forced 429s, and polling until a condition holds."""
+calls, forced 429s, polling until a condition holds, and closing open websockets on stop."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 
 class FakeServer:
     """Base of the stand-ins. A subclass sets ``ROUTE`` (an aiohttp route with ``{method}``),
-    implements ``_handle``, appends to ``calls`` and describes a call in ``_describe``."""
+    implements ``_handle``, appends to ``calls`` and describes a call in ``_describe``. One that
+    serves websockets adds their routes in ``_add_routes`` and keeps each open one in
+    ``_websockets``, so that ``stop`` can close them."""
 
     ROUTE = "/{method}"
 
@@ -23,16 +25,22 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._fail_next: dict[str, list[int]] = {}
         self._answered_429 = 0
+        self._websockets: set[web.WebSocketResponse] = set()
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", self.ROUTE, self._handle)
+        self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        # The runner's cleanup waits for every handler, and a websocket's lasts until it closes
+        for ws in list(self._websockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
+        self._websockets.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -43,6 +51,9 @@ class FakeServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def _add_routes(self, app: web.Application) -> None:
+        """Routes beyond ``ROUTE``; none by default."""
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError

@@ -2,15 +2,19 @@
 slack_sdk client.
 
 This module owns `FakeSlack`: an aiohttp server on 127.0.0.1 that answers the Web API methods
-frontdesk uses (auth.test, chat.postMessage, chat.update, users.info, conversations.replies) with
-Slack's response shapes and its limits: 40,000 characters of text, 3,000 characters of section
-block text, and the rate limits that answer 429 with Retry-After. On the Events API side it builds
-event envelopes, signs them as Slack does and posts them to the app's /slack/events endpoint.
-Tests read back what the app did through `calls`, `messages_in` and `wait_for`.
+frontdesk uses (auth.test, chat.postMessage, chat.update, users.info, conversations.replies,
+apps.connections.open) with Slack's response shapes and its limits: 40,000 characters of text,
+3,000 characters of section block text, the rate limits that answer 429 with Retry-After, and the
+token types (the app-level token only opens Socket Mode connections, the bot token does the rest).
+On the Events API side it builds event envelopes, and either signs them as Slack does and posts
+them to the app's /slack/events endpoint, or delivers them over a Socket Mode websocket (GET
+/socket, with a one-shot ticket from apps.connections.open) and waits for the app's ack.
+Tests read back what the app did through `calls`, `messages_in`, `socket_acks` and `wait_for`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -38,6 +42,11 @@ APP_ID = "A0TEST"
 OTHER_BOT_ID = "B0OTHER"
 # Tier 3: 50+ per minute per app; Slack allows bursts, the fake holds the app to exactly 50
 UPDATES_PER_MINUTE = 50
+# The Web API methods that take the app-level token (xapp-) and no other
+APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
+# Slack expects a Socket Mode envelope acked within 3 seconds; the fake waits longer to report it
+SOCKET_ACK_TIMEOUT = 10.0
+SOCKET_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -49,6 +58,16 @@ class Call:
     at: float
     status: int
     response: dict[str, Any]
+
+
+@dataclass
+class SocketAck:
+    """One acknowledgement a Socket Mode client sent back: `{"envelope_id": ..., "payload": ...}`,
+    the payload being optional."""
+
+    envelope_id: str
+    payload: dict[str, Any] | None
+    at: float
 
 
 class ApiError(Exception):
@@ -125,6 +144,10 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
     return params
 
 
+def _is_app_token(token: str | None) -> bool:
+    return token is not None and token.startswith("xapp-")
+
+
 def _token_of(request: web.Request, params: dict[str, Any]) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
@@ -146,8 +169,9 @@ async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, st
 
 
 class FakeSlack(FakeServer):
-    """The Slack Web API on 127.0.0.1 (point AsyncWebClient at `base_url`) and a signed-event
-    sender for the app's Events API endpoint."""
+    """The Slack Web API on 127.0.0.1 (point AsyncWebClient at `base_url`), a signed-event
+    sender for the app's Events API endpoint, and Slack's end of Socket Mode (point the
+    SocketModeClient's `web_client` at `base_url` and give it `app_token`)."""
 
     ROUTE = "/api/{method}"
 
@@ -159,9 +183,11 @@ class FakeSlack(FakeServer):
         bot_user_id: str = "U0BOT",
         bot_id: str = "B0BOT",
         rate_limits: bool = True,
+        app_token: str = "xapp-test",
     ) -> None:
         self.bot_token, self.signing_secret, self.team_id = bot_token, signing_secret, team_id
         self.bot_user_id, self.bot_id, self.rate_limits = bot_user_id, bot_id, rate_limits
+        self.app_token = app_token
         super().__init__()
         self.calls: list[Call] = []
         # users.info lookups per user id, so tests can tell whether the app caches them
@@ -180,7 +206,15 @@ class FakeSlack(FakeServer):
             "auth.test": self._auth_test, "chat.postMessage": self._post_message,
             "chat.update": self._update, "users.info": self._users_info,
             "conversations.replies": self._replies,
+            "apps.connections.open": self._connections_open,
         }  # fmt: skip
+        # Socket Mode: tickets issued and not yet used, the connected sockets (newest last), the
+        # acks received, and the deliveries still waiting for theirs: envelope_id -> waiter
+        self.socket_acks: list[SocketAck] = []
+        self.socket_connections = 0
+        self._tickets: set[str] = set()
+        self._sockets: list[web.WebSocketResponse] = []
+        self._ack_waiters: dict[str, tuple[web.WebSocketResponse, asyncio.Future[float]]] = {}
         self.add_user(bot_user_id, "frontdesk", "Frontdesk", is_bot=True)
         # The builders' default user, so the common path needs no setup
         self.add_user("U0ALICE", "alice", "Alice")
@@ -191,6 +225,9 @@ class FakeSlack(FakeServer):
         return f"http://127.0.0.1:{self.port}/api/"
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/socket", self._socket)
 
     # -- test controls and queries ---------------------------------------------------------------
 
@@ -260,6 +297,107 @@ class FakeSlack(FakeServer):
         headers = {"Content-Type": "application/json", **self.sign(body)}
         status, text, _ = await _post(url, body, headers)
         return status, challenge in text
+
+    # -- Socket Mode -----------------------------------------------------------------------------
+
+    @property
+    def socket_connected(self) -> bool:
+        """Whether a Socket Mode client is connected (and has had its hello)."""
+        return any(not ws.closed for ws in self._sockets)
+
+    def count_acks(self) -> int:
+        return len(self.socket_acks)
+
+    async def wait_socket_connected(
+        self,
+        timeout: float = SOCKET_CONNECT_TIMEOUT,  # noqa: ASYNC109 - a plain number, as wait_for's
+    ) -> None:
+        """Wait until a Socket Mode client is connected; on timeout fail saying how far it got."""
+        deadline = time.monotonic() + timeout
+        while not self.socket_connected:
+            if time.monotonic() > deadline:
+                opened = len(self.calls_to("apps.connections.open"))
+                raise AssertionError(
+                    f"no Socket Mode client connected in {timeout}s (apps.connections.open"
+                    f" calls: {opened}, connections so far: {self.socket_connections})"
+                )
+            await asyncio.sleep(0.01)
+
+    async def send_socket_event(
+        self, envelope: dict[str, Any], *, retry_attempt: int = 0, retry_reason: str = "",
+        connect_timeout: float = SOCKET_CONNECT_TIMEOUT, ack_timeout: float = SOCKET_ACK_TIMEOUT,
+    ) -> float:  # fmt: skip
+        """Deliver an Events API envelope over the newest Socket Mode connection, as Slack's
+        `events_api` frame, and wait for its ack; returns the seconds from sending to the ack."""
+        await self.wait_socket_connected(connect_timeout)
+        ws = next(ws for ws in reversed(self._sockets) if not ws.closed)
+        envelope_id = str(uuid.uuid4())
+        frame = {
+            "envelope_id": envelope_id, "payload": envelope, "type": "events_api",
+            "accepts_response_payload": False, "retry_attempt": retry_attempt,
+            "retry_reason": retry_reason,
+        }  # fmt: skip
+        acked: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._ack_waiters[envelope_id] = (ws, acked)
+        what = f"envelope {envelope_id} ({envelope.get('event', {}).get('type')} event)"
+        try:
+            sent = time.monotonic()
+            await ws.send_json(frame)
+            try:
+                async with asyncio.timeout(ack_timeout):
+                    acked_at = await acked
+            except TimeoutError:
+                raise AssertionError(f"no ack for {what} in {ack_timeout}s") from None
+            return acked_at - sent
+        except ConnectionError as error:
+            raise AssertionError(f"the socket closed before {what} was acked: {error}") from None
+        finally:
+            self._ack_waiters.pop(envelope_id, None)
+
+    def _hello(self, num_connections: int) -> dict[str, Any]:
+        return {
+            "type": "hello", "num_connections": num_connections,
+            "debug_info": {"host": "applink-fake", "build_number": 1,
+                           "approximate_connection_time": 18060},
+            "connection_info": {"app_id": APP_ID},
+        }  # fmt: skip
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        """Slack's Socket Mode end: a hello on connect, then events out and acks in. The
+        default autoping answers the client's pings."""
+        ticket = request.query.get("ticket", "")
+        if ticket not in self._tickets:
+            return web.json_response({"ok": False, "error": "invalid_ticket"}, status=401)
+        self._tickets.discard(ticket)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._websockets.add(ws)
+        try:
+            await ws.send_json(self._hello(num_connections=len(self._sockets) + 1))
+            self._sockets.append(ws)
+            self.socket_connections += 1
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    self._receive_ack(message.data)
+        finally:
+            if ws in self._sockets:
+                self._sockets.remove(ws)
+            self._websockets.discard(ws)
+            for owner, acked in list(self._ack_waiters.values()):
+                if owner is ws and not acked.done():
+                    acked.set_exception(ConnectionError("socket closed"))
+        return ws
+
+    def _receive_ack(self, data: str) -> None:
+        at = time.monotonic()
+        with contextlib.suppress(ValueError):
+            message = json.loads(data)
+            if isinstance(message, dict) and isinstance(message.get("envelope_id"), str):
+                payload = message.get("payload")
+                self.socket_acks.append(SocketAck(message["envelope_id"], payload, at))
+                _, acked = self._ack_waiters.get(message["envelope_id"], (None, None))
+                if acked is not None and not acked.done():
+                    acked.set_result(at)
 
     # -- Events API: envelopes -------------------------------------------------------------------
 
@@ -386,7 +524,10 @@ class FakeSlack(FakeServer):
         handler = self._methods.get(method)
         if handler is None:
             raise ApiError("unknown_method", req_method=method)
-        if token != self.bot_token:
+        wants_app_token = method in APP_TOKEN_METHODS
+        if token is not None and _is_app_token(token) != wants_app_token:
+            raise ApiError("not_allowed_token_type")
+        if token != (self.app_token if wants_app_token else self.bot_token):
             raise ApiError("invalid_auth")
         pending_failures = self._fail_next.get(method)
         if pending_failures:
@@ -437,6 +578,11 @@ class FakeSlack(FakeServer):
             raise _rate_limited(max(waits))
 
     # -- Web API methods -------------------------------------------------------------------------
+
+    def _connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        ticket = str(uuid.uuid4())
+        self._tickets.add(ticket)
+        return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={ticket}"}
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -1,5 +1,5 @@
-"""Checks FakeSlack against the real slack_sdk client and signature verifier, so that tests built
-on the fake fail for the reasons Slack would fail them."""
+"""Checks FakeSlack against the real slack_sdk client, signature verifier and Socket Mode client,
+so that tests built on the fake fail for the reasons Slack would fail them."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from tests.fakes.slack_api import FakeSlack
 
 TOKEN = "xoxb-test"
+APP_TOKEN = "xapp-test"
 
 
 @pytest.fixture
@@ -265,3 +270,109 @@ async def test_wait_for_reports_the_last_calls(client: AsyncWebClient, fake: Fak
     await fake.wait_for(lambda f: len(f.messages_in("C12")) == 1, timeout=1)
     with pytest.raises(AssertionError, match=r"chat\.postMessage channel=C12 -> 200"):
         await fake.wait_for(lambda f: False, timeout=0.05)
+
+
+# -- Socket Mode ---------------------------------------------------------------------------------
+
+
+async def _socket_url(fake: FakeSlack) -> str:
+    opened = await AsyncWebClient(base_url=fake.base_url).apps_connections_open(app_token=APP_TOKEN)
+    return opened["url"]
+
+
+async def test_apps_connections_open_takes_only_the_app_token(
+    client: AsyncWebClient, fake: FakeSlack
+) -> None:
+    url = await _socket_url(fake)
+    assert url.startswith(f"ws://127.0.0.1:{fake.port}/socket?ticket=")
+    error = await _error_of(client.apps_connections_open(app_token=TOKEN))
+    assert error.response["error"] == "not_allowed_token_type"
+    error = await _error_of(client.apps_connections_open(app_token="xapp-wrong"))
+    assert error.response["error"] == "invalid_auth"
+    # ... and the app token opens nothing else
+    error = await _error_of(AsyncWebClient(token=APP_TOKEN, base_url=fake.base_url).auth_test())
+    assert error.response["error"] == "not_allowed_token_type"
+    assert [c.status for c in fake.calls_to("apps.connections.open")] == [200, 200, 200]
+
+
+async def test_socket_tickets_are_one_shot(fake: FakeSlack) -> None:
+    url = await _socket_url(fake)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            hello = await ws.receive_json(timeout=1)
+            assert hello["type"] == "hello" and hello["num_connections"] == 1
+            assert hello["connection_info"] == {"app_id": "A0TEST"} and hello["debug_info"]
+            await fake.wait_socket_connected(1)
+            for reused in (url, url.split("?")[0] + "?ticket=made-up"):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(reused)
+                assert refused.value.status == 401
+        await fake.wait_for(lambda f: not f.socket_connected, timeout=1)
+    assert fake.socket_connections == 1
+
+
+async def test_socket_mode_client_receives_and_acks_events(
+    client: AsyncWebClient, fake: FakeSlack
+) -> None:
+    requests: list[SocketModeRequest] = []
+    messages: list[dict[str, Any]] = []
+
+    async def on_request(socket_client: Any, request: SocketModeRequest) -> None:
+        requests.append(request)
+        ack = SocketModeResponse(envelope_id=request.envelope_id, payload={"seen": True})
+        await socket_client.send_socket_mode_response(ack)
+
+    async def on_message(socket_client: Any, message: dict, raw: str | None) -> None:
+        messages.append(message)
+
+    socket_client = SocketModeClient(app_token=APP_TOKEN, web_client=client)
+    socket_client.socket_mode_request_listeners.append(on_request)
+    socket_client.message_listeners.append(on_message)
+    try:
+        await socket_client.connect()
+        await fake.wait_socket_connected(1)
+        took = await fake.send_socket_event(fake.dm("hi there"))
+        assert 0 <= took < 1
+        [request] = requests
+        assert (request.type, request.retry_attempt, request.retry_reason) == ("events_api", 0, "")
+        assert request.payload["event"]["text"] == "hi there"
+        assert request.payload["event"]["channel_type"] == "im"
+        [ack] = fake.socket_acks
+        assert (ack.envelope_id, ack.payload) == (request.envelope_id, {"seen": True})
+        assert messages[0]["type"] == "hello"
+        # The client pings on connecting; the fake's pong is what keeps it from reconnecting
+        await fake.wait_for(lambda f: socket_client.last_ping_pong_time is not None, timeout=1)
+
+        await fake.send_socket_event(fake.dm("again"), retry_attempt=2, retry_reason="timeout")
+        assert (requests[-1].retry_attempt, requests[-1].retry_reason) == (2, "timeout")
+        assert fake.count_acks() == 2
+    finally:
+        await socket_client.close()
+    await fake.wait_for(lambda f: not f.socket_connected, timeout=1)
+
+
+async def test_send_socket_event_fails_without_a_client_or_an_ack(fake: FakeSlack) -> None:
+    with pytest.raises(AssertionError, match="no Socket Mode client connected"):
+        await fake.send_socket_event(fake.dm("anyone?"), connect_timeout=0.05)
+    async with aiohttp.ClientSession() as session, session.ws_connect(await _socket_url(fake)):
+        with pytest.raises(AssertionError, match=r"no ack for envelope .* \(message event\)"):
+            await fake.send_socket_event(fake.dm("ignored"), ack_timeout=0.1)
+    assert fake.count_acks() == 0
+
+
+async def test_stop_closes_open_sockets() -> None:
+    fake = FakeSlack()
+    await fake.start()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(await _socket_url(fake)) as ws,
+    ):
+        assert (await ws.receive_json(timeout=1))["type"] == "hello"
+        await fake.wait_socket_connected(1)
+        # The client is not reading, so the stop cannot count on it answering the close frame
+        started = time.monotonic()
+        await fake.stop()
+        assert time.monotonic() - started < 1
+        assert not fake.socket_connected
+        message = await ws.receive(timeout=1)
+        assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE, 1001)
