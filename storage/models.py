@@ -65,6 +65,7 @@ class Conversation(Base):
     __table_args__ = (
         Index("ix_conversations_last_activity", "last_activity_at"),
         Index("ix_conversations_platform_key", "platform", "external_key"),
+        Index("ix_conversations_platform_user", "platform", "user_id"),
         # At most one active conversation per platform chat: two gateways racing to open one
         # cannot both win.
         Index(

@@ -7,6 +7,8 @@ Works on SQLite (aiosqlite, WAL mode) and PostgreSQL (asyncpg).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, event, func, or_, select, text, update
+from sqlalchemy import bindparam, case, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -199,14 +201,25 @@ class Store:
 
         if migrate:
             await self.upgrade()
+        else:
+            async with self._connect() as conn:
+                current = await conn.run_sync(migrations.current_revision)
+            if current != migrations.head_revision():
+                raise StorageUnavailable(
+                    f"the database schema at {_describe(self.url)} is at revision "
+                    f"{current or 'none'}, not {migrations.head_revision()}: "
+                    "run `frontdesk db upgrade`"
+                )
+        await self._fill_pool()
+
+    async def _fill_pool(self) -> None:
+        """Open the whole pool now, so that the first burst of traffic does not pay for
+        connecting (tens of milliseconds a connection) on its way to the user."""
+        size = self._engine_options.get("pool_size", 0)
+        if not size:
             return
-        async with self._connect() as conn:
-            current = await conn.run_sync(migrations.current_revision)
-        if current != migrations.head_revision():
-            raise StorageUnavailable(
-                f"the database schema at {_describe(self.url)} is at revision {current or 'none'}, "
-                f"not {migrations.head_revision()}: run `frontdesk db upgrade`"
-            )
+        async with contextlib.AsyncExitStack() as stack:
+            await asyncio.gather(*(stack.enter_async_context(self._connect()) for _ in range(size)))
 
     async def stop(self) -> None:
         await self.engine.dispose()
@@ -258,7 +271,8 @@ class Store:
                 return RecordedMessage(conversation_id=found[1], message_id=found[0])
             if await conn.scalar(_SELECT_DEDUPE, {"dedupe_key": msg.dedupe_key}) is not None:
                 return None
-            conv_id = await self._active_conversation(conn, msg)
+            # no active conversation (the INSERT … SELECT found none): open one straight away
+            conv_id = await self._active_conversation(conn, msg, open_first=True)
             message_id = await conn.scalar(
                 self._insert_user_message, {**row, "conversation_id": conv_id}
             )
@@ -266,12 +280,17 @@ class Store:
             return None
         return RecordedMessage(conversation_id=conv_id, message_id=message_id)
 
-    async def _active_conversation(self, conn: AsyncConnection, msg: InboundMessage) -> int:
+    async def _active_conversation(
+        self, conn: AsyncConnection, msg: InboundMessage, *, open_first: bool = False
+    ) -> int:
+        """The chat's active conversation, opened if there is none. ``open_first`` when the
+        caller just saw none: try opening before looking (one round trip fewer)."""
         key = {"platform": msg.platform, "external_key": msg.conversation_key}
-        for _ in range(3):
-            conv_id = await conn.scalar(_SELECT_ACTIVE, key)
-            if conv_id is not None:
-                return conv_id
+        for attempt in range(3):
+            if not (open_first and attempt == 0):
+                conv_id = await conn.scalar(_SELECT_ACTIVE, key)
+                if conv_id is not None:
+                    return conv_id
             now = utcnow()
             conv_id = await conn.scalar(
                 self._insert_conversation,
@@ -304,6 +323,45 @@ class Store:
                 .values(status="closed")
             )
         return bool(result.rowcount)
+
+    async def set_user_names(self, platform: str, names: dict[str, str]) -> None:
+        """Fill in users' display names (user id -> name) where they were not known when their
+        messages were stored: a channel that looks names up after the ack, so that the ack
+        never waits for one. Two statements for any number of users."""
+        if not names:
+            return
+        users = list(names)
+        theirs = select(Conversation.id).where(
+            Conversation.platform == platform, Conversation.user_id.in_(users)
+        )
+        async with self._connect() as conn:
+            await conn.execute(
+                update(Conversation)
+                .where(Conversation.id.in_(theirs), Conversation.user_name.is_(None))
+                .values(user_name=case(names, value=Conversation.user_id))
+            )
+            await conn.execute(
+                update(Message)
+                .where(
+                    Message.conversation_id.in_(theirs),
+                    Message.user_id.in_(users),
+                    Message.user_name.is_(None),
+                )
+                .values(user_name=case(names, value=Message.user_id))
+            )
+
+    async def has_active_conversation(self, platform: str, external_key: str) -> bool:
+        """Whether the chat (or thread) has an open conversation: a channel uses it to decide if
+        a message that does not address the bot continues a conversation the bot is in."""
+        async with self._connect() as conn:
+            found = await conn.scalar(
+                select(Conversation.id).where(
+                    Conversation.platform == platform,
+                    Conversation.external_key == external_key,
+                    Conversation.status == "active",
+                )
+            )
+        return found is not None
 
     # -- the worker's reads and writes ---------------------------------------------------------
 
