@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 GROUP = "workers"
 REPLY_STREAM_MAXLEN = 10_000
 REPLY_STREAM_TTL_S = 24 * 3600
+POOL_SIZE = 32  # Redis connections per process
 
 
 @dataclass(slots=True)
@@ -162,15 +163,23 @@ class RedisQueue:
         self.cancel_channel = f"{prefix}:cancel"
         self.maxlen = maxlen
         self.claim_idle_ms = claim_idle_ms
-        self.redis: aioredis.Redis = aioredis.from_url(
-            url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5
+        # A bounded pool, opened in full at start: a burst of commands then waits a moment for a
+        # free connection instead of opening (and handshaking) new ones on its way to the user.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=20,
+            decode_responses=True,
+            health_check_interval=30,
+            socket_connect_timeout=5,
         )
+        self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
     async def start(self) -> None:
         try:
-            await self.redis.ping()
+            await asyncio.gather(*(self.redis.ping() for _ in range(POOL_SIZE)))
             await self._ensure_group()
         except ResponseError as exc:
             raise QueueUnavailable(f"Redis at {self.url} refused the setup: {exc}") from exc
