@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # name -> "module:class"; each class has from_settings(settings) -> channel or None (not configured)
 CHANNELS = {
     "telegram": "frontdesk.bots.telegram:TelegramChannel",
+    "slack": "frontdesk.bots.slack:SlackChannel",
 }
 
 

@@ -126,12 +126,9 @@ class Gateway:
         self, channel: Channel, msg: InboundMessage, command: str
     ) -> asyncio.Task[None] | None:
         if command in ("/reset", "/new"):
-            try:
-                await self.store.reset_conversation(msg.platform, msg.conversation_key)
-            except StorageUnavailable as exc:
-                log.error("cannot reset %s: %s", msg.conversation_key, exc)
-                return self._reply_now(channel, msg, texts.STORAGE_DOWN)
-            return self._reply_now(channel, msg, texts.RESET)
+            return self._reply_now(
+                channel, msg, await self.reset(msg.platform, msg.conversation_key)
+            )
         if command == "/start":
             return self._reply_now(channel, msg, self.settings.greeting)
         if command == "/help":
@@ -139,6 +136,33 @@ class Gateway:
         if command == "/stop":
             return await self._stop(channel, msg)
         return self._reply_now(channel, msg, texts.UNKNOWN_COMMAND)
+
+    async def reset(self, platform: str, conversation_key: str) -> str:
+        """Start a new conversation for the chat; returns what to tell the user. Channels whose
+        platform has its own command route (Slack's slash commands) call this directly."""
+        try:
+            await self.store.reset_conversation(platform, conversation_key)
+        except StorageUnavailable as exc:
+            log.error("cannot reset %s: %s", conversation_key, exc)
+            return texts.STORAGE_DOWN
+        return texts.RESET
+
+    async def continues_conversation(self, platform: str, conversation_key: str) -> bool:
+        """Whether a message that does not address the bot belongs to a conversation it is in
+        (a follow-up in a Slack thread). False when storage cannot tell."""
+        try:
+            return await self.store.has_active_conversation(platform, conversation_key)
+        except StorageUnavailable as exc:
+            log.error("cannot look up conversation %s: %s", conversation_key, exc)
+            return False
+
+    async def name_users(self, platform: str, names: dict[str, str]) -> None:
+        """Record display names (user id -> name) a channel learnt after the users' messages
+        were stored."""
+        try:
+            await self.store.set_user_names(platform, names)
+        except StorageUnavailable as exc:
+            log.warning("cannot record the names of %d users: %s", len(names), exc)
 
     async def _stop(self, channel: Channel, msg: InboundMessage) -> asyncio.Task[None] | None:
         """/stop: cancel the chat's reply in progress; it ends with what was generated so far."""

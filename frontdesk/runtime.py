@@ -90,7 +90,9 @@ async def run_gateway(settings: Settings, channels: list[Channel]) -> None:
     if settings.embedded:
         raise ConfigError("`frontdesk gateway` needs FRONTDESK_REDIS_URL, so workers can reach it")
     if not channels:
-        raise ConfigError("no channel is configured: set FRONTDESK_TELEGRAM_TOKEN")
+        raise ConfigError(
+            "no channel is configured: set FRONTDESK_TELEGRAM_TOKEN or FRONTDESK_SLACK_BOT_TOKEN"
+        )
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(stack, settings)
         queue = _queue(settings, settings.gateway_id)

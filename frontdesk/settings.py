@@ -88,11 +88,23 @@ class Settings(BaseSettings):
     telegram_webhook_url: str | None = None
     telegram_webhook_secret: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
 
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = Field(None, pattern=r"^xapp-")
+    slack_api_url: str = "https://slack.com/api/"
+    slack_allowed_channels: Annotated[list[str], NoDecode] = []
+    slack_allowed_users: Annotated[list[str], NoDecode] = []
+    slack_edit_interval: float = Field(1.0, ge=1.0)
+    slack_updates_per_minute: int = Field(50, ge=1)
+    slack_events_path: str = "/slack/events"
+
     gateway_id: str = Field(default_factory=_default_gateway_id)
     worker_id: str = Field(default_factory=_default_gateway_id)
     log_level: str = "WARNING"
 
-    @field_validator("telegram_allowed_users", mode="before")
+    @field_validator(
+        "telegram_allowed_users", "slack_allowed_channels", "slack_allowed_users", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         """``"123, @alice"`` in the environment; a list in frontdesk.toml."""
@@ -100,7 +112,16 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("redis_url", "model", "telegram_token", "telegram_webhook_url", mode="before")
+    @field_validator(
+        "redis_url",
+        "model",
+        "telegram_token",
+        "telegram_webhook_url",
+        "slack_bot_token",
+        "slack_signing_secret",
+        "slack_app_token",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

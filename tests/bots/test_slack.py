@@ -1,0 +1,496 @@
+"""The Slack channel end to end: slack-bolt and slack_sdk against the Web API stand-in, driven
+by event posts signed as Slack signs them, through the gateway, Redis, the worker and
+PostgreSQL. The real model answers where the reply's content does not matter to the assertion;
+a fixed reply where it does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+
+from frontdesk import texts
+from frontdesk.bots.slack import LIMIT, PLACEHOLDER, SlackChannel, to_mrkdwn
+from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
+from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from frontdesk.errors import ConfigError
+from frontdesk.wire import ChatMessage
+from tests.fakes.slack_api import FakeSlack
+from tests.support import Pipeline, pipeline
+
+DM = "D0ALICE"
+SUPPORT = "C0SUPPORT"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+def slack_settings(make_settings, fake: FakeSlack, redis_url: str, queue_prefix: str):  # type: ignore[no-untyped-def]
+    def build(**values: object):  # type: ignore[no-untyped-def]
+        values = {
+            "slack_bot_token": fake.bot_token,
+            "slack_signing_secret": fake.signing_secret,
+            "slack_api_url": fake.base_url,
+            "http_port": free_port(),
+            "redis_url": redis_url,
+            "queue_prefix": queue_prefix,
+            "max_new_tokens": 48,
+            "temperature": 0.0,
+            **values,
+        }
+        return make_settings(**values)
+
+    return build
+
+
+class Slack:
+    """The running pipeline as Slack sees it: where to post events, and what came back."""
+
+    def __init__(self, fake: FakeSlack, p: Pipeline, channel: SlackChannel, url: str) -> None:
+        self.fake, self.p, self.channel, self.url = fake, p, channel, url
+
+    async def send(self, envelope: dict[str, Any], **kwargs: Any) -> int:
+        status, _took = await self.fake.post_event(self.url, envelope, **kwargs)
+        return status
+
+    async def settled(self, where: str, count: int = 1) -> list[dict[str, Any]]:
+        """Wait until ``count`` bot messages are in ``where`` and no reply is still streaming."""
+        await self.fake.wait_for(
+            lambda f: len(f.messages_in(where)) >= count and self.p.gateway.pending == 0
+        )
+        return self.fake.messages_in(where)
+
+    async def stored(self, where: str, thread_ts: str | None = None) -> list[tuple[str, str]]:
+        """(role, content) of the stored messages of a DM, or of one thread in a channel."""
+        key = f"{self.fake.team_id}:{where}" + (f":{thread_ts}" if thread_ts else "")
+        convs = await self.p.store.list_conversations(limit=500)
+        found = [c for c in convs if c.platform == "slack" and c.external_key == key]
+        assert found, f"no conversation {key}"
+        _c, messages = await self.p.store.conversation(found[0].id)
+        return [(m.role, m.content) for m in messages]
+
+
+@contextlib.asynccontextmanager
+async def running(fake: FakeSlack, settings, backend: Backend) -> AsyncIterator[Slack]:  # type: ignore[no-untyped-def]
+    channel = SlackChannel(settings)
+    async with pipeline(settings, backend, channels=[channel]) as p:
+        url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
+        yield Slack(fake, p, channel, url)
+
+
+class RecordingBackend(FixedReplyBackend):
+    """A fixed reply that remembers every prompt it rendered (the context builder may render a
+    turn's prompt more than once; the last one is the prompt the turn used)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.prompts: list[list[ChatMessage]] = []
+
+    def render(self, messages: Sequence[ChatMessage]) -> Prompt:
+        self.prompts.append(list(messages))
+        return super().render(messages)
+
+
+class SlowBackend(FixedReplyBackend):
+    """A fixed reply whose first token comes ``delay_s`` late and whose words then come
+    ``gap_s`` apart: a busy engine, or a long streamed answer."""
+
+    def __init__(self, reply: str, *, delay_s: float = 0.0, gap_s: float = 0.0) -> None:
+        super().__init__(reply, words_per_chunk=1)
+        self.delay_s, self.gap_s = delay_s, gap_s
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        await asyncio.sleep(self.delay_s)
+        async for chunk in super().stream(prompt, params):
+            yield chunk
+            await asyncio.sleep(self.gap_s)
+
+
+async def test_a_dm_and_a_mention_are_each_answered_once_in_their_thread(
+    fake: FakeSlack, slack_settings, llama: LlamaCppBackend, pg_database: str
+) -> None:
+    # Conversation keys (team:channel) repeat across tests, so only this test uses the session's
+    # shared PostgreSQL database; the others get a SQLite file of their own.
+    async with running(fake, slack_settings(database_url=pg_database), llama) as slack:
+        dm = fake.dm("What is the capital of France?")
+        mention = fake.mention("Say hello to the team.")
+        assert await slack.send(dm) == 200
+        assert await slack.send(mention) == 200
+        [dm_reply] = await slack.settled(DM)
+        [channel_reply] = await slack.settled(SUPPORT)
+        stored = await slack.stored(DM)
+        mention_ts = mention["event"]["ts"]
+        stored_thread = await slack.stored(SUPPORT, mention_ts)
+    assert dm_reply["thread_ts"] == dm["event"]["ts"]  # in the thread of the message
+    assert channel_reply["thread_ts"] == mention_ts
+    for reply, messages in ((dm_reply, stored), (channel_reply, stored_thread)):
+        assert reply["text"] and reply["text"] != PLACEHOLDER
+        assert reply["text"] == to_mrkdwn(messages[-1][1])  # what was stored is what is shown
+        assert [role for role, _ in messages] == ["user", "assistant"]
+    assert stored_thread[0][1] == "Say hello to the team."  # the mention is taken out
+    assert len(fake.calls_to("chat.postMessage", DM)) == 1  # one reply, posted once
+    assert fake.count_429() == 0
+
+
+async def test_the_ack_returns_within_3_seconds_while_the_engine_is_slow(
+    fake: FakeSlack, slack_settings
+) -> None:
+    backend = SlowBackend("Sorry for the wait.", delay_s=5.0)
+    async with running(fake, slack_settings(), backend) as slack:
+        started = time.monotonic()
+        status, took = await fake.post_event(slack.url, fake.dm("are you there?"))
+        assert status == 200
+        assert took < 3.0
+        [reply] = await slack.settled(DM)
+    assert reply["text"] == "Sorry for the wait."
+    assert reply["texts"][0] == PLACEHOLDER  # the user saw the bot at work meanwhile
+    assert time.monotonic() - started >= 5.0  # the reply was generated after the ack
+
+
+async def test_a_retried_event_gets_no_second_reply_even_after_a_restart(
+    fake: FakeSlack, slack_settings
+) -> None:
+    settings = slack_settings()
+    event = fake.dm("hello")
+    async with running(fake, settings, FixedReplyBackend("Only once.")) as slack:
+        assert await slack.send(event) == 200
+        await slack.settled(DM)
+        assert await slack.send(event, retry_num=1) == 200  # Slack thought it timed out
+        assert await slack.send(fake.dm("marker one")) == 200
+        await slack.settled(DM, count=2)
+    async with running(fake, settings, FixedReplyBackend("Only once.")) as slack:
+        assert await slack.send(event, retry_num=2, retry_reason="http_error") == 200
+        assert await slack.send(fake.dm("marker two")) == 200
+        await slack.settled(DM, count=3)
+        stored = await slack.stored(DM)
+    assert len(fake.messages_in(DM)) == 3  # hello and the two markers
+    assert [text for role, text in stored if role == "user"] == [
+        "hello",
+        "marker one",
+        "marker two",
+    ]
+
+
+async def test_a_bad_signature_or_a_stale_timestamp_gets_401(
+    fake: FakeSlack, slack_settings
+) -> None:
+    async with running(fake, slack_settings(), FixedReplyBackend("no")) as slack:
+        assert await fake.url_verification(slack.url) == (200, True)
+        event = fake.dm("let me in")
+        assert await slack.send(event, signature="v0=" + "0" * 64) == 401
+        assert await slack.send(event, timestamp=int(time.time()) - 301) == 401
+        # unsigned, or signed with another app's secret
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(slack.url, json=event) as response,
+        ):
+            assert response.status == 401
+        other = FakeSlack(signing_secret="someone-else")
+        body = json.dumps(event).encode()
+        async with aiohttp.ClientSession() as session:
+            headers = {"Content-Type": "application/json", **other.sign(body)}
+            async with session.post(slack.url, data=body, headers=headers) as response:
+                assert response.status == 401
+        await asyncio.sleep(0.5)
+        assert slack.p.gateway.pending == 0
+    assert fake.messages_in(DM) == []  # nothing was taken, nothing answered
+
+
+async def test_bots_edits_and_deletions_get_no_reply(fake: FakeSlack, slack_settings) -> None:
+    async with running(fake, slack_settings(), FixedReplyBackend("Hi!")) as slack:
+        mention = fake.mention("first question")
+        await slack.send(mention)
+        await slack.settled(SUPPORT)
+        thread = mention["event"]["ts"]
+        await slack.send(fake.bot_message("I am another bot", own=False))
+        await slack.send(fake.bot_message("I am frontdesk itself", own=True))
+        # the bot's own reply, arriving as a message event in the thread it is in
+        own = fake.bot_message("a reply of mine", own=True)
+        own["event"]["thread_ts"] = thread
+        await slack.send(own)
+        await slack.send(fake.message_changed("first question, edited"))
+        await slack.send(fake.message_deleted())
+        await slack.send(fake.dm("marker"))  # events are handled before their ack
+        await slack.settled(DM)
+    assert len(fake.messages_in(SUPPORT)) == 1
+    assert [m["text"] for m in fake.messages_in(DM)] == ["Hi!"]
+
+
+async def test_a_long_reply_is_split_within_slacks_limits(fake: FakeSlack, slack_settings) -> None:
+    paragraph = " ".join(f"Sentence number {i} of the answer, with **bold**." for i in range(25))
+    reply = "\n\n".join(f"{n}. {paragraph}" for n in range(12))
+    assert len(reply) > 3 * LIMIT
+    settings = slack_settings(max_new_tokens=5000, context_tokens=8192)
+    async with running(fake, settings, FixedReplyBackend(reply)) as slack:
+        await slack.send(fake.dm("Tell me everything"))
+        messages = await slack.settled(DM, count=4)
+    assert len(messages) >= 4
+    assert all(len(text) <= LIMIT for m in messages for text in m["texts"])
+    assert not any(m["over_4000"] for m in messages)
+    assert all(m["thread_ts"] == messages[0]["thread_ts"] for m in messages)
+    words = " ".join(m["text"] for m in messages).split()
+    assert words == to_mrkdwn(reply).split()  # the whole text, in order, nothing lost
+    assert [c for c in fake.calls if c.status != 200] == []  # no 429, no invalid_blocks
+
+
+async def test_a_429_is_waited_out_and_no_reply_is_lost(fake: FakeSlack, slack_settings) -> None:
+    fake.fail_next("chat.postMessage", retry_after=2)
+    async with running(fake, slack_settings(), FixedReplyBackend("Patience pays.")) as slack:
+        await slack.send(fake.dm("hi"))
+        [message] = await slack.settled(DM)
+    assert message["text"] == "Patience pays."
+    posts = fake.calls_to("chat.postMessage", DM)
+    assert [c.status for c in posts] == [429, 200]
+    assert posts[1].at - posts[0].at >= 2.0  # Retry-After was honoured
+    assert slack.channel.retries_after_429 == 1
+
+
+async def test_a_thread_follow_up_continues_the_same_conversation(
+    fake: FakeSlack, slack_settings
+) -> None:
+    backend = RecordingBackend("Noted.")
+    async with running(fake, slack_settings(), backend) as slack:
+        mention = fake.mention("My order 1234 has not arrived.")
+        thread = mention["event"]["ts"]
+        await slack.send(mention)
+        await slack.settled(SUPPORT)
+        # no mention: the bot is in this thread, so it answers
+        await slack.send(fake.thread_reply("It was due on Monday.", thread_ts=thread))
+        await slack.settled(SUPPORT, count=2)
+        # a thread the bot is not in, and a top-level message: not addressed to it
+        never_sent = fake.mention("a thread among people")
+        await slack.send(fake.thread_reply("talking", thread_ts=never_sent["event"]["ts"]))
+        top_level = fake.thread_reply("among ourselves", thread_ts=thread)
+        del top_level["event"]["thread_ts"], top_level["event"]["parent_user_id"]
+        await slack.send(top_level)
+        await slack.send(fake.thread_reply("  ", thread_ts=thread))  # empty: told so
+        await slack.settled(SUPPORT, count=3)
+        stored = await slack.stored(SUPPORT, thread)
+    follow_up_prompt = [m.content for m in backend.prompts[-1]]  # the prompt the turn used
+    assert "My order 1234 has not arrived." in follow_up_prompt
+    assert "Noted." in follow_up_prompt
+    assert follow_up_prompt[-1] == "It was due on Monday."
+    assert [m["thread_ts"] for m in fake.messages_in(SUPPORT)] == [thread] * 3
+    assert fake.messages_in(SUPPORT)[-1]["text"] == texts.EMPTY_MESSAGE
+    assert [text for role, text in stored if role == "user"] == [
+        "My order 1234 has not arrived.",
+        "It was due on Monday.",
+    ]
+
+
+async def test_a_reply_streams_into_a_placeholder_within_the_update_limits(
+    fake: FakeSlack, slack_settings
+) -> None:
+    words = " ".join(f"word{i}" for i in range(60))
+    backend = SlowBackend(f"**Streaming** {words}", gap_s=0.05)  # about 3 s of tokens
+    async with running(fake, slack_settings(max_new_tokens=200), backend) as slack:
+        await slack.send(fake.dm("stream please"))
+        [message] = await slack.settled(DM)
+    # the first words came at once, so they were posted instead of a placeholder; then the
+    # message grew by updates
+    assert message["texts"][0].startswith("*Streaming* word0")
+    assert len(message["texts"]) >= 3
+    assert message["text"] == f"*Streaming* {words}"  # Markdown bold became mrkdwn bold
+    updates = [c.at for c in fake.calls_to("chat.update", DM)]
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(updates))
+    assert fake.count_429() == 0
+
+
+async def test_markdown_becomes_mrkdwn(fake: FakeSlack, slack_settings) -> None:
+    reply = (
+        "**Bold**, *italic*, `code` and [the docs](https://example.com/a?b=1&c=2).\n\n"
+        "- first\n- second\n\n1. one\n2. two\n\n```\nx = 1 < 2\n```"
+    )
+    async with running(fake, slack_settings(), FixedReplyBackend(reply)) as slack:
+        await slack.send(fake.dm("format"))
+        [message] = await slack.settled(DM)
+    text = message["text"]
+    assert "*Bold*" in text and "**" not in text
+    assert "_italic_" in text
+    assert "`code`" in text
+    assert "<https://example.com/a?b=1&c=2|the docs>" in text
+    assert "•   first\n•   second" in text
+    assert "1.  one\n2.  two" in text
+    assert "```\nx = 1 < 2\n```" in text
+
+
+async def test_display_names_are_stored_and_looked_up_once(fake: FakeSlack, slack_settings) -> None:
+    fake.add_user("U0BOB", "bob", "Bobby B")
+    async with running(fake, slack_settings(), FixedReplyBackend("ok")) as slack:
+        await slack.send(fake.dm("one", user="U0BOB", channel="D0BOB"))
+        await slack.settled("D0BOB")
+        await slack.send(fake.dm("two", user="U0BOB", channel="D0BOB"))
+        await slack.settled("D0BOB", count=2)
+        # the name is looked up after the ack, and filled in where the message was stored
+        for _ in range(50):
+            convs = await slack.p.store.list_conversations(limit=500)
+            [conv] = [c for c in convs if c.external_key == f"{fake.team_id}:D0BOB"]
+            if conv.user_name is not None:
+                break
+            await asyncio.sleep(0.1)
+        _c, messages = await slack.p.store.conversation(conv.id)
+    assert conv.user_name == "Bobby B"
+    assert {m.user_name for m in messages if m.role == "user"} == {"Bobby B"}
+    assert fake.user_lookups["U0BOB"] == 1
+
+
+async def test_reset_in_a_dm_and_the_slash_command_start_new_conversations(
+    fake: FakeSlack, slack_settings
+) -> None:
+    async with running(fake, slack_settings(), FixedReplyBackend("ok")) as slack:
+        await slack.send(fake.dm("first conversation"))
+        await slack.settled(DM)
+        await slack.send(fake.dm("Reset"))
+        await slack.settled(DM, count=2)
+        await slack.send(fake.dm("second conversation"))
+        await slack.settled(DM, count=3)
+        assert await slash_command(fake, slack.url, "reset", DM) == texts.RESET
+        assert "each thread" in await slash_command(fake, slack.url, "reset", SUPPORT)
+        assert "reset" in await slash_command(fake, slack.url, "help", DM)
+        await slack.send(fake.dm("third conversation"))
+        await slack.settled(DM, count=4)
+        convs = await slack.p.store.list_conversations(limit=500)
+    mine = [c for c in convs if c.external_key == f"{fake.team_id}:{DM}"]
+    assert len(mine) == 3
+    assert [m["text"] for m in fake.messages_in(DM)] == ["ok", texts.RESET, "ok", "ok"]
+
+
+async def slash_command(fake: FakeSlack, url: str, text: str, channel: str) -> str:
+    """Post ``/frontdesk <text>`` as Slack does (a signed form); returns the private answer."""
+    body = urlencode(
+        {
+            "command": "/frontdesk",
+            "text": text,
+            "team_id": fake.team_id,
+            "channel_id": channel,
+            "user_id": "U0ALICE",
+            "trigger_id": "1.2.3",
+            "response_url": "http://127.0.0.1:1/unused",
+            "api_app_id": "A0TEST",
+        }
+    ).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **fake.sign(body)}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers) as response,
+    ):
+        assert response.status == 200
+        if response.content_type == "application/json":
+            return (await response.json())["text"]
+        return await response.text()  # bolt answers a plain string as text/plain
+
+
+async def test_allowlists_refuse_politely_once(fake: FakeSlack, slack_settings) -> None:
+    settings = slack_settings(slack_allowed_channels=[SUPPORT], slack_allowed_users=["U0ALICE"])
+    fake.add_user("U0MALLORY", "mallory")
+    async with running(fake, settings, FixedReplyBackend("Welcome.")) as slack:
+        await slack.send(fake.mention("hi from elsewhere", channel="C0RANDOM"))
+        await slack.send(fake.mention("again", channel="C0RANDOM"))
+        await slack.send(fake.dm("let me in", user="U0MALLORY", channel="D0MALLORY"))
+        await slack.send(fake.dm("please", user="U0MALLORY", channel="D0MALLORY"))
+        await slack.send(fake.mention("hi from support"))
+        await slack.send(fake.dm("hi from my DM"))
+        await slack.settled(SUPPORT)
+        await slack.settled(DM)
+        convs = await slack.p.store.list_conversations(limit=500)
+    assert [m["text"] for m in fake.messages_in("C0RANDOM")] == [texts.NOT_ALLOWED]
+    assert [m["text"] for m in fake.messages_in("D0MALLORY")] == [texts.NOT_ALLOWED]
+    assert [m["text"] for m in fake.messages_in(SUPPORT)] == ["Welcome."]
+    keys = {c.external_key for c in convs}
+    assert f"{fake.team_id}:D0MALLORY" not in keys  # nothing was stored for the refused
+
+
+async def test_frontdesk_gateway_serves_slack_events_when_a_token_is_set(
+    fake: FakeSlack, redis_url: str, queue_prefix: str, tmp_path
+) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")},
+        "FRONTDESK_SLACK_BOT_TOKEN": fake.bot_token,
+        "FRONTDESK_SLACK_SIGNING_SECRET": fake.signing_secret,
+        "FRONTDESK_SLACK_API_URL": fake.base_url,
+        "FRONTDESK_HTTP_PORT": str(port),
+        "FRONTDESK_REDIS_URL": redis_url,
+        "FRONTDESK_QUEUE_PREFIX": queue_prefix,
+        "FRONTDESK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}",
+        "FRONTDESK_ENGINE": "fixed",
+        "FRONTDESK_FIXED_REPLY": "From separate processes.",
+    }
+    cli = [sys.executable, "-m", "frontdesk.cli"]
+    upgrade = await asyncio.create_subprocess_exec(*cli, "db", "upgrade", env=env)
+    assert await upgrade.wait() == 0
+    procs = [
+        await asyncio.create_subprocess_exec(*cli, role, env=env, stderr=asyncio.subprocess.PIPE)
+        for role in ("gateway", "worker")
+    ]
+    url = f"http://127.0.0.1:{port}/slack/events"
+    try:
+        for _ in range(100):  # until the gateway listens
+            with contextlib.suppress(aiohttp.ClientError):
+                if (await fake.post_event(url, fake.dm("hello")))[0] == 200:
+                    break
+            await asyncio.sleep(0.2)
+        await fake.wait_for(lambda f: bool(f.messages_in(DM)), timeout=60)
+        assert fake.messages_in(DM)[0]["text"] == "From separate processes."
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(proc.wait(), 30) for proc in procs]
+    assert codes == [0, 0]
+    for proc in procs:
+        assert proc.stderr is not None
+        assert b"Traceback" not in await proc.stderr.read()
+
+
+async def test_bad_setup_is_one_clear_line(fake: FakeSlack, slack_settings) -> None:
+    channel = SlackChannel(slack_settings(slack_bot_token="xoxb-wrong"))
+    with pytest.raises(ConfigError, match="refused FRONTDESK_SLACK_BOT_TOKEN: invalid_auth"):
+        async with pipeline(slack_settings(), None, channels=[channel]):
+            pass
+    with pytest.raises(ConfigError, match="neither FRONTDESK_SLACK_SIGNING_SECRET"):
+        SlackChannel.from_settings(slack_settings(slack_signing_secret=None))
+    assert SlackChannel.from_settings(slack_settings(slack_bot_token=None)) is None
+
+
+async def test_socket_mode_answers_events_acked_over_the_socket(
+    fake: FakeSlack, slack_settings
+) -> None:
+    settings = slack_settings(slack_app_token=fake.app_token, slack_signing_secret=None)
+    async with running(fake, settings, FixedReplyBackend("Over the socket.")) as slack:
+        assert not slack.p.gateway.http.needed  # no HTTP endpoint in Socket Mode
+        await fake.wait_socket_connected()
+        event = fake.mention("hello over the socket")
+        took = await fake.send_socket_event(event)
+        assert took < 3.0
+        [reply] = await slack.settled(SUPPORT)
+        # bolt copies retry_attempt into X-Slack-Retry-Num; the retry gets no second reply
+        await fake.send_socket_event(event, retry_attempt=1, retry_reason="timeout")
+        await fake.send_socket_event(fake.dm("marker"))
+        await slack.settled(DM)
+    assert reply["text"] == "Over the socket."
+    assert reply["thread_ts"] == event["event"]["ts"]
+    assert len(fake.messages_in(SUPPORT)) == 1
+    assert fake.count_acks() == 3
