@@ -68,6 +68,7 @@ SEND_ATTEMPTS = 8
 USER_NAME_TTL_S = 3600.0
 NAME_BATCH_S = 0.5  # new users' names are looked up in rounds this far apart…
 LOOKUPS_AT_ONCE = 5  # …this many at a time (users.info is Tier 4, about 100 a minute)
+SOCKET_CONNECT_S = 30.0
 REMEMBERED = 10_000  # event ids and user names kept in memory
 # Words that act as commands when they are the whole message (Slack keeps "/" for its own)
 COMMAND_WORDS = {"reset": "/reset", "new": "/reset", "stop": "/stop", "help": "/help"}
@@ -205,7 +206,7 @@ class SlackChannel:
                 self._socket = AsyncSocketModeHandler(
                     self.app, self.settings.slack_app_token, web_client=self.client
                 )
-                await self._socket.connect_async()
+                await self._connect_socket(self._socket)
             else:
                 gateway.http.add_route("POST", self.settings.slack_events_path, self._on_http)
         except BaseException:
@@ -225,6 +226,25 @@ class SlackChannel:
         self.team_id = auth.get("team_id") or ""
         self.bot_user_id = auth.get("user_id") or ""
         self.bot_id = auth.get("bot_id") or ""
+
+    async def _connect_socket(self, socket: AsyncSocketModeHandler) -> None:
+        """Open Socket Mode. The client retries every failure forever, so the app token is
+        checked first (a refused one is a configuration error) and the connect is bounded."""
+        assert self.client is not None
+        try:
+            await self.client.apps_connections_open(app_token=self.settings.slack_app_token)
+        except SlackApiError as exc:
+            error = exc.response.get("error", exc.response.status_code)
+            raise ConfigError(f"Slack refused FRONTDESK_SLACK_APP_TOKEN: {error}") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            url = self.settings.slack_api_url
+            raise FrontdeskError(f"cannot reach the Slack Web API at {url}: {exc}") from exc
+        try:
+            await asyncio.wait_for(socket.connect_async(), SOCKET_CONNECT_S)
+        except TimeoutError:
+            raise FrontdeskError(
+                f"cannot open Slack's Socket Mode connection within {SOCKET_CONNECT_S:.0f} s"
+            ) from None
 
     def _build_app(self) -> AsyncApp:
         app = AsyncApp(

@@ -473,6 +473,10 @@ async def test_bad_setup_is_one_clear_line(fake: FakeSlack, slack_settings) -> N
     with pytest.raises(ConfigError, match="neither FRONTDESK_SLACK_SIGNING_SECRET"):
         SlackChannel.from_settings(slack_settings(slack_signing_secret=None))
     assert SlackChannel.from_settings(slack_settings(slack_bot_token=None)) is None
+    channel = SlackChannel(slack_settings(slack_app_token="xapp-wrong"))
+    with pytest.raises(ConfigError, match="refused FRONTDESK_SLACK_APP_TOKEN: invalid_auth"):
+        async with pipeline(slack_settings(), None, channels=[channel]):
+            pass
 
 
 async def test_socket_mode_answers_events_acked_over_the_socket(
