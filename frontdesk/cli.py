@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from frontdesk.clitools import err, run, settings
-from frontdesk.storage.cli import conversations, db
+from frontdesk.engine.cli import queue
+from frontdesk.storage.cli import register as register_log_commands
 
 app = typer.Typer(
     name="frontdesk",
@@ -18,8 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(conversations, name="conversations")
-app.add_typer(db, name="db")
 
 
 @app.command()
@@ -66,6 +65,10 @@ def _root(
     if verbose:
         settings(ctx)
         logging.getLogger().setLevel(logging.INFO)
+
+
+register_log_commands(app)  # after the run commands, so --help lists those first
+app.add_typer(queue, name="queue")
 
 
 def _interactive() -> bool:

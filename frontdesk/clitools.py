@@ -7,8 +7,9 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import typer
@@ -68,6 +69,30 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(value: str | None, option: str) -> datetime | None:
+    """A point in time from the command line: relative to now (``90d``, ``12h``, ``2w``, ``30m``)
+    or a date or date-time (``2026-11-01``, ``2026-11-01T09:30``; UTC unless it says)."""
+    if value is None:
+        return None
+    relative = _RELATIVE.match(value)
+    if relative:
+        amount, unit = int(relative.group(1)), _UNITS[relative.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: amount})
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise fail(
+            f"{option} {value!r} is neither a time ago (like 2d, 12h, 90d) nor a date "
+            "(like 2026-11-01 or 2026-11-01T09:30)",
+            2,
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _default(value: Any) -> Any:

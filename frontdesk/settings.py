@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     slack_updates_per_minute: int = Field(50, ge=1)
     slack_events_path: str = "/slack/events"
 
+    redact: bool = False  # the admin CLI masks e-mails, phone and card numbers in what it shows
+
     gateway_id: str = Field(default_factory=_default_gateway_id)
     worker_id: str = Field(default_factory=_default_gateway_id)
     log_level: str = "WARNING"

@@ -237,6 +237,23 @@ class Store:
         return migrations.head_revision()
 
     @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a read transaction (one consistent snapshot), which streaming reads
+        need: PostgreSQL opens server-side cursors only inside a transaction."""
+        async with self._transaction("REPEATABLE READ") as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _transaction(self, level: str = "READ COMMITTED") -> AsyncIterator[AsyncConnection]:
+        """A connection in one transaction: for the admin's multi-statement deletions, which
+        must happen whole or not at all."""
+        level = "SERIALIZABLE" if self.dialect == "sqlite" else level
+        async with _translated(self.url), self.engine.connect() as conn:
+            await conn.execution_options(isolation_level=level)
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
         """An autocommit connection, with connection failures translated."""
         async with _translated(self.url), self.engine.connect() as conn:

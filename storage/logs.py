@@ -1,0 +1,538 @@
+"""The operators' side of storage: filtered listing, full-text search, streaming export, erasure,
+retention and usage figures over the conversation logs.
+
+Everything here reads or deletes through one ``LogFilter`` (platform, user, time window, status),
+so every admin command filters the same way. Nothing here runs on a turn's hot path.
+
+Search uses the database's own full-text index (migration 0004): FTS5 on SQLite, a tsvector with a
+GIN index on PostgreSQL. A user's query is never passed through as query syntax: on SQLite it is
+reduced to quoted words, on PostgreSQL it goes through ``websearch_to_tsquery``, which accepts any
+text. So quotes, semicolons or stray operators cannot break or change the statement.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    column,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    table,
+    true,
+)
+from sqlalchemy import update as sql_update
+
+from frontdesk.errors import NotFound
+
+from .models import Conversation, Message
+from .store import ConversationSummary, Store
+
+HIT_START, HIT_END = "\x02", "\x03"  # around each search hit in a snippet; callers render them
+EXPORT_BATCH = 2_000
+DELETE_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """Which conversations (and their messages) a command covers. ``user`` matches a user id on
+    any platform, or a display name exactly (case-insensitive). ``since``/``until`` bound the
+    conversation's last activity for listings, and each message's time for search, export and
+    figures."""
+
+    platform: str | None = None
+    user: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    status: str | None = None
+    limit: int | None = 50
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    conversation_id: int
+    message_id: int
+    platform: str
+    user_id: str | None
+    user_name: str | None
+    role: str
+    created_at: datetime
+    snippet: str  # the matched text around the hits, each hit between HIT_START and HIT_END
+
+
+EXPORT_COLUMNS = (
+    "message_id",
+    "conversation_id",
+    "platform",
+    "chat",
+    "user_id",
+    "user_name",
+    "role",
+    "content",
+    "created_at",
+    "tokens_in",
+    "tokens_out",
+    "ttft_ms",
+    "latency_ms",
+    "model",
+    "status",
+    "error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """What an erasure or retention run deleted."""
+
+    conversations: int = 0
+    messages: int = 0
+    users: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformStats:
+    platform: str
+    turns: int
+    turns_per_day: dict[str, int]
+    active_users: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    tokens_in: int
+    tokens_out: int
+    errors: int
+    error_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class TailMessage:
+    id: int
+    conversation_id: int
+    platform: str
+    user_id: str | None
+    user_name: str | None
+    role: str
+    content: str
+    created_at: datetime
+    status: str
+
+
+class Logs:
+    """Admin reads and deletions over a started ``Store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dialect = store.dialect
+
+    # -- filters ----------------------------------------------------------------------------------
+
+    def _conversation_filters(self, filt: LogFilter) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = []
+        if filt.platform:
+            where.append(Conversation.platform == filt.platform)
+        if filt.user:
+            where.append(
+                or_(
+                    Conversation.user_id == filt.user,
+                    func.lower(Conversation.user_name) == filt.user.lower(),
+                )
+            )
+        if filt.status:
+            where.append(Conversation.status == filt.status)
+        return where
+
+    def _message_filters(self, filt: LogFilter) -> list[ColumnElement[bool]]:
+        where = self._conversation_filters(filt)
+        if filt.since:
+            where.append(Message.created_at >= filt.since)
+        if filt.until:
+            where.append(Message.created_at < filt.until)
+        return where
+
+    # -- list -------------------------------------------------------------------------------------
+
+    async def list_conversations(self, filt: LogFilter) -> list[ConversationSummary]:
+        """Conversations by last activity, newest first, each with its last message."""
+        last_id = (
+            select(func.max(Message.id))
+            .where(Message.conversation_id == Conversation.id)
+            .correlate(Conversation)
+            .scalar_subquery()
+        )
+        last_text = select(Message.content).where(Message.id == last_id).scalar_subquery()
+        where = self._conversation_filters(filt)
+        if filt.since:
+            where.append(Conversation.last_activity_at >= filt.since)
+        if filt.until:
+            where.append(Conversation.last_activity_at < filt.until)
+        query = (
+            select(*_CONVERSATION_COLUMNS, last_text)
+            .where(and_(true(), *where))
+            .order_by(Conversation.last_activity_at.desc(), Conversation.id.desc())
+        )
+        if filt.limit:
+            query = query.limit(filt.limit)
+        async with self.store._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [ConversationSummary(*row) for row in rows]
+
+    # -- search -----------------------------------------------------------------------------------
+
+    async def search(self, query: str, filt: LogFilter) -> list[SearchHit]:
+        """Messages matching ``query`` (all its words, stemmed), newest first."""
+        words = _WORD.findall(query)
+        if not words:
+            return []
+        columns = (
+            Message.conversation_id,
+            Message.id,
+            Conversation.platform,
+            Message.user_id,
+            Message.user_name,
+            Message.role,
+            Message.created_at,
+        )
+        if self.dialect == "postgresql":
+            tsquery = func.websearch_to_tsquery("english", query)
+            options = f"StartSel={HIT_START}, StopSel={HIT_END}, MaxWords=24, MinWords=8"
+            snippet = func.ts_headline("english", Message.content, tsquery, options)
+            match: ColumnElement[bool] = literal_column("messages.content_tsv").op("@@")(tsquery)
+            stmt = select(*columns, snippet).select_from(Message)
+        else:
+            fts_query = " ".join('"' + w.replace('"', "") + '"' for w in words)
+            snippet = func.snippet(literal_column("messages_fts"), 0, HIT_START, HIT_END, "…", 16)
+            match = literal_column("messages_fts").op("MATCH")(fts_query)
+            stmt = (
+                select(*columns, snippet)
+                .select_from(_FTS)
+                .join(Message, Message.id == _FTS.c.rowid)
+            )
+        stmt = (
+            stmt.join(Conversation, Conversation.id == Message.conversation_id)
+            .where(match, *self._message_filters(filt))
+            .order_by(Message.id.desc())
+        )
+        if filt.limit:
+            stmt = stmt.limit(filt.limit)
+        async with self.store._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [SearchHit(*row) for row in rows]
+
+    # -- export -----------------------------------------------------------------------------------
+
+    def _export_query(self, filt: LogFilter) -> Select[Any]:
+        return (
+            select(
+                Message.id,
+                Message.conversation_id,
+                Conversation.platform,
+                Conversation.external_key,
+                Message.user_id,
+                Message.user_name,
+                Message.role,
+                Message.content,
+                Message.created_at,
+                Message.tokens_in,
+                Message.tokens_out,
+                Message.ttft_ms,
+                Message.latency_ms,
+                Message.model,
+                Message.status,
+                Message.error,
+            )
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(and_(true(), *self._message_filters(filt)))
+        )
+
+    async def count_messages(self, filt: LogFilter) -> int:
+        """How many messages an export with ``filt`` would write (its limit aside)."""
+        inner = self._export_query(filt).with_only_columns(Message.id).subquery()
+        async with self.store._connect() as conn:
+            total = await conn.scalar(select(func.count()).select_from(inner))
+        return min(total or 0, filt.limit) if filt.limit else total or 0
+
+    async def export_rows(self, filt: LogFilter) -> AsyncIterator[Sequence[Any]]:
+        """Messages in id order as tuples in ``EXPORT_COLUMNS`` order, streamed from a
+        server-side cursor in batches: memory stays flat however many there are."""
+        stmt = self._export_query(filt).order_by(Message.id)
+        if filt.limit:
+            stmt = stmt.limit(filt.limit)
+        async with self.store._snapshot() as conn:
+            result = await conn.stream(stmt.execution_options(yield_per=EXPORT_BATCH))
+            async for batch in result.partitions():
+                for row in batch:
+                    yield row
+
+    # -- tail -------------------------------------------------------------------------------------
+
+    async def messages_after(self, after_id: int, filt: LogFilter) -> list[TailMessage]:
+        """Messages newer than ``after_id``, oldest first (at most ``filt.limit``)."""
+        stmt = (
+            select(
+                Message.id,
+                Message.conversation_id,
+                Conversation.platform,
+                Message.user_id,
+                Message.user_name,
+                Message.role,
+                Message.content,
+                Message.created_at,
+                Message.status,
+            )
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.id > after_id, *self._message_filters(filt))
+            .order_by(Message.id)
+        )
+        if filt.limit:
+            stmt = stmt.limit(filt.limit)
+        async with self.store._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [TailMessage(*row) for row in rows]
+
+    async def tail_start(self, count: int, filt: LogFilter) -> int:
+        """The id just before the newest ``count`` messages matching ``filt`` (where tail starts)."""
+        stmt = (
+            select(Message.id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(*self._message_filters(filt))
+            .order_by(Message.id.desc())
+            .limit(count + 1)
+        )
+        async with self.store._connect() as conn:
+            ids = (await conn.scalars(stmt)).all()
+        if len(ids) <= count:
+            return 0
+        return ids[-1]
+
+    # -- erasure and retention --------------------------------------------------------------------
+
+    async def delete_conversation(self, conversation_id: int) -> Removed:
+        """Delete one conversation and all its messages. Raises NotFound."""
+        async with self.store._transaction() as conn:
+            found = await conn.scalar(
+                select(Conversation.id).where(Conversation.id == conversation_id)
+            )
+            if found is None:
+                raise NotFound(f"no conversation with id {conversation_id}")
+            messages = await _delete_messages_of(conn, [conversation_id])
+            await conn.execute(delete(Conversation).where(Conversation.id == conversation_id))
+        return Removed(conversations=1, messages=messages)
+
+    async def user_matches(self, user: str) -> list[tuple[str, str | None, str | None]]:
+        """(platform, user id, display name) of everyone ``user`` names, on any platform."""
+        name = user.lower()
+        stmt = (
+            select(Message.platform, Message.user_id, Message.user_name)
+            .where(or_(Message.user_id == user, func.lower(Message.user_name) == name))
+            .distinct()
+        )
+        convs = (
+            select(Conversation.platform, Conversation.user_id, Conversation.user_name)
+            .where(or_(Conversation.user_id == user, func.lower(Conversation.user_name) == name))
+            .distinct()
+        )
+        async with self.store._connect() as conn:
+            rows = {tuple(r) for r in (await conn.execute(stmt)).all()}
+            rows |= {tuple(r) for r in (await conn.execute(convs)).all()}
+        return sorted(rows, key=lambda r: tuple(str(v) for v in r))  # type: ignore[misc]
+
+    async def purge_user(self, user: str) -> Removed:
+        """Right to erasure: every conversation of the user (by id on any platform, or by
+        display name), every message they wrote elsewhere (a group chat), and every reply to
+        those messages."""
+        name = user.lower()
+        matched = [uid for _p, uid, _n in await self.user_matches(user) if uid]
+        by_user = or_(Message.user_id == user, func.lower(Message.user_name) == name)
+        async with self.store._transaction() as conn:
+            conv_ids = list(
+                await conn.scalars(
+                    select(Conversation.id).where(
+                        or_(
+                            Conversation.user_id == user,
+                            func.lower(Conversation.user_name) == name,
+                        )
+                    )
+                )
+            )
+            messages = await _delete_messages_of(conn, conv_ids)
+            for start in range(0, len(conv_ids), DELETE_BATCH):
+                chunk = conv_ids[start : start + DELETE_BATCH]
+                await conn.execute(delete(Conversation).where(Conversation.id.in_(chunk)))
+            # Their messages in other people's conversations, and the replies to them
+            theirs = select(Message.id).where(by_user)
+            touched = list(
+                await conn.scalars(select(Message.conversation_id).where(by_user).distinct())
+            )
+            replies = await conn.execute(delete(Message).where(Message.reply_to_id.in_(theirs)))
+            own = await conn.execute(delete(Message).where(by_user))
+            messages += (replies.rowcount or 0) + (own.rowcount or 0)
+            await _recount(conn, touched)
+        return Removed(conversations=len(conv_ids), messages=messages, users=sorted(set(matched)))
+
+    async def purge_older_than(self, cutoff: datetime, filt: LogFilter | None = None) -> Removed:
+        """Retention: delete conversations whose last activity is before ``cutoff``."""
+        where = [Conversation.last_activity_at < cutoff]
+        if filt is not None:
+            where += self._conversation_filters(filt)
+        async with self.store._transaction() as conn:
+            conv_ids = list(await conn.scalars(select(Conversation.id).where(*where)))
+            messages = await _delete_messages_of(conn, conv_ids)
+            for start in range(0, len(conv_ids), DELETE_BATCH):
+                chunk = conv_ids[start : start + DELETE_BATCH]
+                await conn.execute(delete(Conversation).where(Conversation.id.in_(chunk)))
+        return Removed(conversations=len(conv_ids), messages=messages)
+
+    async def count_older_than(self, cutoff: datetime, filt: LogFilter | None = None) -> int:
+        where = [Conversation.last_activity_at < cutoff]
+        if filt is not None:
+            where += self._conversation_filters(filt)
+        async with self.store._connect() as conn:
+            total = await conn.scalar(select(func.count()).select_from(Conversation).where(*where))
+        return total or 0
+
+    # -- figures ----------------------------------------------------------------------------------
+
+    async def stats(self, filt: LogFilter) -> list[PlatformStats]:
+        """Per platform over the filter's window: turns (replies) per day, active users, reply
+        latency and time to first token (p50, p95), tokens in and out, and the error rate."""
+        where = self._message_filters(filt)
+        replies = (
+            select(
+                Conversation.platform,
+                Message.created_at,
+                Message.latency_ms,
+                Message.ttft_ms,
+                Message.tokens_in,
+                Message.tokens_out,
+                Message.status,
+            )
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.role == "assistant", *where)
+        )
+        users = (
+            select(Conversation.platform, func.count(func.distinct(Message.user_id)))
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.role == "user", *where)
+            .group_by(Conversation.platform)
+        )
+        per: dict[str, _Figures] = defaultdict(_Figures)
+        async with self.store._snapshot() as conn:
+            result = await conn.stream(replies.execution_options(yield_per=EXPORT_BATCH))
+            async for batch in result.partitions():
+                for platform, at, latency, ttft, t_in, t_out, status in batch:
+                    per[platform].add(at, latency, ttft, t_in, t_out, status)
+            active = dict((await conn.execute(users)).all())
+        return [per[p].summary(p, active.get(p, 0)) for p in sorted(per.keys() | active.keys())]
+
+
+_CONVERSATION_COLUMNS = (
+    Conversation.id,
+    Conversation.platform,
+    Conversation.external_key,
+    Conversation.user_id,
+    Conversation.user_name,
+    Conversation.status,
+    Conversation.message_count,
+    Conversation.created_at,
+    Conversation.last_activity_at,
+)
+_WORD = re.compile(r"\w+")
+_FTS = table("messages_fts", column("rowid"))
+
+
+async def _delete_messages_of(conn: Any, conv_ids: list[int]) -> int:
+    """Delete the messages of these conversations, a batch at a time; returns how many."""
+    removed = 0
+    for start in range(0, len(conv_ids), DELETE_BATCH):
+        chunk = conv_ids[start : start + DELETE_BATCH]
+        result = await conn.execute(delete(Message).where(Message.conversation_id.in_(chunk)))
+        removed += result.rowcount or 0
+    return removed
+
+
+async def _recount(conn: Any, conv_ids: list[int]) -> None:
+    """Set message_count again for conversations that lost messages (the counter trigger only
+    counts inserts)."""
+    count = (
+        select(func.count())
+        .where(Message.conversation_id == Conversation.id)
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
+    for start in range(0, len(conv_ids), DELETE_BATCH):
+        chunk = conv_ids[start : start + DELETE_BATCH]
+        await conn.execute(
+            sql_update(Conversation)
+            .where(Conversation.id.in_(chunk))
+            .values(message_count=count)
+            .execution_options(synchronize_session=False)
+        )
+
+
+class _Figures:
+    """Running figures of one platform's replies."""
+
+    def __init__(self) -> None:
+        self.per_day: dict[date, int] = defaultdict(int)
+        self.latency: list[float] = []
+        self.ttft: list[float] = []
+        self.tokens_in = self.tokens_out = self.errors = self.turns = 0
+
+    def add(
+        self,
+        at: datetime,
+        latency: float | None,
+        ttft: float | None,
+        tokens_in: int | None,
+        tokens_out: int | None,
+        status: str,
+    ) -> None:
+        self.turns += 1
+        self.per_day[at.date()] += 1
+        if latency is not None:
+            self.latency.append(latency)
+        if ttft is not None:
+            self.ttft.append(ttft)
+        self.tokens_in += tokens_in or 0
+        self.tokens_out += tokens_out or 0
+        self.errors += status != "ok"
+
+    def summary(self, platform: str, active_users: int) -> PlatformStats:
+        p50l, p95l = _percentiles(self.latency)
+        p50t, p95t = _percentiles(self.ttft)
+        return PlatformStats(
+            platform=platform,
+            turns=self.turns,
+            turns_per_day={d.isoformat(): n for d, n in sorted(self.per_day.items())},
+            active_users=active_users,
+            latency_p50_ms=p50l,
+            latency_p95_ms=p95l,
+            ttft_p50_ms=p50t,
+            ttft_p95_ms=p95t,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            errors=self.errors,
+            error_rate=self.errors / self.turns if self.turns else 0.0,
+        )
+
+
+def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return values[0], values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[94]
