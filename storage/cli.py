@@ -592,7 +592,7 @@ def _print_tail(m: Any, shown: Callable[[str], str], as_json: bool) -> None:
     if as_json:
         print(json.dumps({**_asdict(m), "content": shown(m.content)}, default=str), flush=True)
         return
-    who = m.user_name or m.user_id or "" if m.role == "user" else "bot"
+    who = (m.user_name or m.user_id or "") if m.role == "user" else "bot"
     text = shown(m.content) if m.status == "ok" else f"[{m.status}]"
     out.print(
         f"[dim]{m.created_at.astimezone(UTC).strftime('%H:%M:%S')}[/] "

@@ -380,3 +380,15 @@ async def test_tail_follows_new_messages(seeded: Seeded) -> None:
         _out, errors = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert "Traceback" not in errors
+
+    # the text form: one line a message, the user's name or "bot", the text on one line
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [*command, "-n", "2", "--redact"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert "Dee: Live one" in lines[0] and seeded.platform in lines[0]
+    assert "bot: Live two" in lines[1]
