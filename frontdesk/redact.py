@@ -17,6 +17,7 @@ _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CARD = re.compile(r"(?<![\w+])\d(?:[ -]?\d){12,18}(?!\w)")
 # An optional +country code, then digits in groups split by spaces, dots, dashes or brackets
 _PHONE = re.compile(r"(?<![\w+])(?:\+|\(\d)?\d[\d ().-]{5,}\d(?!\w)")
+_DIGIT = re.compile(r"\d")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
 
 
@@ -46,6 +47,9 @@ def _phone(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """``text`` with e-mail addresses, card numbers and phone numbers masked."""
-    text = _EMAIL.sub(EMAIL, text)
+    if "@" in text:
+        text = _EMAIL.sub(EMAIL, text)
+    if _DIGIT.search(text) is None:
+        return text
     text = _CARD.sub(_card, text)
     return _PHONE.sub(_phone, text)

@@ -15,6 +15,7 @@ import csv
 import enum
 import io
 import json
+import math
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -382,45 +383,68 @@ async def write_export(
     stream: TextIO,
     progress: Callable[[int], None] | None,
 ) -> int:
-    """Write rows as they stream from the database, flushing in chunks; returns how many."""
+    """Write rows as they stream from the database, a batch at a time; returns how many."""
     content = EXPORT_COLUMNS.index("content")
     created = EXPORT_COLUMNS.index("created_at")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer) if fmt is ExportFormat.csv else None
-    if writer is not None:
+    if fmt is ExportFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
         writer.writerow(EXPORT_COLUMNS)
     elif fmt is ExportFormat.json:
-        buffer.write("[")
+        stream.write("[")
     count = 0
-    async for row in logs.export_rows(filt):
-        values = list(row)
-        values[content] = shown(values[content])
-        values[created] = values[created].astimezone(UTC).isoformat()
-        if writer is not None:
-            writer.writerow(values)
-        else:
-            if fmt is ExportFormat.json:
-                buffer.write(",\n" if count else "\n")
-            buffer.write(
-                json.dumps(dict(zip(EXPORT_COLUMNS, values, strict=True)), ensure_ascii=False)
-            )
-            if fmt is ExportFormat.jsonl:
-                buffer.write("\n")
-        count += 1
-        if count % 1000 == 0:
+    async for batch in logs.export_batches(filt):
+        lines = []
+        for row in batch:
+            values = list(row)
+            values[content] = shown(values[content])
+            values[created] = values[created].isoformat()  # stored in UTC
+            lines.append(values)
+        if fmt is ExportFormat.csv:
+            writer.writerows(lines)
             stream.write(buffer.getvalue())
             buffer.seek(0)
             buffer.truncate()
-            if progress is not None:
-                progress(count)
-            await asyncio.sleep(0)
+        else:
+            objects = [_json_object(values) for values in lines]
+            if fmt is ExportFormat.jsonl:
+                stream.write("\n".join(objects) + "\n")
+            else:
+                stream.write(("," if count else "") + "\n" + ",\n".join(objects))
+        count += len(batch)
+        if progress is not None:
+            progress(count)
+        await asyncio.sleep(0)
     if fmt is ExportFormat.json:
-        buffer.write("\n]\n" if count else "]\n")
-    stream.write(buffer.getvalue())
+        stream.write("\n]\n" if count else "]\n")
     stream.flush()
-    if progress is not None:
-        progress(count)
     return count
+
+
+_JSON_KEYS = [json.dumps(name) + ": " for name in EXPORT_COLUMNS]
+
+
+def _json_object(values: Sequence[Any]) -> str:
+    """One row as a JSON object (what json.dumps writes, several times faster: a million
+    rows spend most of their export time here)."""
+    parts = []
+    for key, value in zip(_JSON_KEYS, values, strict=True):
+        if value is None:
+            parts.append(key + "null")
+        elif isinstance(value, str):
+            parts.append(key + _quote(value))
+        elif isinstance(value, bool):
+            parts.append(key + ("true" if value else "false"))
+        elif isinstance(value, int):
+            parts.append(key + str(value))
+        elif isinstance(value, float) and math.isfinite(value):
+            parts.append(key + repr(value))
+        else:
+            parts.append(key + json.dumps(value))  # NaN and infinities as json writes them
+    return "{" + ", ".join(parts) + "}"
+
+
+_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 # -- purge ----------------------------------------------------------------------------------------

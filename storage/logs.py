@@ -43,6 +43,7 @@ from .store import ConversationSummary, Store
 HIT_START, HIT_END = "\x02", "\x03"  # around each search hit in a snippet; callers render them
 EXPORT_BATCH = 2_000
 DELETE_BATCH = 500
+SEARCH_WINDOW = 20_000  # newest message ids searched first (PostgreSQL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,16 +221,32 @@ class Logs:
                 .select_from(_FTS)
                 .join(Message, Message.id == _FTS.c.rowid)
             )
+        # On PostgreSQL, "id + 0" keeps the planner from walking the primary key backwards in
+        # the hope of meeting matches early: with a word it overestimates, that walk reads the
+        # whole table. It uses the GIN index and sorts what matches instead.
+        newest_first = (Message.id + 0) if self.dialect == "postgresql" else Message.id
         stmt = (
             stmt.join(Conversation, Conversation.id == Message.conversation_id)
             .where(match, *self._message_filters(filt))
-            .order_by(Message.id.desc())
+            .order_by(newest_first.desc())
         )
         if filt.limit:
             stmt = stmt.limit(filt.limit)
         async with self.store._connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [SearchHit(*row) for row in rows]
+            if self.dialect != "postgresql" or not filt.limit:
+                rows = (await conn.execute(stmt)).all()
+                return [SearchHit(*row) for row in rows]
+            # Sorting every match of a common word would be slow, so search the newest ids
+            # first, in windows that grow eightfold until the limit is met: the GIN index and
+            # an id range together keep each step small.
+            newest = await conn.scalar(select(func.max(Message.id))) or 0
+            window = SEARCH_WINDOW
+            while True:
+                lowest = newest - window
+                rows = (await conn.execute(stmt.where(Message.id > lowest))).all()
+                if len(rows) >= filt.limit or lowest <= 0:
+                    return [SearchHit(*row) for row in rows]
+                window *= 8
 
     # -- export -----------------------------------------------------------------------------------
 
@@ -264,17 +281,16 @@ class Logs:
             total = await conn.scalar(select(func.count()).select_from(inner))
         return min(total or 0, filt.limit) if filt.limit else total or 0
 
-    async def export_rows(self, filt: LogFilter) -> AsyncIterator[Sequence[Any]]:
-        """Messages in id order as tuples in ``EXPORT_COLUMNS`` order, streamed from a
-        server-side cursor in batches: memory stays flat however many there are."""
+    async def export_batches(self, filt: LogFilter) -> AsyncIterator[Sequence[Sequence[Any]]]:
+        """Messages in id order, as batches of tuples in ``EXPORT_COLUMNS`` order, streamed
+        from a server-side cursor: memory stays flat however many there are."""
         stmt = self._export_query(filt).order_by(Message.id)
         if filt.limit:
             stmt = stmt.limit(filt.limit)
         async with self.store._snapshot() as conn:
             result = await conn.stream(stmt.execution_options(yield_per=EXPORT_BATCH))
             async for batch in result.partitions():
-                for row in batch:
-                    yield row
+                yield batch
 
     # -- tail -------------------------------------------------------------------------------------
 
