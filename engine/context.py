@@ -1,14 +1,15 @@
 """Builds a turn's prompt from stored history within a token budget.
 
 The prompt is the system prompt plus the newest messages that fit, counted exactly: the backend
-renders each candidate with the model's chat template and tokenizer. The oldest messages go first;
-the system prompt and the message being answered never go. Kept history starts on a user message,
-so a template never sees a reply without its question.
+renders each candidate with the model's chat template and tokenizer. The oldest messages go first,
+in blocks, so that prompts keep a stable prefix from turn to turn; the system prompt and the
+message being answered never go. Kept history starts on a user message, so a template never sees
+a reply without its question.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from frontdesk.errors import PromptTooLong
@@ -27,38 +28,50 @@ class BuiltPrompt:
 def build_prompt(
     backend: Backend, system_prompt: str, history: Sequence[ChatMessage], budget: int
 ) -> BuiltPrompt:
-    """The largest suffix of ``history`` (oldest first, ending with the message to answer) that
-    fits ``budget`` tokens behind the system prompt. Raises PromptTooLong if the last message alone
-    does not fit."""
+    """The system prompt and the newest part of ``history`` (oldest first, ending with the
+    message to answer) that fits ``budget`` tokens, cut where earlier turns were cut.
+
+    When everything fits, nothing is dropped, and each turn's prompt extends the one before it,
+    token for token. When it does not, history is dropped a block at a time: from the current
+    start, half of what would fit there goes. Cut points depend only on the stored messages,
+    which never change, so every turn (on any worker) cuts at the same places, and the prompt's
+    prefix stays the same for many turns: an engine's prefix cache keeps hitting, where a window
+    sliding one turn at a time would shift the prompt, and miss, on every turn. Kept history
+    starts on a user message. Raises PromptTooLong if the last message alone does not fit."""
     if not history:
         raise ValueError("nothing to answer: history is empty")
     system = [ChatMessage("system", system_prompt)] if system_prompt else []
+    last = len(history) - 1
 
-    def render(keep: int) -> Prompt:
-        return backend.render([*system, *history[len(history) - keep :]])
+    def render(start: int, end: int = len(history)) -> Prompt:
+        return backend.render([*system, *history[start:end]])
 
-    smallest = render(1)
+    smallest = render(last)
     if smallest.n_tokens > budget:
         raise PromptTooLong(
             f"the message needs {smallest.n_tokens} tokens with the system prompt; "
             f"the budget is {budget}"
         )
-    if len(history) > 1:
-        everything = render(len(history))
-        if everything.n_tokens <= budget:  # the common case: one render, nothing dropped
-            return BuiltPrompt(prompt=everything, kept=len(history), dropped=0)
-    # Token count grows with every message kept: binary search the largest suffix that fits.
-    lo, hi, best = 1, len(history), smallest
+    start = 0
+    while True:
+        while start < last and history[start].role != "user":
+            start += 1
+        prompt = smallest if start == last else render(start)
+        if prompt.n_tokens <= budget:
+            return BuiltPrompt(prompt=prompt, kept=len(history) - start, dropped=start)
+        # Too long from here: drop the oldest half of what fits from here. What fits is
+        # decided by messages that are all stored already, so this cut never moves.
+        fits = _fitting(render, start, last, budget)
+        start = min(last, start + max(2, fits // 2))
+
+
+def _fitting(render: Callable[[int, int], Prompt], start: int, last: int, budget: int) -> int:
+    """How many messages from ``start`` fit the budget (fewer than all up to ``last``)."""
+    lo, hi = 0, last - start
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        candidate = render(mid)
-        if candidate.n_tokens <= budget:
-            lo, best = mid, candidate
+        if render(start, start + mid).n_tokens <= budget:
+            lo = mid
         else:
             hi = mid - 1
-    keep = lo
-    while keep > 1 and history[len(history) - keep].role != "user":
-        keep -= 1
-    if keep != lo:
-        best = render(keep)
-    return BuiltPrompt(prompt=best, kept=keep, dropped=len(history) - keep)
+    return lo

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,9 +43,46 @@ async def test_budget_drops_oldest_turns_first_and_never_the_system_prompt(
     for message in history[: built.dropped]:
         assert message.content not in built.prompt.text  # the oldest went
     assert kept[0].role == "user"
-    # and it kept as much as fits: one more turn would not
+    # dropped in a block: at least one turn more than the least it had to drop
     wider = llama.render([ChatMessage("system", SYSTEM), *history[built.dropped - 2 :]])
-    assert wider.n_tokens > budget
+    assert wider.n_tokens <= budget or built.dropped >= 2
+
+
+async def test_prompts_keep_a_stable_token_prefix_over_a_long_conversation(
+    llama: LlamaCppBackend,
+) -> None:
+    """30 turns with a budget that holds about 8 of them: each turn's prompt is, token for
+    token, the previous prompt plus the previous reply and the new question, except on the few
+    turns where a block of old history goes. A window sliding a turn at a time would break the
+    prefix on every turn once full."""
+    history = conversation(30)
+    system = [ChatMessage("system", SYSTEM)]
+    budget = llama.render([*system, *history[-17:]]).n_tokens
+    prompts = [
+        build_prompt(llama, SYSTEM, history[: 2 * k + 1], budget) for k in range(len(history) // 2)
+    ]
+    breaks = 0
+    for before, after in itertools.pairwise(prompts):
+        assert before.prompt.tokens is not None and after.prompt.tokens is not None
+        assert after.prompt.n_tokens <= budget
+        if after.dropped == before.dropped:
+            assert after.prompt.tokens[: len(before.prompt.tokens)] == before.prompt.tokens
+        else:
+            assert after.dropped > before.dropped  # cuts only move forward
+            breaks += 1
+    assert 0 < breaks <= 6
+    # the naive window: keep the longest suffix that fits, so the start moves every turn
+    naive_starts = []
+    for k in range(len(history) // 2):
+        turn = history[: 2 * k + 1]
+        start = next(
+            s
+            for s in range(0, len(turn), 2)
+            if llama.render([*system, *turn[s:]]).n_tokens <= budget
+        )
+        naive_starts.append(start)
+    naive_breaks = sum(b != a for a, b in itertools.pairwise(naive_starts))
+    assert naive_breaks >= 2 * breaks
 
 
 async def test_rendered_prompt_uses_the_models_chat_template(llama: LlamaCppBackend) -> None:
@@ -63,7 +102,7 @@ async def test_a_message_too_long_for_the_budget_is_refused(llama: LlamaCppBacke
     lengths=st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=25),
     budget=st.integers(min_value=5, max_value=400),
 )
-def test_kept_history_is_the_longest_fitting_suffix(lengths: list[int], budget: int) -> None:
+def test_kept_history_fits_and_its_cuts_never_move(lengths: list[int], budget: int) -> None:
     backend = FixedReplyBackend("x")
     history = [
         ChatMessage("user" if i % 2 == 0 else "assistant", " ".join(["w"] * n))
@@ -81,6 +120,12 @@ def test_kept_history_is_the_longest_fitting_suffix(lengths: list[int], budget: 
     assert built.prompt == backend.render([*system, *kept])
     assert built.prompt.n_tokens <= budget
     assert kept[-1] == history[-1] and kept[0].role == "user"
-    if built.dropped:
-        # one more message (back to the previous user message) would have broken the budget
-        assert backend.render([*system, *history[built.dropped - 2 :]]).n_tokens > budget
+    # Every earlier turn (a prefix of this history) cut at or before this cut; where it cut at
+    # the same place, its prompt is a prefix of this one
+    for end in range(1, len(history), 2):
+        if backend.render([*system, history[end - 1]]).n_tokens > budget:
+            continue
+        earlier = build_prompt(backend, "sys", history[:end], budget)
+        assert earlier.dropped <= built.dropped
+        if earlier.dropped == built.dropped:
+            assert built.prompt.text.startswith(earlier.prompt.text.removesuffix("<assistant>\n"))

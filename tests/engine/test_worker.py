@@ -123,6 +123,31 @@ async def test_turns_run_concurrently_across_conversations_and_in_order_within_o
     assert len(backend.seen) == 12
 
 
+async def test_64_queued_turns_of_64_conversations_are_in_flight_at_once(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """What a batching engine needs: the worker hands it every turn it may, not one at a time."""
+    settings = make_settings(
+        engine="fixed", worker_concurrency=64, redis_url=redis_url, queue_prefix=queue_prefix
+    )
+    backend = SlowRecordingBackend()
+    backend.gate.clear()
+    async with pipeline(settings, backend) as p:
+        sends = [
+            await p.gateway.handle(p.channel.message(f"c{n}#0", chat=f"c{n}"), p.channel)
+            for n in range(64)
+        ]
+        for _ in range(100):
+            if backend.active == 64:
+                break
+            await asyncio.sleep(0.05)
+        assert backend.active == 64  # all 64 generating at once, through Redis
+        backend.gate.set()
+        await asyncio.wait_for(asyncio.gather(*sends), 30)
+    assert backend.peak == 64
+    assert len(p.channel.delivered) == 64
+
+
 class TwiceQueue(LocalQueue):
     """At-least-once taken literally: every turn is delivered twice."""
 
