@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///frontdesk.db"
     database_pool_size: int = Field(20, ge=1)
     redis_url: str | None = None
-    engine: Literal["llamacpp", "fixed"] = "llamacpp"
+    engine: Literal["llamacpp", "fixed", "openai"] = "llamacpp"
     model: str | None = None
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_new_tokens: int = Field(256, ge=1, le=32768)
@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(8, ge=1, le=4096)
     engine_threads: int | None = Field(None, ge=1)
     fixed_reply: str = "This is a fixed reply."
+    openai_base_urls: Annotated[list[str], NoDecode] = []
+    openai_model: str | None = None
+    openai_api_key: str | None = None
+    openai_connect_timeout_s: float = Field(5.0, gt=0)
+    openai_read_timeout_s: float = Field(60.0, gt=0)
     max_message_chars: int = Field(16000, ge=1)
 
     queue_prefix: str = "frontdesk"
@@ -105,7 +110,11 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
 
     @field_validator(
-        "telegram_allowed_users", "slack_allowed_channels", "slack_allowed_users", mode="before"
+        "telegram_allowed_users",
+        "slack_allowed_channels",
+        "slack_allowed_users",
+        "openai_base_urls",
+        mode="before",
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -122,6 +131,8 @@ class Settings(BaseSettings):
         "slack_bot_token",
         "slack_signing_secret",
         "slack_app_token",
+        "openai_model",
+        "openai_api_key",
         mode="before",
     )
     @classmethod

@@ -64,6 +64,7 @@ class Backend(Protocol):
 _REGISTRY = {
     "llamacpp": "frontdesk.engine.backends.llamacpp:LlamaCppBackend",
     "fixed": "frontdesk.engine.backends.fixed:FixedReplyBackend",
+    "openai": "frontdesk.engine.backends.openai:OpenAIBackend",
 }
 
 
