@@ -57,6 +57,30 @@ def gateway(ctx: typer.Context) -> None:
     run(run_gateway(cfg, channels=build_channels(cfg)))
 
 
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Check the configured engine, Redis and the database, and say what was found."""
+    from rich.table import Table
+
+    from frontdesk.clitools import out, print_json
+    from frontdesk.doctor import diagnose
+
+    checks = run(diagnose(settings(ctx)))
+    if as_json:
+        print_json(checks)
+    else:
+        table = Table("", "part", "found", "s")
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else "[bold red]failed[/]"
+            table.add_row(mark, c.part, c.detail, f"{c.seconds:.1f}")
+        out.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,

@@ -1,0 +1,82 @@
+"""`frontdesk doctor`: checks each part the configuration names, the way the services will use it,
+and says what it found: the engine (started, and a prompt rendered and answered), Redis, and the
+database and its schema."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from frontdesk.engine.backends import GenerationParams, create_backend
+from frontdesk.engine.queue import RedisQueue
+from frontdesk.errors import FrontdeskError
+from frontdesk.settings import Settings
+from frontdesk.storage import Store
+from frontdesk.wire import ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    part: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+async def diagnose(settings: Settings) -> list[Check]:
+    return [await _engine(settings), await _redis(settings), await _database(settings)]
+
+
+async def _engine(settings: Settings) -> Check:
+    started = time.monotonic()
+    try:
+        backend = create_backend(settings)
+        await backend.start()
+        try:
+            prompt = backend.render([ChatMessage("user", "Say OK.")])
+            params = GenerationParams(uuid.uuid4().hex, max_tokens=4, temperature=0.0)
+            pieces = [chunk async for chunk in backend.stream(prompt, params)]
+        finally:
+            await backend.close()
+    except FrontdeskError as exc:
+        return Check("engine", False, f"{settings.engine}: {exc}", time.monotonic() - started)
+    usage = pieces[-1].usage if pieces else None
+    figures = f"{usage.completion_tokens} tokens answered" if usage else "answered"
+    detail = (
+        f"{settings.engine} · model {backend.model} · context {settings.context_tokens} tokens "
+        f"(replies up to {settings.max_new_tokens}) · {figures}"
+    )
+    return Check("engine", True, detail, time.monotonic() - started)
+
+
+async def _redis(settings: Settings) -> Check:
+    started = time.monotonic()
+    if settings.redis_url is None:
+        return Check("queue", True, "embedded: in-process queue (no FRONTDESK_REDIS_URL)", 0.0)
+    queue = RedisQueue(settings.redis_url, consumer="doctor", prefix=settings.queue_prefix)
+    try:
+        status = await queue.status()
+    except FrontdeskError as exc:
+        return Check("queue", False, str(exc), time.monotonic() - started)
+    finally:
+        await queue.stop()
+    consumers = len(status.consumers)
+    detail = (
+        f"Redis reachable · {status.length} turns in {status.stream}, {status.pending} pending, "
+        f"{status.dead} dead-lettered · {consumers} worker{'s' if consumers != 1 else ''} known"
+    )
+    return Check("queue", True, detail, time.monotonic() - started)
+
+
+async def _database(settings: Settings) -> Check:
+    started = time.monotonic()
+    store = Store(settings.database_url, pool_size=1)
+    try:
+        await store.start()  # checks that the schema is current
+    except FrontdeskError as exc:
+        return Check("database", False, str(exc), time.monotonic() - started)
+    finally:
+        await store.stop()
+    detail = f"{store.dialect} reachable · schema current"
+    return Check("database", True, detail, time.monotonic() - started)

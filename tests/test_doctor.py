@@ -1,0 +1,45 @@
+"""`frontdesk doctor`: what it finds when every part is there, and when parts are missing."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from frontdesk.cli import app
+
+runner = CliRunner()
+
+
+def doctor(tmp_path, **env: str):  # type: ignore[no-untyped-def]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'doctor.db'}"
+    base = {"FRONTDESK_DATABASE_URL": url, "FRONTDESK_ENGINE": "fixed", "COLUMNS": "200"}
+    assert runner.invoke(app, ["db", "upgrade"], env=base).exit_code == 0
+    return runner.invoke(app, ["doctor", "--json"], env={**base, **env})
+
+
+def test_everything_there(tmp_path, redis_url: str, queue_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    result = doctor(tmp_path, FRONTDESK_REDIS_URL=redis_url, FRONTDESK_QUEUE_PREFIX=queue_prefix)
+    assert result.exit_code == 0, result.output
+    checks = {c["part"]: c for c in json.loads(result.stdout)}
+    assert all(c["ok"] for c in checks.values())
+    assert "model fixed-reply" in checks["engine"]["detail"]
+    assert "Redis reachable" in checks["queue"]["detail"]
+    assert "schema current" in checks["database"]["detail"]
+
+
+def test_missing_parts_fail_with_a_reason_each(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = doctor(
+        tmp_path,
+        FRONTDESK_REDIS_URL="redis://127.0.0.1:1/0",
+        FRONTDESK_ENGINE="openai",
+        FRONTDESK_OPENAI_BASE_URLS="http://127.0.0.1:1",
+    )
+    assert result.exit_code == 1
+    checks = {c["part"]: c for c in json.loads(result.stdout)}
+    assert (
+        not checks["engine"]["ok"] and "no OpenAI-compatible server" in checks["engine"]["detail"]
+    )
+    assert not checks["queue"]["ok"] and "127.0.0.1:1" in checks["queue"]["detail"]
+    assert checks["database"]["ok"]
+    assert "Traceback" not in result.output
