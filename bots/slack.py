@@ -288,8 +288,17 @@ class SlackChannel:
         await self._on_event(body, event, mentioned=False)
 
     async def _on_event(self, body: dict[str, Any], event: dict[str, Any], *, mentioned: bool):
-        if not self._first_delivery(body.get("event_id")):
+        event_id = body.get("event_id")
+        if event_id and event_id in self._seen_events:
+            log.info("slack event %s delivered again; dropped", event_id)
             return  # a retry of an event this gateway already took
+        await self._take(body, event, mentioned=mentioned)
+        if event_id:  # only once taken: a retry of an event that failed here is taken again
+            self._seen_events[event_id] = None
+            if len(self._seen_events) > REMEMBERED:
+                self._seen_events.popitem(last=False)
+
+    async def _take(self, body: dict[str, Any], event: dict[str, Any], *, mentioned: bool):
         user = event.get("user")
         if (
             not user
@@ -351,17 +360,6 @@ class SlackChannel:
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
         log.error("slack event %s failed", body.get("event_id"), exc_info=error)
-
-    def _first_delivery(self, event_id: str | None) -> bool:
-        if not event_id:
-            return True
-        if event_id in self._seen_events:
-            log.info("slack event %s delivered again; dropped", event_id)
-            return False
-        self._seen_events[event_id] = None
-        if len(self._seen_events) > REMEMBERED:
-            self._seen_events.popitem(last=False)
-        return True
 
     def _mentions_me(self, text: str) -> bool:
         return f"<@{self.bot_user_id}" in text
