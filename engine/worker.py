@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from frontdesk import texts
-from frontdesk.errors import FrontdeskError, PromptTooLong
+from frontdesk.errors import EngineDead, FrontdeskError, PromptTooLong
 from frontdesk.settings import Settings
 from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn
@@ -118,8 +118,11 @@ class Worker:
         self._stops: dict[str, asyncio.Event] = {}  # turn id -> set when the user said /stop
         self._tasks: list[asyncio.Task[None]] = []
         self.turns_done = 0
+        # resolved with the error when the engine dies (made in start): the process must go
+        self.dead: asyncio.Future[EngineDead] | None = None
 
     async def start(self) -> None:
+        self.dead = asyncio.get_running_loop().create_future()
         self._tasks = [
             asyncio.create_task(self._run(), name="worker-loop"),
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
@@ -221,6 +224,15 @@ class Worker:
         except asyncio.CancelledError:
             await self._safely(self.queue.release(delivery))
             raise
+        except EngineDead as exc:
+            # No turn can be answered here any more: hand this one back, take no more, and
+            # let the process exit for its supervisor to restart it
+            log.error("engine died during turn %s: %s", turn.turn_id, exc)
+            await self._safely(self.queue.release(delivery))
+            self._stopping = True
+            if self.dead is not None and not self.dead.done():
+                self.dead.set_result(exc)
+            return
         except Exception as exc:
             log.warning(
                 "turn %s (conversation %s) failed on delivery %d: %r",
@@ -264,6 +276,8 @@ class Worker:
             if not out.sent_text:
                 raise  # nothing shown yet: safe to try again
             await self._fail(turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens)
+            if isinstance(exc, EngineDead):
+                raise  # the apology is stored; the worker must still go
             return True
         figures = ReplyFigures(
             tokens_in=gen.usage.prompt_tokens if gen.usage else built.prompt.n_tokens,

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from frontdesk.clitools import err, run, settings
+from frontdesk.clitools import err, fail, run, settings
 from frontdesk.engine.cli import queue
+from frontdesk.errors import FrontdeskError
 from frontdesk.storage.cli import register as register_log_commands
 
 app = typer.Typer(
@@ -55,6 +57,30 @@ def gateway(ctx: typer.Context) -> None:
 
     cfg = settings(ctx)
     run(run_gateway(cfg, channels=build_channels(cfg)))
+
+
+model = typer.Typer(help="Prepare models for the engines.", no_args_is_help=True)
+app.add_typer(model, name="model")
+
+
+@model.command("export-hf")
+def export_hf(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where (default: the cache vllm reads).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Export again even if it is there.")
+    ] = False,
+) -> None:
+    """Convert the bundled SmolLM2 GGUF to a Hugging Face directory (for vLLM); prints its path."""
+    from frontdesk.model import export_hf as export
+    from frontdesk.settings import exported_model_dir
+
+    try:
+        path, _made = export(out or exported_model_dir(), force=force)
+    except FrontdeskError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    print(path)
 
 
 @app.command()

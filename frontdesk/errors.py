@@ -24,6 +24,10 @@ class EngineUnavailable(FrontdeskError):
     """The inference backend could not be started or has died."""
 
 
+class EngineDead(EngineUnavailable):
+    """The engine died under a running worker: it must hand its turns back and exit."""
+
+
 class QueueUnavailable(FrontdeskError):
     """Redis cannot be reached."""
 

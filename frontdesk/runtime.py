@@ -15,7 +15,7 @@ from frontdesk.bots import Channel, ConsoleChannel, Gateway
 from frontdesk.engine.backends import create_backend
 from frontdesk.engine.queue import TurnQueue, make_queue
 from frontdesk.engine.worker import Worker
-from frontdesk.errors import ConfigError
+from frontdesk.errors import ConfigError, EngineUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 
@@ -80,9 +80,15 @@ async def run_worker(settings: Settings) -> None:
         store = await open_store(stack, settings)
         queue = _queue(settings, settings.worker_id)
         await _enter(stack, queue)
-        await _open_worker(stack, settings, queue, store)
+        worker = await _open_worker(stack, settings, queue, store)
         log.warning("worker %s is taking turns", settings.worker_id)
-        await _until_signal(None)
+        assert worker.dead is not None
+        await _until_signal(asyncio.shield(worker.dead))  # shielded: only waiting ends
+        if worker.dead.done() and not worker.dead.cancelled():
+            raise EngineUnavailable(
+                f"{worker.dead.result()}; this worker's turns go back to the queue for another "
+                "worker (restart this one)"
+            )
 
 
 async def run_gateway(settings: Settings, channels: list[Channel]) -> None:

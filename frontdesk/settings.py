@@ -41,6 +41,12 @@ def bundled_model_path() -> Path | None:
     return found[0] if found else None
 
 
+def exported_model_dir() -> Path:
+    """Where `frontdesk model export-hf` puts the bundled model as a Hugging Face directory."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "frontdesk" / "models" / "SmolLM2-135M-Instruct-hf"
+
+
 def _default_gateway_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -58,7 +64,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///frontdesk.db"
     database_pool_size: int = Field(20, ge=1)
     redis_url: str | None = None
-    engine: Literal["llamacpp", "fixed", "openai"] = "llamacpp"
+    engine: Literal["llamacpp", "fixed", "openai", "vllm"] = "llamacpp"
     model: str | None = None
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_new_tokens: int = Field(256, ge=1, le=32768)
@@ -67,6 +73,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(8, ge=1, le=4096)
     engine_threads: int | None = Field(None, ge=1)
     fixed_reply: str = "This is a fixed reply."
+    vllm_max_num_seqs: int = Field(32, ge=1)
+    vllm_dtype: str = "auto"
+    vllm_enforce_eager: bool = False
+    vllm_enable_prefix_caching: bool = True
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_quantization: str | None = None
+    vllm_kv_cache_dtype: str = "auto"
     openai_base_urls: Annotated[list[str], NoDecode] = []
     openai_model: str | None = None
     openai_api_key: str | None = None

@@ -65,6 +65,7 @@ _REGISTRY = {
     "llamacpp": "frontdesk.engine.backends.llamacpp:LlamaCppBackend",
     "fixed": "frontdesk.engine.backends.fixed:FixedReplyBackend",
     "openai": "frontdesk.engine.backends.openai:OpenAIBackend",
+    "vllm": "frontdesk.engine.backends.vllm:VLLMBackend",
 }
 
 

