@@ -34,6 +34,7 @@ async def _engine(settings: Settings) -> Check:
         backend = create_backend(settings)
         await backend.start()
         try:
+            sizing = backend.describe() if hasattr(backend, "describe") else ""
             prompt = backend.render([ChatMessage("user", "Say OK.")])
             params = GenerationParams(uuid.uuid4().hex, max_tokens=4, temperature=0.0)
             pieces = [chunk async for chunk in backend.stream(prompt, params)]
@@ -46,6 +47,7 @@ async def _engine(settings: Settings) -> Check:
     detail = (
         f"{settings.engine} · model {backend.model} · context {settings.context_tokens} tokens "
         f"(replies up to {settings.max_new_tokens}) · {figures}"
+        + (f" · {sizing}" if sizing else "")
     )
     return Check("engine", True, detail, time.monotonic() - started)
 

@@ -55,6 +55,8 @@ class VLLMBackend:
             raise ModelNotFound(f"no Hugging Face model directory at {self.model_dir}{hint}")
         for name, value in _CPU_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
+        # vLLM logs at INFO to stdout, which is the console channel's: warnings only, unless set
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         try:
             from vllm import SamplingParams
             from vllm.engine.arg_utils import AsyncEngineArgs
@@ -143,6 +145,23 @@ class VLLMBackend:
     async def cancel(self, request_id: str) -> None:
         if self.engine is not None and not self.engine.errored:
             await self.engine.abort(request_id)
+
+    def describe(self) -> str:
+        """The KV cache vLLM sized at start, and how many full-length requests it holds."""
+        if self.engine is None:
+            return ""
+        cache = self.engine.vllm_config.cache_config
+        tokens = getattr(cache, "kv_cache_size_tokens", None)
+        if not tokens and cache.num_gpu_blocks and cache.block_size:
+            tokens = cache.num_gpu_blocks * cache.block_size
+        if not tokens:
+            return ""
+        concurrency = tokens / self.settings.context_tokens
+        return (
+            f"KV cache {tokens:,} tokens · up to {concurrency:.1f} requests of "
+            f"{self.settings.context_tokens} tokens at once · max_num_seqs "
+            f"{self.settings.vllm_max_num_seqs}"
+        )
 
     def prefix_cache(self) -> tuple[int, int]:
         """vLLM's own prefix-cache counters in this process: (queried tokens, hit tokens)."""

@@ -78,6 +78,11 @@ async def test_a_turn_streams_and_is_stored_with_its_token_counts(
     assert stored.tokens_out is not None and 0 < stored.tokens_out <= 24
 
 
+async def test_it_says_how_big_its_kv_cache_is(vllm: VLLMBackend) -> None:
+    sizing = vllm.describe()  # what `frontdesk doctor` prints for vLLM
+    assert "KV cache" in sizing and "requests of 2048 tokens at once" in sizing
+
+
 async def test_a_cancel_aborts_the_request_inside_the_engine(vllm: VLLMBackend) -> None:
     p = params(400)
     pieces = 0
