@@ -174,15 +174,19 @@ async def test_when_the_engine_core_dies_the_worker_exits_and_another_answers_th
             line = await asyncio.wait_for(worker.stderr.readline(), 300)
             assert line, "the worker ended before it took turns:\n" + "".join(lines[-20:])
             lines.append(line.decode())
+        # keep reading what it writes: a full pipe would stall the worker as it reports the death
+        rest = asyncio.create_task(worker.stderr.read())
         os.kill(_engine_core_of(worker.pid), signal.SIGKILL)
         async with pipeline(settings, None) as p:  # the gateway side only
             task = await p.gateway.handle(p.channel.message("Tell me a story."), p.channel)
             assert task is not None
             code = await asyncio.wait_for(worker.wait(), 60)
             assert code == 1
-            errors = "".join(lines) + (await worker.stderr.read()).decode()
-            assert "the vLLM engine died" in errors
-            assert "Traceback" not in errors.split("is taking turns", 1)[1]
+            errors = "".join(lines) + (await rest).decode()
+            # frontdesk's own word is one line (vLLM's logger and Python's resource tracker
+            # have their say around it)
+            ours = [line for line in errors.splitlines() if line.startswith("error: ")]
+            assert len(ours) == 1 and "the vLLM engine died" in ours[0], ours
             second = FixedReplyBackend("Answered by the second worker.")
             async with pipeline(settings.model_copy(update={"worker_id": "second"}), second):
                 await asyncio.wait_for(task, 60)
