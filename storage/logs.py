@@ -167,28 +167,12 @@ class Logs:
 
     async def list_conversations(self, filt: LogFilter) -> list[ConversationSummary]:
         """Conversations by last activity, newest first, each with its last message."""
-        last_id = (
-            select(func.max(Message.id))
-            .where(Message.conversation_id == Conversation.id)
-            .correlate(Conversation)
-            .scalar_subquery()
-        )
-        last_text = select(Message.content).where(Message.id == last_id).scalar_subquery()
         where = self._conversation_filters(filt)
         if filt.since:
             where.append(Conversation.last_activity_at >= filt.since)
         if filt.until:
             where.append(Conversation.last_activity_at < filt.until)
-        query = (
-            select(*_CONVERSATION_COLUMNS, last_text)
-            .where(and_(true(), *where))
-            .order_by(Conversation.last_activity_at.desc(), Conversation.id.desc())
-        )
-        if filt.limit:
-            query = query.limit(filt.limit)
-        async with self.store._connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [ConversationSummary(*row) for row in rows]
+        return await self.store.list_conversations(limit=filt.limit, where=where)
 
     # -- search -----------------------------------------------------------------------------------
 
@@ -454,17 +438,6 @@ class Logs:
         return [per[p].summary(p, active.get(p, 0)) for p in sorted(per.keys() | active.keys())]
 
 
-_CONVERSATION_COLUMNS = (
-    Conversation.id,
-    Conversation.platform,
-    Conversation.external_key,
-    Conversation.user_id,
-    Conversation.user_name,
-    Conversation.status,
-    Conversation.message_count,
-    Conversation.created_at,
-    Conversation.last_activity_at,
-)
 _WORD = re.compile(r"\w+")
 _FTS = table("messages_fts", column("rowid"))
 

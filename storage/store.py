@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, event, func, or_, select, text, update
+from sqlalchemy import ColumnElement, bindparam, case, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -86,6 +86,17 @@ class ReplyFigures:
     model: str | None = None
 
 
+_CONVERSATION_COLUMNS = (
+    Conversation.id,
+    Conversation.platform,
+    Conversation.external_key,
+    Conversation.user_id,
+    Conversation.user_name,
+    Conversation.status,
+    Conversation.message_count,
+    Conversation.created_at,
+    Conversation.last_activity_at,
+)
 _MESSAGE_COLUMNS = (
     Message.id,
     Message.conversation_id,
@@ -445,8 +456,11 @@ class Store:
 
     # -- the admin CLI's reads -----------------------------------------------------------------
 
-    async def list_conversations(self, *, limit: int = 50) -> list[ConversationSummary]:
-        """Conversations by last activity, newest first, each with its last message."""
+    async def list_conversations(
+        self, *, limit: int | None = 50, where: Sequence[ColumnElement[bool]] = ()
+    ) -> list[ConversationSummary]:
+        """Conversations by last activity, newest first, each with its last message; ``where``
+        narrows them (the admin CLI's filters)."""
         last_id = (
             select(func.max(Message.id))
             .where(Message.conversation_id == Conversation.id)
@@ -455,21 +469,12 @@ class Store:
         )
         last_text = select(Message.content).where(Message.id == last_id).scalar_subquery()
         query = (
-            select(
-                Conversation.id,
-                Conversation.platform,
-                Conversation.external_key,
-                Conversation.user_id,
-                Conversation.user_name,
-                Conversation.status,
-                Conversation.message_count,
-                Conversation.created_at,
-                Conversation.last_activity_at,
-                last_text,
-            )
+            select(*_CONVERSATION_COLUMNS, last_text)
+            .where(*where)
             .order_by(Conversation.last_activity_at.desc(), Conversation.id.desc())
-            .limit(limit)
         )
+        if limit:
+            query = query.limit(limit)
         async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         return [ConversationSummary(*row) for row in rows]
@@ -481,17 +486,7 @@ class Store:
         async with self._connect() as conn:
             conv = (
                 await conn.execute(
-                    select(
-                        Conversation.id,
-                        Conversation.platform,
-                        Conversation.external_key,
-                        Conversation.user_id,
-                        Conversation.user_name,
-                        Conversation.status,
-                        Conversation.message_count,
-                        Conversation.created_at,
-                        Conversation.last_activity_at,
-                    ).where(Conversation.id == conversation_id)
+                    select(*_CONVERSATION_COLUMNS).where(Conversation.id == conversation_id)
                 )
             ).first()
             if conv is None:
