@@ -39,13 +39,11 @@ import itertools
 import math
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
-import uuid
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +52,8 @@ from typing import Any
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import pct, scratch_database
 
 from frontdesk.redact import redact
 from frontdesk.storage import Store
@@ -428,10 +428,6 @@ async def timed(call: Callable[[], Awaitable[Any]], times: int) -> tuple[list[fl
     return took, result
 
 
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0
-
-
 async def context_load(store: Store, dsn: str, turns: int, rng: random.Random) -> list[float]:
     """turn_context for random conversations at their newest user message, one at a time."""
     conn = await asyncpg.connect(dsn)
@@ -488,24 +484,6 @@ async def export(
     size = path.stat().st_size
     path.unlink()
     return rows, wall, cpu, size
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(admin_dsn: str, keep: bool) -> AsyncIterator[str]:
-    """A new PostgreSQL database for one run, dropped afterwards unless ``keep``."""
-    name = f"frontdesk_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
-    try:
-        yield url
-    finally:
-        if keep:
-            print(f"\nkept the database: --database {url}")
-        else:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def row(what: str, result: str, target: str = "", met: bool | None = None) -> None:

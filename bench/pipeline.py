@@ -16,14 +16,13 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import redis.asyncio as aioredis
+from common import pct, scratch_database
 
 from frontdesk.bots import Gateway, ReplyStream
 from frontdesk.engine.backends.fixed import FixedReplyBackend
@@ -229,10 +228,6 @@ async def raw_hop(redis_url: str, turns: int, in_flight: int) -> tuple[float, fl
     return result
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=3000)
@@ -241,13 +236,8 @@ async def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
 
-    db_name = f"frontdesk_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.pg)
-    await admin.execute(f'CREATE DATABASE "{db_name}"')
-    db_url = args.pg.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    db_url = f"{db_url}/{db_name}"
-    try:
-        rows = []
+    rows = []
+    async with scratch_database(args.pg) as db_url:
         for split in (False, True):
             for in_flight in (1, args.in_flight):
                 n = args.turns if in_flight > 1 else max(200, args.turns // 10)
@@ -256,9 +246,6 @@ async def main() -> None:
                 )
                 raw = await raw_hop(args.redis, n, in_flight)
                 rows.append((split, in_flight, n, fw, raw))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        await admin.close()
 
     print("frontdesk pipeline benchmark: fixed-reply engine, Redis + PostgreSQL on 127.0.0.1")
     header = (

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -33,10 +32,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import free_port, pct, scratch_database
 
 from frontdesk.bots.slack import to_mrkdwn
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
@@ -67,30 +67,6 @@ class PacedBackend(FixedReplyBackend):
             yield Chunk(word if i == len(words) - 1 else word + " ")
         self.last_token_at[thread] = time.monotonic()
         yield Chunk("", Usage(prompt.n_tokens, len(words), "stop"))
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(admin_dsn: str) -> AsyncIterator[str]:
-    """A new PostgreSQL database for one run, dropped afterwards."""
-    name = f"frontdesk_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        yield f"{base}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start_gateway(env: dict[str, str], port: int) -> asyncio.subprocess.Process:

@@ -29,6 +29,8 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import pct
+
 from frontdesk.bots import Gateway
 from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
@@ -59,10 +61,6 @@ class PacedBackend(FixedReplyBackend):
             yield Chunk(word if i == len(words) - 1 else word + " ")
         self.last_token_at[chat] = time.monotonic()
         yield Chunk("", Usage(prompt.n_tokens, len(words), "stop"))
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 async def main() -> None:

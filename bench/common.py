@@ -1,0 +1,47 @@
+"""What the benchmarks share: percentiles, a free port, and a scratch PostgreSQL database.
+
+Benchmarks run as scripts (``python bench/NAME.py``), so this folder is on ``sys.path`` and they
+import this module as ``common``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+
+def pct(values: list[float], q: int) -> float:
+    """The ``q``-th percentile (inclusive method); 0 for fewer than two values."""
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(admin_dsn: str, keep: bool = False) -> AsyncIterator[str]:
+    """A new PostgreSQL database for one run (its SQLAlchemy URL), dropped afterwards unless
+    ``keep``."""
+    name = f"frontdesk_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{base}/{name}"
+    try:
+        yield url
+    finally:
+        if keep:
+            print(f"\nkept the database: --database {url}")
+        else:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
