@@ -1,8 +1,9 @@
 """The worker: takes turns off the queue, answers them with the backend, stores and streams replies.
 
-It keeps up to ``worker_concurrency`` turns in flight (a batching backend needs that concurrency)
-while turns of one conversation run strictly in order: each conversation with work has one task
-draining its backlog. A turn's life:
+It keeps up to ``worker_concurrency`` turns in flight (a batching backend needs that concurrency;
+unset, it is as many as the backend batches: vLLM's ``max_num_seqs``), while turns of one
+conversation run strictly in order: each conversation with work has one task draining its backlog.
+A turn's life:
 
 1. If storage already holds a reply to the message (a redelivery after a crash), send that again.
 2. Build the prompt from stored history within the token budget.
@@ -37,6 +38,7 @@ from .queue import Delivery, TurnQueue
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CONCURRENCY = 8  # for backends that do not say how many requests they batch
 HISTORY_LIMIT = 200  # messages fetched per prompt; the token budget then trims further
 
 
@@ -105,6 +107,9 @@ class Worker:
         self.queue = queue
         self.store = store
         self.backend = backend
+        self.concurrency = settings.worker_concurrency or getattr(
+            backend, "max_in_flight", DEFAULT_CONCURRENCY
+        )
         self._budget = settings.context_tokens - settings.max_new_tokens
         if self._budget <= 0:
             raise FrontdeskError(
@@ -145,7 +150,7 @@ class Worker:
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
-            room = self.settings.worker_concurrency - len(self._held)
+            room = self.concurrency - len(self._held)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()

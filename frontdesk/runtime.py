@@ -81,7 +81,9 @@ async def run_worker(settings: Settings) -> None:
         queue = _queue(settings, settings.worker_id)
         await _enter(stack, queue)
         worker = await _open_worker(stack, settings, queue, store)
-        log.warning("worker %s is taking turns", settings.worker_id)
+        log.warning(
+            "worker %s is taking turns, up to %d at once", settings.worker_id, worker.concurrency
+        )
         assert worker.dead is not None
         await _until_signal(asyncio.shield(worker.dead))  # shielded: only waiting ends
         if worker.dead.done() and not worker.dead.cancelled():

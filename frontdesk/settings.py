@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(256, ge=1, le=32768)
     context_tokens: int = Field(2048, ge=64)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
-    worker_concurrency: int = Field(8, ge=1, le=4096)
+    # None: what the backend batches (vLLM: its max_num_seqs), else 8
+    worker_concurrency: int | None = Field(None, ge=1, le=4096)
     engine_threads: int | None = Field(None, ge=1)
     fixed_reply: str = "This is a fixed reply."
     vllm_max_num_seqs: int = Field(32, ge=1)
@@ -81,6 +82,8 @@ class Settings(BaseSettings):
     vllm_tensor_parallel_size: int = Field(1, ge=1)
     vllm_quantization: str | None = None
     vllm_kv_cache_dtype: str = "auto"
+    # tokens per KV-cache block, the prefix cache's unit; None: vLLM's (16 on GPU, 128 on CPU)
+    vllm_block_size: int | None = Field(None, ge=1)
     openai_base_urls: Annotated[list[str], NoDecode] = []
     openai_model: str | None = None
     openai_api_key: str | None = None

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 4
 BACKOFF_S = 0.2  # doubled after each failed attempt
 COOL_DOWN_S = 10.0
+IN_FLIGHT_PER_REPLICA = 32  # the worker's default concurrency: servers like vLLM batch this many
 CHARS_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 6
 
@@ -67,6 +68,7 @@ class OpenAIBackend:
         if not base_urls:
             raise ConfigError("the openai engine needs FRONTDESK_OPENAI_BASE_URLS")
         self.replicas = [Replica(_v1(url)) for url in base_urls]
+        self.max_in_flight = IN_FLIGHT_PER_REPLICA * len(self.replicas)
         self.model = model or ""
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(

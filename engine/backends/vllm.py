@@ -39,6 +39,7 @@ class VLLMBackend:
             Path(settings.model).expanduser() if settings.model else exported_model_dir()
         )
         self.model = self.model_dir.name
+        self.max_in_flight = settings.vllm_max_num_seqs  # the worker keeps the batch full
         self.engine: Any = None
         self._tokenizer: Any = None
         self._dead: type[BaseException] | tuple[type[BaseException], ...] = ()
@@ -90,6 +91,7 @@ class VLLMBackend:
             tensor_parallel_size=s.vllm_tensor_parallel_size,
             quantization=s.vllm_quantization,
             kv_cache_dtype=s.vllm_kv_cache_dtype,
+            block_size=s.vllm_block_size,
             disable_log_stats=False,
         )
         try:
@@ -158,9 +160,9 @@ class VLLMBackend:
             return ""
         concurrency = tokens / self.settings.context_tokens
         return (
-            f"KV cache {tokens:,} tokens · up to {concurrency:.1f} requests of "
-            f"{self.settings.context_tokens} tokens at once · max_num_seqs "
-            f"{self.settings.vllm_max_num_seqs}"
+            f"KV cache {tokens:,} tokens in blocks of {cache.block_size} · up to "
+            f"{concurrency:.1f} requests of {self.settings.context_tokens} tokens at once · "
+            f"max_num_seqs {self.settings.vllm_max_num_seqs}"
         )
 
     def prefix_cache(self) -> tuple[int, int]:

@@ -101,7 +101,8 @@ async def test_a_cancel_aborts_the_request_inside_the_engine(vllm: VLLMBackend) 
 async def test_32_turns_of_32_conversations_run_in_one_batch(
     vllm: VLLMBackend, make_settings
 ) -> None:
-    settings = make_settings(engine="vllm", max_new_tokens=48, worker_concurrency=32)
+    # no worker_concurrency set: the worker takes vLLM's max_num_seqs (32) at once
+    settings = make_settings(engine="vllm", max_new_tokens=48)
     peak = 0
 
     async def watch() -> None:
@@ -111,6 +112,7 @@ async def test_32_turns_of_32_conversations_run_in_one_batch(
             await asyncio.sleep(0.05)
 
     async with pipeline(settings, vllm) as p:
+        assert p.worker is not None and p.worker.concurrency == 32
         watcher = asyncio.create_task(watch())
         try:
             sends = [
