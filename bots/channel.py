@@ -8,6 +8,7 @@ markup, rate limits) stays inside the channel.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +21,11 @@ if TYPE_CHECKING:
 
 class ReplyStream:
     """The deltas of one reply, in order, ending with one whose ``done`` is set. A reply that goes
-    quiet for ``timeout_s`` ends with a polite time-out error."""
+    quiet for ``timeout_s`` ends with a polite time-out error.
+
+    When a later attempt at the turn starts (a worker took it over after the first one died), the
+    earlier attempt's deltas stop counting: the first delta of the new one comes with ``restart``
+    set, and a channel shows the reply from that delta on, in place of what it showed."""
 
     def __init__(self, inbound: InboundMessage, turn_id: str, *, timeout_s: float = 600.0) -> None:
         self.inbound = inbound
@@ -28,6 +33,7 @@ class ReplyStream:
         self._timeout_s = timeout_s
         self._deltas: asyncio.Queue[ReplyDelta] = asyncio.Queue()
         self._next_seq = 0
+        self._attempt = 0
 
     @classmethod
     def immediate(cls, inbound: InboundMessage, text: str) -> ReplyStream:
@@ -46,8 +52,14 @@ class ReplyStream:
             except TimeoutError:
                 yield ReplyDelta(self.turn_id, self._next_seq, "", done=True, error=texts.TIMED_OUT)
                 return
+            if delta.attempt < self._attempt:
+                continue  # from a worker that has since been replaced
+            if delta.attempt > self._attempt:
+                if self._next_seq:  # something of the earlier attempt was passed on
+                    delta = dataclasses.replace(delta, restart=True)
+                self._attempt, self._next_seq = delta.attempt, 0
             if delta.seq < self._next_seq:
-                continue  # a redelivered turn re-sent what was already shown
+                continue  # sent twice
             self._next_seq = delta.seq + 1
             yield delta
             if delta.done:

@@ -13,6 +13,7 @@ import sys
 import uuid
 from typing import TYPE_CHECKING, TextIO
 
+from frontdesk import texts
 from frontdesk.wire import InboundMessage
 
 from .channel import ReplyStream
@@ -76,6 +77,8 @@ class ConsoleChannel:
 
     async def deliver(self, reply: ReplyStream) -> None:
         async for delta in reply:
+            if delta.restart:  # what was printed cannot be taken back: say it starts over
+                self._write(f"\n{texts.ANSWERING_AGAIN}\n")
             if delta.text:
                 self._write(delta.text)
             if delta.error:

@@ -534,7 +534,7 @@ class _LiveReply:
 
     async def _read(self, reply: ReplyStream) -> None:
         async for delta in reply:
-            self.text += delta.text
+            self.text = delta.text if delta.restart else self.text + delta.text
             if delta.done:
                 if delta.error:
                     body = self.text.rstrip()

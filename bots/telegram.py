@@ -327,7 +327,7 @@ class _LiveReply:
         last_show = 0.0
         try:
             async for delta in reply:
-                text += delta.text
+                text = delta.text if delta.restart else text + delta.text
                 if delta.done:
                     if delta.error:
                         text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error

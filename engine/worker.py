@@ -12,8 +12,11 @@ A turn's life:
 
 Failures before the first token give the turn back to the queue (``release``) for another try; a
 turn delivered more than ``queue_max_deliveries`` times is dead-lettered and the user told so.
-Failures after text has gone out are not retried (that would repeat text): the user gets a polite
-error. Deterministic failures (a prompt that cannot fit) are answered politely at once.
+Other failures after text has gone out are not retried (that would repeat text): the user gets a
+polite error. A dead engine is the exception: the turn goes back, and the worker that takes it
+over answers it afresh; its deltas carry the higher delivery count (``attempt``), so the gateway
+shows the new reply in place of the broken one. Deterministic failures (a prompt that cannot fit)
+are answered politely at once.
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ class _Coalescer:
     def __init__(
         self,
         turn_id: str,
+        attempt: int,
         send: Callable[[ReplyDelta], Awaitable[None]],
         flush_ms: int,
         flush_chars: int,
     ) -> None:
         self._turn_id = turn_id
+        self._attempt = attempt
         self._send = send
         self._interval = flush_ms / 1000
         self._chars = flush_chars
@@ -84,7 +89,8 @@ class _Coalescer:
         text = "".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        await self._send(ReplyDelta(self._turn_id, self._seq, text, done=done, error=error))
+        delta = ReplyDelta(self._turn_id, self._seq, text, done, error, self._attempt)
+        await self._send(delta)
         self._seq += 1
         self.sent_text = self.sent_text or bool(text)
 
@@ -163,6 +169,10 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            if self._stopping:  # stopped (or its engine died) while it waited: give them back
+                for delivery in deliveries:
+                    await self._safely(self.queue.release(delivery))
+                return
             for delivery in deliveries:
                 await self._dispatch(delivery)
 
@@ -224,8 +234,11 @@ class Worker:
     async def _process(self, delivery: Delivery) -> None:
         turn = delivery.turn
         assert turn is not None
+        if self.dead is not None and self.dead.done():  # queued here before the engine died
+            await self._safely(self.queue.release(delivery))
+            return
         try:
-            acked = await self._answer(turn)
+            acked = await self._answer(turn, delivery.deliveries)
         except asyncio.CancelledError:
             await self._safely(self.queue.release(delivery))
             raise
@@ -252,10 +265,11 @@ class Worker:
             await self._safely(self.queue.ack(delivery))
             self.turns_done += 1
 
-    async def _answer(self, turn: Turn) -> bool:
+    async def _answer(self, turn: Turn, attempt: int) -> bool:
         """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it."""
         out = _Coalescer(
             turn.turn_id,
+            attempt,
             self._sender(turn),
             self.settings.stream_flush_ms,
             self.settings.stream_flush_chars,
@@ -277,12 +291,13 @@ class Worker:
             return True
         try:
             gen = await self._generate(turn, built.prompt, out)
+        except EngineDead:
+            # Another worker answers it afresh; the user's reply starts over (a higher attempt)
+            raise
         except Exception as exc:
             if not out.sent_text:
                 raise  # nothing shown yet: safe to try again
             await self._fail(turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens)
-            if isinstance(exc, EngineDead):
-                raise  # the apology is stored; the worker must still go
             return True
         figures = ReplyFigures(
             tokens_in=gen.usage.prompt_tokens if gen.usage else built.prompt.n_tokens,
@@ -350,7 +365,8 @@ class Worker:
         reason = f"delivered {delivery.deliveries} times"
         await self._safely(self.queue.dead_letter(delivery, reason))
         send = self._sender(turn)
-        await self._safely(send(ReplyDelta(turn.turn_id, 0, "", done=True, error=texts.GAVE_UP)))
+        gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, delivery.deliveries)
+        await self._safely(send(gave_up))
         figures = ReplyFigures(latency_ms=_ms_since(turn.enqueued_at), model=self.backend.model)
         await self._safely(
             self.store.record_reply(

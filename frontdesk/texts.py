@@ -14,6 +14,7 @@ NOT_ALLOWED = "Sorry, I'm not available to you here. Ask the bot's owner for acc
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I understand."
 QUEUE_DOWN = "I can't take messages right now. Please try again in a minute."
 STORAGE_DOWN = "I can't save messages right now, so I didn't take this one. Please try again soon."
+ANSWERING_AGAIN = "(Something went wrong on my side. Answering again:)"
 ENGINE_FAILED = "Sorry, something went wrong while I was answering. Please try again."
 GAVE_UP = "Sorry, I couldn't answer that message after several tries. Please try again later."
 EMPTY_REPLY = "Sorry, I have no answer to that. Could you rephrase it?"

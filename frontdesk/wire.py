@@ -70,19 +70,28 @@ class Turn:
 @dataclass(frozen=True, slots=True)
 class ReplyDelta:
     """A piece of a reply on its way back to the gateway. ``done`` marks the last piece; ``error``,
-    when set, is a polite sentence for the user and the reply ends there."""
+    when set, is a polite sentence for the user and the reply ends there.
+
+    ``attempt`` is the delivery of the turn that wrote it: a turn taken again (its worker or engine
+    died mid-reply) is answered afresh, from seq 0, with a higher attempt. The gateway then sets
+    ``restart`` on the first delta it passes on, and the channel starts the shown text over."""
 
     turn_id: str
     seq: int
     text: str = ""
     done: bool = False
     error: str | None = None
+    attempt: int = 1
+    restart: bool = field(default=False, metadata={"wire": False})  # the gateway's, never sent
 
 
 T = TypeVar("T", Turn, ReplyDelta)
 
 
-_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in (Turn, ReplyDelta)}
+_FIELDS = {
+    cls: tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("wire", True))
+    for cls in (Turn, ReplyDelta)
+}
 _VERSION = str(WIRE_VERSION)
 
 

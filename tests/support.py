@@ -1,4 +1,5 @@
-"""Test helpers: a channel that records replies, and a whole pipeline assembled in one process."""
+"""Test helpers: a channel that records replies, a whole pipeline assembled in one process, and a
+backend whose engine dies mid-reply."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from frontdesk.bots import Channel, Gateway, ReplyStream
-from frontdesk.engine.backends import Backend
+from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
+from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import TurnQueue, make_queue
 from frontdesk.engine.worker import Worker
+from frontdesk.errors import EngineDead
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 from frontdesk.wire import InboundMessage, ReplyDelta
@@ -23,11 +26,21 @@ class Reply:
 
     @property
     def text(self) -> str:
-        return "".join(d.text for d in self.deltas)
+        """What the user sees: the text since the last restart (see ReplyStream)."""
+        start = max((i for i, d in enumerate(self.deltas) if d.restart), default=0)
+        return "".join(d.text for d in self.deltas[start:])
 
     @property
     def error(self) -> str | None:
         return self.deltas[-1].error if self.deltas else None
+
+
+class DiesMidway(FixedReplyBackend):
+    """Sends its text, then its engine dies (as vLLM's does when its core process is killed)."""
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        yield Chunk(self.reply)
+        raise EngineDead("the vLLM engine died: core gone")
 
 
 class RecordingChannel:
@@ -38,6 +51,7 @@ class RecordingChannel:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
         self.delivered: list[Reply] = []
+        self.streaming = asyncio.Event()  # set once any reply's text starts arriving
         # unique per channel: tests share one PostgreSQL database
         self.chat = f"chat-{uuid.uuid4().hex[:8]}"
 
@@ -48,7 +62,12 @@ class RecordingChannel:
         pass
 
     async def deliver(self, reply: ReplyStream) -> None:
-        self.delivered.append(Reply([d async for d in reply]))
+        got = Reply([])
+        async for delta in reply:
+            got.deltas.append(delta)
+            if delta.text:
+                self.streaming.set()
+        self.delivered.append(got)
 
     def message(
         self, text: str, *, chat: str | None = None, message_id: str | None = None

@@ -21,8 +21,9 @@ from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends import Backend
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from frontdesk.engine.worker import Worker
 from tests.fakes.telegram_api import FakeTelegram, parse_html
-from tests.support import Pipeline, pipeline
+from tests.support import DiesMidway, Pipeline, pipeline
 
 ALICE = 1001
 
@@ -244,6 +245,31 @@ async def test_forum_topic_is_its_own_conversation(fake: FakeTelegram, tg_settin
     assert message["message_thread_id"] == 7
     keys = {c.external_key for c in await p.store.list_conversations(limit=200)}
     assert f"{group}:7" in keys
+
+
+async def test_a_reply_cut_off_by_a_dead_engine_is_replaced_by_the_new_answer(
+    fake: FakeTelegram, tg_settings
+) -> None:
+    settings = tg_settings(queue_claim_idle_ms=300)
+    async with running(settings, DiesMidway("The first half of a")) as (p, _channel):
+        fake.private_message("Tell me everything.")
+        assert p.worker is not None and p.worker.dead is not None
+        await asyncio.wait_for(asyncio.shield(p.worker.dead), 10)  # shown part of it, then died
+        await fake.wait_for(lambda f: bool(f.messages_in(ALICE)))
+        second = Worker(settings, p.queue, p.store, FixedReplyBackend("The whole answer."))
+        await second.start()
+        try:
+            await fake.wait_for(
+                lambda f: (
+                    p.gateway.pending == 0
+                    and f.messages_in(ALICE)[0]["text"] != "The first half of a"
+                )
+            )
+        finally:
+            await second.stop()
+    [reply] = fake.messages_in(ALICE)
+    assert reply["text"] == "The whole answer."  # the same message, edited: no second one
+    assert len(fake.calls_to("sendMessage", ALICE)) == 1
 
 
 async def test_start_sends_the_configured_greeting(fake: FakeTelegram, tg_settings) -> None:

@@ -17,30 +17,22 @@ import pytest
 from frontdesk.engine.backends import GenerationParams
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.vllm import VLLMBackend
-from frontdesk.model import export_hf
-from frontdesk.settings import exported_model_dir
 from frontdesk.wire import ChatMessage
 from tests.support import pipeline
 
 STORY = [ChatMessage("user", "Tell me a long story about a lighthouse keeper and the sea.")]
 
 
-@pytest.fixture(scope="session")
-def model_dir() -> Path:
-    path, _made = export_hf(exported_model_dir())  # cached: instant after the first time
-    return path
-
-
 @pytest.fixture(scope="module")
 async def vllm(
-    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[VLLMBackend]:
     from frontdesk.settings import Settings
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         engine="vllm",
-        model=str(model_dir),
+        model=str(hf_model_dir),
         context_tokens=2048,
         vllm_max_num_seqs=32,
     )
@@ -143,21 +135,23 @@ async def test_a_20_turn_conversation_hits_the_prefix_cache(
     assert queried > 0 and hit / queried > 0.5  # vLLM's own counters: most prompt tokens hit
 
 
-async def test_when_the_engine_core_dies_the_worker_exits_and_another_answers_the_turn(
-    model_dir: Path, make_settings, redis_url: str, queue_prefix: str, tmp_path: Path
+async def test_when_the_engine_core_dies_mid_turn_another_worker_answers_it_once(
+    hf_model_dir: Path, make_settings, redis_url: str, queue_prefix: str, tmp_path: Path
 ) -> None:
-    """The engine core of a running `frontdesk worker` is killed; the next turn it takes fails
-    inside vLLM. The worker hands the turn back unacked and exits non-zero; a second worker (on
-    another backend) reclaims it and answers it, once."""
+    """The engine core of a running `frontdesk worker` is killed while it streams a reply. The
+    worker hands the turn back unacked and exits non-zero; a second worker (on another backend)
+    reclaims it and answers it afresh. The user's reply starts over with the second answer, and
+    storage holds that answer, once."""
     database = f"sqlite+aiosqlite:///{tmp_path / 'dead.db'}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")},
         "FRONTDESK_ENGINE": "vllm",
-        "FRONTDESK_MODEL": str(model_dir),
+        "FRONTDESK_MODEL": str(hf_model_dir),
         "FRONTDESK_REDIS_URL": redis_url,
         "FRONTDESK_QUEUE_PREFIX": queue_prefix,
         "FRONTDESK_DATABASE_URL": database,
         "FRONTDESK_QUEUE_CLAIM_IDLE_MS": "1000",
+        "FRONTDESK_MAX_NEW_TOKENS": "1000",  # far longer than the test lets it run
     }
     cli = [sys.executable, "-m", "frontdesk.cli"]
     upgrade = await asyncio.create_subprocess_exec(*cli, "db", "upgrade", env=env)
@@ -178,10 +172,11 @@ async def test_when_the_engine_core_dies_the_worker_exits_and_another_answers_th
             lines.append(line.decode())
         # keep reading what it writes: a full pipe would stall the worker as it reports the death
         rest = asyncio.create_task(worker.stderr.read())
-        os.kill(_engine_core_of(worker.pid), signal.SIGKILL)
         async with pipeline(settings, None) as p:  # the gateway side only
-            task = await p.gateway.handle(p.channel.message("Tell me a story."), p.channel)
+            task = await p.gateway.handle(p.channel.message("Tell me a long story."), p.channel)
             assert task is not None
+            await asyncio.wait_for(p.channel.streaming.wait(), 120)  # the reply is streaming
+            os.kill(_engine_core_of(worker.pid), signal.SIGKILL)
             code = await asyncio.wait_for(worker.wait(), 60)
             assert code == 1
             errors = "".join(lines) + (await rest).decode()
@@ -193,12 +188,17 @@ async def test_when_the_engine_core_dies_the_worker_exits_and_another_answers_th
             async with pipeline(settings.model_copy(update={"worker_id": "second"}), second):
                 await asyncio.wait_for(task, 60)
         [reply] = p.channel.delivered
+        restarts = [n for n, d in enumerate(reply.deltas) if d.restart]
+        assert len(restarts) == 1 and "".join(d.text for d in reply.deltas[: restarts[0]])
         assert reply.text == "Answered by the second worker." and reply.error is None
         _c, messages = await p.store.conversation((await p.store.list_conversations(limit=1))[0].id)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
-    assert [m.role for m in messages] == ["user", "assistant"]  # answered once
+    assert [(m.role, m.content) for m in messages] == [
+        ("user", "Tell me a long story."),
+        ("assistant", "Answered by the second worker."),
+    ]  # answered once, with the answer the user sees
 
 
 def _engine_core_of(pid: int) -> int:

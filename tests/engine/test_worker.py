@@ -7,11 +7,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from frontdesk import texts
+from frontdesk.bots import ReplyStream
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import LocalQueue, RedisQueue
-from frontdesk.wire import Turn
-from tests.support import pipeline
+from frontdesk.engine.worker import Worker
+from frontdesk.wire import InboundMessage, ReplyDelta, Turn
+from tests.support import DiesMidway, pipeline
 
 
 class FailingBackend(FixedReplyBackend):
@@ -99,6 +101,50 @@ async def test_failure_after_text_went_out_is_not_retried(make_settings) -> None
         p.worker.backend = FixedReplyBackend("fine now")  # type: ignore[union-attr]
         again = await p.channel.say("hi again")
         assert again is not None and again.text == "fine now" and again.error is None
+
+
+async def test_a_turn_whose_engine_died_mid_reply_is_answered_afresh_by_another_worker(
+    make_settings,
+) -> None:
+    settings = make_settings(engine="fixed")
+    async with pipeline(settings, DiesMidway("The first half of a")) as p:
+        assert p.worker is not None and p.worker.dead is not None
+        task = await p.gateway.handle(p.channel.message("hi"), p.channel)
+        assert task is not None
+        await asyncio.wait_for(asyncio.shield(p.worker.dead), 10)  # this worker must go
+        second = Worker(settings, p.queue, p.store, FixedReplyBackend("A whole answer."))
+        await second.start()
+        try:
+            await asyncio.wait_for(task, 10)
+        finally:
+            await second.stop()
+        [conv] = await p.store.list_conversations(limit=1)
+        _c, messages = await p.store.conversation(conv.id)
+    [reply] = p.channel.delivered
+    shown = [d.text for d in reply.deltas if d.text]
+    assert shown[0] == "The first half of a"  # was shown, then replaced
+    assert [d.restart for d in reply.deltas].count(True) == 1
+    assert reply.text == "A whole answer." and reply.error is None
+    assert [(m.role, m.content) for m in messages] == [
+        ("user", "hi"),
+        ("assistant", "A whole answer."),
+    ]
+
+
+async def test_a_reply_stream_starts_over_for_a_later_attempt_and_ignores_the_earlier_one() -> None:
+    msg = InboundMessage("test", "c", "u", "m1", "hi")
+    stream = ReplyStream(msg, "t1", timeout_s=5)
+    for delta in [
+        ReplyDelta("t1", 0, "Once upon", attempt=1),
+        ReplyDelta("t1", 1, " a ti", attempt=1),
+        ReplyDelta("t1", 0, "Hello", attempt=2),
+        ReplyDelta("t1", 2, "me", attempt=1),  # the first worker, late: ignored
+        ReplyDelta("t1", 0, "Hello", attempt=2),  # sent twice: ignored
+        ReplyDelta("t1", 1, " there.", done=True, attempt=2),
+    ]:
+        stream.feed(delta)
+    seen = [(d.text, d.restart) for d in [d async for d in stream]]
+    assert seen == [("Once upon", False), (" a ti", False), ("Hello", True), (" there.", False)]
 
 
 async def test_turns_run_concurrently_across_conversations_and_in_order_within_one(
