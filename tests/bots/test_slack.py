@@ -26,10 +26,11 @@ from frontdesk.bots.slack import LIMIT, PLACEHOLDER, SlackChannel, to_mrkdwn
 from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from frontdesk.engine.worker import Worker
 from frontdesk.errors import ConfigError
 from frontdesk.wire import ChatMessage
 from tests.fakes.slack_api import FakeSlack
-from tests.support import Pipeline, pipeline
+from tests.support import DiesMidway, Pipeline, pipeline
 
 DM = "D0ALICE"
 SUPPORT = "C0SUPPORT"
@@ -153,6 +154,33 @@ async def test_a_dm_and_a_mention_are_each_answered_once_in_their_thread(
     assert stored_thread[0][1] == "Say hello to the team."  # the mention is taken out
     assert len(fake.calls_to("chat.postMessage", DM)) == 1  # one reply, posted once
     assert fake.count_429() == 0
+
+
+async def test_a_reply_cut_off_by_a_dead_engine_is_replaced_by_the_new_answer(
+    fake: FakeSlack, slack_settings
+) -> None:
+    settings = slack_settings(queue_claim_idle_ms=1500)
+    async with running(fake, settings, DiesMidway("The first half of a")) as slack:
+        assert await slack.send(fake.dm("Tell me everything.")) == 200
+        assert slack.p.worker is not None and slack.p.worker.dead is not None
+        await asyncio.wait_for(asyncio.shield(slack.p.worker.dead), 10)  # it died mid-reply
+        await fake.wait_for(lambda f: bool(f.messages_in(DM)))  # the reply is showing
+        second = Worker(
+            settings, slack.p.queue, slack.p.store, FixedReplyBackend("The whole answer.")
+        )
+        await second.start()
+        try:
+            await fake.wait_for(
+                lambda f: (
+                    slack.p.gateway.pending == 0
+                    and f.messages_in(DM)[0]["text"] == "The whole answer."
+                )
+            )
+        finally:
+            await second.stop()
+        stored = await slack.stored(DM)
+    assert len(fake.calls_to("chat.postMessage", DM)) == 1  # the same message, updated
+    assert stored == [("user", "Tell me everything."), ("assistant", "The whole answer.")]
 
 
 async def test_the_ack_returns_within_3_seconds_while_the_engine_is_slow(
