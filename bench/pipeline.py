@@ -23,52 +23,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from common import pct, scratch_database
+from harness import TimingChannel
 
-from frontdesk.bots import Gateway, ReplyStream
+from frontdesk.bots import Gateway
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
-from frontdesk.wire import InboundMessage
 
 USERS = 64
-
-
-class BenchChannel:
-    """Sends messages and notes when each reply has fully arrived."""
-
-    name = "bench"
-
-    def __init__(self) -> None:
-        self.gateway: Gateway | None = None
-        self._ids = 0
-        self._run = uuid.uuid4().hex[:8]  # each run its own chats and message ids
-
-    async def start(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    async def stop(self) -> None:
-        pass
-
-    async def deliver(self, reply: ReplyStream) -> None:
-        async for delta in reply:
-            if delta.error:
-                raise RuntimeError(f"turn failed: {delta.error}")
-
-    async def turn(self, user: int) -> None:
-        assert self.gateway is not None
-        self._ids += 1
-        msg = InboundMessage(
-            platform=self.name,
-            chat_id=f"{self._run}-{user}",
-            user_id=f"user-{user}",
-            message_id=str(self._ids),
-            text=f"Message {self._ids} from user {user}: what are your opening hours?",
-        )
-        task = await self.gateway.handle(msg, self)
-        assert task is not None
-        await task
 
 
 async def drive(
@@ -117,16 +81,22 @@ async def framework(
             assert await asyncio.to_thread(pipe.recv) == "ready"
         else:
             await _start_worker(stack, settings, store)
-        channel = BenchChannel()
+        channel = TimingChannel()
+        run = uuid.uuid4().hex[:8]  # each run its own chats
+
+        async def turn(user: int) -> None:
+            text = f"Message from user {user}: what are your opening hours?"
+            await channel.say(f"{run}-{user}", text)
+
         gateway = Gateway(settings, gw_queue, store, [channel])
         await gateway.start()
         stack.push_async_callback(gateway.stop)
 
-        await drive(channel.turn, warmup, in_flight)
+        await drive(turn, warmup, in_flight)
         if split:
             pipe.send("cpu")
             child_cpu0 = await asyncio.to_thread(pipe.recv)
-        wall, cpu, latencies = await drive(channel.turn, turns, in_flight)
+        wall, cpu, latencies = await drive(turn, turns, in_flight)
         if split:
             pipe.send("cpu")
             cpu += await asyncio.to_thread(pipe.recv) - child_cpu0

