@@ -57,7 +57,7 @@ from common import pct, scratch_database
 
 from frontdesk.redact import redact
 from frontdesk.storage import Store
-from frontdesk.storage.cli import ExportFormat, write_export
+from frontdesk.storage.export import ExportFormat, write_export
 from frontdesk.storage.logs import LogFilter, Logs
 
 DAYS = 90

@@ -11,17 +11,14 @@ e-mail addresses, phone and card numbers with ``--redact`` (or ``FRONTDESK_REDAC
 from __future__ import annotations
 
 import asyncio
-import csv
 import enum
-import io
 import json
-import math
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -32,7 +29,8 @@ from frontdesk.clitools import err, fail, out, parse_when, print_json, run, sett
 from frontdesk.redact import redact as mask
 from frontdesk.settings import Settings
 
-from .logs import EXPORT_COLUMNS, HIT_END, HIT_START, LogFilter, Logs, Removed
+from .export import ExportFormat, write_export
+from .logs import HIT_END, HIT_START, LogFilter, Logs, Removed
 from .store import Store
 
 conversations = typer.Typer(help="Read and delete stored conversations.", no_args_is_help=True)
@@ -49,12 +47,6 @@ class Status(enum.StrEnum):
 class Format(enum.StrEnum):
     text = "text"
     markdown = "markdown"
-    json = "json"
-
-
-class ExportFormat(enum.StrEnum):
-    jsonl = "jsonl"
-    csv = "csv"
     json = "json"
 
 
@@ -373,78 +365,6 @@ def export(
         raise fail(f"cannot write {output}: {exc.strerror or exc}", 2) from None
     if output is not None:
         err.print(f"wrote {written:,} messages to {output}")
-
-
-async def write_export(
-    logs: Logs,
-    filt: LogFilter,
-    fmt: ExportFormat,
-    shown: Callable[[str], str],
-    stream: TextIO,
-    progress: Callable[[int], None] | None,
-) -> int:
-    """Write rows as they stream from the database, a batch at a time; returns how many."""
-    content = EXPORT_COLUMNS.index("content")
-    created = EXPORT_COLUMNS.index("created_at")
-    if fmt is ExportFormat.csv:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(EXPORT_COLUMNS)
-    elif fmt is ExportFormat.json:
-        stream.write("[")
-    count = 0
-    async for batch in logs.export_batches(filt):
-        lines = []
-        for row in batch:
-            values = list(row)
-            values[content] = shown(values[content])
-            values[created] = values[created].isoformat()  # stored in UTC
-            lines.append(values)
-        if fmt is ExportFormat.csv:
-            writer.writerows(lines)
-            stream.write(buffer.getvalue())
-            buffer.seek(0)
-            buffer.truncate()
-        else:
-            objects = [_json_object(values) for values in lines]
-            if fmt is ExportFormat.jsonl:
-                stream.write("\n".join(objects) + "\n")
-            else:
-                stream.write(("," if count else "") + "\n" + ",\n".join(objects))
-        count += len(batch)
-        if progress is not None:
-            progress(count)
-        await asyncio.sleep(0)
-    if fmt is ExportFormat.json:
-        stream.write("\n]\n" if count else "]\n")
-    stream.flush()
-    return count
-
-
-_JSON_KEYS = [json.dumps(name) + ": " for name in EXPORT_COLUMNS]
-
-
-def _json_object(values: Sequence[Any]) -> str:
-    """One row as a JSON object (what json.dumps writes, several times faster: a million
-    rows spend most of their export time here)."""
-    parts = []
-    for key, value in zip(_JSON_KEYS, values, strict=True):
-        if value is None:
-            parts.append(key + "null")
-        elif isinstance(value, str):
-            parts.append(key + _quote(value))
-        elif isinstance(value, bool):
-            parts.append(key + ("true" if value else "false"))
-        elif isinstance(value, int):
-            parts.append(key + str(value))
-        elif isinstance(value, float) and math.isfinite(value):
-            parts.append(key + repr(value))
-        else:
-            parts.append(key + json.dumps(value))  # NaN and infinities as json writes them
-    return "{" + ", ".join(parts) + "}"
-
-
-_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 # -- purge ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from frontdesk.storage.cli import _json_object
+from frontdesk.storage.export import json_object
 from frontdesk.storage.logs import EXPORT_COLUMNS
 
 VALUES = st.one_of(
@@ -22,4 +22,4 @@ VALUES = st.one_of(
 @given(st.lists(VALUES, min_size=len(EXPORT_COLUMNS), max_size=len(EXPORT_COLUMNS)))
 def test_a_row_encodes_as_json_dumps_would(values: list[object]) -> None:
     expected = json.dumps(dict(zip(EXPORT_COLUMNS, values, strict=True)), ensure_ascii=False)
-    assert _json_object(values) == expected
+    assert json_object(values) == expected

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from frontdesk.storage import Store
-from frontdesk.storage.cli import ExportFormat, write_export
+from frontdesk.storage.export import ExportFormat, write_export
 from frontdesk.storage.logs import LogFilter, Logs
 from tests.conftest import PG_ADMIN_DSN
 
