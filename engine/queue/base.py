@@ -1,0 +1,65 @@
+"""What both queues share: a ``Delivery``, the ``TurnQueue`` protocol the gateway and the worker
+use, and the consumer group's name. The semantics are in the package's docstring."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from frontdesk.wire import ReplyDelta, Turn, decode
+
+log = logging.getLogger(__name__)
+
+GROUP = "workers"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One delivery of a queue entry. ``turn`` is None when the entry could not be decoded: the
+    worker dead-letters it at once."""
+
+    entry_id: str
+    turn: Turn | None
+    deliveries: int
+    fields: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+class TurnQueue(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    # gateway side
+    async def submit(self, turn: Turn) -> None: ...
+    def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]: ...
+    async def cancel(self, turn_id: str) -> None: ...
+
+    # worker side
+    async def receive(self, count: int, block_ms: int) -> list[Delivery]: ...
+    async def ack(self, delivery: Delivery) -> None: ...
+    async def release(self, delivery: Delivery) -> None: ...
+    async def touch(self, deliveries: Iterable[Delivery]) -> None: ...
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+    async def publish(self, gateway: str, delta: ReplyDelta) -> None: ...
+    def cancellations(self) -> AsyncIterator[str]: ...
+
+
+def delivery_of(entry_id: str, fields: dict[str, Any], deliveries: int) -> Delivery:
+    try:
+        turn: Turn | None = decode(Turn, fields)
+    except ValueError:
+        log.exception("undecodable turn entry %s", entry_id)
+        turn = None
+    return Delivery(entry_id, turn, deliveries, dict(fields))
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, fit for a message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + host).geturl()
