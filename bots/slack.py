@@ -24,13 +24,11 @@ blocks), at most 4,000 characters a message; longer replies continue in new mess
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import re
 import time
-from collections import OrderedDict, defaultdict, deque
-from dataclasses import dataclass, field, replace
+from collections import OrderedDict, defaultdict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -44,7 +42,6 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
-from slackify_markdown import slackify_markdown
 
 from frontdesk import texts
 from frontdesk.errors import ConfigError, FrontdeskError
@@ -52,18 +49,14 @@ from frontdesk.settings import Settings
 from frontdesk.wire import InboundMessage
 
 from .channel import ReplyStream
-from .text import split_text
+from .slack_reply import LiveReply, UpdateBudget, to_mrkdwn
 
 if TYPE_CHECKING:
     from .gateway import Gateway
 
 log = logging.getLogger(__name__)
 
-LIMIT = 4_000  # Slack truncates the display of longer text
-PLACEHOLDER = "_Thinking…_"
-PLACEHOLDER_AFTER_S = 0.3  # a reply complete by then is posted whole, with no placeholder
 POST_GAP_S = 1.0  # chat.postMessage: about one message a second per channel
-WINDOW_S = 60.5  # chat.update's per-minute budget, with a margin for clock skew
 SEND_ATTEMPTS = 8
 USER_NAME_TTL_S = 3600.0
 NAME_BATCH_S = 0.5  # new users' names are looked up in rounds this far apart…
@@ -85,65 +78,6 @@ SLACK_HELP = (
 CHANNEL_RESET = (
     "In a channel, each thread is its own conversation: mention me in a new message to start one."
 )
-
-
-@functools.lru_cache(maxsize=256)  # a streaming reply converts the same parts repeatedly
-def to_mrkdwn(markdown: str) -> str:
-    """The model's Markdown as Slack mrkdwn: bold, italics, code, links and lists."""
-    return slackify_markdown(markdown).rstrip("\n")
-
-
-def _mrkdwn_len(markdown: str) -> int:
-    return len(to_mrkdwn(markdown))
-
-
-class UpdateBudget:
-    """The app-wide allowance of chat.update calls (Tier 3: ``per_minute`` in any minute).
-
-    Final updates (the text a user keeps) come first: an interim update is granted only while the
-    minute's remaining room covers one final update for every reply still streaming. A final
-    update waits for room. A 429 holds every update for its Retry-After.
-    """
-
-    def __init__(self, per_minute: int) -> None:
-        self.limit = per_minute
-        self.streaming = 0  # replies that still owe a final update
-        self._sent: deque[list[float]] = deque()  # [time] of each update in the window
-        self._held_until = 0.0
-
-    def _room(self, now: float) -> int:
-        while self._sent and now - self._sent[0][0] >= WINDOW_S:
-            self._sent.popleft()
-        return self.limit - len(self._sent)
-
-    def interim_room(self) -> bool:
-        """Whether an interim update would be granted now."""
-        now = time.monotonic()
-        return now >= self._held_until and self._room(now) > self.streaming
-
-    def try_interim(self) -> list[float] | None:
-        """A slot for an interim update, or None. The caller stamps the slot when answered."""
-        if not self.interim_room():
-            return None
-        slot = [time.monotonic()]
-        self._sent.append(slot)
-        return slot
-
-    async def final(self) -> list[float]:
-        """A slot for a final update, waiting as long as it takes."""
-        while True:
-            now = time.monotonic()
-            wait = self._held_until - now
-            if wait <= 0:
-                if self._room(now) > 0:
-                    slot = [now]
-                    self._sent.append(slot)
-                    return slot
-                wait = self._sent[0][0] + WINDOW_S - now
-            await asyncio.sleep(max(wait, 0.01))
-
-    def hold(self, seconds: float) -> None:
-        self._held_until = max(self._held_until, time.monotonic() + seconds)
 
 
 class SlackChannel:
@@ -424,13 +358,13 @@ class SlackChannel:
 
     async def deliver(self, reply: ReplyStream) -> None:
         meta = reply.inbound.meta
-        await _LiveReply(self, meta["channel"], meta["thread_ts"]).run(reply)
+        await LiveReply(self, meta["channel"], meta["thread_ts"]).run(reply)
 
     async def _say(self, channel: str, thread_ts: str, text: str) -> None:
         """A short reply of the channel's own (help, refusals)."""
-        await self._post(channel, thread_ts, to_mrkdwn(text))
+        await self.post(channel, thread_ts, to_mrkdwn(text))
 
-    async def _post(self, channel: str, thread_ts: str, text: str) -> str:
+    async def post(self, channel: str, thread_ts: str, text: str) -> str:
         """chat.postMessage in the thread; returns the message's ts. Posts to one channel go
         one at a time, each a second after Slack answered the one before (so transit jitter
         cannot put two in one second at Slack's end)."""
@@ -451,7 +385,7 @@ class SlackChannel:
                 self._next_post[channel] = max(self._next_post[channel], retry_at)
         raise FrontdeskError(f"could not post to Slack channel {channel}")
 
-    async def _update(self, channel: str, ts: str, text: str, slot: list[float]) -> bool:
+    async def update(self, channel: str, ts: str, text: str, slot: list[float]) -> bool:
         """chat.update in a budget slot (stamped when Slack answers). False when Slack refused
         the update for good (the message was deleted, say)."""
         for _attempt in range(SEND_ATTEMPTS):
@@ -490,98 +424,3 @@ class SlackChannel:
     def _api(self) -> AsyncWebClient:
         assert self.client is not None, "the Slack channel is not started"
         return self.client
-
-
-@dataclass
-class _Shown:
-    """One message of a reply on Slack: its ts, the mrkdwn it shows, when it was last changed."""
-
-    ts: str
-    text: str
-    at: float = field(default_factory=time.monotonic)
-
-
-class _LiveReply:
-    """One reply shown as it streams: a placeholder, then updates with the growing text."""
-
-    def __init__(self, channel: SlackChannel, where: str, thread_ts: str) -> None:
-        self.slack = channel
-        self.where = where
-        self.thread_ts = thread_ts
-        self.interval = channel.settings.slack_edit_interval
-        self.shown: list[_Shown] = []
-        self.text = ""
-        self.finished = asyncio.Event()
-        self.changed = asyncio.Event()
-
-    async def run(self, reply: ReplyStream) -> None:
-        budget = self.slack.budget
-        budget.streaming += 1
-        reader = asyncio.create_task(self._read(reply))
-        try:
-            await self._wait(PLACEHOLDER_AFTER_S)
-            while True:
-                final = self.finished.is_set()
-                self.changed.clear()
-                await self._show(final)
-                if final:
-                    return
-                await self._wait(self.interval)
-                await self.changed.wait()
-        finally:
-            budget.streaming -= 1
-            reader.cancel()
-
-    async def _read(self, reply: ReplyStream) -> None:
-        async for delta in reply:
-            self.text = delta.text if delta.restart else self.text + delta.text
-            if delta.done:
-                if delta.error:
-                    body = self.text.rstrip()
-                    self.text = f"{body}\n\n{delta.error}" if body else delta.error
-                self.finished.set()
-            self.changed.set()
-
-    async def _wait(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if the reply finishes."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.finished.wait(), seconds)
-
-    async def _show(self, final: bool) -> None:
-        """Bring Slack up to the text: post new parts, update changed ones. Parts before the
-        last are complete, so their updates are final ones; the last part's is interim until
-        the reply ends."""
-        if not final and self.shown and len(self.text) < LIMIT * 0.9:
-            # Only the one message can change: skip the conversion when it cannot be updated
-            if time.monotonic() - self.shown[-1].at < self.interval:
-                return
-            if not self.slack.budget.interim_room():
-                return
-        text = self.text if self.text.strip() or not final else texts.EMPTY_REPLY
-        if text.strip():
-            parts = [to_mrkdwn(p) for p in split_text(text, LIMIT, _mrkdwn_len) if p.strip()]
-        else:
-            parts = [PLACEHOLDER]
-        for index, part in enumerate(parts):
-            if index >= len(self.shown):
-                ts = await self.slack._post(self.where, self.thread_ts, part)
-                self.shown.append(_Shown(ts, part))
-                continue
-            shown = self.shown[index]
-            if part == shown.text:
-                continue
-            complete = final or index < len(parts) - 1
-            if complete:
-                slot = await self.slack.budget.final()
-            elif time.monotonic() - shown.at < self.interval:
-                continue
-            else:
-                slot = self.slack.budget.try_interim()
-                if slot is None:
-                    continue  # the budget is kept for final updates
-            gap = shown.at + self.interval - time.monotonic()  # one update a second per message
-            if gap > 0:
-                await asyncio.sleep(gap)
-            if await self.slack._update(self.where, shown.ts, part, slot):
-                shown.text = part
-            shown.at = time.monotonic()
