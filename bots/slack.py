@@ -404,6 +404,20 @@ class SlackChannel:
                 slot[0] = time.monotonic()
         raise FrontdeskError(f"could not update Slack message {ts}")
 
+    async def delete(self, channel: str, ts: str) -> None:
+        """chat.delete, waiting out 429s; a refusal is logged (the message stays)."""
+        for _attempt in range(SEND_ATTEMPTS):
+            try:
+                await self._api().chat_delete(channel=channel, ts=ts)
+                return
+            except SlackApiError as exc:
+                wait = self._retry_after(exc, refused_ok=True)
+                if wait < 0:
+                    log.warning("chat.delete of %s refused: %s", ts, exc.response.get("error"))
+                    return
+                await asyncio.sleep(wait)
+        log.warning("chat.delete of %s: still rate-limited, message left", ts)
+
     def _retry_after(self, exc: SlackApiError, *, refused_ok: bool = False) -> float:
         """Seconds to wait before retrying a rate-limited call; anything else is raised (or,
         with ``refused_ok``, answered with -1)."""

@@ -157,6 +157,10 @@ class LiveReply:
             parts = [to_mrkdwn(p) for p in split_text(text, LIMIT, _mrkdwn_len) if p.strip()]
         else:
             parts = [PLACEHOLDER]
+        if final:
+            for extra in self.shown[len(parts) :]:  # the reply started over and came out shorter
+                await self.slack.delete(self.where, extra.ts)
+            del self.shown[len(parts) :]
         for index, part in enumerate(parts):
             if index >= len(self.shown):
                 ts = await self.slack.post(self.where, self.thread_ts, part)

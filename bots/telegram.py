@@ -332,7 +332,7 @@ class _LiveReply:
                     if delta.error:
                         text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error
                     typing.cancel()
-                    await self._show(text)
+                    await self._show(text, final=True)
                     return
                 if text.strip():
                     typing.cancel()
@@ -341,6 +341,19 @@ class _LiveReply:
                         last_show = time.monotonic()
         finally:
             typing.cancel()
+
+    async def _drop_beyond(self, count: int) -> None:
+        bot = self.channel._bot
+        for message_id, _html in self.shown[count:]:
+
+            async def delete(message_id: int = message_id, **_text: Any) -> Any:
+                return await bot.delete_message(chat_id=self.chat.id, message_id=message_id)
+
+            try:
+                await self.channel._call(self.chat, delete, None, "")
+            except TelegramError as exc:
+                log.warning("could not delete message %s: %s", message_id, exc)
+        del self.shown[count:]
 
     async def _typing(self) -> None:
         bot = self.channel._bot
@@ -353,10 +366,14 @@ class _LiveReply:
                 log.debug("chat action failed: %s", exc)
             await asyncio.sleep(TYPING_EVERY_S)
 
-    async def _show(self, text: str) -> None:
-        """Bring the chat up to ``text``: edit messages whose part changed, send new parts."""
+    async def _show(self, text: str, *, final: bool = False) -> None:
+        """Bring the chat up to ``text``: edit messages whose part changed, send new parts. At the
+        end, messages beyond the text's parts go (a reply that started over came out shorter)."""
         bot = self.channel._bot
-        for index, part in enumerate(split_text(text, LIMIT, utf16_len)):
+        parts = split_text(text, LIMIT, utf16_len)
+        if final:
+            await self._drop_beyond(len(parts))
+        for index, part in enumerate(parts):
             if not part.strip():
                 continue
             html = telegram_format(part)

@@ -160,12 +160,15 @@ async def test_a_dm_and_a_mention_are_each_answered_once_in_their_thread(
 async def test_a_reply_cut_off_by_a_dead_engine_is_replaced_by_the_new_answer(
     fake: FakeSlack, slack_settings
 ) -> None:
+    """The first worker's reply ran to two messages before its engine died. The second worker's
+    short answer takes the first message's place, and the second message goes."""
     settings = slack_settings(queue_claim_idle_ms=1500)
-    async with running(fake, settings, DiesMidway("The first half of a")) as slack:
+    cut_off = "The first half of a long story. " * 160  # 5,120 characters: two messages
+    async with running(fake, settings, DiesMidway(cut_off)) as slack:
         assert await slack.send(fake.dm("Tell me everything.")) == 200
         assert slack.p.worker is not None and slack.p.worker.dead is not None
         await asyncio.wait_for(asyncio.shield(slack.p.worker.dead), 10)  # it died mid-reply
-        await fake.wait_for(lambda f: bool(f.messages_in(DM)))  # the reply is showing
+        await fake.wait_for(lambda f: len(f.messages_in(DM)) == 2)  # the reply is showing
         second = Worker(
             settings, slack.p.queue, slack.p.store, FixedReplyBackend("The whole answer.")
         )
@@ -180,7 +183,10 @@ async def test_a_reply_cut_off_by_a_dead_engine_is_replaced_by_the_new_answer(
         finally:
             await second.stop()
         stored = await slack.stored(DM)
-    assert len(fake.calls_to("chat.postMessage", DM)) == 1  # the same message, updated
+    [reply] = fake.messages_in(DM)  # the first message, updated; the second deleted
+    assert reply["texts"][0].startswith("The first half")
+    assert len(fake.calls_to("chat.postMessage", DM)) == 2
+    assert len(fake.calls_to("chat.delete", DM)) == 1
     assert stored == [("user", "Tell me everything."), ("assistant", "The whole answer.")]
 
 

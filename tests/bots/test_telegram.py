@@ -250,26 +250,30 @@ async def test_forum_topic_is_its_own_conversation(fake: FakeTelegram, tg_settin
 async def test_a_reply_cut_off_by_a_dead_engine_is_replaced_by_the_new_answer(
     fake: FakeTelegram, tg_settings
 ) -> None:
+    """The first worker's reply ran to two messages before its engine died. The second worker's
+    short answer takes the first message's place, and the second message goes."""
     settings = tg_settings(queue_claim_idle_ms=300)
-    async with running(settings, DiesMidway("The first half of a")) as (p, _channel):
+    cut_off = "The first half of a long story. " * 160  # 5,120 characters: two messages
+    async with running(settings, DiesMidway(cut_off)) as (p, _channel):
         fake.private_message("Tell me everything.")
         assert p.worker is not None and p.worker.dead is not None
         await asyncio.wait_for(asyncio.shield(p.worker.dead), 10)  # shown part of it, then died
-        await fake.wait_for(lambda f: bool(f.messages_in(ALICE)))
+        await fake.wait_for(lambda f: len(f.messages_in(ALICE)) == 2)
         second = Worker(settings, p.queue, p.store, FixedReplyBackend("The whole answer."))
         await second.start()
         try:
             await fake.wait_for(
                 lambda f: (
                     p.gateway.pending == 0
-                    and f.messages_in(ALICE)[0]["text"] != "The first half of a"
+                    and f.messages_in(ALICE)[0]["text"] == "The whole answer."
                 )
             )
         finally:
             await second.stop()
-    [reply] = fake.messages_in(ALICE)
-    assert reply["text"] == "The whole answer."  # the same message, edited: no second one
-    assert len(fake.calls_to("sendMessage", ALICE)) == 1
+    [reply] = fake.messages_in(ALICE)  # the first message, edited; the second deleted
+    assert reply["texts"][0].startswith("The first half")
+    assert len(fake.calls_to("sendMessage", ALICE)) == 2
+    assert len(fake.calls_to("deleteMessage", ALICE)) == 1
 
 
 async def test_start_sends_the_configured_greeting(fake: FakeTelegram, tg_settings) -> None:

@@ -2,8 +2,8 @@
 slack_sdk client.
 
 This module owns `FakeSlack`: an aiohttp server on 127.0.0.1 that answers the Web API methods
-frontdesk uses (auth.test, chat.postMessage, chat.update, users.info, conversations.replies,
-apps.connections.open) with Slack's response shapes and its limits: 40,000 characters of text,
+frontdesk uses (auth.test, chat.postMessage, chat.update, chat.delete, users.info,
+conversations.replies, apps.connections.open) with Slack's response shapes and its limits: 40,000 characters of text,
 3,000 characters of section block text, the rate limits that answer 429 with Retry-After, and the
 token types (the app-level token only opens Socket Mode connections, the bot token does the rest).
 On the Events API side it builds event envelopes, and either signs them as Slack does and posts
@@ -204,7 +204,8 @@ class FakeSlack(FakeServer):
         self._updates: deque[float] = deque()
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test, "chat.postMessage": self._post_message,
-            "chat.update": self._update, "users.info": self._users_info,
+            "chat.update": self._update, "chat.delete": self._delete,
+            "users.info": self._users_info,
             "conversations.replies": self._replies,
             "apps.connections.open": self._connections_open,
         }  # fmt: skip
@@ -648,6 +649,16 @@ class FakeSlack(FakeServer):
             self._updated_at[(channel, ts)] = now
         message = {k: stored[k] for k in ("type", "text", "user", "bot_id", "app_id", "team")}
         return {"channel": channel, "ts": ts, "text": text, "message": message}
+
+    def _delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
+        if ts not in self._messages.get(channel, {}):
+            raise ApiError("message_not_found")
+        if (channel, ts) not in self._bot_posts:
+            raise ApiError("cant_delete_message")
+        del self._messages[channel][ts]
+        del self._bot_posts[(channel, ts)]
+        return {"channel": channel, "ts": ts}
 
     def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         user_id = str(params.get("user") or "")

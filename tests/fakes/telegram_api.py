@@ -1,8 +1,8 @@
 """A local stand-in for the Telegram Bot API, for tests that run the real python-telegram-bot.
 
 This module owns `FakeTelegram`: an aiohttp server on 127.0.0.1 that answers the Bot API methods
-frontdesk uses (getMe, getUpdates, sendMessage, editMessageText, sendChatAction, setMyCommands,
-setWebhook, deleteWebhook) with Telegram's response shapes and its limits: message length in
+frontdesk uses (getMe, getUpdates, sendMessage, editMessageText, deleteMessage, sendChatAction,
+setMyCommands, setWebhook, deleteWebhook) with Telegram's response shapes and its limits: message length in
 UTF-16 units after entity parsing, strict HTML parse mode, "message is not modified", and the
 per-chat flood limits that answer 429. Tests inject user traffic with the helper methods and read
 back what the bot did through `calls`, `messages_in` and `wait_for`.
@@ -251,6 +251,7 @@ class FakeTelegram(FakeServer):
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getme": self._get_me, "getupdates": self._get_updates,
             "sendmessage": self._send_message, "editmessagetext": self._edit_message_text,
+            "deletemessage": self._delete_message,
             "sendchataction": self._send_chat_action, "setmycommands": self._set_my_commands,
             "setwebhook": self._set_webhook, "deletewebhook": self._delete_webhook,
         }  # fmt: skip
@@ -584,6 +585,15 @@ class FakeTelegram(FakeServer):
         )
         self._messages[key] = message
         return message
+
+    def _delete_message(self, params: dict[str, Any]) -> bool:
+        chat_id = _chat_id(params)
+        key = (chat_id, int(params.get("message_id") or 0))
+        if key not in self._messages:
+            raise ApiError(400, "Bad Request: message to delete not found")
+        del self._messages[key]
+        self._bot_messages.pop(key, None)
+        return True
 
     def _send_chat_action(self, params: dict[str, Any]) -> bool:
         _chat_id(params)
