@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -439,8 +440,6 @@ async def started_vllm(settings: Settings) -> AsyncIterator[VLLMBackend]:
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 

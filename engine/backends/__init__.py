@@ -51,6 +51,10 @@ class Chunk:
 
 
 class Backend(Protocol):
+    """An inference engine. A backend that batches requests may also set ``max_in_flight``: how
+    many turns a worker should keep in flight for it when ``FRONTDESK_WORKER_CONCURRENCY`` is
+    unset (the worker reads it with a default of 8)."""
+
     name: str
     model: str
 

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,16 +30,10 @@ from frontdesk.engine.worker import Worker
 from frontdesk.errors import ConfigError
 from frontdesk.wire import ChatMessage
 from tests.fakes.slack_api import FakeSlack
-from tests.support import DiesMidway, Pipeline, pipeline
+from tests.support import DiesMidway, Pipeline, free_port, pipeline
 
 DM = "D0ALICE"
 SUPPORT = "C0SUPPORT"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

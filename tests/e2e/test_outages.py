@@ -15,13 +15,7 @@ import pytest
 from frontdesk import texts
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from tests.fakes.tcp_proxy import TcpProxy
-from tests.support import RecordingChannel, pipeline
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import RecordingChannel, free_port, pipeline
 
 
 class PrivateRedis:

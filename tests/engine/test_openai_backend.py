@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,9 @@ from frontdesk.engine.backends import GenerationParams
 from frontdesk.engine.backends.openai import COOL_DOWN_S, OpenAIBackend
 from frontdesk.settings import bundled_model_path
 from frontdesk.wire import ChatMessage
-from tests.support import pipeline
+from tests.support import free_port, pipeline
 
 QUESTION = [ChatMessage("user", "Tell me a long story about a lighthouse keeper.")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
