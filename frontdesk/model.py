@@ -1,7 +1,12 @@
 """`frontdesk model export-hf`: the bundled SmolLM2 GGUF as a Hugging Face directory, which vLLM
 loads. The GGUF is dequantised to float32 by transformers (with gguf and accelerate, from the
 `vllm-cpu` extra); the tokenizer keeps the model's chat template. The result is cached: a second
-call finds it and returns at once."""
+call finds it and returns at once.
+
+An export holds a marker file, ``MARKER``. Only a folder that holds it (or the default cache
+folder, which is frontdesk's own) is ever replaced; any other folder that is not empty is refused
+before anything is written, so ``--out ~/models`` or ``--out .`` never deletes what was there.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,25 @@ import shutil
 from pathlib import Path
 
 from frontdesk.errors import ConfigError, EngineUnavailable, ModelNotFound
-from frontdesk.settings import bundled_model_path
+from frontdesk.settings import bundled_model_path, exported_model_dir
 
-_MARKER = "config.json"
+MARKER = ".frontdesk-export"
+_WEIGHTS = ("config.json", "model.safetensors")
 
 
 def export_hf(out: Path, *, force: bool = False) -> tuple[Path, bool]:
-    """Write the Hugging Face directory to ``out``; returns (its path, whether it was made now)."""
-    if (out / _MARKER).is_file() and (out / "model.safetensors").is_file() and not force:
+    """Write the Hugging Face directory to ``out``; returns (its path, whether it was made now).
+    Raises ConfigError, touching nothing, when ``out`` holds anything that is not an export."""
+    out = out.expanduser().resolve()
+    ours = _made_by_frontdesk(out)
+    if out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
+        what = "a folder that holds files" if out.is_dir() else "a file"
+        raise ConfigError(
+            f"not exporting to {out}: it is {what} that `frontdesk model export-hf` did not "
+            "make, and it would be replaced; name a new or empty folder"
+        )
+    if ours and all((out / name).is_file() for name in _WEIGHTS) and not force:
+        (out / MARKER).touch()  # an export of an earlier version, in the default folder
         return out, False
     gguf = bundled_model_path()
     if gguf is None:
@@ -47,8 +63,21 @@ def export_hf(out: Path, *, force: bool = False) -> tuple[Path, bool]:
         shutil.rmtree(partial, ignore_errors=True)
         raise ConfigError(f"cannot export {gguf} to {out}: {exc}") from exc
     if not tokenizer.chat_template:
+        shutil.rmtree(partial, ignore_errors=True)
         raise EngineUnavailable(f"{gguf} has no chat template")
-    shutil.rmtree(out, ignore_errors=True)
+    (partial / MARKER).write_text("written by `frontdesk model export-hf`\n", encoding="utf-8")
+    if ours:  # an earlier export (checked above)
+        shutil.rmtree(out)
+    elif out.is_dir():  # an empty folder
+        out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(out)
     return out, True
+
+
+def _made_by_frontdesk(folder: Path) -> bool:
+    """Whether ``folder`` is an export: it holds the marker, or it is the default cache folder
+    (frontdesk's own, where exports of earlier versions have no marker)."""
+    if (folder / MARKER).is_file():
+        return True
+    return folder.is_dir() and folder == exported_model_dir().expanduser().resolve()
