@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, case, event, func, or_, select, text, update
@@ -213,8 +214,7 @@ class Store:
         if migrate:
             await self.upgrade()
         else:
-            async with self._connect() as conn:
-                current = await conn.run_sync(migrations.current_revision)
+            current = await self.schema_revision()
             if current != migrations.head_revision():
                 raise StorageUnavailable(
                     f"the database schema at {_describe(self.url)} is at revision "
@@ -222,6 +222,28 @@ class Store:
                     "run `frontdesk db upgrade`"
                 )
         await self._fill_pool()
+
+    async def schema_revision(self) -> str | None:
+        """The schema's current Alembic revision, None before the first migration."""
+        from . import migrations
+
+        async with self._connect() as conn:
+            return await conn.run_sync(migrations.current_revision)
+
+    @staticmethod
+    def head_revision() -> str:
+        """The revision this version of frontdesk needs."""
+        from . import migrations
+
+        return migrations.head_revision()
+
+    def sqlite_file(self) -> Path | None:
+        """The database file on SQLite (None in memory, or on another database): connecting
+        creates it, so a caller that only looks can check it exists first."""
+        database = make_url(self.url).database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database)
 
     async def _fill_pool(self) -> None:
         """Open the whole pool now, so that the first burst of traffic does not pay for

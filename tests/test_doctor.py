@@ -43,3 +43,37 @@ def test_missing_parts_fail_with_a_reason_each(tmp_path) -> None:  # type: ignor
     assert not checks["queue"]["ok"] and "127.0.0.1:1" in checks["queue"]["detail"]
     assert checks["database"]["ok"]
     assert "Traceback" not in result.output
+
+
+def test_a_newcomers_first_doctor_in_a_fresh_folder_passes_and_creates_nothing(
+    tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # the embedded default: sqlite+aiosqlite:///frontdesk.db here
+    result = runner.invoke(
+        app, ["doctor", "--json"], env={"FRONTDESK_ENGINE": "fixed", "COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    database = {c["part"]: c for c in json.loads(result.stdout)}["database"]
+    assert database["ok"]
+    assert "does not exist yet" in database["detail"] and "first run" in database["detail"]
+    assert list(tmp_path.iterdir()) == []  # looked, created nothing
+
+
+def test_doctor_on_an_embedded_database_behind_its_schema_says_the_first_run_upgrades_it(
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    sqlite3.connect(tmp_path / "old.db").close()  # there, but never migrated
+    env = {"FRONTDESK_DATABASE_URL": url, "FRONTDESK_ENGINE": "fixed", "COLUMNS": "200"}
+    result = runner.invoke(app, ["doctor", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    database = {c["part"]: c for c in json.loads(result.stdout)}["database"]
+    assert database["ok"] and "no schema yet" in database["detail"]
+    # Scaled mode still insists on `frontdesk db upgrade`
+    scaled = runner.invoke(
+        app, ["doctor", "--json"], env={**env, "FRONTDESK_REDIS_URL": "redis://127.0.0.1:1/0"}
+    )
+    database = {c["part"]: c for c in json.loads(scaled.stdout)}["database"]
+    assert not database["ok"] and "frontdesk db upgrade" in database["detail"]
