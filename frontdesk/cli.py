@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from frontdesk.clitools import err, fail, run, settings
 from frontdesk.engine.cli import queue
@@ -35,9 +36,8 @@ def shell(ctx: typer.Context) -> None:
 
     cfg = settings(ctx)
     if cfg.embedded and _interactive():
-        err.print(
-            f"frontdesk shell · {cfg.engine} · {cfg.model_path()} · /reset, /quit", style="dim"
-        )
+        banner = f"frontdesk shell · {cfg.engine} · {cfg.model_path()} · /reset, /quit"
+        err.print(Text(banner, style="dim"))
     run(run_shell(cfg))
 
 
@@ -101,7 +101,7 @@ def doctor(
         table = Table("", "part", "found", "s")
         for c in checks:
             mark = "[green]ok[/]" if c.ok else "[bold red]failed[/]"
-            table.add_row(mark, c.part, c.detail, f"{c.seconds:.1f}")
+            table.add_row(mark, c.part, Text(c.detail), f"{c.seconds:.1f}")
         out.print(table)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)

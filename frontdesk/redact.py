@@ -1,12 +1,17 @@
 """Masking personal data in what the admin CLI prints and exports: e-mail addresses, card
 numbers (13–19 digits that pass the Luhn check) and phone numbers. What is stored is not changed.
 
-Used by ``--redact`` (or ``FRONTDESK_REDACT=1``) on every command that shows message text.
+Used by ``--redact`` (or ``FRONTDESK_REDACT=1``) on every command that shows message text. Every
+free-text field of a record (``FREE_TEXT``: the text, names, the chat, the error) is masked, and
+masked before anything else is done to it (highlighting, cropping), so that neither can undo it.
+Ids, platforms, roles, figures and times are shown as they are.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 EMAIL = "[email]"
 CARD = "[card]"
@@ -53,3 +58,22 @@ def redact(text: str) -> str:
         return text
     text = _CARD.sub(_card, text)
     return _PHONE.sub(_phone, text)
+
+
+def unchanged(text: str) -> str:
+    """What is shown without ``--redact``: the text as it is."""
+    return text
+
+
+# The fields of a stored record that can hold what a person typed or is called
+FREE_TEXT = frozenset({"content", "user_name", "external_key", "chat", "error", "last_message"})
+
+
+def masked_record(record: Any, shown: Callable[[str], str]) -> dict[str, Any]:
+    """A dataclass record as a dict, with ``shown`` (``redact``, or no change) applied to each of
+    its free-text fields."""
+    fields = {name: getattr(record, name) for name in record.__dataclass_fields__}
+    for name in FREE_TEXT.intersection(fields):
+        if isinstance(fields[name], str):
+            fields[name] = shown(fields[name])
+    return fields

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from frontdesk.clitools import err, fail, out, parse_when, print_json, run, settings
+from frontdesk.redact import masked_record, unchanged
 from frontdesk.redact import redact as mask
 from frontdesk.settings import Settings
 
 from .export import ExportFormat, write_export
-from .logs import HIT_END, HIT_START, LogFilter, Logs, Removed
+from .logs import WORD, LogFilter, Logs, Removed, SearchHit
 from .store import Store
 
 conversations = typer.Typer(help="Read and delete stored conversations.", no_args_is_help=True)
@@ -91,17 +92,18 @@ def _filter(
 
 def _masker(ctx: typer.Context, redact: bool | None) -> Callable[[str], str]:
     on = settings(ctx).redact if redact is None else redact
-    return mask if on else _same
-
-
-def _same(text: str) -> str:
-    return text
+    return mask if on else unchanged
 
 
 @asynccontextmanager
 async def _logs(cfg: Settings) -> AsyncIterator[Logs]:
     async with Store(cfg.database_url, pool_size=2) as store:
         yield Logs(store)
+
+
+def _plain(value: object) -> Text:
+    """Stored text as a table cell or a line: printed as it is, never read as Rich markup."""
+    return Text("" if value is None else str(value))
 
 
 def _shorten(text: str | None, width: int = 60) -> str:
@@ -138,20 +140,20 @@ def list_conversations(
         async with _logs(settings(ctx)) as logs:
             return await logs.list_conversations(filt)
 
-    rows = run(go())
+    rows = [masked_record(c, shown) for c in run(go())]
     if as_json:
-        print_json([{**_asdict(c), "last_message": shown(c.last_message or "")} for c in rows])
+        print_json([{**c, "last_message": c["last_message"] or ""} for c in rows])
         return
     table = Table("id", "platform", "user", "messages", "last activity", "status", "last message")
     for c in rows:
         table.add_row(
-            str(c.id),
-            c.platform,
-            escape(c.user_name or c.user_id or ""),
-            str(c.message_count),
-            _when(c.last_activity_at),
-            c.status,
-            escape(_shorten(shown(c.last_message or ""))),
+            str(c["id"]),
+            _plain(c["platform"]),
+            _plain(c["user_name"] or c["user_id"]),
+            str(c["message_count"]),
+            _when(c["last_activity_at"]),
+            _plain(c["status"]),
+            _plain(_shorten(c["last_message"])),
         )
     out.print(table)
 
@@ -173,63 +175,63 @@ def show_conversation(
         async with _logs(settings(ctx)) as logs:
             return await logs.store.conversation(conversation_id)
 
-    conv, messages = run(go())
+    found, stored = run(go())
+    conv = masked_record(found, shown)
+    messages = [masked_record(m, shown) for m in stored]
     if as_json or fmt is Format.json:
-        print_json(
-            {
-                "conversation": conv,
-                "messages": [{**_asdict(m), "content": shown(m.content)} for m in messages],
-            }
-        )
+        print_json({"conversation": conv, "messages": messages})
         return
-    who = conv.user_name or conv.user_id or "unknown user"
+    who = conv["user_name"] or conv["user_id"] or "unknown user"
     if fmt is Format.markdown:
         lines = [
-            f"# Conversation {conv.id}",
+            f"# Conversation {conv['id']}",
             "",
-            f"{conv.platform} · {who} · {conv.status} · {conv.message_count} messages · "
-            f"{_when(conv.created_at)} to {_when(conv.last_activity_at)} UTC",
+            f"{conv['platform']} · {who} · {conv['status']} · {conv['message_count']} messages · "
+            f"{_when(conv['created_at'])} to {_when(conv['last_activity_at'])} UTC",
             "",
         ]
         for m in messages:
             figures = _figures(m)
             lines.append(
-                f"**{m.role}** · {_when(m.created_at)}" + (f" · {figures}" if figures else "")
+                f"**{m['role']}** · {_when(m['created_at'])}" + (f" · {figures}" if figures else "")
             )
-            body = shown(m.content) if m.status == "ok" else f"*{m.status}: {m.error or ''}*"
+            ok = m["status"] == "ok"
+            body = m["content"] if ok else f"*{m['status']}: {m['error'] or ''}*"
             lines += ["", body, ""]
         print("\n".join(lines).rstrip())
         return
     out.print(
-        f"[bold]conversation {conv.id}[/] · {conv.platform} · {escape(who)} · "
-        f"{conv.status} · {conv.message_count} messages"
+        Text.assemble(
+            (f"conversation {conv['id']}", "bold"),
+            f" · {conv['platform']} · {who} · {conv['status']} · {conv['message_count']} messages",
+        )
     )
     table = Table("time", "role", "text", "tokens in/out", "ttft ms", "latency ms")
     for m in messages:
         text = (
-            escape(shown(m.content))
-            if m.status == "ok"
-            else f"[red]{m.status}: {escape(m.error or '')}[/]"
+            _plain(m["content"])
+            if m["status"] == "ok"
+            else Text(f"{m['status']}: {m['error'] or ''}", style="red")
         )
         table.add_row(
-            m.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            m.role,
+            m["created_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            _plain(m["role"]),
             text,
-            f"{m.tokens_in}/{m.tokens_out}" if m.tokens_in is not None else "",
-            f"{m.ttft_ms:.0f}" if m.ttft_ms is not None else "",
-            f"{m.latency_ms:.0f}" if m.latency_ms is not None else "",
+            f"{m['tokens_in']}/{m['tokens_out']}" if m["tokens_in"] is not None else "",
+            f"{m['ttft_ms']:.0f}" if m["ttft_ms"] is not None else "",
+            f"{m['latency_ms']:.0f}" if m["latency_ms"] is not None else "",
         )
     out.print(table)
 
 
-def _figures(m: Any) -> str:
+def _figures(m: dict[str, Any]) -> str:
     parts = []
-    if m.tokens_in is not None:
-        parts.append(f"{m.tokens_in} → {m.tokens_out} tokens")
-    if m.ttft_ms is not None:
-        parts.append(f"first token {m.ttft_ms:.0f} ms")
-    if m.latency_ms is not None:
-        parts.append(f"{m.latency_ms:.0f} ms")
+    if m["tokens_in"] is not None:
+        parts.append(f"{m['tokens_in']} → {m['tokens_out']} tokens")
+    if m["ttft_ms"] is not None:
+        parts.append(f"first token {m['ttft_ms']:.0f} ms")
+    if m["latency_ms"] is not None:
+        parts.append(f"{m['latency_ms']:.0f} ms")
     return ", ".join(parts)
 
 
@@ -297,27 +299,66 @@ def search(
 
     hits = run(go())
     if as_json:
-        print_json([{**_asdict(h), "snippet": _marked(shown(h.snippet), "**", "**")} for h in hits])
+        print_json([_hit_record(h, shown) for h in hits])
         return
     if not hits:
-        err.print(f"no messages match {query!r}")
+        err.print(Text(f"no messages match {query!r}"))
         return
     table = Table("conversation", "time", "platform", "user", "role", "text")
     for h in hits:
-        snippet = _marked(escape(shown(h.snippet)), "[bold yellow]", "[/]")
+        snippet = Text()
+        for piece, hit in snippet_pieces(h, shown):
+            snippet.append(piece, style="bold yellow" if hit else None)
         table.add_row(
             str(h.conversation_id),
             _when(h.created_at),
-            h.platform,
-            escape(h.user_name or h.user_id or ""),
-            h.role,
-            " ".join(snippet.split()),
+            _plain(h.platform),
+            _plain(shown(h.user_name or "") or h.user_id),
+            _plain(h.role),
+            snippet,
         )
     out.print(table)
 
 
-def _marked(snippet: str, start: str, end: str) -> str:
-    return snippet.replace(HIT_START, start).replace(HIT_END, end)
+SNIPPET_WORDS = 24  # words around the first hit that a search result shows
+SNIPPET_BEFORE = 6  # of them, before it
+
+
+def snippet_pieces(hit: SearchHit, shown: Callable[[str], str]) -> list[tuple[str, bool]]:
+    """The part of a hit's text to show, as (text, is a hit) pieces: masked first, then cropped
+    to the words around the first hit, then highlighted. So what masking hides, neither the
+    highlight nor the crop can bring back (a card number cut in half, an e-mail address split
+    by a highlight)."""
+    visible = " ".join(shown(hit.text).split())
+    words = list(WORD.finditer(visible))
+    first = next((i for i, w in enumerate(words) if w.group().lower() in hit.hits), 0)
+    end = min(len(words), max(first - SNIPPET_BEFORE, 0) + SNIPPET_WORDS)
+    begin = max(0, end - SNIPPET_WORDS)
+    pieces: list[tuple[str, bool]] = [("…", False)] if begin > 0 else []
+    at = words[begin].start() if begin > 0 else 0
+    for w in words[begin:end]:
+        if w.group().lower() in hit.hits:
+            pieces += [(visible[at : w.start()], False), (w.group(), True)]
+            at = w.end()
+    stop = words[end - 1].end() if end < len(words) else len(visible)
+    pieces.append((visible[at:stop], False))
+    if end < len(words):
+        pieces.append(("…", False))
+    return [(text, is_hit) for text, is_hit in pieces if text]
+
+
+def _hit_record(hit: SearchHit, shown: Callable[[str], str]) -> dict[str, Any]:
+    """A hit for --json: its snippet with each hit as **word**, and no field unmasked."""
+    record = {
+        name: getattr(hit, name)
+        for name in hit.__dataclass_fields__
+        if name not in ("text", "hits")
+    }
+    record["user_name"] = shown(hit.user_name) if hit.user_name is not None else None
+    record["snippet"] = "".join(
+        f"**{text}**" if is_hit else text for text, is_hit in snippet_pieces(hit, shown)
+    )
+    return record
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -437,8 +478,10 @@ def purge(
         print_json(removed)
         return
     out.print(
-        f"removed {removed.conversations:,} conversations and {removed.messages:,} messages "
-        f"({escape(what)})"
+        Text(
+            f"removed {removed.conversations:,} conversations and {removed.messages:,} messages "
+            f"({what})"
+        )
     )
 
 
@@ -463,7 +506,7 @@ def stats(
         print_json(rows)
         return
     if not rows:
-        err.print(f"no turns since {since}")
+        err.print(Text(f"no turns since {since}"))
         return
     table = Table(
         "platform",
@@ -476,7 +519,7 @@ def stats(
     )
     for r in rows:
         table.add_row(
-            r.platform,
+            _plain(r.platform),
             f"{r.turns:,}",
             f"{r.active_users:,}",
             _pair(r.latency_p50_ms, r.latency_p95_ms),
@@ -486,7 +529,9 @@ def stats(
         )
     out.print(table)
     days = sorted({d for r in rows for d in r.turns_per_day})
-    per_day = Table("day", *(r.platform for r in rows), title="turns per day")
+    per_day = Table("day", title="turns per day")
+    for r in rows:
+        per_day.add_column(_plain(r.platform))
     for d in days:
         per_day.add_row(d, *(str(r.turns_per_day.get(d, 0)) for r in rows))
     out.print(per_day)
@@ -533,21 +578,24 @@ def tail(
 
 
 def _print_tail(m: Any, shown: Callable[[str], str], as_json: bool) -> None:
+    record = masked_record(m, shown)
     if as_json:
-        print(json.dumps({**_asdict(m), "content": shown(m.content)}, default=str), flush=True)
+        print(json.dumps(record, default=str), flush=True)
         return
-    who = (m.user_name or m.user_id or "") if m.role == "user" else "bot"
-    text = shown(m.content) if m.status == "ok" else f"[{m.status}]"
+    who = (record["user_name"] or record["user_id"] or "") if m.role == "user" else "bot"
+    text = record["content"] if m.status == "ok" else f"[{m.status}]"
     out.print(
-        f"[dim]{m.created_at.astimezone(UTC).strftime('%H:%M:%S')}[/] "
-        f"[cyan]{m.platform}[/] #{m.conversation_id} [bold]{escape(who)}[/]: "
-        f"{escape(' '.join(text.split()))}"
+        Text.assemble(
+            (m.created_at.astimezone(UTC).strftime("%H:%M:%S"), "dim"),
+            " ",
+            (str(m.platform), "cyan"),
+            f" #{m.conversation_id} ",
+            (who, "bold"),
+            ": ",
+            " ".join(text.split()),
+        )
     )
     sys.stdout.flush()
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
 
 
 def register(app: typer.Typer) -> None:

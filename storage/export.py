@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from frontdesk.redact import FREE_TEXT, unchanged
+
 from .logs import EXPORT_COLUMNS, LogFilter, Logs
 
 
@@ -31,7 +33,8 @@ async def write_export(
     progress: Callable[[int], None] | None,
 ) -> int:
     """Write rows as they stream from the database, a batch at a time; returns how many."""
-    content = EXPORT_COLUMNS.index("content")
+    # every free-text column: the text, the user's name, the chat, the error
+    free = [] if shown is unchanged else [i for i, n in enumerate(EXPORT_COLUMNS) if n in FREE_TEXT]
     created = EXPORT_COLUMNS.index("created_at")
     if fmt is ExportFormat.csv:
         buffer = io.StringIO()
@@ -44,7 +47,9 @@ async def write_export(
         lines = []
         for row in batch:
             values = list(row)
-            values[content] = shown(values[content])
+            for i in free:
+                if values[i] is not None:
+                    values[i] = shown(values[i])
             values[created] = values[created].isoformat()  # stored in UTC
             lines.append(values)
         if fmt is ExportFormat.csv:

@@ -4,10 +4,15 @@ retention and usage figures over the conversation logs.
 Everything here reads or deletes through one ``LogFilter`` (platform, user, time window, status),
 so every admin command filters the same way. Nothing here runs on a turn's hot path.
 
-Search uses the database's own full-text index (migration 0004): FTS5 on SQLite, a tsvector with a
-GIN index on PostgreSQL. A user's query is never passed through as query syntax: on SQLite it is
-reduced to quoted words, on PostgreSQL it goes through ``websearch_to_tsquery``, which accepts any
-text. So quotes, semicolons or stray operators cannot break or change the statement.
+Search uses the database's own full-text index (migrations 0004 and 0005): FTS5 on SQLite, a
+tsvector with a GIN index on PostgreSQL. Both databases give a query one meaning: it is cut into
+words (letters and digits; everything else separates them), the common English words that
+PostgreSQL does not index (``STOPWORDS``) are left out on both, and a message matches when it holds
+every other word, stemmed. Nothing in a query is an operator: SQLite gets each word quoted,
+PostgreSQL gets the words through ``plainto_tsquery``, and on PostgreSQL the indexed text has its
+punctuation turned into spaces first, so an e-mail address or a URL is words there as on SQLite.
+A hit carries the message's whole text and the words that matched in it, so that the caller masks
+personal data first and only then highlights and crops.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ class SearchHit:
     user_name: str | None
     role: str
     created_at: datetime
-    snippet: str  # the matched text around the hits, each hit between HIT_START and HIT_END
+    text: str  # the message's whole text
+    hits: frozenset[str]  # the words of ``text`` that matched, in lower case
 
 
 EXPORT_COLUMNS = (
@@ -177,8 +183,9 @@ class Logs:
     # -- search -----------------------------------------------------------------------------------
 
     async def search(self, query: str, filt: LogFilter) -> list[SearchHit]:
-        """Messages matching ``query`` (all its words, stemmed), newest first."""
-        words = _WORD.findall(query)
+        """Messages holding every word of ``query`` (stemmed, see ``search_words``), newest
+        first."""
+        words = search_words(query)
         if not words:
             return []
         columns = (
@@ -189,21 +196,21 @@ class Logs:
             Message.user_name,
             Message.role,
             Message.created_at,
+            Message.content,
         )
         if self.dialect == "postgresql":
-            tsquery = func.websearch_to_tsquery("english", query)
-            options = f"StartSel={HIT_START}, StopSel={HIT_END}, MaxWords=24, MinWords=8"
-            snippet = func.ts_headline("english", Message.content, tsquery, options)
+            tsquery = func.plainto_tsquery("english", " ".join(words))
+            options = f"HighlightAll=TRUE, StartSel={HIT_START}, StopSel={HIT_END}"
+            # highlighted in the text as indexed (punctuation as spaces): only its words count
+            marked = func.ts_headline("english", indexed_text(Message.content), tsquery, options)
             match: ColumnElement[bool] = literal_column("messages.content_tsv").op("@@")(tsquery)
-            stmt = select(*columns, snippet).select_from(Message)
+            stmt = select(*columns, marked).select_from(Message)
         else:
-            fts_query = " ".join('"' + w.replace('"', "") + '"' for w in words)
-            snippet = func.snippet(literal_column("messages_fts"), 0, HIT_START, HIT_END, "…", 16)
+            fts_query = " ".join(f'"{w}"' for w in words)
+            marked = func.highlight(literal_column("messages_fts"), 0, HIT_START, HIT_END)
             match = literal_column("messages_fts").op("MATCH")(fts_query)
             stmt = (
-                select(*columns, snippet)
-                .select_from(_FTS)
-                .join(Message, Message.id == _FTS.c.rowid)
+                select(*columns, marked).select_from(_FTS).join(Message, Message.id == _FTS.c.rowid)
             )
         # On PostgreSQL, "id + 0" keeps the planner from walking the primary key backwards in
         # the hope of meeting matches early: with a word it overestimates, that walk reads the
@@ -219,7 +226,7 @@ class Logs:
         async with self.store._connect() as conn:
             if self.dialect != "postgresql" or not filt.limit:
                 rows = (await conn.execute(stmt)).all()
-                return [SearchHit(*row) for row in rows]
+                return [_hit(row) for row in rows]
             # Sorting every match of a common word would be slow, so search the newest ids
             # first, in windows that grow eightfold until the limit is met: the GIN index and
             # an id range together keep each step small.
@@ -229,7 +236,7 @@ class Logs:
                 lowest = newest - window
                 rows = (await conn.execute(stmt.where(Message.id > lowest))).all()
                 if len(rows) >= filt.limit or lowest <= 0:
-                    return [SearchHit(*row) for row in rows]
+                    return [_hit(row) for row in rows]
                 window *= 8
 
     # -- export -----------------------------------------------------------------------------------
@@ -438,8 +445,38 @@ class Logs:
         return [per[p].summary(p, active.get(p, 0)) for p in sorted(per.keys() | active.keys())]
 
 
-_WORD = re.compile(r"\w+")
+WORD = re.compile(r"[^\W_]+")  # what both databases' tokenizers take for a word
+_MARKED = re.compile(f"{HIT_START}([^{HIT_END}]*){HIT_END}")
 _FTS = table("messages_fts", column("rowid"))
+
+# PostgreSQL's English stopwords (tsearch_data/english.stop): it indexes none of them, so a query
+# leaves them out on both databases, and a word means the same everywhere.
+STOPWORDS = frozenset(
+    """i me my myself we our ours ourselves you your yours yourself yourselves he him his himself
+    she her hers herself it its itself they them their theirs themselves what which who whom this
+    that these those am is are was were be been being have has had having do does did doing a an
+    the and but if or because as until while of at by for with about against between into through
+    during before after above below to from up down in out on off over under again further then
+    once here there when where why how all any both each few more most other some such no nor not
+    only own same so than too very s t can will just don should now""".split()  # noqa: SIM905
+)
+
+
+def search_words(query: str) -> list[str]:
+    """The words a search looks for: letters and digits, in lower case, stopwords left out."""
+    return [w for w in WORD.findall(query.lower()) if w not in STOPWORDS]
+
+
+def indexed_text(content: Any) -> Any:
+    """The SQL expression PostgreSQL's full-text index is built on (migration 0005): the text
+    with its punctuation as spaces, so that its parser sees words only, as FTS5's does."""
+    return func.regexp_replace(content, "[[:punct:]]", " ", "g")
+
+
+def _hit(row: Sequence[Any]) -> SearchHit:
+    *fields, marked = row
+    hits = frozenset(word.lower() for word in _MARKED.findall(marked or ""))
+    return SearchHit(*fields, hits=hits)
 
 
 async def _delete_messages_of(conn: Any, conv_ids: list[int]) -> int:

@@ -41,6 +41,21 @@ async def pg_database() -> AsyncIterator[str]:
     await admin.close()
 
 
+@pytest.fixture
+async def pg_fresh() -> AsyncIterator[str]:
+    """A PostgreSQL database of this test's own, empty and migrated by nobody: for tests that
+    count what is stored, with processes of their own writing to it."""
+    name = f"frontdesk_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def redis_url() -> str:
     client = aioredis.from_url(REDIS_URL)
