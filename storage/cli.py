@@ -415,8 +415,14 @@ def purge(
     ctx: typer.Context,
     user: Annotated[
         str | None,
-        typer.Option(help="Erase everything of this user (id on any platform, or display name)."),
+        typer.Option(help="Erase this user's messages (id on any platform, or display name)."),
     ] = None,
+    all_matching: Annotated[
+        bool,
+        typer.Option(
+            "--all-matching", help="With --user NAME: erase every user of that display name."
+        ),
+    ] = False,
     older_than: Annotated[
         str | None,
         typer.Option(help="Retention: delete conversations inactive for this long (e.g. 90d)."),
@@ -441,12 +447,22 @@ def purge(
         if not matches:
             raise fail(f"no stored messages of a user {user!r}", 3)
         names = ", ".join(f"{p}:{uid} ({name or 'no name'})" for p, uid, name in matches)
+        by_name = all(uid != user for _p, uid, _n in matches)
+        if by_name and len(matches) > 1 and not all_matching:
+            raise fail(
+                f"{user!r} is the name of {len(matches)} users: {names}; give one user id, "
+                "or --all-matching to erase them all",
+                2,
+            )
         if not yes:
-            _confirm(f"Erase every conversation and message of {names}?")
+            _confirm(
+                f"Erase every message of {names}, the replies to them, and their "
+                "conversations that hold nobody else?"
+            )
 
         async def erase() -> Any:
             async with _logs(cfg) as logs:
-                return await logs.purge_user(user)
+                return await logs.purge_user([(p, uid) for p, uid, _n in matches])
 
         removed = run(erase())
         what = f"user {names}"

@@ -316,9 +316,71 @@ def test_purge_by_display_name_asks_and_says_what_it_removed(seeded: Seeded) -> 
     assert declined.exit_code == 4
     done = invoke(seeded.url, "purge", "--user", seeded.bob_name.lower(), input="y\n")
     assert done.exit_code == 0, done.output
-    # Bob's conversation holds his turn and Ann's, with their replies; Ann's other data stays
-    assert "removed 1 conversations and 4 messages" in done.stdout
+    # Bob's conversation also holds Ann's turn: his turn and its reply go, the conversation and
+    # Ann's turn stay
+    assert "removed 0 conversations and 2 messages" in done.stdout
     assert f"u-bob-{seeded.tag}" in done.stdout
+    kept = as_json(seeded.url, "conversations", "show", str(seeded.bob))
+    assert [m["content"] for m in kept["messages"]] == [f"Me too {seeded.tag}", "Use the link."]
+
+
+async def test_purging_bob_from_a_thread_he_shares_with_ann_leaves_her_turns_and_no_row_of_his(
+    database_url: str,
+) -> None:
+    tag = "zq" + uuid.uuid4().hex[:8]
+    platform = f"sl{tag[2:8]}"
+    ann, ann_name, bob, bob_name = f"U-ann-{tag}", f"Ann {tag}", f"U-bob-{tag}", f"Bob {tag}"
+    thread = "C0SUPPORT:1700000000.000100"
+    store = Store(database_url)
+    await store.start(migrate=True)
+    try:
+        shared, _ = await _say(store, platform, thread, bob, bob_name, "Bob asks", "To Bob")
+        await _say(store, platform, thread, ann, ann_name, "Ann asks", "To Ann")
+        await _say(store, platform, thread, bob, bob_name, "Bob again", "To Bob again")
+        own, _ = await _say(store, platform, "D0BOB", bob, bob_name, "Bob alone", "Alone")
+        ann_own, _ = await _say(store, platform, "D0ANN", ann, ann_name, "Ann alone", "Hers")
+    finally:
+        await store.stop()
+    result = await asyncio.to_thread(
+        invoke, database_url, "purge", "--user", bob, "--yes", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    removed = json.loads(result.stdout)
+    assert (removed["conversations"], removed["messages"]) == (1, 6)  # his DM; 3 turns, 3 replies
+    assert await user_rows(database_url, bob, bob_name) == 0  # no row names Bob
+    left = await asyncio.to_thread(as_json, database_url, "conversations", "show", str(shared))
+    assert [m["content"] for m in left["messages"]] == ["Ann asks", "To Ann"]
+    assert left["conversation"]["user_id"] == ann  # the thread passed to Ann
+    assert left["conversation"]["message_count"] == 2
+    gone = await asyncio.to_thread(invoke, database_url, "conversations", "show", str(own))
+    assert gone.exit_code == 3
+    hers = await asyncio.to_thread(as_json, database_url, "conversations", "show", str(ann_own))
+    assert len(hers["messages"]) == 2
+
+
+async def test_a_display_name_of_several_users_is_refused_unless_all_matching(
+    database_url: str,
+) -> None:
+    tag = "zq" + uuid.uuid4().hex[:8]
+    name = f"Sam {tag}"
+    store = Store(database_url)
+    await store.start(migrate=True)
+    try:
+        await _say(store, f"tg{tag[2:8]}", "1", f"u1-{tag}", name, "First Sam", "Hi")
+        await _say(store, f"sl{tag[2:8]}", "D1", f"u2-{tag}", name, "Second Sam", "Hi")
+    finally:
+        await store.stop()
+    refused = await asyncio.to_thread(invoke, database_url, "purge", "--user", name, "--yes")
+    assert refused.exit_code == 2
+    assert f"u1-{tag}" in refused.output and f"u2-{tag}" in refused.output
+    assert "--all-matching" in refused.output
+    assert await user_rows(database_url, name) == 4  # nothing was deleted
+    done = await asyncio.to_thread(
+        invoke, database_url, "purge", "--user", name, "--all-matching", "--yes", "--json"
+    )
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["conversations"] == 2
+    assert await user_rows(database_url, name) == 0
 
 
 def test_purge_older_than_is_retention(seeded: Seeded) -> None:
