@@ -118,8 +118,10 @@ class TelegramChannel:
                 assert app.updater is not None
                 await app.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
             await app.start()
-        except InvalidToken as exc:
-            raise ConfigError(f"Telegram refused FRONTDESK_TELEGRAM_TOKEN: {exc}") from exc
+        except InvalidToken as exc:  # its text holds the token
+            raise ConfigError(
+                "Telegram refused FRONTDESK_TELEGRAM_TOKEN: check it with @BotFather"
+            ) from exc
         except TelegramError as exc:
             raise FrontdeskError(
                 f"cannot reach the Telegram Bot API at {self.settings.telegram_api_url}: {exc}"
@@ -220,7 +222,13 @@ class TelegramChannel:
         await self._call(chat, lambda **kw: self._bot.send_message(**chat.target, **kw), None, text)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        log.error("telegram update %r failed", update, exc_info=context.error)
+        # by id and kind: an update holds what the user wrote, which no log line carries
+        if isinstance(update, Update):
+            kind = next((k for k in Update.ALL_TYPES if getattr(update, k, None)), "unknown")
+            what = f"{update.update_id} ({kind})"
+        else:
+            what = type(update).__name__
+        log.error("telegram update %s failed", what, exc_info=context.error)
 
     # -- outbound -------------------------------------------------------------------------------
 

@@ -15,8 +15,11 @@ from typing import Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from frontdesk.errors import FrontdeskError
+from frontdesk.secrets import install as install_secret_filter
+from frontdesk.secrets import mask as mask_secrets
 from frontdesk.settings import Settings
 
 T = TypeVar("T")
@@ -26,8 +29,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``message`` as one line on stderr; returns the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    """Print ``message`` as one line on stderr, with every known secret masked; returns the
+    Exit to raise."""
+    err.print(Text.assemble(("error:", "bold red"), " ", mask_secrets(message)))  # not markup
     return typer.Exit(code)
 
 
@@ -47,6 +51,7 @@ def settings(ctx: typer.Context) -> Settings:
             level=root.obj.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        install_secret_filter(root.obj)  # before anything can log a token or a password
     return root.obj
 
 

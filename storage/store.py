@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Operationa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from frontdesk.errors import ConfigError, NotFound, StorageUnavailable
+from frontdesk.secrets import hide_password
 from frontdesk.wire import InboundMessage
 
 from .models import Conversation, Message, utcnow
@@ -121,7 +122,7 @@ def _describe(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return "<unparseable url>"
+        return hide_password(url)
 
 
 class Store:
@@ -132,7 +133,10 @@ class Store:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
-            raise ConfigError(f"FRONTDESK_DATABASE_URL is not a database URL: {url!r}") from exc
+            raise ConfigError(
+                f"FRONTDESK_DATABASE_URL is not a database URL: {hide_password(url)!r} "
+                "(like postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///frontdesk.db)"
+            ) from exc
         self.dialect = parsed.get_backend_name()
         self._engine_options: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":

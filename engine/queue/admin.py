@@ -14,9 +14,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from frontdesk.errors import QueueUnavailable
+from frontdesk.secrets import hide_password
 from frontdesk.wire import Turn, decode
 
-from .base import GROUP, redacted
+from .base import GROUP
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class QueueAdmin:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(
-                f"cannot read the queue status from Redis at {redacted(self.url)}: {exc}"
+                f"cannot read the queue status from Redis at {hide_password(self.url)}: {exc}"
             ) from exc
         length, dead, groups, pending, oldest, consumers = (
             self._unless_missing(result) for result in results
@@ -116,7 +117,7 @@ class QueueAdmin:
         ):
             return None
         raise QueueUnavailable(
-            f"Redis at {redacted(self.url)} refused the status read: {result}"
+            f"Redis at {hide_password(self.url)} refused the status read: {result}"
         ) from result
 
     async def retry_dead(self, *, limit: int | None = None) -> int:
@@ -130,7 +131,7 @@ class QueueAdmin:
             return await self._retry_dead(limit)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(
-                f"cannot re-queue dead-lettered turns on Redis at {redacted(self.url)}: {exc}"
+                f"cannot re-queue dead-lettered turns on Redis at {hide_password(self.url)}: {exc}"
             ) from exc
 
     async def _retry_dead(self, limit: int | None) -> int:

@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from frontdesk.wire import ReplyDelta, Turn, decode
 
@@ -53,13 +52,3 @@ def delivery_of(entry_id: str, fields: dict[str, Any], deliveries: int) -> Deliv
         log.exception("undecodable turn entry %s", entry_id)
         turn = None
     return Delivery(entry_id, turn, deliveries, dict(fields))
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, fit for a message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + host).geturl()

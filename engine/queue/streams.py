@@ -14,10 +14,11 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from frontdesk.errors import QueueUnavailable
+from frontdesk.secrets import hide_password
 from frontdesk.wire import ReplyDelta, Turn, decode, encode
 
 from .admin import QueueAdmin
-from .base import GROUP, Delivery, delivery_of, redacted
+from .base import GROUP, Delivery, delivery_of
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,12 @@ class RedisQueue(QueueAdmin):
             await self._ensure_group()
         except ResponseError as exc:
             raise QueueUnavailable(
-                f"Redis at {redacted(self.url)} refused the setup: {exc}"
+                f"Redis at {hide_password(self.url)} refused the setup: {exc}"
             ) from exc
         except (RedisError, OSError) as exc:
-            raise QueueUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from exc
+            raise QueueUnavailable(
+                f"cannot reach Redis at {hide_password(self.url)}: {exc}"
+            ) from exc
 
     async def _ensure_group(self) -> None:
         try:
