@@ -68,7 +68,11 @@ class ReplyStream:
 
 class Channel(Protocol):
     """A platform adapter. ``start`` connects it to the gateway (which it calls ``handle`` on for
-    each message); ``deliver`` shows one reply; ``stop`` disconnects."""
+    each message); ``deliver`` shows one reply; ``stop`` disconnects.
+
+    A channel may also set ``replies_from_any_gateway = True`` when a reply needs nothing but
+    what ``InboundMessage.route`` holds (a chat id, a thread), so that any gateway running it can
+    deliver a turn another gateway took. Without it, only its own gateway replies."""
 
     name: str
 

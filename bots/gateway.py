@@ -6,6 +6,11 @@ For each message: clean the text (no NUL bytes, no lone surrogates), answer comm
 drops a duplicate of an event seen before (the dedupe key lives in storage, so it survives
 restarts); queue the turn; and only then return, so a channel acks its platform after the message
 is safe. Replies come back on this gateway's own reply stream.
+
+A channel whose chats any gateway can post to (``replies_from_any_gateway``: Telegram, Slack, not
+a console) is announced on the queue every few seconds, and its turns carry the message's route.
+So a turn re-queued from the dead letters after its gateway went away is answered through this
+gateway: its first delta brings the route, and the gateway opens the reply from it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -20,7 +26,7 @@ from frontdesk import texts
 from frontdesk.errors import QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
-from frontdesk.wire import InboundMessage, Turn
+from frontdesk.wire import InboundMessage, ReplyDelta, Turn
 
 from .channel import ReplyStream
 from .http import HttpServer
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+ANNOUNCE_EVERY_S = 5.0  # how often a gateway says which channels it runs
+ANNOUNCE_TTL_S = 20.0  # and for how long that holds if it goes silent
+FINISHED_KEPT = 10_000  # finished turn ids remembered, so a late delta opens no second reply
 
 
 def clean_text(text: str) -> str:
@@ -58,6 +67,11 @@ class Gateway:
         self._generating: dict[tuple[str, str], str] = {}  # (platform, conversation) -> turn id
         self._deliveries: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._by_name = {channel.name: channel for channel in channels}
+        # the channels any gateway can post to: announced, and their turns carry their route
+        self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
         self.http = HttpServer(settings.http_host, settings.http_port)
 
     async def start(self) -> None:
@@ -66,11 +80,20 @@ class Gateway:
             await channel.start(self)  # webhook channels add their routes to self.http here
         if self.http.needed:
             await self.http.start()
+        if self.shared:
+            self._announcer = asyncio.create_task(self._announce(), name="gateway-announce")
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking webhooks, give replies being shown ``grace_s`` to finish (they need their
         channel), then stop the channels and the reply pump."""
         await self.http.stop()
+        if self._announcer is not None:
+            self._announcer.cancel()
+            await asyncio.gather(self._announcer, return_exceptions=True)
+            try:
+                await self.queue.withdraw(self.id, self.shared)
+            except Exception as exc:  # it expires by itself
+                log.warning("cannot withdraw gateway %s: %r", self.id, exc)
         if self._deliveries:
             await asyncio.wait(self._deliveries, timeout=grace_s)
         for channel in reversed(self.channels):
@@ -110,7 +133,8 @@ class Gateway:
         if recorded is None:
             log.info("duplicate message %s dropped", msg.dedupe_key)
             return None
-        turn = Turn(recorded.conversation_id, recorded.message_id, gateway=self.id)
+        route = msg.route() if channel.name in self.shared else None
+        turn = Turn(recorded.conversation_id, recorded.message_id, gateway=self.id, route=route)
         stream = ReplyStream(msg, turn.turn_id, timeout_s=self.settings.reply_timeout_s)
         self._pending[turn.turn_id] = stream
         try:
@@ -196,12 +220,43 @@ class Gateway:
             if self._generating.get(key) == stream.turn_id:
                 del self._generating[key]
 
+    async def _announce(self) -> None:
+        """Say every few seconds which channels this gateway runs, so that a revived turn of
+        theirs finds it."""
+        while True:
+            try:
+                await self.queue.announce(self.id, self.shared, ANNOUNCE_TTL_S)
+            except Exception as exc:  # Redis away: say it again next time
+                log.warning("cannot announce gateway %s: %r", self.id, exc)
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
+
     async def _pump_replies(self) -> None:
         async for delta in self.queue.replies(self.id):
-            stream = self._pending.get(delta.turn_id)
+            stream = self._pending.get(delta.turn_id) or self._adopt(delta)
             if stream is None:
                 log.debug("delta for unknown or finished turn %s ignored", delta.turn_id)
                 continue
             stream.feed(delta)
             if delta.done:
                 del self._pending[delta.turn_id]
+                self._finished[delta.turn_id] = None
+                if len(self._finished) > FINISHED_KEPT:
+                    self._finished.popitem(last=False)
+
+    def _adopt(self, delta: ReplyDelta) -> ReplyStream | None:
+        """Open the reply of a turn another gateway took (a revived one), from its route."""
+        if delta.route is None or delta.turn_id in self._finished:
+            return None
+        channel = self._by_name.get(delta.route.get("platform", ""))
+        if channel is None or channel.name not in self.shared:
+            return None
+        try:
+            msg = InboundMessage.from_route(delta.route)
+        except (KeyError, TypeError) as exc:
+            log.warning("turn %s: unusable route (%r)", delta.turn_id, exc)
+            return None
+        log.info("opening the reply of turn %s, taken by another gateway", delta.turn_id)
+        stream = ReplyStream(msg, delta.turn_id, timeout_s=self.settings.reply_timeout_s)
+        self._pending[delta.turn_id] = stream
+        self._deliver(channel, stream)
+        return stream

@@ -82,6 +82,7 @@ CHANNEL_RESET = (
 
 class SlackChannel:
     name = "slack"
+    replies_from_any_gateway = True  # a channel and a thread ts are all a reply needs
 
     def __init__(self, settings: Settings) -> None:
         assert settings.slack_bot_token, "SlackChannel needs FRONTDESK_SLACK_BOT_TOKEN"

@@ -64,6 +64,7 @@ COMMANDS = [
 
 class TelegramChannel:
     name = "telegram"
+    replies_from_any_gateway = True  # a chat id is all a reply needs
 
     def __init__(self, settings: Settings) -> None:
         assert settings.telegram_token, "TelegramChannel needs FRONTDESK_TELEGRAM_TOKEN"

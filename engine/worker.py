@@ -5,9 +5,13 @@ unset, it is as many as the backend batches: vLLM's ``max_num_seqs``), while tur
 conversation run strictly in order: each conversation with work has one task draining its backlog.
 A turn's life:
 
-1. If storage already holds a reply to the message (a redelivery after a crash), send that again.
+1. If storage already holds a good reply to the message (a redelivery after a crash), send that
+   again. A stored failure is not a reply: the turn is answered afresh, and the new reply takes
+   the failure's place in storage.
 2. Build the prompt from stored history within the token budget.
-3. Stream the reply to the owning gateway as coalesced deltas.
+3. Stream the reply to the owning gateway as coalesced deltas. A turn re-queued from the dead
+   letters (``revived``) goes to a gateway that runs its channel now, with the message's route on
+   its first delta; when no gateway runs it, the turn waits (is released) for one.
 4. Store the reply with its figures, send the final delta, and only then ack.
 
 Failures before the first token give the turn back to the queue (``release``) for another try; a
@@ -28,9 +32,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from frontdesk import texts
-from frontdesk.errors import EngineDead, FrontdeskError, PromptTooLong
+from frontdesk.errors import EngineDead, FrontdeskError, PromptTooLong, QueueUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn
@@ -56,10 +61,12 @@ class _Coalescer:
         send: Callable[[ReplyDelta], Awaitable[None]],
         flush_ms: int,
         flush_chars: int,
+        route: dict[str, Any] | None = None,
     ) -> None:
         self._turn_id = turn_id
         self._attempt = attempt
         self._send = send
+        self._route = route  # on the first delta only: where a revived turn's reply goes
         self._interval = flush_ms / 1000
         self._chars = flush_chars
         self._buffer: list[str] = []
@@ -89,7 +96,8 @@ class _Coalescer:
         text = "".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        delta = ReplyDelta(self._turn_id, self._seq, text, done, error, self._attempt)
+        route = self._route if self._seq == 0 else None
+        delta = ReplyDelta(self._turn_id, self._seq, text, done, error, self._attempt, route)
         await self._send(delta)
         self._seq += 1
         self.sent_text = self.sent_text or bool(text)
@@ -267,21 +275,20 @@ class Worker:
 
     async def _answer(self, turn: Turn, attempt: int) -> bool:
         """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it."""
+        gateway, route = await self._destination(turn)
         out = _Coalescer(
             turn.turn_id,
             attempt,
-            self._sender(turn),
+            self._sender(gateway),
             self.settings.stream_flush_ms,
             self.settings.stream_flush_chars,
+            route,
         )
         existing, history = await self.store.turn_context(
             turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
-        if existing is not None:  # a redelivery: the user gets the reply already stored
-            ok = existing.status == "ok"
-            await out.finish(
-                text=existing.content if ok else "", error=None if ok else texts.ENGINE_FAILED
-            )
+        if existing is not None and existing.status == "ok":
+            await out.finish(text=existing.content)  # a redelivery: the reply already stored
             return True
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
         try:
@@ -364,9 +371,13 @@ class Worker:
     async def _give_up(self, delivery: Delivery, turn: Turn) -> None:
         reason = f"delivered {delivery.deliveries} times"
         await self._safely(self.queue.dead_letter(delivery, reason))
-        send = self._sender(turn)
-        gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, delivery.deliveries)
-        await self._safely(send(gave_up))
+        try:
+            gateway, route = await self._destination(turn)
+        except Exception as exc:  # no gateway runs its channel: the failure is stored all the same
+            log.warning("turn %s gave up, and nobody can be told: %r", turn.turn_id, exc)
+            gateway, route = turn.gateway, None
+        gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, delivery.deliveries, route)
+        await self._safely(self._sender(gateway)(gave_up))
         figures = ReplyFigures(latency_ms=_ms_since(turn.enqueued_at), model=self.backend.model)
         await self._safely(
             self.store.record_reply(
@@ -374,9 +385,21 @@ class Worker:
             )
         )
 
-    def _sender(self, turn: Turn) -> Callable[[ReplyDelta], Awaitable[None]]:
+    async def _destination(self, turn: Turn) -> tuple[str, dict[str, Any] | None]:
+        """The gateway a turn's reply goes to, and the route its first delta carries. A revived
+        turn's gateway may be gone: it goes to one that runs its channel now. Raises
+        QueueUnavailable (the turn is released, to wait) when none does."""
+        if not (turn.revived and turn.route):
+            return turn.gateway, None
+        platform = str(turn.route.get("platform", ""))
+        live = await self.queue.gateway_for(platform)
+        if live is None:
+            raise QueueUnavailable(f"no gateway runs {platform} now")
+        return live, turn.route
+
+    def _sender(self, gateway: str) -> Callable[[ReplyDelta], Awaitable[None]]:
         async def send(delta: ReplyDelta) -> None:
-            await self.queue.publish(turn.gateway, delta)
+            await self.queue.publish(gateway, delta)
 
         return send
 

@@ -54,6 +54,25 @@ class InboundMessage:
         """Platform + chat + message id: the same event delivered twice has the same key."""
         return f"{self.platform}:{self.chat_id}:{self.message_id}"
 
+    def route(self) -> dict[str, Any]:
+        """Where a reply to this message goes, without its text: what another gateway needs to
+        post the reply (``from_route``)."""
+        return {
+            "platform": self.platform,
+            "chat_id": self.chat_id,
+            "user_id": self.user_id,
+            "message_id": self.message_id,
+            "user_name": self.user_name,
+            "thread_id": self.thread_id,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_route(cls, route: dict[str, Any]) -> InboundMessage:
+        """The message a ``route`` came from, for replying to it (its text is not carried)."""
+        known = ("platform", "chat_id", "user_id", "message_id", "user_name", "thread_id")
+        return cls(text="", meta=dict(route.get("meta") or {}), **{k: route[k] for k in known})
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:
@@ -65,6 +84,12 @@ class Turn:
     gateway: str
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.time)
+    # ``InboundMessage.route`` of the message, for channels any gateway can reply on (Telegram,
+    # Slack); None for a channel only its own gateway reaches (a console)
+    route: dict[str, Any] | None = None
+    # re-queued from the dead letters: its gateway may be long gone, so the reply goes to one that
+    # runs its channel now
+    revived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +99,10 @@ class ReplyDelta:
 
     ``attempt`` is the delivery of the turn that wrote it: a turn taken again (its worker or engine
     died mid-reply) is answered afresh, from seq 0, with a higher attempt. The gateway then sets
-    ``restart`` on the first delta it passes on, and the channel starts the shown text over."""
+    ``restart`` on the first delta it passes on, and the channel starts the shown text over.
+
+    ``route`` rides on the first delta of a revived turn (``Turn.revived``): the gateway it goes to
+    did not take the message, and opens the reply from it."""
 
     turn_id: str
     seq: int
@@ -82,6 +110,7 @@ class ReplyDelta:
     done: bool = False
     error: str | None = None
     attempt: int = 1
+    route: dict[str, Any] | None = None
     restart: bool = field(default=False, metadata={"wire": False})  # the gateway's, never sent
 
 

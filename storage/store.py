@@ -182,11 +182,14 @@ class Store:
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
             .returning(Message.id, Message.conversation_id)
         )
-        self._insert_reply = (
-            insert(Message)
-            .on_conflict_do_nothing(index_elements=["reply_to_id"])
-            .returning(Message.id)
-        )
+        # A reply to a message that has one: a stored failure is replaced (the turn was answered
+        # afresh, e.g. re-queued from the dead letters), a good reply is kept.
+        reply = insert(Message)
+        self._insert_reply = reply.on_conflict_do_update(
+            index_elements=["reply_to_id"],
+            set_={c: reply.excluded[c] for c in _REPLY_COLUMNS},
+            where=Message.status != "ok",
+        ).returning(Message.id)
         self._insert_conversation = (
             insert(Conversation)
             .on_conflict_do_nothing(
@@ -455,7 +458,8 @@ class Store:
         error: str | None = None,
     ) -> int:
         """Store the assistant's reply to a user message, with its figures; ``error`` marks a
-        failed one. Idempotent: a second reply to the same message returns the first one's id."""
+        failed one. Idempotent: a second reply to the same message returns the first one's id,
+        unless the first was a failure, which the new reply replaces."""
         async with self._connect() as conn:
             message_id = await conn.scalar(
                 self._insert_reply,
@@ -526,6 +530,19 @@ class Store:
             ).all()
         return ConversationSummary(*conv), [StoredMessage(*row) for row in rows]
 
+
+# What a new reply overwrites in a stored failure
+_REPLY_COLUMNS = (
+    "content",
+    "tokens_in",
+    "tokens_out",
+    "ttft_ms",
+    "latency_ms",
+    "model",
+    "status",
+    "error",
+    "created_at",
+)
 
 # Hot-path statements, built once: SQLAlchemy then only binds parameters.
 _SELECT_ACTIVE = select(Conversation.id).where(

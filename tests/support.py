@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from frontdesk.bots import Channel, Gateway, ReplyStream
@@ -19,6 +20,19 @@ from frontdesk.errors import EngineDead
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 from frontdesk.wire import InboundMessage, ReplyDelta
+
+
+async def until(condition: Callable[[], object], within: float = 30) -> None:
+    """Wait for ``condition()`` (or the awaitable it returns) to be true: what a test awaits
+    instead of sleeping a fixed time. Fails after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

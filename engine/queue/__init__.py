@@ -10,7 +10,10 @@ Semantics (both implementations):
   not mistaken for a dead worker.
 * **Dead letters.** ``Delivery.deliveries`` counts deliveries. The worker moves a turn delivered more
   than ``max_deliveries`` times to the dead-letter stream (``dead_letter``) instead of trying again.
-* **Replies** go to the stream of the gateway that owns the turn (``Turn.gateway``), in order.
+* **Replies** go to the stream of the gateway that owns the turn (``Turn.gateway``), in order. A
+  turn re-queued from the dead letters (``Turn.revived``) goes instead to a gateway that runs its
+  channel now: each gateway ``announce``-s the channels any gateway can reply on every few seconds,
+  with an expiry, and ``gateway_for`` names the one heard from last.
 * **Cancels** (a user's /stop) are broadcast to every worker; the one generating the turn stops.
   A cancel for a turn no worker holds is simply ignored.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 
@@ -25,6 +26,7 @@ class LocalQueue:
         self._ids = itertools.count(1)
         self._retry_delay_s = retry_delay_s
         self._cancel_listeners: list[asyncio.Queue[str]] = []
+        self._gateways: dict[str, dict[str, float]] = {}  # platform -> gateway -> expiry
         self.dead: list[tuple[Delivery, str]] = []
 
     async def start(self) -> None:
@@ -67,6 +69,18 @@ class LocalQueue:
 
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
         self._replies[gateway].put_nowait(delta)
+
+    async def announce(self, gateway: str, platforms: Iterable[str], ttl_s: float) -> None:
+        for platform in platforms:
+            self._gateways.setdefault(platform, {})[gateway] = time.monotonic() + ttl_s
+
+    async def withdraw(self, gateway: str, platforms: Iterable[str]) -> None:
+        for platform in platforms:
+            self._gateways.get(platform, {}).pop(gateway, None)
+
+    async def gateway_for(self, platform: str) -> str | None:
+        live = {g: t for g, t in self._gateways.get(platform, {}).items() if t > time.monotonic()}
+        return max(live, key=live.__getitem__) if live else None
 
     async def cancel(self, turn_id: str) -> None:
         for listener in self._cancel_listeners:

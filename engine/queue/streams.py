@@ -44,6 +44,7 @@ class RedisQueue(QueueAdmin):
         self.turns_key = f"{prefix}:turns"
         self.dead_key = f"{prefix}:turns:dead"
         self.reply_prefix = f"{prefix}:replies:"
+        self.gateways_prefix = f"{prefix}:gateways:"  # a sorted set a platform: gateway -> expiry
         self.cancel_channel = f"{prefix}:cancel"
         self.maxlen = maxlen
         self.claim_idle_ms = claim_idle_ms
@@ -119,6 +120,28 @@ class RedisQueue(QueueAdmin):
                         yield decode(ReplyDelta, fields)
                     except ValueError:
                         log.exception("undecodable reply delta %s on %s", entry_id, key)
+
+    async def announce(self, gateway: str, platforms: Iterable[str], ttl_s: float) -> None:
+        """Say that ``gateway`` runs these channels, until ``ttl_s`` from now."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for platform in platforms:
+                key = self.gateways_prefix + platform
+                pipe.zadd(key, {gateway: now + ttl_s})
+                pipe.zremrangebyscore(key, "-inf", now)  # gateways that went silent
+            await pipe.execute()
+
+    async def withdraw(self, gateway: str, platforms: Iterable[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for platform in platforms:
+                pipe.zrem(self.gateways_prefix + platform, gateway)
+            await pipe.execute()
+
+    async def gateway_for(self, platform: str) -> str | None:
+        """The live gateway running ``platform`` heard from last, if any."""
+        key = self.gateways_prefix + platform
+        found = await self.redis.zrevrangebyscore(key, "+inf", time.time(), start=0, num=1)
+        return found[0] if found else None
 
     async def cancel(self, turn_id: str) -> None:
         try:

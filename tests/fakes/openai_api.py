@@ -1,0 +1,66 @@
+"""A local stand-in for an OpenAI-compatible chat server, for tests that need an engine to fail on
+cue: `FakeOpenAI` answers ``/v1/models`` and streams ``/v1/chat/completions`` as server-sent
+events, the way vLLM's and llama.cpp's servers do, and answers every completion with ``failing``'s
+HTTP status (503: overloaded) until a test sets ``failing = None``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ._server import FakeServer
+
+
+@dataclass
+class Call:
+    method: str
+    status: int
+    body: dict[str, Any]
+
+
+class FakeOpenAI(FakeServer):
+    ROUTE = "/v1/{method:.*}"
+
+    def __init__(self, reply: str = "Here is the real answer.", failing: int | None = 503) -> None:
+        super().__init__()
+        self.reply = reply
+        self.failing = failing
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def completions(self, status: int = 200) -> list[Call]:
+        return [c for c in self.calls if c.method == "chat/completions" and c.status == status]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        if method == "models":
+            self.calls.append(Call(method, 200, {}))
+            return web.json_response({"object": "list", "data": [{"id": "fake-model"}]})
+        body = await request.json()
+        if self.failing is not None:
+            self.calls.append(Call(method, self.failing, body))
+            return web.json_response({"error": {"message": "overloaded"}}, status=self.failing)
+        self.calls.append(Call(method, 200, body))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, word in enumerate(self.reply.split(" ")):
+            piece = word if i == 0 else " " + word
+            await self._event(response, {"choices": [{"delta": {"content": piece}}]})
+        usage = {"prompt_tokens": 12, "completion_tokens": len(self.reply.split(" "))}
+        await self._event(response, {"choices": [{"delta": {}, "finish_reason": "stop"}]})
+        await self._event(response, {"choices": [], "usage": usage})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    async def _event(response: web.StreamResponse, data: dict[str, Any]) -> None:
+        await response.write(f"data: {json.dumps(data)}\n\n".encode())
+
+    def _describe(self, call: Call) -> str:
+        return f"{call.method} -> {call.status}"
