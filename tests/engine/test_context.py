@@ -43,9 +43,10 @@ async def test_budget_drops_oldest_turns_first_and_never_the_system_prompt(
     for message in history[: built.dropped]:
         assert message.content not in built.prompt.text  # the oldest went
     assert kept[0].role == "user"
-    # dropped in a block: at least one turn more than the least it had to drop
+    # dropped in a block: at least one turn more than the least it had to drop, so keeping one
+    # more turn would still have fitted
     wider = llama.render([ChatMessage("system", SYSTEM), *history[built.dropped - 2 :]])
-    assert wider.n_tokens <= budget or built.dropped >= 2
+    assert wider.n_tokens <= budget
 
 
 async def test_prompts_keep_a_stable_token_prefix_over_a_long_conversation(

@@ -21,11 +21,14 @@ import pytest
 
 from frontdesk.engine.backends import GenerationParams
 from frontdesk.engine.backends.openai import COOL_DOWN_S, OpenAIBackend
+from frontdesk.errors import EngineUnavailable
 from frontdesk.settings import bundled_model_path
 from frontdesk.wire import ChatMessage
-from tests.support import free_port, pipeline
+from tests.fakes.openai_api import FakeOpenAI
+from tests.support import free_port, pipeline, until
 
 QUESTION = [ChatMessage("user", "Tell me a long story about a lighthouse keeper.")]
+SERVER_LOGS: dict[str, Path] = {}  # base URL -> what the server printed (llama.cpp's)
 
 
 @contextlib.contextmanager
@@ -85,8 +88,12 @@ def llama_server_args(port: int) -> list[str]:
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server on a free port; its base URL."""
     port = free_port()
-    with serving(llama_server_args(port), port, tmp_path_factory.mktemp("llama-server"), 60):
-        yield f"http://127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("llama-server")
+    unbuffered = {"PYTHONUNBUFFERED": "1"}  # its log says when it drops a request, at once
+    with serving(llama_server_args(port), port, logs, 60, unbuffered):
+        url = f"http://127.0.0.1:{port}"
+        SERVER_LOGS[url] = logs / "server.log"
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -152,16 +159,18 @@ async def test_a_cancel_closes_the_stream(server: str) -> None:
         assert len(texts) < 20  # it stopped well before 400 tokens
         assert time.monotonic() - started_at < 20
         assert [r.in_flight for r in backend.replicas] == [0]
-        if (running := await requests_running(server)) is not None:  # vLLM says what it runs
-            for _ in range(50):
-                if running == 0:
-                    break
-                await asyncio.sleep(0.1)
-                running = await requests_running(server)
-            assert running == 0  # the server aborted the request when the stream closed
+        await until(lambda: server_aborted(server), within=10)  # when the stream closed
         # and the server serves the next request
         again = [c async for c in backend.stream(backend.render(QUESTION), params(8))]
         assert "".join(c.text for c in again).strip()
+
+
+async def server_aborted(url: str) -> bool:
+    """Whether the server has dropped the request it was streaming: vLLM's gauge of requests
+    running is back to 0; llama.cpp's server prints that the client disconnected."""
+    if url in SERVER_LOGS:
+        return "Disconnected from client (via refresh/close)" in SERVER_LOGS[url].read_text()
+    return await requests_running(url) == 0
 
 
 async def requests_running(url: str) -> float | None:
@@ -258,31 +267,22 @@ async def test_a_turn_through_the_worker_is_stored_with_its_figures(
 
 
 async def test_http_errors_before_the_first_token_are_retried(llama_server: str) -> None:
-    """A 503 from a replica is retried on the next; a 400 (a bad request) is not retried."""
-    from aiohttp import web
-
-    calls = 0
-
-    async def unavailable(_request: web.Request) -> web.Response:
-        nonlocal calls
-        calls += 1
-        return web.Response(status=503, text="overloaded")
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", unavailable)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with started(f"http://127.0.0.1:{port}", llama_server, model="smollm2") as backend:
-            backend._turn = -1
+    """A 503 from a replica is retried on the next; a 400 (a bad request) is not retried, on
+    this replica or any other: it would be refused again."""
+    async with FakeOpenAI(failing=503) as fake:
+        async with started(fake.base_url, llama_server, model="smollm2") as backend:
+            backend._turn = -1  # the next pick starts with the failing one
             chunks = [c async for c in backend.stream(backend.render(QUESTION), params(4))]
-            assert "".join(c.text for c in chunks).strip()
-            assert calls == 1
-    finally:
-        await runner.cleanup()
+        assert "".join(c.text for c in chunks).strip()  # answered by llama.cpp
+        assert len(fake.completions(503)) == 1
+
+        fake.failing = 400
+        async with started(fake.base_url, llama_server, model="smollm2") as backend:
+            backend._turn = -1
+            with pytest.raises(EngineUnavailable, match="refused the request"):
+                async for _chunk in backend.stream(backend.render(QUESTION), params(4)):
+                    pass
+        assert len(fake.completions(400)) == 1  # asked once, not again anywhere
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{llama_server}/v1/models") as response,
