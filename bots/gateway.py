@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 ANNOUNCE_EVERY_S = 5.0  # how often a gateway says which channels it runs
 ANNOUNCE_TTL_S = 20.0  # and for how long that holds if it goes silent
-FINISHED_KEPT = 10_000  # finished turn ids remembered, so a late delta opens no second reply
+FINISHED_KEPT = 10_000  # finished turns remembered, so a late delta opens no second reply
 
 
 def clean_text(text: str) -> str:
@@ -68,7 +68,9 @@ class Gateway:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        # turn id -> the revival it finished as (0: as taken): a later revival opens a new reply
+        self._finished: OrderedDict[str, int] = OrderedDict()
+        self._revivals: dict[str, int] = {}  # turn id -> revival, for replies opened from a route
         self._by_name = {channel.name: channel for channel in channels}
         # the channels any gateway can post to: announced, and their turns carry their route
         self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
@@ -239,24 +241,30 @@ class Gateway:
             stream.feed(delta)
             if delta.done:
                 del self._pending[delta.turn_id]
-                self._finished[delta.turn_id] = None
+                self._finished[delta.turn_id] = self._revivals.pop(delta.turn_id, 0)
                 if len(self._finished) > FINISHED_KEPT:
                     self._finished.popitem(last=False)
 
     def _adopt(self, delta: ReplyDelta) -> ReplyStream | None:
-        """Open the reply of a turn another gateway took (a revived one), from its route."""
-        if delta.route is None or delta.turn_id in self._finished:
-            return None
-        channel = self._by_name.get(delta.route.get("platform", ""))
-        if channel is None or channel.name not in self.shared:
+        """Open the reply of a revived turn from its route: one this gateway may not have taken,
+        or whose first reply (the apology of a turn that gave up) it has shown already."""
+        if delta.route is None:
             return None
         try:
+            revival = int(delta.route.get("revived") or 0)
             msg = InboundMessage.from_route(delta.route)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             log.warning("turn %s: unusable route (%r)", delta.turn_id, exc)
             return None
-        log.info("opening the reply of turn %s, taken by another gateway", delta.turn_id)
+        if self._finished.get(delta.turn_id, -1) >= revival:
+            return None  # a late copy of a reply already shown
+        channel = self._by_name.get(msg.platform)
+        if channel is None or channel.name not in self.shared:
+            return None
+        log.info("opening the reply of turn %s (revival %d)", delta.turn_id, revival)
         stream = ReplyStream(msg, delta.turn_id, timeout_s=self.settings.reply_timeout_s)
         self._pending[delta.turn_id] = stream
+        self._revivals[delta.turn_id] = revival
+        self._generating[(msg.platform, msg.conversation_key)] = delta.turn_id  # for /stop
         self._deliver(channel, stream)
         return stream

@@ -395,7 +395,7 @@ class Worker:
         live = await self.queue.gateway_for(platform)
         if live is None:
             raise QueueUnavailable(f"no gateway runs {platform} now")
-        return live, turn.route
+        return live, {**turn.route, "revived": turn.revived}
 
     def _sender(self, gateway: str) -> Callable[[ReplyDelta], Awaitable[None]]:
         async def send(delta: ReplyDelta) -> None:

@@ -87,9 +87,9 @@ class Turn:
     # ``InboundMessage.route`` of the message, for channels any gateway can reply on (Telegram,
     # Slack); None for a channel only its own gateway reaches (a console)
     route: dict[str, Any] | None = None
-    # re-queued from the dead letters: its gateway may be long gone, so the reply goes to one that
-    # runs its channel now
-    revived: bool = False
+    # how often it was re-queued from the dead letters: its gateway may be long gone, so the reply
+    # goes to one that runs its channel now (the route on its first delta says which revival)
+    revived: int = 0
 
 
 @dataclass(frozen=True, slots=True)

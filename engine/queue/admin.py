@@ -176,7 +176,8 @@ def _requeue_fields(entry_id: str, fields: dict[str, str]) -> dict[str, str] | N
         log.warning("dead-letter entry %s is not a turn; left in the dead-letter stream", entry_id)
         return None
     data["enqueued_at"] = time.time()  # so the reply's latency counts from the retry
-    data["revived"] = True  # its gateway may be gone: the reply goes to one running its channel
+    # its gateway may be gone: the reply goes to one running its channel, as this revival
+    data["revived"] = int(data.get("revived") or 0) + 1
     turn = {k: v for k, v in fields.items() if k not in DEAD_LETTER_FIELDS}
     turn["d"] = json.dumps(data, ensure_ascii=False)
     return turn

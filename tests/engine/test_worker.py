@@ -14,7 +14,7 @@ from frontdesk.engine.queue import LocalQueue, RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.storage import ReplyFigures
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn
-from tests.support import DiesMidway, pipeline, until
+from tests.support import DiesMidway, RecordingChannel, pipeline, until
 
 
 class FailingBackend(FixedReplyBackend):
@@ -90,6 +90,39 @@ async def test_poisoned_turn_is_dead_lettered_and_the_user_told(
         _c, messages = await p.store.conversation(conv.id)
         assert [(m.role, m.status) for m in messages] == [("user", "ok"), ("assistant", "error")]
         assert messages[0].content == "please answer"  # the user's message is kept
+
+
+class SharedChannel(RecordingChannel):
+    """A channel whose chats any gateway can reply in, as Telegram's and Slack's."""
+
+    name = "shared"
+    replies_from_any_gateway = True
+
+
+async def test_a_dead_turn_retried_is_answered_by_the_gateway_that_showed_its_apology(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(
+        redis_url=redis_url,
+        queue_prefix=queue_prefix,
+        queue_claim_idle_ms=150,
+        queue_max_deliveries=1,
+    )
+    channel = SharedChannel()
+    async with pipeline(settings, FailingBackend(), channels=[channel]) as p:
+        first = await channel.say("please answer", wait_s=30)
+        assert first is not None and first.error == texts.GAVE_UP
+        assert p.worker is not None and isinstance(p.queue, RedisQueue)
+        p.worker.backend = FixedReplyBackend("The real answer.")  # the engine is fixed
+        assert await p.queue.retry_dead() == 1
+        await until(lambda: len(channel.delivered) == 2)
+        await until(lambda: p.worker is not None and p.worker.turns_done == 1)
+        assert await p.queue.retry_dead() == 0
+        [conv] = [c for c in await p.store.list_conversations(limit=50) if c.platform == "shared"]
+        _c, messages = await p.store.conversation(conv.id)
+    again = channel.delivered[1]
+    assert again.text == "The real answer." and again.error is None
+    assert [(m.role, m.status) for m in messages] == [("user", "ok"), ("assistant", "ok")]
 
 
 async def test_failure_after_text_went_out_is_not_retried(make_settings) -> None:
