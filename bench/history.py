@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import pct, scratch_database
 
-from frontdesk.redact import redact
+from frontdesk.redact import redact, unchanged
 from frontdesk.storage import Store
 from frontdesk.storage.export import ExportFormat, write_export
 from frontdesk.storage.logs import LogFilter, Logs
@@ -517,7 +517,7 @@ async def measure(url: str, args: argparse.Namespace, seeded: Clock | None) -> N
                 total = await matching(dsn, word, platform)
                 searches.append((label, word, platform, took, len(hits), total))
         with tempfile.TemporaryDirectory(prefix="frontdesk-bench-") as where:
-            plain = await export(logs, lambda s: s, Path(where))
+            plain = await export(logs, unchanged, Path(where))  # what the CLI passes
             redacted = await export(logs, redact, Path(where))
     finally:
         await store.stop()

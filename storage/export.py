@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import enum
+import functools
 import io
 import json
 import math
@@ -33,8 +34,11 @@ async def write_export(
     progress: Callable[[int], None] | None,
 ) -> int:
     """Write rows as they stream from the database, a batch at a time; returns how many."""
-    # every free-text column: the text, the user's name, the chat, the error
+    # every free-text column: the text, the user's name, the chat, the error. A name and a chat
+    # repeat on every row of their conversation, so their masks are remembered.
     free = [] if shown is unchanged else [i for i, n in enumerate(EXPORT_COLUMNS) if n in FREE_TEXT]
+    repeating = functools.lru_cache(maxsize=65_536)(shown)
+    masks = [repeating if EXPORT_COLUMNS[i] in ("user_name", "chat") else shown for i in free]
     created = EXPORT_COLUMNS.index("created_at")
     if fmt is ExportFormat.csv:
         buffer = io.StringIO()
@@ -47,9 +51,9 @@ async def write_export(
         lines = []
         for row in batch:
             values = list(row)
-            for i in free:
+            for i, mask in zip(free, masks, strict=True):
                 if values[i] is not None:
-                    values[i] = shown(values[i])
+                    values[i] = mask(values[i])
             values[created] = values[created].isoformat()  # stored in UTC
             lines.append(values)
         if fmt is ExportFormat.csv:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -531,17 +532,13 @@ class Store:
         return ConversationSummary(*conv), [StoredMessage(*row) for row in rows]
 
 
-# What a new reply overwrites in a stored failure
+# What a new reply overwrites in a stored failure: its text, status and time, and every figure
 _REPLY_COLUMNS = (
     "content",
-    "tokens_in",
-    "tokens_out",
-    "ttft_ms",
-    "latency_ms",
-    "model",
     "status",
     "error",
     "created_at",
+    *(f.name for f in dataclasses.fields(ReplyFigures)),
 )
 
 # Hot-path statements, built once: SQLAlchemy then only binds parameters.
