@@ -6,6 +6,7 @@ from .store import (
     ReplyFigures,
     Store,
     StoredMessage,
+    TurnMessage,
 )
 
 __all__ = [
