@@ -6,7 +6,9 @@ when some channel added a route, so a polling-only gateway opens no port.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -38,7 +40,7 @@ class HttpServer:
         if self.port == 0:  # an ephemeral port: say which one it got
             server = site._server
             assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = cast(asyncio.Server, server).sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._runner is not None:

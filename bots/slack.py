@@ -165,7 +165,7 @@ class SlackChannel:
     async def _connect_socket(self, socket: AsyncSocketModeHandler) -> None:
         """Open Socket Mode. The client retries every failure forever, so the app token is
         checked first (a refused one is a configuration error) and the connect is bounded."""
-        assert self.client is not None
+        assert self.client is not None and self.settings.slack_app_token is not None
         try:
             await self.client.apps_connections_open(app_token=self.settings.slack_app_token)
         except SlackApiError as exc:

@@ -175,9 +175,10 @@ class LiveReply:
             elif time.monotonic() - shown.at < self.interval:
                 continue
             else:
-                slot = self.slack.budget.try_interim()
-                if slot is None:
+                interim = self.slack.budget.try_interim()
+                if interim is None:
                     continue  # the budget is kept for final updates
+                slot = interim
             gap = shown.at + self.interval - time.monotonic()  # one update a second per message
             if gap > 0:
                 await asyncio.sleep(gap)

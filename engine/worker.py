@@ -121,8 +121,8 @@ class Worker:
         self.queue = queue
         self.store = store
         self.backend = backend
-        self.concurrency = settings.worker_concurrency or getattr(
-            backend, "max_in_flight", DEFAULT_CONCURRENCY
+        self.concurrency: int = settings.worker_concurrency or int(
+            getattr(backend, "max_in_flight", DEFAULT_CONCURRENCY)
         )
         self._budget = settings.context_tokens - settings.max_new_tokens
         if self._budget <= 0:

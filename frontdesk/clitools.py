@@ -52,6 +52,7 @@ def settings(ctx: typer.Context) -> Settings:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         install_secret_filter(root.obj)  # before anything can log a token or a password
+    assert isinstance(root.obj, Settings)
     return root.obj
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable
 from typing import Any
 
 from frontdesk.bots import Channel, ConsoleChannel, Gateway
@@ -110,16 +111,16 @@ async def run_gateway(settings: Settings, channels: list[Channel]) -> None:
         await _until_signal(None)
 
 
-async def _until_signal(main: object | None) -> None:
+async def _until_signal(main: Awaitable[object] | None) -> None:
     """Wait for ``main`` (a coroutine) to finish, or forever when None, or until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    waiters = [asyncio.ensure_future(stop.wait())]
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if main is not None:
-        waiters.append(asyncio.ensure_future(main))  # type: ignore[arg-type]
+        waiters.append(asyncio.ensure_future(main))
     try:
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

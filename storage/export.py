@@ -100,4 +100,4 @@ def json_object(values: Sequence[Any]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-_quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote = json.encoder.encode_basestring

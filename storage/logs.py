@@ -241,7 +241,7 @@ class Logs:
 
     # -- export -----------------------------------------------------------------------------------
 
-    def _export_query(self, filt: LogFilter) -> Select[Any]:
+    def _export_query(self, filt: LogFilter) -> Select[*tuple[Any, ...]]:
         return (
             select(
                 Message.id,
@@ -355,8 +355,8 @@ class Logs:
                         where, table_.user_id.is_not(None), table_.platform.is_not(None)
                     )
                     for platform, user_id, name in (await conn.execute(stmt.distinct())).all():
-                        if found.get((platform, user_id)) is None:
-                            found[(platform, user_id)] = name
+                        if found.get((str(platform), str(user_id))) is None:
+                            found[(str(platform), str(user_id))] = name
                 if found:  # an id match wins over a display name
                     break
         return sorted((p, u, n) for (p, u), n in found.items())
@@ -487,9 +487,18 @@ def indexed_text(content: Any) -> Any:
 
 
 def _hit(row: Sequence[Any]) -> SearchHit:
-    *fields, marked = row
-    hits = frozenset(word.lower() for word in _MARKED.findall(marked or ""))
-    return SearchHit(*fields, hits=hits)
+    conversation_id, message_id, platform, user_id, user_name, role, at, text, marked = row
+    return SearchHit(
+        conversation_id=conversation_id,
+        message_id=message_id,
+        platform=platform,
+        user_id=user_id,
+        user_name=user_name,
+        role=role,
+        created_at=at,
+        text=text,
+        hits=frozenset(word.lower() for word in _MARKED.findall(marked or "")),
+    )
 
 
 async def _delete_messages_of(conn: Any, conv_ids: list[int]) -> int:

@@ -433,7 +433,7 @@ class Store:
         async with self._connect() as conn:
             rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
         reply = None
-        history = []
+        history: list[TurnMessage] = []
         for row in rows:
             message = TurnMessage(*row)
             if message.id > message_id:
@@ -562,12 +562,14 @@ _SELECT_REPLY = select(*_MESSAGE_COLUMNS).where(Message.reply_to_id == bindparam
 
 def _dialect_insert(dialect: str) -> Any:
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:
-        raise ConfigError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
-    return dialect_insert
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert
+    raise ConfigError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
 
 
 @asynccontextmanager

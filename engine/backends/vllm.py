@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from frontdesk.errors import ConfigError, EngineDead, EngineUnavailable, ModelNotFound
 from frontdesk.settings import Settings, exported_model_dir
@@ -82,7 +82,8 @@ class VLLMBackend:
             model=str(self.model_dir),
             served_model_name=[self.model],
             # what works on CPUs: float32, no graph capture
-            dtype="float32" if on_cpu and s.vllm_dtype == "auto" else s.vllm_dtype,
+            # vLLM checks these two names itself, and says what it takes
+            dtype=cast(Any, "float32" if on_cpu and s.vllm_dtype == "auto" else s.vllm_dtype),
             enforce_eager=s.vllm_enforce_eager or on_cpu,
             max_model_len=s.context_tokens,
             max_num_seqs=s.vllm_max_num_seqs,
@@ -90,7 +91,7 @@ class VLLMBackend:
             gpu_memory_utilization=s.vllm_gpu_memory_utilization,
             tensor_parallel_size=s.vllm_tensor_parallel_size,
             quantization=s.vllm_quantization,
-            kv_cache_dtype=s.vllm_kv_cache_dtype,
+            kv_cache_dtype=cast(Any, s.vllm_kv_cache_dtype),
             block_size=s.vllm_block_size,
             disable_log_stats=False,
         )

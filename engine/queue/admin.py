@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -17,7 +17,7 @@ from frontdesk.errors import QueueUnavailable
 from frontdesk.secrets import hide_password
 from frontdesk.wire import Turn, decode
 
-from .base import GROUP
+from .base import GROUP, Entries, Fields
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,15 @@ class QueueAdmin:
             ) from exc
 
     async def _retry_dead(self, limit: int | None) -> int:
-        newest = await self.redis.xrevrange(self.dead_key, count=1)
+        newest = cast(Entries, await self.redis.xrevrange(self.dead_key, count=1))
         if not newest:
             return 0
         end, start, moved = newest[0][0], "-", 0
         while limit is None or moved < limit:
             want = RETRY_BATCH if limit is None else min(RETRY_BATCH, limit - moved)
-            entries = await self.redis.xrange(self.dead_key, min=start, max=end, count=want)
+            entries = cast(
+                Entries, await self.redis.xrange(self.dead_key, min=start, max=end, count=want)
+            )
             if not entries:
                 break
             start = "(" + entries[-1][0]
@@ -154,7 +156,8 @@ class QueueAdmin:
                 continue
             async with self.redis.pipeline(transaction=False) as pipe:
                 for _entry_id, requeued in batch:
-                    pipe.xadd(self.turns_key, requeued, maxlen=self.maxlen, approximate=True)
+                    fields = cast(Fields, requeued)
+                    pipe.xadd(self.turns_key, fields, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
             await self.redis.xdel(self.dead_key, *(entry_id for entry_id, _ in batch))
             moved += len(batch)

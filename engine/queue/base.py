@@ -14,6 +14,12 @@ log = logging.getLogger(__name__)
 
 GROUP = "workers"
 
+# redis-py types what goes into and comes out of a stream as bytes or str; the queue's clients
+# decode responses, so an entry's fields are str -> str, and these say so where they pass.
+Fields = dict[Any, Any]  # an entry's fields, as redis-py's (invariant) argument type takes them
+Entries = list[tuple[str, dict[str, str]]]  # XRANGE / XCLAIM: (entry id, fields)
+Streams = list[tuple[str, Entries]] | None  # XREAD / XREADGROUP: (stream, entries), or nothing
+
 
 @dataclass(slots=True)
 class Delivery:

@@ -38,7 +38,7 @@ class LocalQueue:
     async def submit(self, turn: Turn) -> None:
         self._turns.put_nowait(Delivery(str(next(self._ids)), turn, 1, encode(turn)))
 
-    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:  # type: ignore[override]
+    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:
         queue = self._replies[gateway]
         while True:
             yield await queue.get()
@@ -86,7 +86,7 @@ class LocalQueue:
         for listener in self._cancel_listeners:
             listener.put_nowait(turn_id)
 
-    async def cancellations(self) -> AsyncIterator[str]:  # type: ignore[override]
+    async def cancellations(self) -> AsyncIterator[str]:
         listener: asyncio.Queue[str] = asyncio.Queue()
         self._cancel_listeners.append(listener)
         try:

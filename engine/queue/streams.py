@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,7 +19,7 @@ from frontdesk.secrets import hide_password
 from frontdesk.wire import ReplyDelta, Turn, decode, encode
 
 from .admin import QueueAdmin
-from .base import GROUP, Delivery, delivery_of
+from .base import GROUP, Delivery, Fields, Streams, delivery_of
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,12 @@ class RedisQueue(QueueAdmin):
 
     async def submit(self, turn: Turn) -> None:
         try:
-            await self.redis.xadd(
-                self.turns_key, encode(turn), maxlen=self.maxlen, approximate=True
-            )
+            fields = cast(Fields, encode(turn))
+            await self.redis.xadd(self.turns_key, fields, maxlen=self.maxlen, approximate=True)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot queue the turn on Redis: {exc}") from exc
 
-    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:  # type: ignore[override]
+    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:
         """Every delta on this gateway's reply stream, in order, for as long as it is iterated.
         Reads from the start: gateway ids are unique per process, so the stream holds only its own
         turns. Survives Redis outages by retrying."""
@@ -106,7 +106,8 @@ class RedisQueue(QueueAdmin):
         backoff = 0.1
         while True:
             try:
-                result = await self.redis.xread({key: last_id}, count=500, block=1000)
+                read = await self.redis.xread({key: last_id}, count=500, block=1000)
+                result = cast(Streams, read)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("reply stream %s: Redis unreachable (%s); retrying", key, exc)
                 await asyncio.sleep(backoff)
@@ -141,7 +142,7 @@ class RedisQueue(QueueAdmin):
         """The live gateway running ``platform`` heard from last, if any."""
         key = self.gateways_prefix + platform
         found = await self.redis.zrevrangebyscore(key, "+inf", time.time(), start=0, num=1)
-        return found[0] if found else None
+        return str(found[0]) if found else None
 
     async def cancel(self, turn_id: str) -> None:
         try:
@@ -151,7 +152,7 @@ class RedisQueue(QueueAdmin):
 
     # -- worker side ---------------------------------------------------------------------------
 
-    async def cancellations(self) -> AsyncIterator[str]:  # type: ignore[override]
+    async def cancellations(self) -> AsyncIterator[str]:
         """Turn ids to stop, from Redis pub/sub; resubscribes after a Redis outage."""
         backoff = 0.1
         while True:
@@ -194,7 +195,7 @@ class RedisQueue(QueueAdmin):
             count=want,
             block=None if deliveries else block_ms,
         )
-        for _key, entries in result or ():
+        for _key, entries in cast(Streams, result) or ():
             for entry_id, fields in entries:
                 deliveries.append(delivery_of(entry_id, fields, 1))
         return deliveries
@@ -240,7 +241,12 @@ class RedisQueue(QueueAdmin):
         ids = [d.entry_id for d in deliveries]
         if ids:
             await self.redis.xclaim(
-                self.turns_key, GROUP, self.consumer, min_idle_time=0, message_ids=ids, justid=True
+                self.turns_key,
+                GROUP,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=cast(list[Any], ids),
+                justid=True,
             )
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -251,14 +257,14 @@ class RedisQueue(QueueAdmin):
             "reason": reason,
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead_key, record, maxlen=self.maxlen, approximate=True)
+            pipe.xadd(self.dead_key, cast(Fields, record), maxlen=self.maxlen, approximate=True)
             pipe.xack(self.turns_key, GROUP, delivery.entry_id)
             await pipe.execute()
         log.error("turn entry %s dead-lettered: %s", delivery.entry_id, reason)
 
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
         key = self.reply_prefix + gateway
-        fields = encode(delta)
+        fields = cast(Fields, encode(delta))
         if delta.seq:
             await self.redis.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
             return
