@@ -31,7 +31,10 @@ from frontdesk.redact import redact as mask
 from frontdesk.settings import Settings
 
 from .export import ExportFormat, write_export
-from .logs import WORD, LogFilter, Logs, Removed, SearchHit
+from .filters import LogFilter
+from .logs import Logs
+from .retention import Removed
+from .search import WORD, SearchHit
 from .store import Store
 
 conversations = typer.Typer(help="Read and delete stored conversations.", no_args_is_help=True)
