@@ -92,7 +92,7 @@ class Database:
         """The schema's current Alembic revision, None before the first migration."""
         from . import migrations
 
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             return await conn.run_sync(migrations.current_revision)
 
     @staticmethod
@@ -117,7 +117,7 @@ class Database:
         if not size:
             return
         async with contextlib.AsyncExitStack() as stack:
-            await asyncio.gather(*(stack.enter_async_context(self._connect()) for _ in range(size)))
+            await asyncio.gather(*(stack.enter_async_context(self.connect()) for _ in range(size)))
 
     async def stop(self) -> None:
         await self.engine.dispose()
@@ -135,14 +135,14 @@ class Database:
         return migrations.head_revision()
 
     @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[AsyncConnection]:
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a read transaction (one consistent snapshot), which streaming reads
         need: PostgreSQL opens server-side cursors only inside a transaction."""
-        async with self._transaction("REPEATABLE READ") as conn:
+        async with self.transaction("REPEATABLE READ") as conn:
             yield conn
 
     @asynccontextmanager
-    async def _transaction(self, level: str = "READ COMMITTED") -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, level: str = "READ COMMITTED") -> AsyncIterator[AsyncConnection]:
         """A connection in one transaction: for the admin's multi-statement deletions, which
         must happen whole or not at all."""
         level = "SERIALIZABLE" if self.dialect == "sqlite" else level
@@ -152,13 +152,13 @@ class Database:
                 yield conn
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
         """An autocommit connection, with connection failures translated."""
         async with _translated(self.url), self.engine.connect() as conn:
             yield conn
 
 
-def _dialect_insert(dialect: str) -> Any:
+def dialect_insert(dialect: str) -> Any:
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 

@@ -110,7 +110,7 @@ class Logs(SearchQueries, RetentionQueries, StatsQueries):
     async def count_messages(self, filt: LogFilter) -> int:
         """How many messages an export with ``filt`` would write (its limit aside)."""
         inner = self._export_query(filt).with_only_columns(Message.id).subquery()
-        async with self.store._connect() as conn:
+        async with self.store.connect() as conn:
             total = await conn.scalar(select(func.count()).select_from(inner))
         return min(total or 0, filt.limit) if filt.limit else total or 0
 
@@ -120,7 +120,7 @@ class Logs(SearchQueries, RetentionQueries, StatsQueries):
         stmt = self._export_query(filt).order_by(Message.id)
         if filt.limit:
             stmt = stmt.limit(filt.limit)
-        async with self.store._snapshot() as conn:
+        async with self.store.snapshot() as conn:
             result = await conn.stream(stmt.execution_options(yield_per=EXPORT_BATCH))
             async for batch in result.partitions():
                 yield batch
@@ -145,7 +145,7 @@ class Logs(SearchQueries, RetentionQueries, StatsQueries):
         )
         if filt.limit:
             stmt = stmt.limit(filt.limit)
-        async with self.store._connect() as conn:
+        async with self.store.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [TailMessage(*row) for row in rows]
 
@@ -158,7 +158,7 @@ class Logs(SearchQueries, RetentionQueries, StatsQueries):
             .order_by(Message.id.desc())
             .limit(count + 1)
         )
-        async with self.store._connect() as conn:
+        async with self.store.connect() as conn:
             ids = (await conn.scalars(stmt)).all()
         if len(ids) <= count:
             return 0

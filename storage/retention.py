@@ -41,7 +41,7 @@ class RetentionQueries(LogQueries):
 
     async def delete_conversation(self, conversation_id: int) -> Removed:
         """Delete one conversation and all its messages. Raises NotFound."""
-        async with self.store._transaction() as conn:
+        async with self.store.transaction() as conn:
             found = await conn.scalar(
                 select(Conversation.id).where(Conversation.id == conversation_id)
             )
@@ -56,7 +56,7 @@ class RetentionQueries(LogQueries):
         id names that id on every platform; otherwise ``user`` is a display name (exact, any
         case), which several users may share."""
         found: dict[tuple[str, str], str | None] = {}
-        async with self.store._connect() as conn:
+        async with self.store.connect() as conn:
             for by_id in (True, False):
                 for table_ in (Message, Conversation):
                     where = (
@@ -86,7 +86,7 @@ class RetentionQueries(LogQueries):
         by_conv = or_(
             *(and_(Conversation.platform == p, Conversation.user_id == u) for p, u in users)
         )
-        async with self.store._transaction() as conn:
+        async with self.store.transaction() as conn:
             touched = set(
                 await conn.scalars(select(Message.conversation_id).where(by_msg).distinct())
             )
@@ -120,7 +120,7 @@ class RetentionQueries(LogQueries):
         where = [Conversation.last_activity_at < cutoff]
         if filt is not None:
             where += self._conversation_filters(filt)
-        async with self.store._transaction() as conn:
+        async with self.store.transaction() as conn:
             conv_ids = list(await conn.scalars(select(Conversation.id).where(*where)))
             messages = await _delete_messages_of(conn, conv_ids)
             for start in range(0, len(conv_ids), DELETE_BATCH):
@@ -132,7 +132,7 @@ class RetentionQueries(LogQueries):
         where = [Conversation.last_activity_at < cutoff]
         if filt is not None:
             where += self._conversation_filters(filt)
-        async with self.store._connect() as conn:
+        async with self.store.connect() as conn:
             total = await conn.scalar(select(func.count()).select_from(Conversation).where(*where))
         return total or 0
 

@@ -89,7 +89,7 @@ class SearchQueries(LogQueries):
         )
         if filt.limit:
             stmt = stmt.limit(filt.limit)
-        async with self.store._connect() as conn:
+        async with self.store.connect() as conn:
             if self.dialect != "postgresql" or not filt.limit:
                 rows = (await conn.execute(stmt)).all()
                 return [_hit(row) for row in rows]

@@ -63,7 +63,7 @@ class StatsQueries(LogQueries):
             .group_by(Conversation.platform)
         )
         per: dict[str, _Figures] = defaultdict(_Figures)
-        async with self.store._snapshot() as conn:
+        async with self.store.snapshot() as conn:
             result = await conn.stream(replies.execution_options(yield_per=STATS_BATCH))
             async for batch in result.partitions():
                 for platform, at, latency, ttft, t_in, t_out, status in batch:

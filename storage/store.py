@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from frontdesk.errors import NotFound, StorageUnavailable
 from frontdesk.wire import InboundMessage
 
-from .database import Database, _dialect_insert
+from .database import Database, dialect_insert
 from .models import Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Store(Database):
 
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         super().__init__(url, pool_size=pool_size, echo=echo)
-        insert = _dialect_insert(self.dialect)
+        insert = dialect_insert(self.dialect)
         self._insert_user_message = (
             insert(Message)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
@@ -186,7 +186,7 @@ class Store(Database):
             "status": "ok",
             "created_at": utcnow(),
         }
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             found = (
                 await conn.execute(
                     self._insert_into_active, {**row, "external_key": msg.conversation_key}
@@ -237,7 +237,7 @@ class Store(Database):
     async def reset_conversation(self, platform: str, external_key: str) -> bool:
         """Close the chat's active conversation (it stays in the logs); the next message opens a
         new one. Returns whether there was one to close."""
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             result = await conn.execute(
                 update(Conversation)
                 .where(
@@ -259,7 +259,7 @@ class Store(Database):
         theirs = select(Conversation.id).where(
             Conversation.platform == platform, Conversation.user_id.in_(users)
         )
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             await conn.execute(
                 update(Conversation)
                 .where(Conversation.id.in_(theirs), Conversation.user_name.is_(None))
@@ -278,7 +278,7 @@ class Store(Database):
     async def has_active_conversation(self, platform: str, external_key: str) -> bool:
         """Whether the chat (or thread) has an open conversation: a channel uses it to decide if
         a message that does not address the bot continues a conversation the bot is in."""
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             found = await conn.scalar(
                 select(Conversation.id).where(
                     Conversation.platform == platform,
@@ -297,7 +297,7 @@ class Store(Database):
         for it (a redelivered turn), and the newest ``limit`` good messages up to it, oldest
         first. Only the columns a prompt needs: this runs on every turn."""
         params = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit + 1}
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
         reply = None
         history: list[TurnMessage] = []
@@ -312,7 +312,7 @@ class Store(Database):
 
     async def reply_to(self, message_id: int) -> StoredMessage | None:
         """The stored reply to a user message, if a worker already answered it."""
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             row = (await conn.execute(_SELECT_REPLY, {"message_id": message_id})).first()
         return StoredMessage(*row) if row else None
 
@@ -328,7 +328,7 @@ class Store(Database):
         """Store the assistant's reply to a user message, with its figures; ``error`` marks a
         failed one. Idempotent: a second reply to the same message returns the first one's id,
         unless the first was a failure, which the new reply replaces."""
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             message_id = await conn.scalar(
                 self._insert_reply,
                 {
@@ -373,7 +373,7 @@ class Store(Database):
         )
         if limit:
             query = query.limit(limit)
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [ConversationSummary(*row) for row in rows]
 
@@ -381,7 +381,7 @@ class Store(Database):
         self, conversation_id: int
     ) -> tuple[ConversationSummary, list[StoredMessage]]:
         """One conversation and all its messages, oldest first. Raises NotFound."""
-        async with self._connect() as conn:
+        async with self.connect() as conn:
             conv = (
                 await conn.execute(
                     select(*_CONVERSATION_COLUMNS).where(Conversation.id == conversation_id)
