@@ -1,0 +1,427 @@
+"""Conversations and their messages, the turn path's aggregate: a user's message in (opening the
+chat's conversation when it has none), a turn's context, its reply out, a chat reset, names
+filled in later; and the admin CLI's reads of conversations. ``Conversations`` holds these
+queries, next to the models, on a ``Database``; ``Store`` is built on it. Everything returns plain
+dataclasses, so no caller ever holds a SQLAlchemy object or imports SQLAlchemy. Connection
+failures surface as ``StorageUnavailable``. Works on SQLite (aiosqlite, WAL mode) and PostgreSQL
+(asyncpg).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, bindparam, case, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from frontdesk.errors import NotFound, StorageUnavailable
+from frontdesk.wire import InboundMessage
+
+from .database import Database, dialect_insert
+from .models import Conversation, Message, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedMessage:
+    conversation_id: int
+    message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    created_at: datetime
+    user_id: str | None = None
+    user_name: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    model: str | None = None
+    status: str = "ok"
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnMessage:
+    """The part of a stored message a worker needs to build a prompt."""
+
+    id: int
+    role: str
+    content: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    id: int
+    platform: str
+    external_key: str
+    user_id: str | None
+    user_name: str | None
+    status: str
+    message_count: int
+    created_at: datetime
+    last_activity_at: datetime
+    last_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFigures:
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    model: str | None = None
+
+
+_CONVERSATION_COLUMNS = (
+    Conversation.id,
+    Conversation.platform,
+    Conversation.external_key,
+    Conversation.user_id,
+    Conversation.user_name,
+    Conversation.status,
+    Conversation.message_count,
+    Conversation.created_at,
+    Conversation.last_activity_at,
+)
+_MESSAGE_COLUMNS = (
+    Message.id,
+    Message.conversation_id,
+    Message.role,
+    Message.content,
+    Message.created_at,
+    Message.user_id,
+    Message.user_name,
+    Message.tokens_in,
+    Message.tokens_out,
+    Message.ttft_ms,
+    Message.latency_ms,
+    Message.model,
+    Message.status,
+    Message.error,
+)
+
+
+class Conversations(Database):
+    """The queries of conversations and their messages, on one database."""
+
+    def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
+        super().__init__(url, pool_size=pool_size, echo=echo)
+        insert = dialect_insert(self.dialect)
+        self._insert_user_message = (
+            insert(Message)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Message.id)
+        )
+        # INSERT INTO messages (...) SELECT <active conversation's id>, :role, ... : a user message
+        # lands in its chat's active conversation in one statement, or not at all.
+        columns = [
+            "conversation_id",
+            "role",
+            "content",
+            "platform",
+            "platform_message_id",
+            "dedupe_key",
+            "user_id",
+            "user_name",
+            "status",
+            "created_at",
+        ]
+        active = select(
+            Conversation.id, *(bindparam(c, type_=Message.__table__.c[c].type) for c in columns[1:])
+        ).where(
+            Conversation.platform == bindparam("platform"),
+            Conversation.external_key == bindparam("external_key"),
+            Conversation.status == "active",
+        )
+        self._insert_into_active = (
+            insert(Message)
+            .from_select(columns, active)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Message.id, Message.conversation_id)
+        )
+        # A reply to a message that has one: a stored failure is replaced (the turn was answered
+        # afresh, e.g. re-queued from the dead letters), a good reply is kept.
+        reply = insert(Message)
+        self._insert_reply = reply.on_conflict_do_update(
+            index_elements=["reply_to_id"],
+            set_={c: reply.excluded[c] for c in _REPLY_COLUMNS},
+            where=Message.status != "ok",
+        ).returning(Message.id)
+        self._insert_conversation = (
+            insert(Conversation)
+            .on_conflict_do_nothing(
+                index_elements=["platform", "external_key"], index_where=text("status = 'active'")
+            )
+            .returning(Conversation.id)
+        )
+
+    # -- the gateway's writes ------------------------------------------------------------------
+
+    async def record_user_message(self, msg: InboundMessage) -> RecordedMessage | None:
+        """Store a user's message in its chat's active conversation, opening one if needed.
+
+        Returns None, and writes nothing, when the same platform event was stored before. The
+        common case (the chat has an active conversation) is one INSERT … SELECT statement.
+        """
+        row = {
+            "role": "user",
+            "content": msg.text,
+            "platform": msg.platform,
+            "platform_message_id": msg.message_id,
+            "dedupe_key": msg.dedupe_key,
+            "user_id": msg.user_id,
+            "user_name": msg.user_name,
+            "status": "ok",
+            "created_at": utcnow(),
+        }
+        async with self.connect() as conn:
+            found = (
+                await conn.execute(
+                    self._insert_into_active, {**row, "external_key": msg.conversation_key}
+                )
+            ).first()
+            if found is not None:
+                return RecordedMessage(conversation_id=found[1], message_id=found[0])
+            if await conn.scalar(_SELECT_DEDUPE, {"dedupe_key": msg.dedupe_key}) is not None:
+                return None
+            # no active conversation (the INSERT … SELECT found none): open one straight away
+            conv_id = await self._active_conversation(conn, msg, open_first=True)
+            message_id = await conn.scalar(
+                self._insert_user_message, {**row, "conversation_id": conv_id}
+            )
+        if message_id is None:
+            return None
+        return RecordedMessage(conversation_id=conv_id, message_id=message_id)
+
+    async def _active_conversation(
+        self, conn: AsyncConnection, msg: InboundMessage, *, open_first: bool = False
+    ) -> int:
+        """The chat's active conversation, opened if there is none. ``open_first`` when the
+        caller just saw none: try opening before looking (one round trip fewer)."""
+        key = {"platform": msg.platform, "external_key": msg.conversation_key}
+        for attempt in range(3):
+            if not (open_first and attempt == 0):
+                conv_id = await conn.scalar(_SELECT_ACTIVE, key)
+                if conv_id is not None:
+                    return conv_id
+            now = utcnow()
+            conv_id = await conn.scalar(
+                self._insert_conversation,
+                {
+                    **key,
+                    "user_id": msg.user_id,
+                    "user_name": msg.user_name,
+                    "status": "active",
+                    "message_count": 0,
+                    "created_at": now,
+                    "last_activity_at": now,
+                },
+            )
+            if conv_id is not None:
+                return conv_id
+            # another gateway opened it in between: read it
+        raise StorageUnavailable(f"cannot open a conversation for {msg.conversation_key}")
+
+    async def reset_conversation(self, platform: str, external_key: str) -> bool:
+        """Close the chat's active conversation (it stays in the logs); the next message opens a
+        new one. Returns whether there was one to close."""
+        async with self.connect() as conn:
+            result = await conn.execute(
+                update(Conversation)
+                .where(
+                    Conversation.platform == platform,
+                    Conversation.external_key == external_key,
+                    Conversation.status == "active",
+                )
+                .values(status="closed")
+            )
+        return bool(result.rowcount)
+
+    async def set_user_names(self, platform: str, names: dict[str, str]) -> None:
+        """Fill in users' display names (user id -> name) where they were not known when their
+        messages were stored: a channel that looks names up after the ack, so that the ack
+        never waits for one. Two statements for any number of users."""
+        if not names:
+            return
+        users = list(names)
+        theirs = select(Conversation.id).where(
+            Conversation.platform == platform, Conversation.user_id.in_(users)
+        )
+        async with self.connect() as conn:
+            await conn.execute(
+                update(Conversation)
+                .where(Conversation.id.in_(theirs), Conversation.user_name.is_(None))
+                .values(user_name=case(names, value=Conversation.user_id))
+            )
+            await conn.execute(
+                update(Message)
+                .where(
+                    Message.conversation_id.in_(theirs),
+                    Message.user_id.in_(users),
+                    Message.user_name.is_(None),
+                )
+                .values(user_name=case(names, value=Message.user_id))
+            )
+
+    async def has_active_conversation(self, platform: str, external_key: str) -> bool:
+        """Whether the chat (or thread) has an open conversation: a channel uses it to decide if
+        a message that does not address the bot continues a conversation the bot is in."""
+        async with self.connect() as conn:
+            found = await conn.scalar(
+                select(Conversation.id).where(
+                    Conversation.platform == platform,
+                    Conversation.external_key == external_key,
+                    Conversation.status == "active",
+                )
+            )
+        return found is not None
+
+    # -- the worker's reads and writes ---------------------------------------------------------
+
+    async def turn_context(
+        self, conversation_id: int, message_id: int, *, limit: int = 200
+    ) -> tuple[TurnMessage | None, list[TurnMessage]]:
+        """What a worker needs to answer ``message_id``, in one query: the reply already stored
+        for it (a redelivered turn), and the newest ``limit`` good messages up to it, oldest
+        first. Only the columns a prompt needs: this runs on every turn."""
+        params = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit + 1}
+        async with self.connect() as conn:
+            rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
+        reply = None
+        history: list[TurnMessage] = []
+        for row in rows:
+            message = TurnMessage(*row)
+            if message.id > message_id:
+                reply = message  # only the reply to message_id is newer than it here
+            elif message.status == "ok" and len(history) < limit:
+                history.append(message)
+        history.reverse()
+        return reply, history
+
+    async def reply_to(self, message_id: int) -> StoredMessage | None:
+        """The stored reply to a user message, if a worker already answered it."""
+        async with self.connect() as conn:
+            row = (await conn.execute(_SELECT_REPLY, {"message_id": message_id})).first()
+        return StoredMessage(*row) if row else None
+
+    async def record_reply(
+        self,
+        conversation_id: int,
+        reply_to_id: int,
+        content: str,
+        figures: ReplyFigures,
+        *,
+        error: str | None = None,
+    ) -> int:
+        """Store the assistant's reply to a user message, with its figures; ``error`` marks a
+        failed one. Idempotent: a second reply to the same message returns the first one's id,
+        unless the first was a failure, which the new reply replaces."""
+        async with self.connect() as conn:
+            message_id = await conn.scalar(
+                self._insert_reply,
+                {
+                    "conversation_id": conversation_id,
+                    "role": "assistant",
+                    "content": content,
+                    "reply_to_id": reply_to_id,
+                    "tokens_in": figures.tokens_in,
+                    "tokens_out": figures.tokens_out,
+                    "ttft_ms": figures.ttft_ms,
+                    "latency_ms": figures.latency_ms,
+                    "model": figures.model,
+                    "status": "error" if error else "ok",
+                    "error": error,
+                    "created_at": utcnow(),
+                },
+            )
+        if message_id is not None:
+            return message_id
+        existing = await self.reply_to(reply_to_id)
+        assert existing is not None, "conflicting reply vanished"
+        return existing.id
+
+    # -- the admin CLI's reads -----------------------------------------------------------------
+
+    async def list_conversations(
+        self, *, limit: int | None = 50, where: Sequence[ColumnElement[bool]] = ()
+    ) -> list[ConversationSummary]:
+        """Conversations by last activity, newest first, each with its last message; ``where``
+        narrows them (the admin CLI's filters)."""
+        last_id = (
+            select(func.max(Message.id))
+            .where(Message.conversation_id == Conversation.id)
+            .correlate(Conversation)
+            .scalar_subquery()
+        )
+        last_text = select(Message.content).where(Message.id == last_id).scalar_subquery()
+        query = (
+            select(*_CONVERSATION_COLUMNS, last_text)
+            .where(*where)
+            .order_by(Conversation.last_activity_at.desc(), Conversation.id.desc())
+        )
+        if limit:
+            query = query.limit(limit)
+        async with self.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [ConversationSummary(*row) for row in rows]
+
+    async def conversation(
+        self, conversation_id: int
+    ) -> tuple[ConversationSummary, list[StoredMessage]]:
+        """One conversation and all its messages, oldest first. Raises NotFound."""
+        async with self.connect() as conn:
+            conv = (
+                await conn.execute(
+                    select(*_CONVERSATION_COLUMNS).where(Conversation.id == conversation_id)
+                )
+            ).first()
+            if conv is None:
+                raise NotFound(f"no conversation with id {conversation_id}")
+            rows = (
+                await conn.execute(
+                    select(*_MESSAGE_COLUMNS)
+                    .where(Message.conversation_id == conversation_id)
+                    .order_by(Message.id)
+                )
+            ).all()
+        return ConversationSummary(*conv), [StoredMessage(*row) for row in rows]
+
+
+# What a new reply overwrites in a stored failure: its text, status and time, and every figure
+_REPLY_COLUMNS = (
+    "content",
+    "status",
+    "error",
+    "created_at",
+    *(f.name for f in dataclasses.fields(ReplyFigures)),
+)
+
+# Hot-path statements, built once: SQLAlchemy then only binds parameters.
+_SELECT_ACTIVE = select(Conversation.id).where(
+    Conversation.platform == bindparam("platform"),
+    Conversation.external_key == bindparam("external_key"),
+    Conversation.status == "active",
+)
+_SELECT_TURN_CONTEXT = (
+    select(Message.id, Message.role, Message.content, Message.status)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        or_(Message.id <= bindparam("message_id"), Message.reply_to_id == bindparam("message_id")),
+    )
+    .order_by(Message.id.desc())
+    .limit(bindparam("limit"))
+)
+_SELECT_DEDUPE = select(Message.id).where(Message.dedupe_key == bindparam("dedupe_key"))
+_SELECT_REPLY = select(*_MESSAGE_COLUMNS).where(Message.reply_to_id == bindparam("message_id"))
