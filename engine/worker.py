@@ -37,7 +37,7 @@ from typing import Any
 from frontdesk import texts
 from frontdesk.errors import EngineDead, FrontdeskError, PromptTooLong, QueueUnavailable
 from frontdesk.settings import Settings
-from frontdesk.storage import ReplyFigures, Store
+from frontdesk.storage import MessageStatus, ReplyFigures, Store
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn
 
 from .backends import Backend, GenerationParams, Prompt, Usage
@@ -287,7 +287,7 @@ class Worker:
         existing, history = await self.store.turn_context(
             turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
-        if existing is not None and existing.status == "ok":
+        if existing is not None and existing.status == MessageStatus.OK:
             await out.finish(text=existing.content)  # a redelivery: the reply already stored
             return True
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]

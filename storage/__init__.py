@@ -1,5 +1,6 @@
 """frontdesk's storage: conversation history in SQL. The only package that imports SQLAlchemy."""
 
+from .models import ConversationStatus, MessageStatus
 from .store import (
     ConversationSummary,
     RecordedMessage,
@@ -10,7 +11,9 @@ from .store import (
 )
 
 __all__ = [
+    "ConversationStatus",
     "ConversationSummary",
+    "MessageStatus",
     "RecordedMessage",
     "ReplyFigures",
     "Store",

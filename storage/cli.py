@@ -33,6 +33,7 @@ from frontdesk.settings import Settings
 from .export import ExportFormat, write_export
 from .filters import LogFilter
 from .logs import Logs
+from .models import ConversationStatus, MessageStatus
 from .retention import Removed
 from .search import WORD, SearchHit
 from .store import Store
@@ -41,11 +42,6 @@ conversations = typer.Typer(help="Read and delete stored conversations.", no_arg
 db = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 
 NOT_CONFIRMED = 4
-
-
-class Status(enum.StrEnum):
-    active = "active"
-    closed = "closed"
 
 
 class Format(enum.StrEnum):
@@ -71,7 +67,9 @@ SinceOpt = Annotated[
     str | None, typer.Option(help="From this time: 2d, 12h, 90d ago, or a date like 2026-11-01.")
 ]
 UntilOpt = Annotated[str | None, typer.Option(help="Before this time (same forms as --since).")]
-StatusOpt = Annotated[Status | None, typer.Option(help="Only active or closed conversations.")]
+StatusOpt = Annotated[
+    ConversationStatus | None, typer.Option(help="Only active or closed conversations.")
+]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
@@ -80,7 +78,7 @@ def _filter(
     user: str | None,
     since: str | None,
     until: str | None,
-    status: Status | None = None,
+    status: ConversationStatus | None = None,
     limit: int | None = None,
 ) -> LogFilter:
     return LogFilter(
@@ -198,7 +196,7 @@ def show_conversation(
             lines.append(
                 f"**{m['role']}** · {_when(m['created_at'])}" + (f" · {figures}" if figures else "")
             )
-            ok = m["status"] == "ok"
+            ok = m["status"] == MessageStatus.OK
             body = m["content"] if ok else f"*{m['status']}: {m['error'] or ''}*"
             lines += ["", body, ""]
         print("\n".join(lines).rstrip())
@@ -213,7 +211,7 @@ def show_conversation(
     for m in messages:
         text = (
             _plain(m["content"])
-            if m["status"] == "ok"
+            if m["status"] == MessageStatus.OK
             else Text(f"{m['status']}: {m['error'] or ''}", style="red")
         )
         table.add_row(
@@ -602,7 +600,7 @@ def _print_tail(m: Any, shown: Callable[[str], str], as_json: bool) -> None:
         print(json.dumps(record, default=str), flush=True)
         return
     who = (record["user_name"] or record["user_id"] or "") if m.role == "user" else "bot"
-    text = record["content"] if m.status == "ok" else f"[{m.status}]"
+    text = record["content"] if m.status == MessageStatus.OK else f"[{m.status}]"
     out.print(
         Text.assemble(
             (m.created_at.astimezone(UTC).strftime("%H:%M:%S"), "dim"),

@@ -22,7 +22,7 @@ from frontdesk.errors import NotFound, StorageUnavailable
 from frontdesk.wire import InboundMessage
 
 from .database import Database, dialect_insert
-from .models import Conversation, Message, utcnow
+from .models import Conversation, ConversationStatus, Message, MessageStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class StoredMessage:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     model: str | None = None
-    status: str = "ok"
+    status: str = MessageStatus.OK
     error: str | None = None
 
 
@@ -143,7 +143,7 @@ class Conversations(Database):
         ).where(
             Conversation.platform == bindparam("platform"),
             Conversation.external_key == bindparam("external_key"),
-            Conversation.status == "active",
+            Conversation.status == ConversationStatus.ACTIVE,
         )
         self._insert_into_active = (
             insert(Message)
@@ -157,7 +157,7 @@ class Conversations(Database):
         self._insert_reply = reply.on_conflict_do_update(
             index_elements=["reply_to_id"],
             set_={c: reply.excluded[c] for c in _REPLY_COLUMNS},
-            where=Message.status != "ok",
+            where=Message.status != MessageStatus.OK,
         ).returning(Message.id)
         self._insert_conversation = (
             insert(Conversation)
@@ -183,7 +183,7 @@ class Conversations(Database):
             "dedupe_key": msg.dedupe_key,
             "user_id": msg.user_id,
             "user_name": msg.user_name,
-            "status": "ok",
+            "status": MessageStatus.OK,
             "created_at": utcnow(),
         }
         async with self.connect() as conn:
@@ -223,7 +223,7 @@ class Conversations(Database):
                     **key,
                     "user_id": msg.user_id,
                     "user_name": msg.user_name,
-                    "status": "active",
+                    "status": ConversationStatus.ACTIVE,
                     "message_count": 0,
                     "created_at": now,
                     "last_activity_at": now,
@@ -243,9 +243,9 @@ class Conversations(Database):
                 .where(
                     Conversation.platform == platform,
                     Conversation.external_key == external_key,
-                    Conversation.status == "active",
+                    Conversation.status == ConversationStatus.ACTIVE,
                 )
-                .values(status="closed")
+                .values(status=ConversationStatus.CLOSED)
             )
         return bool(result.rowcount)
 
@@ -283,7 +283,7 @@ class Conversations(Database):
                 select(Conversation.id).where(
                     Conversation.platform == platform,
                     Conversation.external_key == external_key,
-                    Conversation.status == "active",
+                    Conversation.status == ConversationStatus.ACTIVE,
                 )
             )
         return found is not None
@@ -305,7 +305,7 @@ class Conversations(Database):
             message = TurnMessage(*row)
             if message.id > message_id:
                 reply = message  # only the reply to message_id is newer than it here
-            elif message.status == "ok" and len(history) < limit:
+            elif message.status == MessageStatus.OK and len(history) < limit:
                 history.append(message)
         history.reverse()
         return reply, history
@@ -341,7 +341,7 @@ class Conversations(Database):
                     "ttft_ms": figures.ttft_ms,
                     "latency_ms": figures.latency_ms,
                     "model": figures.model,
-                    "status": "error" if error else "ok",
+                    "status": MessageStatus.ERROR if error else MessageStatus.OK,
                     "error": error,
                     "created_at": utcnow(),
                 },
@@ -412,7 +412,7 @@ _REPLY_COLUMNS = (
 _SELECT_ACTIVE = select(Conversation.id).where(
     Conversation.platform == bindparam("platform"),
     Conversation.external_key == bindparam("external_key"),
-    Conversation.status == "active",
+    Conversation.status == ConversationStatus.ACTIVE,
 )
 _SELECT_TURN_CONTEXT = (
     select(Message.id, Message.role, Message.content, Message.status)

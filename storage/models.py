@@ -8,6 +8,7 @@ delivered twice stores one reply.
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -44,6 +45,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+class ConversationStatus(enum.StrEnum):
+    """Where a conversation stands."""
+
+    ACTIVE = "active"
+    """It takes its chat's new messages; a chat has at most one active conversation."""
+    CLOSED = "closed"
+    """Ended by /reset: the chat's next message opens a new one. Kept for the logs."""
+
+
+class MessageStatus(enum.StrEnum):
+    """Whether a message stands as it is."""
+
+    OK = "ok"
+    """A user's message, or a reply that was given."""
+    ERROR = "error"
+    """A reply that failed (``Message.error`` says why). A new answer to the same message
+    replaces it: a stored failure is not a reply."""
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -56,8 +76,7 @@ class Conversation(Base):
     external_key: Mapped[str] = mapped_column(String(255))
     user_id: Mapped[str | None] = mapped_column(String(255))
     user_name: Mapped[str | None] = mapped_column(String(255))
-    # "active" takes new messages; "closed" after /reset (kept for the logs).
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=ConversationStatus.ACTIVE)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -101,8 +120,7 @@ class Message(Base):
     ttft_ms: Mapped[float | None]
     latency_ms: Mapped[float | None]
     model: Mapped[str | None] = mapped_column(String(255))
-    # user messages: "ok"; replies: "ok" or "error" (then ``error`` says why).
-    status: Mapped[str] = mapped_column(String(16), default="ok")
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.OK)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -15,7 +15,7 @@ from sqlalchemy import (
 )
 
 from .filters import LogFilter, LogQueries
-from .models import Conversation, Message
+from .models import Conversation, Message, MessageStatus
 
 STATS_BATCH = 2_000  # replies read a round trip
 
@@ -98,7 +98,7 @@ class _Figures:
             self.ttft.append(ttft)
         self.tokens_in += tokens_in or 0
         self.tokens_out += tokens_out or 0
-        self.errors += status != "ok"
+        self.errors += status != MessageStatus.OK
 
     def summary(self, platform: str, active_users: int) -> PlatformStats:
         p50l, p95l = _percentiles(self.latency)
