@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import free_port, pct, scratch_database
 
-from frontdesk.bots.slack_reply import to_mrkdwn
+from frontdesk.bots.slack.mrkdwn import to_mrkdwn
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import RedisQueue

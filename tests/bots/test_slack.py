@@ -22,7 +22,8 @@ import pytest
 
 from frontdesk import texts
 from frontdesk.bots.slack import SlackChannel
-from frontdesk.bots.slack_reply import LIMIT, PLACEHOLDER, to_mrkdwn
+from frontdesk.bots.slack.mrkdwn import to_mrkdwn
+from frontdesk.bots.slack.reply import LIMIT, PLACEHOLDER
 from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend

@@ -1,32 +1,12 @@
-"""The Slack channel: slack-bolt's ``AsyncApp`` inside the gateway's event loop.
-
-Events arrive over Socket Mode when ``FRONTDESK_SLACK_APP_TOKEN`` is set, and otherwise as HTTP
-posts to ``/slack/events`` on the gateway's HTTP server, where bolt checks every request's
-signature and timestamp (401 when either is wrong). Bolt runs with ``process_before_response``:
-the message is stored and queued before the ack goes back, and nothing is generated before it.
-
-Who gets answered: direct messages, @mentions in channels, and follow-ups in a thread the bot
-is in. A reply goes in the thread of the message it answers. In a channel a thread is one
-conversation (team, channel, thread); a DM is one conversation until the user says "reset".
-Bots (this one included), edits and deletions get no reply. A retried event gets no second reply:
-its event id is remembered here, and its message's key (channel + ts) in storage, which also
-survives a restart.
-
-A reply streams into a placeholder, then grows by ``chat.update``. Updates are Tier 3 (about 50 a
-minute for the whole app), so the channel keeps one app-wide budget: a streaming reply gets an
-interim update only while room remains for the final update of every reply still streaming, and
-final updates queue for room. Each message is updated at most every ``FRONTDESK_SLACK_EDIT_
-INTERVAL``, each channel gets at most one new message a second, and a 429 is waited out and
-retried, so no reply is lost. Text is converted from Markdown to mrkdwn and sent as ``text`` (no
-blocks), at most 4,000 characters a message; longer replies continue in new messages.
-"""
+"""``SlackChannel``: construction, start and stop (Socket Mode or HTTP Events API), taking events
+(the checks of who is answered, commands, dedupe) and delivering replies. Sending is ``SlackApi``'s
+(``api``), names ``SlackNames``' (``names``), the live reply ``LiveReply``'s (``reply``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-import time
 from collections import OrderedDict, defaultdict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -48,21 +28,18 @@ from frontdesk.errors import ConfigError, FrontdeskError
 from frontdesk.settings import Settings
 from frontdesk.wire import InboundMessage
 
-from .channel import ReplyStream
-from .slack_reply import LiveReply, UpdateBudget, to_mrkdwn
+from ..channel import ReplyStream
+from .api import SlackApi
+from .mrkdwn import to_mrkdwn
+from .names import NAME_BATCH_S, REMEMBERED, SlackNames
+from .reply import LiveReply, UpdateBudget
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..gateway import Gateway
 
 log = logging.getLogger(__name__)
 
-POST_GAP_S = 1.0  # chat.postMessage: about one message a second per channel
-SEND_ATTEMPTS = 8
-USER_NAME_TTL_S = 3600.0
-NAME_BATCH_S = 0.5  # new users' names are looked up in rounds this far apart…
-LOOKUPS_AT_ONCE = 5  # …this many at a time (users.info is Tier 4, about 100 a minute)
 SOCKET_CONNECT_S = 30.0
-REMEMBERED = 10_000  # event ids and user names kept in memory
 # Words that act as commands when they are the whole message (Slack keeps "/" for its own)
 COMMAND_WORDS = {"reset": "/reset", "new": "/reset", "stop": "/stop", "help": "/help"}
 # Message subtypes a person produces; every other subtype (edits, deletions, joins, bots) is not
@@ -80,7 +57,7 @@ CHANNEL_RESET = (
 )
 
 
-class SlackChannel:
+class SlackChannel(SlackNames, SlackApi):
     name = "slack"
     replies_from_any_gateway = True  # a channel and a thread ts are all a reply needs
 
@@ -317,44 +294,6 @@ class SlackChannel:
             await self._say(channel, thread_ts, texts.NOT_ALLOWED)
         return False
 
-    def _known_name(self, user_id: str) -> tuple[bool, str | None]:
-        """(whether the cache knows, the name). A failed lookup is known as None for a minute."""
-        cached = self._names.get(user_id)
-        if cached is None or cached[0] <= time.monotonic():
-            return False, None
-        return True, cached[1]
-
-    async def _name_unnamed(self) -> None:
-        """Look up the display names of users first seen since the last round (users.info, a
-        few at a time) and record them on what was stored without them. A burst of new users
-        gathers for a moment first, so the burst's acks never compete with this."""
-        while self._unnamed:
-            await asyncio.sleep(NAME_BATCH_S)
-            users, self._unnamed = list(self._unnamed), set()
-            names: dict[str, str] = {}
-            for start in range(0, len(users), LOOKUPS_AT_ONCE):
-                batch = users[start : start + LOOKUPS_AT_ONCE]
-                found = await asyncio.gather(*(self._lookup(u) for u in batch))
-                names.update((u, n) for u, n in zip(batch, found, strict=True) if n)
-            assert self._gateway is not None
-            await self._gateway.name_users(self.name, names)
-
-    async def _lookup(self, user_id: str) -> str | None:
-        assert self.client is not None
-        name, ttl = None, USER_NAME_TTL_S
-        try:
-            user = (await self.client.users_info(user=user_id))["user"]
-            profile = user.get("profile") or {}
-            name = profile.get("display_name") or profile.get("real_name") or user.get("name")
-        except (SlackApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("users.info %s failed: %s", user_id, exc)
-            ttl = 60.0  # ask again soon
-        self._names[user_id] = (time.monotonic() + ttl, name)
-        self._names.move_to_end(user_id)
-        if len(self._names) > REMEMBERED:
-            self._names.popitem(last=False)
-        return name
-
     # -- outbound -------------------------------------------------------------------------------
 
     async def deliver(self, reply: ReplyStream) -> None:
@@ -364,78 +303,3 @@ class SlackChannel:
     async def _say(self, channel: str, thread_ts: str, text: str) -> None:
         """A short reply of the channel's own (help, refusals)."""
         await self.post(channel, thread_ts, to_mrkdwn(text))
-
-    async def post(self, channel: str, thread_ts: str, text: str) -> str:
-        """chat.postMessage in the thread; returns the message's ts. Posts to one channel go
-        one at a time, each a second after Slack answered the one before (so transit jitter
-        cannot put two in one second at Slack's end)."""
-        async with self._post_locks[channel]:
-            for _attempt in range(SEND_ATTEMPTS):
-                wait = self._next_post.get(channel, 0.0) - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                try:
-                    response = await self._api().chat_postMessage(
-                        channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False
-                    )
-                    return str(response["ts"])
-                except SlackApiError as exc:
-                    retry_at = time.monotonic() + self._retry_after(exc)
-                finally:
-                    self._next_post[channel] = time.monotonic() + POST_GAP_S
-                self._next_post[channel] = max(self._next_post[channel], retry_at)
-        raise FrontdeskError(f"could not post to Slack channel {channel}")
-
-    async def update(self, channel: str, ts: str, text: str, slot: list[float]) -> bool:
-        """chat.update in a budget slot (stamped when Slack answers). False when Slack refused
-        the update for good (the message was deleted, say)."""
-        for _attempt in range(SEND_ATTEMPTS):
-            try:
-                await self._api().chat_update(channel=channel, ts=ts, text=text)
-                return True
-            except SlackApiError as exc:
-                wait = self._retry_after(exc, refused_ok=True)
-                if wait < 0:
-                    log.warning("chat.update of %s refused: %s", ts, exc.response.get("error"))
-                    return False
-                self.budget.hold(wait)
-                await asyncio.sleep(wait)
-                slot = await self.budget.final()
-            finally:
-                slot[0] = time.monotonic()
-        raise FrontdeskError(f"could not update Slack message {ts}")
-
-    async def delete(self, channel: str, ts: str) -> None:
-        """chat.delete, waiting out 429s; a refusal is logged (the message stays)."""
-        for _attempt in range(SEND_ATTEMPTS):
-            try:
-                await self._api().chat_delete(channel=channel, ts=ts)
-                return
-            except SlackApiError as exc:
-                wait = self._retry_after(exc, refused_ok=True)
-                if wait < 0:
-                    log.warning("chat.delete of %s refused: %s", ts, exc.response.get("error"))
-                    return
-                await asyncio.sleep(wait)
-        log.warning("chat.delete of %s: still rate-limited, message left", ts)
-
-    def _retry_after(self, exc: SlackApiError, *, refused_ok: bool = False) -> float:
-        """Seconds to wait before retrying a rate-limited call; anything else is raised (or,
-        with ``refused_ok``, answered with -1)."""
-        response = exc.response
-        if response.status_code != 429:
-            if refused_ok:
-                return -1.0
-            raise exc
-        self.retries_after_429 += 1
-        headers = {k.lower(): v for k, v in (response.headers or {}).items()}
-        try:
-            wait = float(headers.get("retry-after", 1))
-        except ValueError:
-            wait = 1.0
-        log.warning("slack 429 on %s: waiting %.0fs", response.api_url, wait)
-        return wait
-
-    def _api(self) -> AsyncWebClient:
-        assert self.client is not None, "the Slack channel is not started"
-        return self.client

@@ -1,41 +1,29 @@
 """How the Slack channel shows a reply as it streams: a placeholder, then ``chat.update``s of the
 growing text, within one app-wide budget of updates, converted from Markdown to mrkdwn and split
-at Slack's length limit. See the ``slack`` module for the rules."""
+at Slack's length limit. See the package's docstring for the rules."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from slackify_markdown import slackify_markdown
-
 from frontdesk import texts
 
-from .channel import ReplyStream
-from .text import split_text
+from ..channel import ReplyStream
+from ..text import split_text
+from .mrkdwn import mrkdwn_len, to_mrkdwn
 
 if TYPE_CHECKING:
-    from .slack import SlackChannel
+    from .channel import SlackChannel
 
 LIMIT = 4_000  # Slack truncates the display of longer text
 PLACEHOLDER = "_Thinking…_"
 PLACEHOLDER_AFTER_S = 0.3  # a reply complete by then is posted whole, with no placeholder
 WINDOW_S = 60.5  # chat.update's per-minute budget, with a margin for clock skew
-
-
-@functools.lru_cache(maxsize=256)  # a streaming reply converts the same parts repeatedly
-def to_mrkdwn(markdown: str) -> str:
-    """The model's Markdown as Slack mrkdwn: bold, italics, code, links and lists."""
-    return slackify_markdown(markdown).rstrip("\n")
-
-
-def _mrkdwn_len(markdown: str) -> int:
-    return len(to_mrkdwn(markdown))
 
 
 class UpdateBudget:
@@ -154,7 +142,7 @@ class LiveReply:
                 return
         text = self.text if self.text.strip() or not final else texts.EMPTY_REPLY
         if text.strip():
-            parts = [to_mrkdwn(p) for p in split_text(text, LIMIT, _mrkdwn_len) if p.strip()]
+            parts = [to_mrkdwn(p) for p in split_text(text, LIMIT, mrkdwn_len) if p.strip()]
         else:
             parts = [PLACEHOLDER]
         if final:
