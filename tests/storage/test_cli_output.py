@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from frontdesk.cli import app
 from frontdesk.redact import redact
 from frontdesk.storage import ReplyFigures, Store
-from frontdesk.storage.cli import _print_tail
+from frontdesk.storage.cli.tail import _print_tail
 from frontdesk.storage.logs import LogFilter, Logs
 from frontdesk.wire import InboundMessage
 
