@@ -293,7 +293,7 @@ async def other_backends(
         await through_frontdesk(settings, llama, 1, 1)  # warm-up
         rows.append(("llama.cpp in-process", *await alternate(direct, frontdesk, rounds)))
     finally:
-        await llama.close()
+        await llama.stop()
     with llama_server(model) as url:
         await wait_for_server(url)
         settings = settings.model_copy(update={"engine": "openai"})
@@ -308,7 +308,7 @@ async def other_backends(
             )
             rows.append(("openai → llama_cpp.server", *pair))
         finally:
-            await backend.close()
+            await backend.stop()
     return rows
 
 
@@ -436,7 +436,7 @@ async def started_vllm(settings: Settings) -> AsyncIterator[VLLMBackend]:
     try:
         yield backend
     finally:
-        await backend.close()
+        await backend.stop()
 
 
 def _cores() -> int:

@@ -39,7 +39,7 @@ async def _engine(settings: Settings) -> Check:
             params = GenerationParams(uuid.uuid4().hex, max_tokens=4, temperature=0.0)
             pieces = [chunk async for chunk in backend.stream(prompt, params)]
         finally:
-            await backend.close()
+            await backend.stop()
     except FrontdeskError as exc:
         return Check("engine", False, f"{settings.engine}: {exc}", time.monotonic() - started)
     usage = pieces[-1].usage if pieces else None

@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 async def _enter(stack: contextlib.AsyncExitStack, piece: Any, **start_options: object) -> None:
-    """Start ``piece`` now and have ``stack`` stop it (``stop()`` or a backend's ``close()``)."""
+    """Start ``piece`` now and have ``stack`` stop it, in reverse order of starting."""
     await piece.start(**start_options)
-    stack.push_async_callback(piece.close if hasattr(piece, "close") else piece.stop)
+    stack.push_async_callback(piece.stop)
 
 
 async def open_store(stack: contextlib.AsyncExitStack, settings: Settings) -> Store:

@@ -122,7 +122,7 @@ async def llama(model_path: Path) -> AsyncIterator[LlamaCppBackend]:
     backend = LlamaCppBackend(model_path, n_ctx=2048, n_threads=2)
     await backend.start()
     yield backend
-    await backend.close()
+    await backend.stop()
 
 
 @pytest.fixture

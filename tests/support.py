@@ -138,7 +138,7 @@ async def pipeline(
     channels: Sequence[Channel] = (),
 ) -> AsyncIterator[Pipeline]:
     """Store, queue, worker (when a backend is given) and gateway with a RecordingChannel, started
-    in order and stopped in reverse. The backend is started and closed by the caller."""
+    in order and stopped in reverse. The backend is started and stopped by the caller."""
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = Store(settings.database_url)

@@ -33,7 +33,7 @@ class FixedReplyBackend:
     async def start(self) -> None:
         pass
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         pass
 
     def render(self, messages: Sequence[ChatMessage]) -> Prompt:

@@ -92,7 +92,7 @@ class LlamaCppBackend:
         self._stop_tokens = frozenset({eos}) if eos >= 0 else frozenset()
         return Jinja2ChatFormatter(template=template, eos_token=eos_text, bos_token=bos_text)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         for event in self._cancels.values():
             event.set()
         async with self._lock:

@@ -102,11 +102,11 @@ class OpenAIBackend:
                     return
             except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, ValueError) as exc:
                 log.warning("cannot list models at %s: %s", replica.url, exc)
-        await self.close()
+        await self.stop()
         urls = ", ".join(r.url for r in self.replicas)
         raise EngineUnavailable(f"no OpenAI-compatible server answered at {urls}")
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         for response in self._responses.values():
             response.close()
         if self._session is not None:

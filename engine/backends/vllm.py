@@ -101,7 +101,7 @@ class VLLMBackend:
             raise _setup_error(exc, self.model_dir) from exc
         self._tokenizer = self.engine.get_tokenizer()
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None

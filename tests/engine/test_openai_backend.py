@@ -125,7 +125,7 @@ async def started(*urls: str, **options: object) -> AsyncIterator[OpenAIBackend]
     try:
         yield backend
     finally:
-        await backend.close()
+        await backend.stop()
 
 
 def params(max_tokens: int = 24) -> GenerationParams:

@@ -41,7 +41,7 @@ async def vllm(
     try:
         yield backend
     finally:
-        await backend.close()
+        await backend.stop()
 
 
 def params(max_tokens: int) -> GenerationParams:
