@@ -77,11 +77,25 @@ class Gateway:
         self.http = HttpServer(settings.http_host, settings.http_port)
 
     async def start(self) -> None:
+        """Start the reply pump, the channels in order, and the HTTP server if one needs it. A
+        start that fails halfway undoes what it began (in reverse) and raises."""
         self._pump = asyncio.create_task(self._pump_replies(), name="gateway-replies")
-        for channel in self.channels:
-            await channel.start(self)  # webhook channels add their routes to self.http here
-        if self.http.needed:
-            await self.http.start()
+        started: list[Channel] = []
+        try:
+            for channel in self.channels:
+                await channel.start(self)  # webhook channels add their routes to self.http here
+                started.append(channel)
+            if self.http.needed:
+                await self.http.start()
+        except BaseException:
+            for channel in reversed(started):
+                try:
+                    await channel.stop()
+                except Exception as exc:  # the start's own error is the one to raise
+                    log.warning("channel %s did not stop cleanly: %r", channel.name, exc)
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            raise
         if self.shared:
             self._announcer = asyncio.create_task(self._announce(), name="gateway-announce")
 

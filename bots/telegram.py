@@ -107,6 +107,7 @@ class TelegramChannel:
         app = builder.build()
         app.add_handler(TypeHandler(Update, self._on_update))
         app.add_error_handler(self._on_error)
+        self.app = app  # from here on, stop() undoes what was begun
         try:
             await app.initialize()  # getMe: checks the token and the API URL
             await app.bot.set_my_commands(COMMANDS)
@@ -119,15 +120,20 @@ class TelegramChannel:
                 assert app.updater is not None
                 await app.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
             await app.start()
-        except InvalidToken as exc:  # its text holds the token
-            raise ConfigError(
-                "Telegram refused FRONTDESK_TELEGRAM_TOKEN: check it with @BotFather"
-            ) from exc
-        except TelegramError as exc:
-            raise FrontdeskError(
-                f"cannot reach the Telegram Bot API at {self.settings.telegram_api_url}: {exc}"
-            ) from exc
-        self.app = app
+        except BaseException as exc:
+            try:
+                await self.stop()  # a start that fails halfway leaves nothing running
+            except Exception as cleanup:  # the start's own error is the one to raise
+                log.warning("telegram channel did not shut down cleanly: %r", cleanup)
+            if isinstance(exc, InvalidToken):  # its text holds the token
+                raise ConfigError(
+                    "Telegram refused FRONTDESK_TELEGRAM_TOKEN: check it with @BotFather"
+                ) from exc
+            if isinstance(exc, TelegramError):
+                raise FrontdeskError(
+                    f"cannot reach the Telegram Bot API at {self.settings.telegram_api_url}: {exc}"
+                ) from exc
+            raise
         self.bot_id, self.username = app.bot.id, app.bot.username
 
     async def stop(self) -> None:

@@ -12,9 +12,11 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from chatgpt_md_converter import telegram_format
+from telegram.ext import ApplicationBuilder
 
 from frontdesk import texts
 from frontdesk.bots.telegram import TelegramChannel
@@ -22,6 +24,7 @@ from frontdesk.engine.backends import Backend
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
 from frontdesk.engine.worker import Worker
+from frontdesk.errors import FrontdeskError
 from tests.fakes.telegram_api import FakeTelegram, parse_html
 from tests.support import DiesMidway, Pipeline, pipeline
 
@@ -317,3 +320,28 @@ async def test_frontdesk_gateway_runs_the_telegram_channel_when_a_token_is_set(
     for proc in procs:
         assert proc.stderr is not None
         assert b"Traceback" not in await proc.stderr.read()
+
+
+async def test_a_start_that_fails_halfway_shuts_python_telegram_bot_down(
+    fake: FakeTelegram, tg_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """setMyCommands fails after getMe succeeded: the channel's start raises one clear error,
+    and the Application it initialized is shut down again (no session left open), so a retry
+    of the start, or the process's exit, finds nothing running."""
+    built: list[Any] = []
+    build = ApplicationBuilder.build
+
+    def keep(self: ApplicationBuilder) -> Any:  # type: ignore[type-arg]
+        built.append(build(self))
+        return built[-1]
+
+    monkeypatch.setattr(ApplicationBuilder, "build", keep)
+    fake.fail_next("setMyCommands", retry_after=1)
+    channel = TelegramChannel(tg_settings())
+    with pytest.raises(FrontdeskError, match="cannot reach the Telegram Bot API"):
+        async with pipeline(tg_settings(), None, channels=[channel]):
+            pass
+    [app] = built
+    assert fake.calls_to("getMe")  # it got as far as initializing
+    assert not app.running and not app._initialized  # and shut that down again
+    assert channel.app is None

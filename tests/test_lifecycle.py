@@ -1,0 +1,62 @@
+"""Lifecycles that clean up: a gateway whose channel fails to start undoes what it began, and the
+runtime stops what it started in reverse order, every piece, even when one of them fails to stop."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from frontdesk.bots import Gateway, ReplyStream
+from frontdesk.engine.queue import LocalQueue
+from frontdesk.runtime import _enter
+from frontdesk.storage import Store
+
+
+class Piece:
+    """A service that records its start and stop, and can fail either."""
+
+    def __init__(self, name: str, log: list[str], *, fail_start: bool = False,
+                 fail_stop: bool = False) -> None:  # fmt: skip
+        self.name, self.log = name, log
+        self.fail_start, self.fail_stop = fail_start, fail_stop
+
+    async def start(self, gateway: object = None) -> None:
+        if self.fail_start:
+            raise RuntimeError(f"{self.name} cannot start")
+        self.log.append(f"start {self.name}")
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+        if self.fail_stop:
+            raise RuntimeError(f"{self.name} cannot stop")
+
+    async def deliver(self, reply: ReplyStream) -> None:
+        pass
+
+
+async def test_a_gateway_whose_channel_fails_to_start_stops_what_it_started(
+    make_settings,
+) -> None:  # type: ignore[no-untyped-def]
+    log: list[str] = []
+    settings = make_settings()
+    store = Store(settings.database_url)
+    channels = [Piece("first", log), Piece("second", log, fail_start=True), Piece("third", log)]
+    gateway = Gateway(settings, LocalQueue(), store, channels)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="second cannot start"):
+        await gateway.start()
+    assert log == ["start first", "stop first"]  # the third never started
+    assert gateway._pump is not None and gateway._pump.done()  # the reply pump is not left running
+    await store.stop()
+
+
+async def test_the_runtime_stops_in_reverse_and_every_piece_even_when_one_fails() -> None:
+    log: list[str] = []
+    pieces = [Piece("store", log), Piece("queue", log, fail_stop=True), Piece("worker", log)]
+    with pytest.raises(RuntimeError, match="queue cannot stop"):
+        async with contextlib.AsyncExitStack() as stack:
+            for piece in pieces:
+                await _enter(stack, piece)
+    assert log == [
+        "start store", "start queue", "start worker", "stop worker", "stop queue", "stop store",
+    ]  # fmt: skip
