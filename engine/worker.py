@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from frontdesk import texts
+from frontdesk.backoff import Backoff
 from frontdesk.errors import EngineDead, FrontdeskError, PromptTooLong, QueueUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import MessageStatus, ReplyFigures, Store
@@ -162,7 +163,7 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         while not self._stopping:
             room = self.concurrency - len(self._held)
             if room <= 0:
@@ -172,11 +173,10 @@ class Worker:
             try:
                 deliveries = await self.queue.receive(room, block_ms=1000)
             except Exception as exc:  # Redis away: keep serving, retry with backoff
-                log.warning("cannot read turns (%r); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                log.warning("cannot read turns (%r); retrying in %.1fs", exc, backoff.delay_s)
+                await backoff.wait()
                 continue
-            backoff = 0.1
+            backoff.reset()
             if self._stopping:  # stopped (or its engine died) while it waited: give them back
                 for delivery in deliveries:
                     await self._safely(self.queue.release(delivery))

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from frontdesk.backoff import Backoff
 from frontdesk.errors import QueueUnavailable
 from frontdesk.secrets import hide_password
 from frontdesk.wire import ReplyDelta, Turn, decode, encode
@@ -103,17 +104,16 @@ class RedisQueue(QueueAdmin):
         turns. Survives Redis outages by retrying."""
         key = self.reply_prefix + gateway
         last_id = "0-0"
-        backoff = 0.1
+        backoff = Backoff()
         while True:
             try:
                 read = await self.redis.xread({key: last_id}, count=500, block=1000)
                 result = cast(Streams, read)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("reply stream %s: Redis unreachable (%s); retrying", key, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.wait()
                 continue
-            backoff = 0.1
+            backoff.reset()
             for _key, entries in result or ():
                 for entry_id, fields in entries:
                     last_id = entry_id
@@ -154,19 +154,18 @@ class RedisQueue(QueueAdmin):
 
     async def cancellations(self) -> AsyncIterator[str]:
         """Turn ids to stop, from Redis pub/sub; resubscribes after a Redis outage."""
-        backoff = 0.1
+        backoff = Backoff()
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.cancel_channel)
-                backoff = 0.1
+                backoff.reset()
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         yield message["data"]
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("cancel channel: Redis unreachable (%s); retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.wait()
             finally:
                 await pubsub.aclose()
 
