@@ -9,6 +9,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -18,9 +20,14 @@ from frontdesk.errors import FrontdeskError
 from .reply import UpdateBudget
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POST_GAP_S = 1.0  # chat.postMessage: about one message a second per channel
 SEND_ATTEMPTS = 8
+
+
+class _StillLimited(Exception):
+    """Every attempt at a call was answered 429."""
 
 
 class SlackApi:
@@ -36,55 +43,88 @@ class SlackApi:
         """chat.postMessage in the thread; returns the message's ts. Posts to one channel go
         one at a time, each a second after Slack answered the one before (so transit jitter
         cannot put two in one second at Slack's end)."""
+
+        async def paced() -> str:
+            wait = self._next_post.get(channel, 0.0) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                response = await self._api().chat_postMessage(
+                    channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False
+                )
+                return str(response["ts"])
+            finally:
+                self._next_post[channel] = time.monotonic() + POST_GAP_S
+
+        async def later(wait: float) -> None:  # the next try waits in paced()
+            self._next_post[channel] = max(self._next_post[channel], time.monotonic() + wait)
+
         async with self._post_locks[channel]:
-            for _attempt in range(SEND_ATTEMPTS):
-                wait = self._next_post.get(channel, 0.0) - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                try:
-                    response = await self._api().chat_postMessage(
-                        channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False
-                    )
-                    return str(response["ts"])
-                except SlackApiError as exc:
-                    retry_at = time.monotonic() + self._retry_after(exc)
-                finally:
-                    self._next_post[channel] = time.monotonic() + POST_GAP_S
-                self._next_post[channel] = max(self._next_post[channel], retry_at)
-        raise FrontdeskError(f"could not post to Slack channel {channel}")
+            try:
+                ts = await self._sent(f"chat.postMessage to {channel}", paced, waiting=later)
+            except _StillLimited:
+                raise FrontdeskError(f"could not post to Slack channel {channel}") from None
+        assert ts is not None  # a post is never refused quietly: its error was raised
+        return ts
 
     async def update(self, channel: str, ts: str, text: str, slot: list[float]) -> bool:
         """chat.update in a budget slot (stamped when Slack answers). False when Slack refused
         the update for good (the message was deleted, say)."""
-        for _attempt in range(SEND_ATTEMPTS):
+        current = slot
+
+        async def once() -> bool:
             try:
                 await self._api().chat_update(channel=channel, ts=ts, text=text)
                 return True
-            except SlackApiError as exc:
-                wait = self._retry_after(exc, refused_ok=True)
-                if wait < 0:
-                    log.warning("chat.update of %s refused: %s", ts, exc.response.get("error"))
-                    return False
-                self.budget.hold(wait)
-                await asyncio.sleep(wait)
-                slot = await self.budget.final()
             finally:
-                slot[0] = time.monotonic()
-        raise FrontdeskError(f"could not update Slack message {ts}")
+                current[0] = time.monotonic()
+
+        async def waited(wait: float) -> None:  # a 429 holds the whole budget, then a new slot
+            nonlocal current
+            self.budget.hold(wait)
+            await asyncio.sleep(wait)
+            current = await self.budget.final()
+
+        try:
+            done = await self._sent(f"chat.update of {ts}", once, refused_ok=True, waiting=waited)
+        except _StillLimited:
+            raise FrontdeskError(f"could not update Slack message {ts}") from None
+        return done is not None
 
     async def delete(self, channel: str, ts: str) -> None:
         """chat.delete, waiting out 429s; a refusal is logged (the message stays)."""
+
+        async def once() -> bool:
+            await self._api().chat_delete(channel=channel, ts=ts)
+            return True
+
+        try:
+            await self._sent(f"chat.delete of {ts}", once, refused_ok=True)
+        except _StillLimited:
+            log.warning("chat.delete of %s: still rate-limited, message left", ts)
+
+    async def _sent(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        refused_ok: bool = False,
+        waiting: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> T | None:
+        """``call()`` until Slack takes it, at most ``SEND_ATTEMPTS`` times, each 429 waited out
+        through ``waiting(seconds)``. Returns what the call returned, or None when Slack refused
+        it for good (logged; with ``refused_ok`` only, else the error is raised). Raises
+        _StillLimited when every attempt was rate-limited."""
         for _attempt in range(SEND_ATTEMPTS):
             try:
-                await self._api().chat_delete(channel=channel, ts=ts)
-                return
+                return await call()
             except SlackApiError as exc:
-                wait = self._retry_after(exc, refused_ok=True)
+                wait = self._retry_after(exc, refused_ok=refused_ok)
                 if wait < 0:
-                    log.warning("chat.delete of %s refused: %s", ts, exc.response.get("error"))
-                    return
-                await asyncio.sleep(wait)
-        log.warning("chat.delete of %s: still rate-limited, message left", ts)
+                    log.warning("%s refused: %s", what, exc.response.get("error"))
+                    return None
+                await waiting(wait)
+        raise _StillLimited(what)
 
     def _retry_after(self, exc: SlackApiError, *, refused_ok: bool = False) -> float:
         """Seconds to wait before retrying a rate-limited call; anything else is raised (or,
