@@ -55,7 +55,8 @@ def export_hf(out: Path, *, force: bool = False) -> tuple[Path, bool]:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # transformers leaves from_config untyped
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         model.load_state_dict(loaded.state_dict(), strict=True)
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
