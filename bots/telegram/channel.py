@@ -1,58 +1,37 @@
-"""The Telegram channel: python-telegram-bot (v22) inside the gateway's event loop.
-
-Updates arrive by long polling, or by webhook on the gateway's HTTP server when
-``FRONTDESK_TELEGRAM_WEBHOOK_URL`` is set (a request without the right secret token gets 403). In
-private chats every text is a turn; in groups only a message that @mentions the bot, replies to it,
-or is a /command for it. A reply streams live: "typing…" until the first text, then one message
-edited with the growing text at most every ``FRONTDESK_TELEGRAM_EDIT_INTERVAL``, closed by a final
-edit. Text over 4096 characters (UTF-16 units, as Telegram counts) continues in new messages, cut
-at paragraph or sentence boundaries. Markdown becomes Telegram HTML; a part Telegram cannot parse
-is sent as plain text instead, so a user never sees a failed message. Each chat is paced to
-Telegram's limits (one message or edit a second, 20 a minute in groups), and a 429 is waited out
-and retried, so no reply is lost.
-
-Everything Telegram-specific lives here: past this module a message is an ``InboundMessage``.
-"""
+"""``TelegramChannel``: construction, start and stop (long polling or webhook), taking updates
+(who is answered, the allowlist, commands, mentions) and delivering replies. Sending is
+``TelegramApi``'s (``api``), the live reply ``LiveReply``'s (``reply``)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
 import re
-import time
-import warnings
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from chatgpt_md_converter import telegram_format
-from telegram import BotCommand, Message, ReplyParameters, Update, User
-from telegram.constants import ChatAction, ChatType, MessageEntityType, MessageLimit, ParseMode
-from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram import BotCommand, Message, Update, User
+from telegram.constants import ChatType, MessageEntityType
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
-from telegram.warnings import PTBDeprecationWarning
 
 from frontdesk import texts
 from frontdesk.errors import ConfigError, FrontdeskError
 from frontdesk.settings import Settings
 from frontdesk.wire import InboundMessage
 
-from .channel import ReplyStream
-from .text import split_text, utf16_len
+from ..channel import ReplyStream
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..gateway import Gateway
+
+from .api import ChatRef, TelegramApi
+from .reply import LiveReply
 
 log = logging.getLogger(__name__)
 
-LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4096, counted after entity parsing
-TYPING_EVERY_S = 4.0  # a chat action shows for 5 s
-PRIVATE_GAP_S = 1.0  # least time between two messages or edits in a private chat…
-GROUP_GAP_S = 3.0  # …and in a group (20 a minute)
-SEND_ATTEMPTS = 8
 ALLOWED_UPDATES = ["message", "edited_message"]
 COMMANDS = [
     BotCommand("start", "Say hello"),
@@ -62,7 +41,7 @@ COMMANDS = [
 ]
 
 
-class TelegramChannel:
+class TelegramChannel(TelegramApi):
     name = "telegram"
     replies_from_any_gateway = True  # a chat id is all a reply needs
 
@@ -225,7 +204,7 @@ class TelegramChannel:
     async def _say(self, msg: Message, text: str) -> None:
         """A short plain reply of the channel's own (refusals, "text only")."""
         topic = msg.message_thread_id if msg.is_topic_message else None
-        chat = _ChatRef(msg.chat.id, msg.chat.type, topic, msg.message_id)
+        chat = ChatRef(msg.chat.id, msg.chat.type, topic, msg.message_id)
         await self._call(chat, lambda **kw: self._bot.send_message(**chat.target, **kw), None, text)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -239,175 +218,12 @@ class TelegramChannel:
 
     # -- outbound -------------------------------------------------------------------------------
 
-    @property
-    def _bot(self) -> Any:
-        assert self.app is not None, "the Telegram channel is not started"
-        return self.app.bot
-
     async def deliver(self, reply: ReplyStream) -> None:
         inbound = reply.inbound
-        chat = _ChatRef(
+        chat = ChatRef(
             int(inbound.chat_id),
             inbound.meta.get("chat_type", ChatType.PRIVATE),
             int(inbound.thread_id) if inbound.thread_id else None,
             int(inbound.meta["reply_to"]) if "reply_to" in inbound.meta else None,
         )
-        await _LiveReply(self, chat, self.settings.telegram_edit_interval).run(reply)
-
-    async def _call(
-        self,
-        chat: _ChatRef,
-        method: Callable[..., Awaitable[Any]],
-        html: str | None,
-        plain: str,
-    ) -> Any:
-        """Send or edit, paced for the chat: ``html`` when given, else ``plain``. Waits out 429s
-        and network failures; when Telegram cannot parse the HTML (or counts it too long), sends
-        ``plain`` instead. Returns the API's result, or None for "message is not modified"."""
-        text, parse_mode = (html, ParseMode.HTML) if html is not None else (plain, None)
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            await self._pace(chat)
-            try:
-                return await method(text=text, parse_mode=parse_mode)
-            except RetryAfter as exc:
-                self.retries_after_429 += 1
-                with warnings.catch_warnings():  # PTB 22 warns that it will become a timedelta
-                    warnings.simplefilter("ignore", PTBDeprecationWarning)
-                    wait = exc.retry_after
-                seconds = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
-                log.warning("telegram 429 in chat %s: waiting %.1fs", chat.id, seconds)
-                self._last_call[chat.id] = time.monotonic() + seconds
-            except BadRequest as exc:
-                reason = str(exc).lower()
-                if "not modified" in reason:
-                    return None
-                if parse_mode is None or not ("parse entities" in reason or "too long" in reason):
-                    raise
-                log.info("telegram rejected HTML (%s); sending plain text", exc)
-                text, parse_mode = plain, None
-            except NetworkError as exc:
-                if attempt == SEND_ATTEMPTS:
-                    raise
-                log.warning("telegram unreachable (%s); retrying", exc)
-                await asyncio.sleep(min(2.0**attempt / 4, 10.0))
-            finally:
-                self._answered(chat)
-        raise FrontdeskError(f"could not send to Telegram chat {chat.id}")
-
-    async def _pace(self, chat: _ChatRef) -> None:
-        """Wait for the chat's next slot. Slots are counted from when the previous call was
-        answered, which is after Telegram received it, so transit jitter cannot squeeze two
-        calls into one second at Telegram's end."""
-        gap = PRIVATE_GAP_S if chat.type == ChatType.PRIVATE else GROUP_GAP_S
-        now = time.monotonic()
-        ready = self._last_call.get(chat.id, 0.0) + gap
-        self._last_call[chat.id] = max(now, ready)  # reserve the slot before sleeping
-        if ready > now:
-            await asyncio.sleep(ready - now)
-
-    def _answered(self, chat: _ChatRef) -> None:
-        self._last_call[chat.id] = max(self._last_call.get(chat.id, 0.0), time.monotonic())
-
-
-class _ChatRef:
-    """Where a reply goes: chat, its type, forum topic, and the message it answers."""
-
-    __slots__ = ("id", "reply_to", "thread", "type")
-
-    def __init__(self, chat_id: int, chat_type: str, thread: int | None, reply_to: int | None):
-        self.id, self.type, self.thread, self.reply_to = chat_id, chat_type, thread, reply_to
-
-    @property
-    def target(self) -> dict[str, Any]:
-        target: dict[str, Any] = {"chat_id": self.id, "message_thread_id": self.thread}
-        if self.type != ChatType.PRIVATE and self.reply_to is not None:
-            target["reply_parameters"] = ReplyParameters(
-                self.reply_to, allow_sending_without_reply=True
-            )
-        return target
-
-
-class _LiveReply:
-    """One reply shown as it streams: messages sent so far and the text each shows."""
-
-    def __init__(self, channel: TelegramChannel, chat: _ChatRef, interval: float) -> None:
-        self.channel = channel
-        self.chat = chat
-        self.interval = interval
-        self.shown: list[tuple[int, str]] = []  # (message id, HTML it shows)
-
-    async def run(self, reply: ReplyStream) -> None:
-        typing = asyncio.create_task(self._typing())
-        text = ""
-        last_show = 0.0
-        try:
-            async for delta in reply:
-                text = delta.text if delta.restart else text + delta.text
-                if delta.done:
-                    if delta.error:
-                        text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error
-                    typing.cancel()
-                    await self._show(text, final=True)
-                    return
-                if text.strip():
-                    typing.cancel()
-                    if time.monotonic() - last_show >= self.interval:
-                        await self._show(text)
-                        last_show = time.monotonic()
-        finally:
-            typing.cancel()
-
-    async def _drop_beyond(self, count: int) -> None:
-        bot = self.channel._bot
-        for message_id, _html in self.shown[count:]:
-
-            async def delete(message_id: int = message_id, **_text: Any) -> Any:
-                return await bot.delete_message(chat_id=self.chat.id, message_id=message_id)
-
-            try:
-                await self.channel._call(self.chat, delete, None, "")
-            except TelegramError as exc:
-                log.warning("could not delete message %s: %s", message_id, exc)
-        del self.shown[count:]
-
-    async def _typing(self) -> None:
-        bot = self.channel._bot
-        while True:
-            try:
-                await bot.send_chat_action(
-                    self.chat.id, ChatAction.TYPING, message_thread_id=self.chat.thread
-                )
-            except TelegramError as exc:
-                log.debug("chat action failed: %s", exc)
-            await asyncio.sleep(TYPING_EVERY_S)
-
-    async def _show(self, text: str, *, final: bool = False) -> None:
-        """Bring the chat up to ``text``: edit messages whose part changed, send new parts. At the
-        end, messages beyond the text's parts go (a reply that started over came out shorter)."""
-        bot = self.channel._bot
-        parts = split_text(text, LIMIT, utf16_len)
-        if final:
-            await self._drop_beyond(len(parts))
-        for index, part in enumerate(parts):
-            if not part.strip():
-                continue
-            html = telegram_format(part)
-            if index < len(self.shown):
-                message_id, shown = self.shown[index]
-                if html == shown:
-                    continue  # never an edit that changes nothing
-
-                async def edit(message_id: int = message_id, **kw: Any) -> Any:
-                    return await bot.edit_message_text(
-                        chat_id=self.chat.id, message_id=message_id, **kw
-                    )
-
-                await self.channel._call(self.chat, edit, html, part)
-                self.shown[index] = (message_id, html)
-            else:
-
-                async def send(**kw: Any) -> Any:
-                    return await bot.send_message(**self.chat.target, **kw)
-
-                sent = await self.channel._call(self.chat, send, html, part)
-                self.shown.append((sent.message_id, html))
+        await LiveReply(self, chat, self.settings.telegram_edit_interval).run(reply)
