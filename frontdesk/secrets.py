@@ -43,9 +43,13 @@ def url_password(url: str) -> str | None:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with its password as ``***``, fit for a message."""
+    """``url`` with its password as ``***``, fit for a message: only the password, which ends
+    the part before the last ``@``."""
     password = url_password(url)
-    return url.replace(password, MASK) if password else url
+    if not password:
+        return url
+    userinfo, _at, host = url.rpartition("@")
+    return f"{userinfo[: len(userinfo) - len(password)]}{MASK}@{host}"
 
 
 class SecretMasker:
