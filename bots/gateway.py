@@ -64,6 +64,7 @@ class Gateway:
         self.store = store
         self.channels = channels
         self._pending: dict[str, ReplyStream] = {}
+        self._attempts: dict[str, int] = {}  # pending turn id -> the highest attempt seen
         self._generating: dict[tuple[str, str], str] = {}  # (platform, conversation) -> turn id
         self._deliveries: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
@@ -232,6 +233,7 @@ class Gateway:
             log.exception("channel %s failed to deliver turn %s", channel.name, stream.turn_id)
         finally:
             self._pending.pop(stream.turn_id, None)
+            self._attempts.pop(stream.turn_id, None)
             key = (stream.inbound.platform, stream.inbound.conversation_key)
             if self._generating.get(key) == stream.turn_id:
                 del self._generating[key]
@@ -253,8 +255,13 @@ class Gateway:
                 log.debug("delta for unknown or finished turn %s ignored", delta.turn_id)
                 continue
             stream.feed(delta)
-            if delta.done:
+            latest = max(self._attempts.get(delta.turn_id, 0), delta.attempt)
+            self._attempts[delta.turn_id] = latest
+            # Only the newest attempt's end ends the reply: a slow worker that finishes after
+            # its turn was taken over ends nothing (ReplyStream shows none of its deltas)
+            if delta.done and delta.attempt == latest:
                 del self._pending[delta.turn_id]
+                del self._attempts[delta.turn_id]
                 self._finished[delta.turn_id] = self._revivals.pop(delta.turn_id, 0)
                 if len(self._finished) > FINISHED_KEPT:
                     self._finished.popitem(last=False)

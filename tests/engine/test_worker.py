@@ -359,3 +359,27 @@ async def test_stop_ends_a_reply_in_progress(
 
         nothing = await p.channel.say("/stop")
         assert nothing is not None and nothing.text == texts.NOTHING_TO_STOP
+
+
+async def test_a_stale_attempt_that_finishes_late_does_not_cut_off_the_new_answer(
+    make_settings,
+) -> None:
+    """A slow first worker finishes after its turn was reclaimed: its ``done`` is stale and must
+    not end the reply, which the second attempt then finishes whole."""
+    settings = make_settings(engine="fixed")
+    async with pipeline(settings, None) as p:  # no worker: the test plays both attempts
+        task = await p.gateway.handle(p.channel.message("hello"), p.channel)
+        assert task is not None
+        [delivery] = await p.queue.receive(1, block_ms=1000)
+        assert delivery.turn is not None
+        turn_id, gateway = delivery.turn.turn_id, p.gateway.id
+        for delta in [
+            ReplyDelta(turn_id, 0, "The first wor", attempt=1),
+            ReplyDelta(turn_id, 0, "The second ", attempt=2),  # reclaimed: a new attempt
+            ReplyDelta(turn_id, 1, "ker's answer.", done=True, attempt=1),  # the slow one ends
+            ReplyDelta(turn_id, 1, "worker's answer.", done=True, attempt=2),
+        ]:
+            await p.queue.publish(gateway, delta)
+        await asyncio.wait_for(task, 10)
+    [reply] = p.channel.delivered
+    assert reply.text == "The second worker's answer." and reply.error is None
