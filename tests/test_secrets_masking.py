@@ -8,7 +8,14 @@ import sys
 
 import pytest
 
-from frontdesk.secrets import SecretFilter, SecretMasker, hide_password, masker, url_password
+from frontdesk.secrets import (
+    SecretFilter,
+    SecretMasker,
+    hide_password,
+    install,
+    masker,
+    url_password,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +55,16 @@ def test_the_log_filter_masks_the_message_its_arguments_and_its_traceback() -> N
     SecretFilter().filter(record)
     text = logging.Formatter().format(record)
     assert "filter-secret-Zq9" not in text and "token ***" in text and "boom with ***" in text
+
+
+def test_a_crash_traceback_is_printed_with_its_secrets_masked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)  # this test's own, undone after
+    install(make_settings(telegram_token="777:crash-secret-Zq9"))
+    try:
+        raise RuntimeError("died holding 777:crash-secret-Zq9")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    printed = capsys.readouterr().err
+    assert "RuntimeError: died holding ***" in printed and "crash-secret" not in printed

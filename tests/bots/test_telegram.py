@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from chatgpt_md_converter import telegram_format
+from telegram import Update
 from telegram.ext import ApplicationBuilder
 
 from frontdesk import texts
@@ -345,3 +346,16 @@ async def test_a_start_that_fails_halfway_shuts_python_telegram_bot_down(
     assert fake.calls_to("getMe")  # it got as far as initializing
     assert not app.running and not app._initialized  # and shut that down again
     assert channel.app is None
+
+
+async def test_a_failed_update_is_logged_by_id_and_kind_never_its_text(
+    tg_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = TelegramChannel(tg_settings())
+    update = Update.de_json(FakeTelegram().private_message("my secret question Zq9"), None)
+    context = type("Context", (), {"error": RuntimeError("handler broke")})()
+    with caplog.at_level("DEBUG"):
+        await channel._on_error(update, context)  # type: ignore[arg-type]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"telegram update {update.update_id} (message) failed" in logged
+    assert "secret question" not in caplog.text

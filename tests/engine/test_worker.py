@@ -383,3 +383,28 @@ async def test_a_stale_attempt_that_finishes_late_does_not_cut_off_the_new_answe
         await asyncio.wait_for(task, 10)
     [reply] = p.channel.delivered
     assert reply.text == "The second worker's answer." and reply.error is None
+
+
+async def test_a_revived_turn_waits_while_no_gateway_runs_its_channel_and_is_never_lost(
+    make_settings,
+) -> None:
+    """Re-queued from the dead letters while no gateway runs Telegram: the worker does not answer
+    into the void. It gives the turn back each time, and after its deliveries the turn is in the
+    dead letters again, for a later retry-dead."""
+    settings = make_settings(engine="fixed", queue_max_deliveries=2)
+    backend = SlowRecordingBackend()
+    async with pipeline(settings, backend) as p:  # its gateway runs only the test channel
+        assert isinstance(p.queue, LocalQueue)
+        msg = p.channel.message("c1#0", chat="c1")
+        recorded = await p.store.record_user_message(msg)
+        assert recorded is not None
+        route = {**msg.route(), "platform": "telegram"}
+        revived = Turn(
+            recorded.conversation_id, recorded.message_id, "gone", route=route, revived=1
+        )
+        await p.queue.submit(revived)
+        queue = p.queue
+        await until(lambda: len(queue.dead) == 1, within=10)
+    assert backend.calls == 0  # never answered where nobody could see it
+    [(dead, _reason)] = queue.dead
+    assert dead.turn is not None and dead.turn.turn_id == revived.turn_id
