@@ -2,6 +2,7 @@
 
 from .models import ConversationStatus, MessageStatus
 from .store import (
+    AwaitingMessage,
     ConversationSummary,
     RecordedMessage,
     ReplyFigures,
@@ -11,6 +12,7 @@ from .store import (
 )
 
 __all__ = [
+    "AwaitingMessage",
     "ConversationStatus",
     "ConversationSummary",
     "MessageStatus",

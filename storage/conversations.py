@@ -10,12 +10,23 @@ failures surface as ``StorageUnavailable``. Works on SQLite (aiosqlite, WAL mode
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    case,
+    func,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from frontdesk.errors import NotFound, StorageUnavailable
@@ -59,6 +70,16 @@ class TurnMessage:
     role: str
     content: str
     status: str
+    awaiting: bool = False  # a user message whose reply is not stored yet
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingMessage:
+    """A user message still awaiting its reply, with where the reply goes (the sweep's)."""
+
+    conversation_id: int
+    message_id: int
+    route: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +158,7 @@ class Conversations(Database):
             "user_name",
             "status",
             "created_at",
+            "reply_route",
         ]
         active = select(
             Conversation.id, *(bindparam(c, type_=Message.__table__.c[c].type) for c in columns[1:])
@@ -169,8 +191,11 @@ class Conversations(Database):
 
     # -- the gateway's writes ------------------------------------------------------------------
 
-    async def record_user_message(self, msg: InboundMessage) -> RecordedMessage | None:
+    async def record_user_message(
+        self, msg: InboundMessage, reply_route: dict[str, Any] | None = None
+    ) -> RecordedMessage | None:
         """Store a user's message in its chat's active conversation, opening one if needed.
+        ``reply_route`` (where its reply goes) marks it as awaiting a reply until one is stored.
 
         Returns None, and writes nothing, when the same platform event was stored before. The
         common case (the chat has an active conversation) is one INSERT … SELECT statement.
@@ -185,6 +210,7 @@ class Conversations(Database):
             "user_name": msg.user_name,
             "status": MessageStatus.OK,
             "created_at": utcnow(),
+            "reply_route": json.dumps(reply_route, ensure_ascii=False) if reply_route else None,
         }
         async with self.connect() as conn:
             found = (
@@ -204,6 +230,21 @@ class Conversations(Database):
         if message_id is None:
             return None
         return RecordedMessage(conversation_id=conv_id, message_id=message_id)
+
+    async def awaiting_reply(self, dedupe_key: str) -> AwaitingMessage | None:
+        """The message stored under ``dedupe_key`` if it still awaits its reply: a platform's
+        retry of a message whose turn was lost is answered, not dropped as a duplicate."""
+        async with self.connect() as conn:
+            row = (await conn.execute(_SELECT_AWAITING_KEY, {"dedupe_key": dedupe_key})).first()
+        return _awaiting(row) if row is not None else None
+
+    async def awaiting_replies(self, older_than: datetime, limit: int) -> list[AwaitingMessage]:
+        """Messages stored before ``older_than`` that still await their reply, oldest first: one
+        query on a partial index that holds only those messages."""
+        params = {"older_than": older_than, "limit": limit}
+        async with self.connect() as conn:
+            rows = (await conn.execute(_SELECT_AWAITING, params)).all()
+        return [_awaiting(row) for row in rows]
 
     async def _active_conversation(
         self, conn: AsyncConnection, msg: InboundMessage, *, open_first: bool = False
@@ -295,18 +336,31 @@ class Conversations(Database):
     ) -> tuple[TurnMessage | None, list[TurnMessage]]:
         """What a worker needs to answer ``message_id``, in one query: the reply already stored
         for it (a redelivered turn), and the newest ``limit`` good messages up to it, oldest
-        first. Only the columns a prompt needs: this runs on every turn."""
+        first, each reply right after the message it answers. A reply stored after newer user
+        messages (the user sent several at once) has an id past theirs: it is fetched as well,
+        by the rows after ``message_id`` that reply to it or to an earlier one. Only the columns
+        a prompt needs: this runs on every turn."""
         params = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit + 1}
         async with self.connect() as conn:
             rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
         reply = None
+        late: dict[int, TurnMessage] = {}  # user message id -> its reply stored after newer ones
+        earlier: list[TurnMessage] = []
+        for *columns, reply_to_id in sorted(rows, key=lambda row: row[0], reverse=True):
+            message = TurnMessage(*columns)
+            if reply_to_id == message_id:
+                reply = message
+            elif message.id > message_id:
+                late[reply_to_id] = message
+            elif message.status == MessageStatus.OK:
+                earlier.append(message)
         history: list[TurnMessage] = []
-        for row in rows:
-            message = TurnMessage(*row)
-            if message.id > message_id:
-                reply = message  # only the reply to message_id is newer than it here
-            elif message.status == MessageStatus.OK and len(history) < limit:
-                history.append(message)
+        for message in earlier:  # newest first
+            answer = late.get(message.id)
+            if answer is not None and answer.status == MessageStatus.OK:
+                history.append(answer)
+            history.append(message)
+        history = history[:limit]
         history.reverse()
         return reply, history
 
@@ -346,6 +400,7 @@ class Conversations(Database):
                     "created_at": utcnow(),
                 },
             )
+            await conn.execute(_ANSWERED, {"message_id": reply_to_id})
         if message_id is not None:
             return message_id
         existing = await self.reply_to(reply_to_id)
@@ -414,14 +469,53 @@ _SELECT_ACTIVE = select(Conversation.id).where(
     Conversation.external_key == bindparam("external_key"),
     Conversation.status == ConversationStatus.ACTIVE,
 )
-_SELECT_TURN_CONTEXT = (
-    select(Message.id, Message.role, Message.content, Message.status)
-    .where(
+_TURN_COLUMNS = (
+    Message.id,
+    Message.role,
+    Message.content,
+    Message.status,
+    Message.reply_route.is_not(None),
+    Message.reply_to_id,
+)
+_SELECT_TURN_CONTEXT = union_all(
+    # the newest messages up to the one to answer: an index range scan, newest first
+    select(
+        select(*_TURN_COLUMNS)
+        .where(
+            Message.conversation_id == bindparam("conversation_id"),
+            Message.id <= bindparam("message_id"),
+        )
+        .order_by(Message.id.desc())
+        .limit(bindparam("limit"))
+        .subquery()
+    ),
+    # replies stored after it (to it, or to earlier messages): the few rows past it
+    select(*_TURN_COLUMNS).where(
         Message.conversation_id == bindparam("conversation_id"),
-        or_(Message.id <= bindparam("message_id"), Message.reply_to_id == bindparam("message_id")),
-    )
-    .order_by(Message.id.desc())
-    .limit(bindparam("limit"))
+        Message.id > bindparam("message_id"),
+        Message.reply_to_id <= bindparam("message_id"),
+    ),
 )
 _SELECT_DEDUPE = select(Message.id).where(Message.dedupe_key == bindparam("dedupe_key"))
+_AWAITING_COLUMNS = (Message.conversation_id, Message.id, Message.reply_route)
+_SELECT_AWAITING_KEY = select(*_AWAITING_COLUMNS).where(
+    Message.dedupe_key == bindparam("dedupe_key"), Message.reply_route.is_not(None)
+)
+_SELECT_AWAITING = (
+    select(*_AWAITING_COLUMNS)
+    .where(Message.reply_route.is_not(None), Message.created_at < bindparam("older_than"))
+    .order_by(Message.created_at)
+    .limit(bindparam("limit"))
+)
+_ANSWERED = (
+    update(Message)
+    .where(Message.id == bindparam("message_id"), Message.reply_route.is_not(None))
+    .values(reply_route=None)
+)
+
+
+def _awaiting(row: Any) -> AwaitingMessage:
+    return AwaitingMessage(row[0], row[1], json.loads(row[2]))
+
+
 _SELECT_REPLY = select(*_MESSAGE_COLUMNS).where(Message.reply_to_id == bindparam("message_id"))

@@ -3,7 +3,8 @@
 The indexes serve the two hot reads: "newest N messages of a conversation" (the worker builds every
 prompt with it) and "conversations by last activity" (the admin CLI lists them). ``dedupe_key`` is
 unique, so a replayed platform event inserts nothing; ``reply_to_id`` is unique, so a turn that is
-delivered twice stores one reply.
+delivered twice stores one reply. ``reply_route`` is set on a user message until its reply is
+stored; a partial index on it serves the sweep that queues again what no turn answers.
 """
 
 from __future__ import annotations
@@ -123,5 +124,16 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(16), default=MessageStatus.OK)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A user message awaiting its reply: where the reply goes (JSON), cleared once one is stored
+    reply_route: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_messages_conversation_id_id", "conversation_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # The sweep's query: messages still awaiting a reply, oldest first
+        Index(
+            "ix_messages_awaiting_reply",
+            "created_at",
+            sqlite_where=text("reply_route IS NOT NULL"),
+            postgresql_where=text("reply_route IS NOT NULL"),
+        ),
+    )

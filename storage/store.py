@@ -8,6 +8,7 @@ over a started ``Store``.
 from __future__ import annotations
 
 from .conversations import (
+    AwaitingMessage,
     Conversations,
     ConversationSummary,
     RecordedMessage,
@@ -22,6 +23,7 @@ class Store(Conversations):
 
 
 __all__ = [
+    "AwaitingMessage",
     "ConversationSummary",
     "RecordedMessage",
     "ReplyFigures",

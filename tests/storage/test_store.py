@@ -78,6 +78,55 @@ async def test_history_stops_at_the_turn_and_leaves_out_failed_replies(
     assert [m.content for m in newest] == ["b", "c"]
 
 
+async def test_a_reply_stored_after_newer_messages_comes_right_after_its_question(
+    store: Store, chat: str
+) -> None:
+    """Three messages sent at once: each is stored before the first reply, so the replies' ids
+    come after them; each prompt still holds the earlier questions with their answers."""
+    one, two, three = [await store.record_user_message(message(t, chat=chat)) for t in "123"]
+    assert one is not None and two is not None and three is not None
+    conv = one.conversation_id
+    await store.record_reply(conv, one.message_id, "answer 1", ReplyFigures())
+    _reply, history = await store.turn_context(conv, two.message_id)
+    assert [m.content for m in history] == ["1", "answer 1", "2"]
+    await store.record_reply(conv, two.message_id, "answer 2", ReplyFigures())
+    reply, history = await store.turn_context(conv, three.message_id)
+    assert reply is None
+    assert [m.content for m in history] == ["1", "answer 1", "2", "answer 2", "3"]
+    _reply, newest = await store.turn_context(conv, three.message_id, limit=3)
+    assert [m.content for m in newest] == ["2", "answer 2", "3"]
+    reply, _history = await store.turn_context(conv, two.message_id)
+    assert reply is not None and reply.content == "answer 2"  # a redelivery finds its reply
+
+
+async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    route = {"platform": "test", "chat_id": chat, "gateway": "gw", "anywhere": True}
+    a = await store.record_user_message(message("a", chat=chat), route)
+    b_message = message("b", chat=chat)
+    b = await store.record_user_message(b_message, route)
+    untracked = await store.record_user_message(message("c", chat=chat))  # no route: not swept
+    assert a is not None and b is not None and untracked is not None
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    mine = [m for m in await store.awaiting_replies(later, 1000) if m.route["chat_id"] == chat]
+    assert [(m.message_id, m.route) for m in mine] == [(a.message_id, route), (b.message_id, route)]
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    young = await store.awaiting_replies(an_hour_ago, 1000)
+    assert all(m.route.get("chat_id") != chat for m in young)  # too young for a sweep
+    _reply, history = await store.turn_context(a.conversation_id, b.message_id)
+    assert [m.awaiting for m in history] == [True, True]
+
+    await store.record_reply(a.conversation_id, a.message_id, "", ReplyFigures(), error="boom")
+    mine = [m for m in await store.awaiting_replies(later, 1000) if m.route["chat_id"] == chat]
+    assert [m.message_id for m in mine] == [b.message_id]  # a failure told the user: answered
+    assert await store.awaiting_reply(message("x", chat=chat).dedupe_key) is None
+    again = await store.awaiting_reply(b_message.dedupe_key)  # a platform's retry of b
+    assert again is not None and again.message_id == b.message_id
+    _reply, history = await store.turn_context(a.conversation_id, b.message_id)
+    assert [m.awaiting for m in history] == [False, True]
+
+
 async def test_second_reply_to_one_message_is_refused(store: Store, chat: str) -> None:
     a = await store.record_user_message(message("q", chat=chat))
     assert a is not None
