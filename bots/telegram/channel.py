@@ -31,6 +31,9 @@ from .api import ChatRef, TelegramApi
 from .reply import LiveReply
 
 log = logging.getLogger(__name__)
+# With max_retries=0 the rate limiter hands each 429 straight back (api.py waits it out and logs it
+# in one line), but logs it first as an error with a traceback: that line is noise.
+logging.getLogger("telegram.ext.AIORateLimiter").setLevel(logging.CRITICAL)
 
 ALLOWED_UPDATES = ["message", "edited_message"]
 COMMANDS = [
