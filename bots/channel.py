@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from frontdesk import texts
@@ -25,11 +25,28 @@ class ReplyStream:
 
     When a later attempt at the turn starts (a worker took it over after the first one died), the
     earlier attempt's deltas stop counting: the first delta of the new one comes with ``restart``
-    set, and a channel shows the reply from that delta on, in place of what it showed."""
+    set, and a channel shows the reply from that delta on, in place of what it showed.
 
-    def __init__(self, inbound: InboundMessage, turn_id: str, *, timeout_s: float = 600.0) -> None:
+    A reply can outlive the gateway process showing it. The channel reports the platform messages
+    it posts for the reply (``note_posted``); a reply ``resumed`` after a restart, or by another
+    gateway, starts from the first delta again with those messages in ``posted``, and the
+    channel edits them to the whole text instead of posting new ones."""
+
+    def __init__(
+        self,
+        inbound: InboundMessage,
+        turn_id: str,
+        *,
+        timeout_s: float = 600.0,
+        posted: list[str] | None = None,
+        resumed: bool = False,
+        on_posted: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
         self.inbound = inbound
         self.turn_id = turn_id
+        self.posted = list(posted or ())
+        self.resumed = resumed
+        self._on_posted = on_posted
         self._timeout_s = timeout_s
         self._deltas: asyncio.Queue[ReplyDelta] = asyncio.Queue()
         self._next_seq = 0
@@ -44,6 +61,13 @@ class ReplyStream:
 
     def feed(self, delta: ReplyDelta) -> None:
         self._deltas.put_nowait(delta)
+
+    async def note_posted(self, ids: list[str]) -> None:
+        """The platform messages that show this reply now, in order (after each post or
+        deletion): recorded, so that a resumed reply edits them."""
+        self.posted = list(ids)
+        if self._on_posted is not None:
+            await self._on_posted(self.posted)
 
     async def __aiter__(self) -> AsyncIterator[ReplyDelta]:
         while True:

@@ -42,6 +42,11 @@ class ConsoleChannel:
         self._prompt = prompt if prompt is not None else ("you> " if self._in.isatty() else "")
         self._gateway: Gateway | None = None
 
+    @property
+    def identity(self) -> str:
+        """Part of the gateway id: a restarted shell of the same user resumes its reply."""
+        return f"{self.name}-{self.user}"
+
     async def start(self, gateway: Gateway) -> None:
         self._gateway = gateway
         if hasattr(self._in, "reconfigure"):
@@ -76,6 +81,8 @@ class ConsoleChannel:
                 await delivery
 
     async def deliver(self, reply: ReplyStream) -> None:
+        if reply.resumed:  # what an earlier process printed cannot be taken back: say so
+            self._write(f"\n{texts.RESUMING}\n")
         async for delta in reply:
             if delta.restart:  # what was printed cannot be taken back: say it starts over
                 self._write(f"\n{texts.ANSWERING_AGAIN}\n")

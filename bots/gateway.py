@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
+import uuid
 from collections import OrderedDict
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from frontdesk import texts
+from frontdesk.backoff import Backoff
 from frontdesk.errors import QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
-from frontdesk.storage import Store
-from frontdesk.wire import InboundMessage, ReplyDelta, Turn
+from frontdesk.storage import AwaitingMessage, RecordedMessage, Store
+from frontdesk.supervisor import Supervisor, TaskFailed
+from frontdesk.wire import InboundMessage, ReplyDelta, Turn, turn_id_of
 
 from .channel import ReplyStream
 from .http import HttpServer
@@ -42,6 +47,25 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 ANNOUNCE_EVERY_S = 5.0  # how often a gateway says which channels it runs
 ANNOUNCE_TTL_S = 20.0  # and for how long that holds if it goes silent
 FINISHED_KEPT = 10_000  # finished turns remembered, so a late delta opens no second reply
+FINISHED_OK = 1 << 30  # in ``_finished``: shown whole, so no revival opens it again
+LEASE_MS = 10_000  # one process serves a gateway id; a dead one's lease lapses after this
+RESUBMIT_FOR_S = 30.0  # how long a turn whose queueing failed is tried again (then: the sweep)
+
+
+def gateway_id(settings: Settings, channels: list[Channel]) -> str:
+    """The gateway's id: ``FRONTDESK_GATEWAY_ID``, else the channels it runs ("slack+telegram").
+    Stable across restarts, so a restarted gateway finds its replies in progress."""
+    if settings.gateway_id:
+        return settings.gateway_id
+    names = sorted(str(getattr(c, "identity", c.name)) for c in channels)
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "+".join(names))[:64] or "gateway"
+
+
+def _after(a: str, b: str) -> bool:
+    """Whether stream entry id ``a`` comes after ``b``."""
+    ta, _, sa = a.partition("-")
+    tb, _, sb = b.partition("-")
+    return (int(ta), int(sa or 0)) > (int(tb), int(sb or 0))
 
 
 def clean_text(text: str) -> str:
@@ -59,7 +83,8 @@ class Gateway:
         channels: list[Channel],
     ) -> None:
         self.settings = settings
-        self.id = settings.gateway_id
+        self.id = gateway_id(settings, channels)
+        self._owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.queue = queue
         self.store = store
         self.channels = channels
@@ -67,20 +92,36 @@ class Gateway:
         self._attempts: dict[str, int] = {}  # pending turn id -> the highest attempt seen
         self._generating: dict[tuple[str, str], str] = {}  # (platform, conversation) -> turn id
         self._deliveries: set[asyncio.Task[None]] = set()
-        self._pump: asyncio.Task[None] | None = None
-        self._announcer: asyncio.Task[None] | None = None
-        # turn id -> the revival it finished as (0: as taken): a later revival opens a new reply
+        self._cursor: str | None = None  # the reply stream's last entry read (set in start)
+        self._replayed_to = "0-0"  # entries up to here were read before (by an earlier process)
+        self._resubmits: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self.tasks = Supervisor()
+        # turn id -> the revival it finished as (0: as taken), or FINISHED_OK: a later revival of
+        # a reply that ended in an apology opens a new reply
         self._finished: OrderedDict[str, int] = OrderedDict()
         self._revivals: dict[str, int] = {}  # turn id -> revival, for replies opened from a route
         self._by_name = {channel.name: channel for channel in channels}
+        self._deliveries_by_turn: dict[str, asyncio.Task[None]] = {}
+        self._shown_last: dict[tuple[str, str], asyncio.Task[None]] = {}  # chat -> its last reply
         # the channels any gateway can post to: announced, and their turns carry their route
         self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
         self.http = HttpServer(settings.http_host, settings.http_port)
 
+    @property
+    def fatal(self) -> asyncio.Future[TaskFailed]:
+        """Resolved when one of the gateway's long-running tasks keeps failing."""
+        return self.tasks.fatal
+
     async def start(self) -> None:
-        """Start the reply pump, the channels in order, and the HTTP server if one needs it. A
-        start that fails halfway undoes what it began (in reverse) and raises."""
-        self._pump = asyncio.create_task(self._pump_replies(), name="gateway-replies")
+        """Take the gateway id's lease (waiting while an earlier process of it may still hold
+        it), resume the replies that were in progress, start the reply pump, the channels in
+        order, and the HTTP server if one needs it. A start that fails halfway undoes what it
+        began (in reverse) and raises."""
+        await self._take_lease()
+        await self._resume()
+        self.tasks.spawn("gateway-replies", self._pump_replies)
+        self.tasks.spawn("gateway-lease", self._keep_lease)
         started: list[Channel] = []
         try:
             for channel in self.channels:
@@ -94,33 +135,104 @@ class Gateway:
                     await channel.stop()
                 except Exception as exc:  # the start's own error is the one to raise
                     log.warning("channel %s did not stop cleanly: %r", channel.name, exc)
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
+            await self.tasks.stop()
+            await self._drop_lease()
             raise
         if self.shared:
-            self._announcer = asyncio.create_task(self._announce(), name="gateway-announce")
+            self.tasks.spawn("gateway-announce", self._announce)
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop taking webhooks, give replies being shown ``grace_s`` to finish (they need their
-        channel), then stop the channels and the reply pump."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking messages, give replies being shown ``grace_s`` (``shutdown_grace_s``) to
+        finish (they need their channel), then stop the channels and the reply pump. A reply
+        still unfinished stays recorded: this gateway after a restart, or another one that runs
+        its channel, finishes it in the same platform message."""
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        self._accepting = False
         await self.http.stop()
-        if self._announcer is not None:
-            self._announcer.cancel()
-            await asyncio.gather(self._announcer, return_exceptions=True)
+        if self.tasks.running("gateway-announce"):
+            await self.tasks.stop("gateway-announce")
             try:
                 await self.queue.withdraw(self.id, self.shared)
             except Exception as exc:  # it expires by itself
                 log.warning("cannot withdraw gateway %s: %r", self.id, exc)
         if self._deliveries:
-            await asyncio.wait(self._deliveries, timeout=grace_s)
+            _done, unfinished = await asyncio.wait(self._deliveries, timeout=grace_s)
+            if unfinished:
+                log.warning(
+                    "%d replies unfinished at shutdown; they are resumed by the next gateway "
+                    "that runs their channel",
+                    len(unfinished),
+                )
+        for task in (*self._deliveries, *self._resubmits):
+            task.cancel()
+        await asyncio.gather(*self._deliveries, *self._resubmits, return_exceptions=True)
         for channel in reversed(self.channels):
             await channel.stop()
-        for task in (*self._deliveries, self._pump):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*self._deliveries, return_exceptions=True)
-        if self._pump is not None:
-            await asyncio.gather(self._pump, return_exceptions=True)
+        await self.tasks.stop()
+        await self._drop_lease()
+
+    async def _take_lease(self) -> None:
+        waited = False
+        while True:
+            try:
+                if await self.queue.hold_gateway(self.id, self._owner, LEASE_MS):
+                    return
+            except Exception as exc:
+                raise QueueUnavailable(f"cannot take gateway id {self.id}: {exc!r}") from exc
+            if not waited:
+                log.warning(
+                    "gateway id %s is held by another process (or one that just died); "
+                    "waiting for it (set FRONTDESK_GATEWAY_ID to run several gateways)",
+                    self.id,
+                )
+                waited = True
+            await asyncio.sleep(1.0)
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_MS / 3000)
+            try:
+                held = await self.queue.hold_gateway(self.id, self._owner, LEASE_MS)
+            except Exception as exc:  # Redis away: try again next time
+                log.warning("cannot renew gateway %s: %r", self.id, exc)
+                continue
+            if not held:
+                raise RuntimeError(f"another process took gateway id {self.id}")
+
+    async def _drop_lease(self) -> None:
+        try:
+            await self.queue.let_gateway_go(self.id, self._owner)
+        except Exception as exc:  # it lapses by itself
+            log.warning("cannot release gateway %s: %r", self.id, exc)
+
+    async def _resume(self) -> None:
+        """Open again the replies an earlier process of this gateway left unfinished, from their
+        records: each is shown from its start in the platform messages already posted for it."""
+        records = await self.queue.tracked(self.id)
+        cursor = await self.queue.cursor(self.id)
+        start = cursor
+        for turn_id, record in records.items():
+            try:
+                msg = InboundMessage.from_route(record["route"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("turn %s: unusable delivery record (%r); dropped", turn_id, exc)
+                await self.queue.untrack(self.id, turn_id)
+                continue
+            channel = self._by_name.get(msg.platform)
+            if channel is None:
+                log.warning(
+                    "turn %s: channel %s not run here; its reply waits", turn_id, msg.platform
+                )
+                continue
+            posted = [str(p) for p in record.get("posted") or ()]
+            self._open(channel, msg, turn_id, posted=posted, resumed=True)
+            after = str(record.get("after") or "0-0")
+            if start is None or _after(start, after):
+                start = after
+            log.warning("resuming the reply of turn %s (%d messages posted)", turn_id, len(posted))
+        # A gateway's first run reads from the stream's newest entry on (what is there is older)
+        self._cursor = start if start is not None else await self.queue.reply_head(self.id)
+        self._replayed_to = cursor or self._cursor
 
     @property
     def pending(self) -> int:
@@ -142,26 +254,63 @@ class Gateway:
             return self._reply_now(
                 channel, msg, texts.too_long(len(text), self.settings.max_message_chars)
             )
+        anywhere = channel.name in self.shared
+        reply_route = {**msg.route(), "gateway": self.id, "anywhere": anywhere}
         try:
-            recorded = await self.store.record_user_message(msg)
+            recorded: RecordedMessage | AwaitingMessage | None
+            recorded = await self.store.record_user_message(msg, reply_route)
+            retried = recorded is None
+            if recorded is None:  # seen before: answered, unless its turn was lost
+                recorded = await self.store.awaiting_reply(msg.dedupe_key)
         except StorageUnavailable as exc:
             log.error("cannot store message %s: %s", msg.dedupe_key, exc)
             return self._reply_now(channel, msg, texts.STORAGE_DOWN)
         if recorded is None:
             log.info("duplicate message %s dropped", msg.dedupe_key)
             return None
-        route = msg.route() if channel.name in self.shared else None
-        turn = Turn(recorded.conversation_id, recorded.message_id, gateway=self.id, route=route)
-        stream = ReplyStream(msg, turn.turn_id, timeout_s=self.settings.reply_timeout_s)
-        self._pending[turn.turn_id] = stream
+        turn = Turn(
+            recorded.conversation_id,
+            recorded.message_id,
+            gateway=self.id,
+            turn_id=turn_id_of(recorded.message_id),
+            route=msg.route() if anywhere else None,
+        )
+        if turn.turn_id in self._pending:
+            return None  # a retry of a message whose reply is on its way here
+        record = {"route": msg.route(), "after": self._cursor or "0-0", "posted": []}
         try:
-            await self.queue.submit(turn)
+            await self.queue.track(self.id, turn.turn_id, record)
+            queued = await self.queue.submit(turn)
         except QueueUnavailable as exc:
-            log.error("cannot queue turn %s: %s", turn.turn_id, exc)
-            del self._pending[turn.turn_id]
-            return self._reply_now(channel, msg, texts.QUEUE_DOWN)
-        self._generating[(msg.platform, msg.conversation_key)] = turn.turn_id
-        return self._deliver(channel, stream)
+            log.error("cannot queue turn %s (%s); trying again", turn.turn_id, exc)
+            queued = None
+        if queued is False and retried:
+            log.info("duplicate message %s dropped: its turn is live", msg.dedupe_key)
+            await self._untrack(turn.turn_id)
+            return None
+        if retried:
+            log.warning("message %s came again with no live turn: queued again", msg.dedupe_key)
+        stream = self._open(channel, msg, turn.turn_id, record=record)
+        if queued is None:  # stored, not queued: try again a while, then the sweep will
+            task = asyncio.create_task(self._resubmit(turn, record))
+            self._resubmits.add(task)
+            task.add_done_callback(self._resubmits.discard)
+        return self._delivery_of(stream)
+
+    async def _resubmit(self, turn: Turn, record: dict[str, Any]) -> None:
+        backoff = Backoff(first_s=0.2, cap_s=5.0)
+        deadline = asyncio.get_running_loop().time() + RESUBMIT_FOR_S
+        while asyncio.get_running_loop().time() < deadline:
+            await backoff.wait()
+            try:
+                await self.queue.track(self.id, turn.turn_id, record)
+                await self.queue.submit(turn)
+            except QueueUnavailable as exc:
+                log.warning("turn %s still not queued: %s", turn.turn_id, exc)
+                continue
+            log.warning("turn %s queued on a later try", turn.turn_id)
+            return
+        log.error("turn %s not queued; the sweep will queue it", turn.turn_id)
 
     async def _command(
         self, channel: Channel, msg: InboundMessage, command: str
@@ -220,23 +369,95 @@ class Gateway:
     def _reply_now(self, channel: Channel, msg: InboundMessage, text: str) -> asyncio.Task[None]:
         return self._deliver(channel, ReplyStream.immediate(msg, text))
 
-    def _deliver(self, channel: Channel, stream: ReplyStream) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._run_delivery(channel, stream))
+    def _open(
+        self,
+        channel: Channel,
+        msg: InboundMessage,
+        turn_id: str,
+        *,
+        record: dict[str, Any] | None = None,
+        posted: list[str] | None = None,
+        resumed: bool = False,
+    ) -> ReplyStream:
+        """Open the reply to ``msg`` (turn ``turn_id``) and start delivering it. Each platform
+        message the channel posts for it is recorded, so that whoever resumes the reply edits
+        those messages instead of posting new ones."""
+        record = record if record is not None else {"route": msg.route(), "after": "0-0"}
+        record["posted"] = list(posted or record.get("posted") or ())
+
+        async def note_posted(ids: list[str]) -> None:
+            record["posted"] = list(ids)
+            try:
+                await self.queue.track(self.id, turn_id, record)
+            except Exception as exc:  # a resume would then post again: say so
+                log.warning("cannot record the messages of turn %s: %r", turn_id, exc)
+
+        stream = ReplyStream(
+            msg,
+            turn_id,
+            timeout_s=self.settings.reply_timeout_s,
+            posted=record["posted"],
+            resumed=resumed,
+            on_posted=note_posted,
+        )
+        self._pending[turn_id] = stream
+        key = (msg.platform, msg.conversation_key)
+        self._generating[key] = turn_id  # for /stop
+        # Replies in one chat are shown in order: one waits for the one before it to be shown
+        # (they are generated in order anyway), so a 429 on the first cannot put it second.
+        before = self._shown_last.get(key)
+        task = self._deliver(channel, stream, after=before)
+        self._shown_last[key] = task
+        task.add_done_callback(lambda done: self._forget_last(key, done))
+        self._deliveries_by_turn[turn_id] = task
+        return stream
+
+    def _forget_last(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._shown_last.get(key) is task:
+            del self._shown_last[key]
+
+    def _delivery_of(self, stream: ReplyStream) -> asyncio.Task[None] | None:
+        return self._deliveries_by_turn.get(stream.turn_id)
+
+    def _deliver(
+        self, channel: Channel, stream: ReplyStream, after: asyncio.Task[None] | None = None
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run_delivery(channel, stream, after))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
         return task
 
-    async def _run_delivery(self, channel: Channel, stream: ReplyStream) -> None:
+    async def _run_delivery(
+        self, channel: Channel, stream: ReplyStream, after: asyncio.Task[None] | None = None
+    ) -> None:
+        finished = False
         try:
+            if after is not None:
+                await asyncio.wait([after])  # its outcome is its own task's to log
             await channel.deliver(stream)
+            finished = True
+        except asyncio.CancelledError:
+            raise  # shutting down: the record stays, for whoever resumes the reply
         except Exception:
             log.exception("channel %s failed to deliver turn %s", channel.name, stream.turn_id)
+            finished = True
         finally:
             self._pending.pop(stream.turn_id, None)
             self._attempts.pop(stream.turn_id, None)
+            self._deliveries_by_turn.pop(stream.turn_id, None)
             key = (stream.inbound.platform, stream.inbound.conversation_key)
             if self._generating.get(key) == stream.turn_id:
                 del self._generating[key]
+            if finished and stream.turn_id:
+                await self._untrack(stream.turn_id)
+
+    async def _untrack(self, turn_id: str) -> None:
+        try:
+            await self.queue.untrack(self.id, turn_id)
+            if self._cursor is not None:
+                await self.queue.save_cursor(self.id, self._cursor)
+        except Exception as exc:  # a restart would show the reply again, in place
+            log.warning("cannot forget the delivery of turn %s: %r", turn_id, exc)
 
     async def _announce(self) -> None:
         """Say every few seconds which channels this gateway runs, so that a revived turn of
@@ -249,22 +470,35 @@ class Gateway:
             await asyncio.sleep(ANNOUNCE_EVERY_S)
 
     async def _pump_replies(self) -> None:
-        async for delta in self.queue.replies(self.id):
-            stream = self._pending.get(delta.turn_id) or self._adopt(delta)
-            if stream is None:
-                log.debug("delta for unknown or finished turn %s ignored", delta.turn_id)
-                continue
-            stream.feed(delta)
-            latest = max(self._attempts.get(delta.turn_id, 0), delta.attempt)
-            self._attempts[delta.turn_id] = latest
-            # Only the newest attempt's end ends the reply: a slow worker that finishes after
-            # its turn was taken over ends nothing (ReplyStream shows none of its deltas)
-            if delta.done and delta.attempt == latest:
-                del self._pending[delta.turn_id]
-                del self._attempts[delta.turn_id]
-                self._finished[delta.turn_id] = self._revivals.pop(delta.turn_id, 0)
-                if len(self._finished) > FINISHED_KEPT:
-                    self._finished.popitem(last=False)
+        """Route each delta of this gateway's reply stream to its reply. Entries an earlier
+        process read already (before ``_replayed_to``) are read again only for the replies
+        being resumed; none of them opens a reply."""
+        assert self._cursor is not None, "start() resumes first"
+        async for entry_id, delta in self.queue.replies(self.id, self._cursor):
+            self._route(delta, replayed=not _after(entry_id, self._replayed_to))
+            self._cursor = entry_id  # after routing: a reply opened here starts before it
+
+    def _route(self, delta: ReplyDelta, *, replayed: bool = False) -> None:
+        stream = self._pending.get(delta.turn_id)
+        if stream is None and not replayed:
+            stream = self._adopt(delta)
+        if stream is None:
+            log.debug("delta for unknown or finished turn %s ignored", delta.turn_id)
+            return
+        stream.feed(delta)
+        latest = max(self._attempts.get(delta.turn_id, 0), delta.attempt)
+        self._attempts[delta.turn_id] = latest
+        # Only the newest attempt's end ends the reply: a slow worker that finishes after
+        # its turn was taken over ends nothing (ReplyStream shows none of its deltas)
+        if delta.done and delta.attempt == latest:
+            del self._pending[delta.turn_id]
+            del self._attempts[delta.turn_id]
+            revival = self._revivals.pop(delta.turn_id, 0)
+            # a reply shown whole is never opened again; one that ended in an apology (gave up,
+            # timed out) is, by a later revival of its turn
+            self._finished[delta.turn_id] = FINISHED_OK if delta.error is None else revival
+            if len(self._finished) > FINISHED_KEPT:
+                self._finished.popitem(last=False)
 
     def _adopt(self, delta: ReplyDelta) -> ReplyStream | None:
         """Open the reply of a revived turn from its route: one this gateway may not have taken,
@@ -278,14 +512,15 @@ class Gateway:
             log.warning("turn %s: unusable route (%r)", delta.turn_id, exc)
             return None
         if self._finished.get(delta.turn_id, -1) >= revival:
-            return None  # a late copy of a reply already shown
+            return None  # a late copy of a reply already shown, or one shown whole
         channel = self._by_name.get(msg.platform)
         if channel is None or channel.name not in self.shared:
             return None
         log.info("opening the reply of turn %s (revival %d)", delta.turn_id, revival)
-        stream = ReplyStream(msg, delta.turn_id, timeout_s=self.settings.reply_timeout_s)
-        self._pending[delta.turn_id] = stream
+        record = {"route": msg.route(), "after": self._cursor or "0-0", "posted": []}
+        stream = self._open(channel, msg, delta.turn_id, record=record)
         self._revivals[delta.turn_id] = revival
-        self._generating[(msg.platform, msg.conversation_key)] = delta.turn_id  # for /stop
-        self._deliver(channel, stream)
+        task = asyncio.create_task(self.queue.track(self.id, delta.turn_id, record))
+        self._resubmits.add(task)
+        task.add_done_callback(self._resubmits.discard)
         return stream

@@ -26,20 +26,22 @@ are answered politely at once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from frontdesk import texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import EngineDead, FrontdeskError, PromptTooLong, QueueUnavailable
 from frontdesk.settings import Settings
-from frontdesk.storage import MessageStatus, ReplyFigures, Store
-from frontdesk.wire import ChatMessage, ReplyDelta, Turn
+from frontdesk.storage import AwaitingMessage, MessageStatus, ReplyFigures, Store
+from frontdesk.supervisor import Supervisor, TaskFailed
+from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
 from .context import build_prompt
@@ -49,6 +51,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8  # for backends that do not say how many requests they batch
 HISTORY_LIMIT = 200  # messages fetched per prompt; the token budget then trims further
+# A turn's attempt, on its deltas: its delivery count, plus this much per re-queue (a revival
+# from the dead letters, or the sweep), so a re-queued turn always outranks what came before it
+ATTEMPTS_PER_REQUEUE = 1000
+ORDER_WAIT_S = 120.0  # longest a turn waits for an earlier message of its conversation
+SWEEP_BATCH = 500  # messages the sweep looks at per round
+
+
+class Fenced(Exception):
+    """This worker lost its claim on the turn (another took it over): stop, ack nothing."""
+
+
+class _Wait(Exception):
+    """The turn cannot be answered yet: its conversation is leased to another worker, or an
+    earlier message of it awaits its reply. The drainer tries again shortly."""
 
 
 class _Coalescer:
@@ -130,37 +146,54 @@ class Worker:
             raise FrontdeskError(
                 "FRONTDESK_CONTEXT_TOKENS must be larger than FRONTDESK_MAX_NEW_TOKENS"
             )
-        self._backlogs: dict[int, deque[Delivery]] = {}
+        self._backlogs: dict[int, list[Delivery]] = {}  # by message id: older turns first
         self._held: dict[str, Delivery] = {}
+        self._leased: set[int] = set()  # conversations this worker is answering
+        self._answering: set[str] = set()  # entries being answered under their lease
+        self._fenced: set[str] = set()  # held entries another worker has taken over
+        self._waiting_since: dict[str, float] = {}  # entry id -> when it started waiting
         self._drainers: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._stopping = False
         self._stops: dict[str, asyncio.Event] = {}  # turn id -> set when the user said /stop
-        self._tasks: list[asyncio.Task[None]] = []
         self.turns_done = 0
+        self.swept = 0  # messages the sweep queued again
         # resolved with the error when the engine dies (made in start): the process must go
         self.dead: asyncio.Future[EngineDead] | None = None
+        self.tasks = Supervisor()
+
+    @property
+    def fatal(self) -> asyncio.Future[TaskFailed]:
+        """Resolved when one of the worker's long-running tasks keeps failing."""
+        return self.tasks.fatal
 
     async def start(self) -> None:
         self.dead = asyncio.get_running_loop().create_future()
-        self._tasks = [
-            asyncio.create_task(self._run(), name="worker-loop"),
-            asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
-            asyncio.create_task(self._watch_cancels(), name="worker-cancels"),
-        ]
+        self.tasks.spawn("worker-loop", self._run)
+        self.tasks.spawn("worker-heartbeat", self._heartbeat)
+        self.tasks.spawn("worker-cancels", self._watch_cancels)
+        self.tasks.spawn("worker-sweep", self._sweep)
+        self.fatal.add_done_callback(lambda _f: setattr(self, "_stopping", True))
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop taking turns; let in-flight ones finish for ``grace_s``, then give the rest back
-        to the queue unacked (another worker, or this one after a restart, reclaims them)."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking turns; let in-flight ones finish for ``grace_s`` (the
+        ``shutdown_grace_s`` setting), then hand the rest back to the queue unacked, for
+        another worker to take at once."""
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
+        await self.tasks.stop("worker-loop", "worker-sweep", "worker-cancels")
+        self._room.set()
         if self._drainers:
             _done, pending = await asyncio.wait(self._drainers, timeout=grace_s)
+            leftover = [d for d in self._held.values() if d.entry_id not in self._fenced]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            for delivery in leftover:
+                await self._safely(self.queue.hand_back(delivery))
+            if leftover:
+                log.warning("handed %d unfinished turns back to the queue", len(leftover))
+        await self.tasks.stop()
 
     async def _run(self) -> None:
         backoff = Backoff()
@@ -185,14 +218,52 @@ class Worker:
                 await self._dispatch(delivery)
 
     async def _heartbeat(self) -> None:
-        """Touch held turns well within the claim timeout, so none is reclaimed while in work."""
+        """Touch held turns and renew the conversations' leases well within the claim timeout,
+        so none is reclaimed while in work. A turn another worker has taken over meanwhile (this
+        one stalled past the timeout) is fenced: it stops at its next delta and is not acked."""
         period = self.settings.queue_claim_idle_ms / 3000
         while True:
             await asyncio.sleep(period)
             try:
-                await self.queue.touch(list(self._held.values()))
+                held = list(self._held.values())
+                lost = await self.queue.touch(held)
+                lost_conversations = await self.queue.renew(
+                    list(self._leased), self.settings.queue_claim_idle_ms
+                )
             except Exception as exc:
                 log.warning("heartbeat failed: %r", exc)
+                continue
+            for delivery in held:
+                turn = delivery.turn
+                taken = delivery.entry_id in lost or (
+                    turn is not None
+                    and turn.conversation_id in lost_conversations
+                    and delivery.entry_id in self._answering
+                )
+                if taken and delivery.entry_id not in self._fenced:
+                    log.warning("turn entry %s was taken over by another worker", delivery.entry_id)
+                    self._fenced.add(delivery.entry_id)
+
+    async def _sweep(self) -> None:
+        """Queue again, at start and every ``sweep_every_s``, each message older than
+        ``sweep_after_s`` that still awaits its reply and has no live turn: stored but never
+        queued (the gateway died, the XADD failed), or lost by Redis (a restart without AOF,
+        trimming). The queue's check makes a message that has a live turn, or whose conversation
+        a worker is answering, count as answered, so no two sweeps queue one message twice."""
+        while True:
+            cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.sweep_after_s)
+            try:
+                awaiting = await self.store.awaiting_replies(cutoff, SWEEP_BATCH)
+                queued = 0
+                for message in awaiting:
+                    queued += await self.queue.submit(_swept_turn(message), sweep=True)
+            except (FrontdeskError, OSError) as exc:
+                log.warning("sweep failed: %r", exc)
+            else:
+                if queued:
+                    self.swept += queued
+                    log.warning("sweep: queued %d unanswered messages again", queued)
+            await asyncio.sleep(self.settings.sweep_every_s)
 
     async def _watch_cancels(self) -> None:
         """Stop a turn this worker is generating when its user says /stop."""
@@ -213,9 +284,9 @@ class Worker:
         self._held[delivery.entry_id] = delivery
         backlog = self._backlogs.get(turn.conversation_id)
         if backlog is not None:
-            backlog.append(delivery)
+            bisect.insort(backlog, delivery, key=_message_id)  # a reclaimed older turn goes first
             return
-        self._backlogs[turn.conversation_id] = deque([delivery])
+        self._backlogs[turn.conversation_id] = [delivery]
         task = asyncio.create_task(
             self._drain(turn.conversation_id), name=f"conv-{turn.conversation_id}"
         )
@@ -224,29 +295,76 @@ class Worker:
 
     async def _drain(self, conversation_id: int) -> None:
         backlog = self._backlogs[conversation_id]
+        wait = Backoff(first_s=0.05, cap_s=1.0)
         try:
             while backlog:
-                delivery = backlog[0]
+                delivery = backlog[0]  # the oldest message: a newer one never overtakes it
                 try:
-                    await self._process(delivery)
-                finally:
-                    backlog.popleft()
-                    self._held.pop(delivery.entry_id, None)
-                    self._room.set()
+                    finished = await self._process(delivery)
+                except BaseException:
+                    backlog.remove(delivery)
+                    self._forget(delivery)
+                    raise
+                if not finished:
+                    await wait.wait()
+                    continue
+                wait.reset()
+                backlog.remove(delivery)
+                self._forget(delivery)
         finally:
             # Cancelled at shutdown: what is still queued here stays unacked for redelivery.
             for delivery in backlog:
-                self._held.pop(delivery.entry_id, None)
+                self._forget(delivery)
             del self._backlogs[conversation_id]
 
-    async def _process(self, delivery: Delivery) -> None:
+    def _forget(self, delivery: Delivery) -> None:
+        self._held.pop(delivery.entry_id, None)
+        self._fenced.discard(delivery.entry_id)
+        self._waiting_since.pop(delivery.entry_id, None)
+        self._room.set()
+
+    async def _process(self, delivery: Delivery) -> bool:
+        """Answer one turn under its conversation's lease. False when it must wait."""
         turn = delivery.turn
         assert turn is not None
         if self.dead is not None and self.dead.done():  # queued here before the engine died
             await self._safely(self.queue.release(delivery))
-            return
+            return True
         try:
-            acked = await self._answer(turn, delivery.deliveries)
+            if not await self.queue.lease(turn.conversation_id, self.settings.queue_claim_idle_ms):
+                return self._should_wait(delivery, "its conversation is leased to another worker")
+        except Exception as exc:
+            log.warning("cannot lease conversation %s: %r", turn.conversation_id, exc)
+            return False
+        self._leased.add(turn.conversation_id)
+        self._answering.add(delivery.entry_id)
+        try:
+            return await self._answer_leased(delivery, turn)
+        finally:
+            self._answering.discard(delivery.entry_id)
+            self._leased.discard(turn.conversation_id)
+            await self._safely(self.queue.unlease(turn.conversation_id))
+
+    def _should_wait(self, delivery: Delivery, why: str) -> bool:
+        """False (wait) until the turn has waited ``ORDER_WAIT_S``; then True, once, with a
+        warning, so that a message that can never be answered does not hold up the rest."""
+        started = self._waiting_since.setdefault(delivery.entry_id, time.monotonic())
+        if time.monotonic() - started < ORDER_WAIT_S:
+            return False
+        log.warning(
+            "turn entry %s waited %.0fs (%s); answering it", delivery.entry_id, ORDER_WAIT_S, why
+        )
+        return True
+
+    async def _answer_leased(self, delivery: Delivery, turn: Turn) -> bool:
+        try:
+            acked = await self._answer(delivery, turn)
+        except _Wait:
+            return False
+        except Fenced:
+            log.warning("turn %s: another worker took it over; stopping", turn.turn_id)
+            await self._safely(self.backend.cancel(turn.turn_id))
+            return True
         except asyncio.CancelledError:
             await self._safely(self.queue.release(delivery))
             raise
@@ -258,7 +376,7 @@ class Worker:
             self._stopping = True
             if self.dead is not None and not self.dead.done():
                 self.dead.set_result(exc)
-            return
+            return True
         except Exception as exc:
             log.warning(
                 "turn %s (conversation %s) failed on delivery %d: %r",
@@ -268,24 +386,29 @@ class Worker:
                 exc,
             )
             await self._safely(self.queue.release(delivery))
-            return
-        if acked:
+            return True
+        if acked and delivery.entry_id not in self._fenced:
             await self._safely(self.queue.ack(delivery))
             self.turns_done += 1
+        return True
 
-    async def _answer(self, turn: Turn, attempt: int) -> bool:
-        """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it."""
+    async def _answer(self, delivery: Delivery, turn: Turn) -> bool:
+        """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it,
+        ``_Wait`` to wait for an earlier message, ``Fenced`` when another worker took it."""
+        existing, history = await self.store.turn_context(
+            turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
+        )
+        earlier = any(m.awaiting and m.id < turn.message_id for m in history)
+        if earlier and not self._should_wait(delivery, "an earlier message awaits its reply"):
+            raise _Wait
         gateway, route = await self._destination(turn)
         out = _Coalescer(
             turn.turn_id,
-            attempt,
-            self._sender(gateway),
+            turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries,
+            self._sender(gateway, delivery.entry_id),
             self.settings.stream_flush_ms,
             self.settings.stream_flush_chars,
             route,
-        )
-        existing, history = await self.store.turn_context(
-            turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
         if existing is not None and existing.status == MessageStatus.OK:
             await out.finish(text=existing.content)  # a redelivery: the reply already stored
@@ -298,7 +421,7 @@ class Worker:
             return True
         try:
             gen = await self._generate(turn, built.prompt, out)
-        except EngineDead:
+        except (EngineDead, Fenced):
             # Another worker answers it afresh; the user's reply starts over (a higher attempt)
             raise
         except Exception as exc:
@@ -376,7 +499,8 @@ class Worker:
         except Exception as exc:  # no gateway runs its channel: the failure is stored all the same
             log.warning("turn %s gave up, and nobody can be told: %r", turn.turn_id, exc)
             gateway, route = turn.gateway, None
-        gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, delivery.deliveries, route)
+        attempt = turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries
+        gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, attempt, route)
         await self._safely(self._sender(gateway)(gave_up))
         figures = ReplyFigures(latency_ms=_ms_since(turn.enqueued_at), model=self.backend.model)
         await self._safely(
@@ -397,8 +521,15 @@ class Worker:
             raise QueueUnavailable(f"no gateway runs {platform} now")
         return live, {**turn.route, "revived": turn.revived}
 
-    def _sender(self, gateway: str) -> Callable[[ReplyDelta], Awaitable[None]]:
+    def _sender(
+        self, gateway: str, entry_id: str | None = None
+    ) -> Callable[[ReplyDelta], Awaitable[None]]:
+        """Publishes a turn's deltas to ``gateway``; raises ``Fenced`` instead once another
+        worker has taken the turn (entry ``entry_id``) over."""
+
         async def send(delta: ReplyDelta) -> None:
+            if entry_id is not None and entry_id in self._fenced:
+                raise Fenced(entry_id)
             await self.queue.publish(gateway, delta)
 
         return send
@@ -409,6 +540,27 @@ class Worker:
             await action
         except Exception as exc:
             log.warning("queue or storage step failed: %r", exc)
+
+
+def _message_id(delivery: Delivery) -> int:
+    return delivery.turn.message_id if delivery.turn is not None else 0
+
+
+def _swept_turn(message: AwaitingMessage) -> Turn:
+    """The turn that answers a message the sweep found: its reply goes where the message's
+    route says. On a channel any gateway can post to, it is routed like a revived turn (to a
+    gateway that runs the channel now); else to the gateway that took the message."""
+    route = dict(message.route)
+    gateway = str(route.pop("gateway", ""))
+    anywhere = bool(route.pop("anywhere", False))
+    return Turn(
+        message.conversation_id,
+        message.message_id,
+        gateway=gateway,
+        turn_id=turn_id_of(message.message_id),
+        route=route if anywhere else None,
+        revived=1,
+    )
 
 
 def _ms_since(epoch_s: float) -> float:

@@ -16,9 +16,10 @@ from frontdesk.bots import Channel, ConsoleChannel, Gateway
 from frontdesk.engine.backends import create_backend
 from frontdesk.engine.queue import TurnQueue, make_queue
 from frontdesk.engine.worker import Worker
-from frontdesk.errors import ConfigError, EngineUnavailable
+from frontdesk.errors import ConfigError, EngineUnavailable, FrontdeskError
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
+from frontdesk.supervisor import TaskFailed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ async def run_shell(settings: Settings, console: ConsoleChannel | None = None) -
             await _open_worker(stack, settings, queue, store)
         gateway = Gateway(settings, queue, store, [console])
         await _enter(stack, gateway)
-        await _until_signal(console.run())
+        await _until_signal(console.run(), gateway.fatal)
 
 
 async def run_worker(settings: Settings) -> None:
@@ -86,12 +87,13 @@ async def run_worker(settings: Settings) -> None:
             "worker %s is taking turns, up to %d at once", settings.worker_id, worker.concurrency
         )
         assert worker.dead is not None
-        await _until_signal(asyncio.shield(worker.dead))  # shielded: only waiting ends
+        await _until_signal(asyncio.shield(worker.dead), worker.fatal)
         if worker.dead.done() and not worker.dead.cancelled():
             raise EngineUnavailable(
                 f"{worker.dead.result()}; this worker's turns go back to the queue for another "
                 "worker (restart this one)"
             )
+        _raise_fatal(worker.fatal)
 
 
 async def run_gateway(settings: Settings, channels: list[Channel]) -> None:
@@ -104,15 +106,25 @@ async def run_gateway(settings: Settings, channels: list[Channel]) -> None:
         )
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(stack, settings)
-        queue = _queue(settings, settings.gateway_id)
+        queue = _queue(settings, settings.worker_id)
         await _enter(stack, queue)
         gateway = Gateway(settings, queue, store, channels)
         await _enter(stack, gateway)
-        await _until_signal(None)
+        log.warning("gateway %s is running %s", gateway.id, ", ".join(c.name for c in channels))
+        await _until_signal(None, gateway.fatal)
+        _raise_fatal(gateway.fatal)
 
 
-async def _until_signal(main: Awaitable[object] | None) -> None:
-    """Wait for ``main`` (a coroutine) to finish, or forever when None, or until SIGTERM/SIGINT."""
+def _raise_fatal(fatal: asyncio.Future[TaskFailed]) -> None:
+    if fatal.done() and not fatal.cancelled():
+        raise FrontdeskError(f"{fatal.result()}; stopping (restart this process)")
+
+
+async def _until_signal(
+    main: Awaitable[object] | None, fatal: asyncio.Future[TaskFailed] | None = None
+) -> None:
+    """Wait for ``main`` (a coroutine) to finish, or forever when None, or until SIGTERM/SIGINT,
+    or until ``fatal`` (a part of the process died for good) is resolved."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,6 +133,8 @@ async def _until_signal(main: Awaitable[object] | None) -> None:
     waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if main is not None:
         waiters.append(asyncio.ensure_future(main))
+    if fatal is not None:
+        waiters.append(asyncio.ensure_future(asyncio.shield(fatal)))
     try:
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

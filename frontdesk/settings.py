@@ -47,7 +47,7 @@ def exported_model_dir() -> Path:
     return cache / "frontdesk" / "models" / "SmolLM2-135M-Instruct-hf"
 
 
-def _default_gateway_id() -> str:
+def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     stream_flush_ms: int = Field(100, ge=0)
     stream_flush_chars: int = Field(200, ge=1)
     reply_timeout_s: float = Field(600.0, gt=0)
+    # every worker queues again, this often, each stored message older than sweep_after_s that
+    # no reply and no live turn answers (a lost XADD, a Redis that lost data)
+    sweep_every_s: float = Field(30.0, gt=0, le=60)
+    sweep_after_s: float = Field(60.0, gt=0)
+    # on SIGTERM: how long a worker finishes its turns, a gateway its replies, before handing over
+    shutdown_grace_s: float = Field(10.0, ge=0)
 
     greeting: str = "Hello! I'm an assistant. Ask me anything, or send /help."
     http_host: str = "127.0.0.1"
@@ -122,8 +128,9 @@ class Settings(BaseSettings):
 
     redact: bool = False  # the admin CLI masks e-mails, phone and card numbers in what it shows
 
-    gateway_id: str = Field(default_factory=_default_gateway_id)
-    worker_id: str = Field(default_factory=_default_gateway_id)
+    # None: the channels it runs ("slack+telegram"), stable across restarts; set it to run several
+    gateway_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]{1,64}$")
+    worker_id: str = Field(default_factory=_default_worker_id)
     log_level: str = "WARNING"
 
     @field_validator(

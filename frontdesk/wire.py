@@ -74,6 +74,13 @@ class InboundMessage:
         return cls(text="", meta=dict(route.get("meta") or {}), **{k: route[k] for k in known})
 
 
+def turn_id_of(message_id: int) -> str:
+    """A stored message's turn id: the same for every turn that answers it (the gateway's, the
+    sweep's), so the gateway showing the reply takes a later turn's deltas in place, in the same
+    platform message."""
+    return f"m{message_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     """Queue payload: "answer stored message ``message_id`` of ``conversation_id``, and stream the

@@ -46,7 +46,7 @@ async def test_a_gateway_whose_channel_fails_to_start_stops_what_it_started(
     with pytest.raises(RuntimeError, match="second cannot start"):
         await gateway.start()
     assert log == ["start first", "stop first"]  # the third never started
-    assert gateway._pump is not None and gateway._pump.done()  # the reply pump is not left running
+    assert not gateway.tasks.running("gateway-replies")  # the reply pump is not left running
     await store.stop()
 
 

@@ -93,16 +93,21 @@ class LiveReply:
         self.thread_ts = thread_ts
         self.interval = channel.settings.slack_edit_interval
         self.shown: list[_Shown] = []
+        self.reply: ReplyStream | None = None  # the one run() shows
         self.text = ""
         self.finished = asyncio.Event()
         self.changed = asyncio.Event()
 
     async def run(self, reply: ReplyStream) -> None:
+        self.reply = reply
+        # a resumed reply: the messages posted for it before are updated to the whole text
+        self.shown = [_Shown(ts, "", at=0.0) for ts in reply.posted]
         budget = self.slack.budget
         budget.streaming += 1
         reader = asyncio.create_task(self._read(reply))
         try:
-            await self._wait(PLACEHOLDER_AFTER_S)
+            if not self.shown:
+                await self._wait(PLACEHOLDER_AFTER_S)
             while True:
                 final = self.finished.is_set()
                 self.changed.clear()
@@ -114,6 +119,10 @@ class LiveReply:
         finally:
             budget.streaming -= 1
             reader.cancel()
+
+    async def _note_posted(self) -> None:
+        if self.reply is not None:
+            await self.reply.note_posted([m.ts for m in self.shown])
 
     async def _read(self, reply: ReplyStream) -> None:
         async for delta in reply:
@@ -146,13 +155,17 @@ class LiveReply:
         else:
             parts = [PLACEHOLDER]
         if final:
-            for extra in self.shown[len(parts) :]:  # the reply started over and came out shorter
+            extras = self.shown[len(parts) :]  # the reply started over and came out shorter
+            for extra in extras:
                 await self.slack.delete(self.where, extra.ts)
             del self.shown[len(parts) :]
+            if extras:
+                await self._note_posted()
         for index, part in enumerate(parts):
             if index >= len(self.shown):
                 ts = await self.slack.post(self.where, self.thread_ts, part)
                 self.shown.append(_Shown(ts, part))
+                await self._note_posted()
                 continue
             shown = self.shown[index]
             if part == shown.text:

@@ -15,10 +15,6 @@ from telegram.error import TelegramError
 
 from ..channel import ReplyStream
 from ..text import split_text, utf16_len
-
-if TYPE_CHECKING:
-    pass
-
 from .api import ChatRef
 
 if TYPE_CHECKING:
@@ -37,9 +33,14 @@ class LiveReply:
         self.channel = channel
         self.chat = chat
         self.interval = interval
-        self.shown: list[tuple[int, str]] = []  # (message id, HTML it shows)
+        # (message id, HTML it shows); None: unknown (posted by a process before a restart)
+        self.shown: list[tuple[int, str | None]] = []
+        self.reply: ReplyStream | None = None
 
     async def run(self, reply: ReplyStream) -> None:
+        self.reply = reply
+        # a resumed reply: the messages posted for it before are edited to the whole text
+        self.shown = [(int(message_id), None) for message_id in reply.posted]
         typing = asyncio.create_task(self._typing())
         text = ""
         last_show = 0.0
@@ -72,6 +73,11 @@ class LiveReply:
             except TelegramError as exc:
                 log.warning("could not delete message %s: %s", message_id, exc)
         del self.shown[count:]
+        await self._note_posted()
+
+    async def _note_posted(self) -> None:
+        if self.reply is not None:
+            await self.reply.note_posted([str(message_id) for message_id, _html in self.shown])
 
     async def _typing(self) -> None:
         bot = self.channel._bot
@@ -89,7 +95,7 @@ class LiveReply:
         end, messages beyond the text's parts go (a reply that started over came out shorter)."""
         bot = self.channel._bot
         parts = split_text(text, LIMIT, utf16_len)
-        if final:
+        if final and len(self.shown) > len(parts):
             await self._drop_beyond(len(parts))
         for index, part in enumerate(parts):
             if not part.strip():
@@ -114,3 +120,4 @@ class LiveReply:
 
                 sent = await self.channel._call(self.chat, send, html, part)
                 self.shown.append((sent.message_id, html))
+                await self._note_posted()

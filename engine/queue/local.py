@@ -9,6 +9,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from frontdesk.wire import ReplyDelta, Turn, encode
 
@@ -22,11 +23,16 @@ class LocalQueue:
 
     def __init__(self, retry_delay_s: float = 0.5) -> None:
         self._turns: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._replies: defaultdict[str, asyncio.Queue[ReplyDelta]] = defaultdict(asyncio.Queue)
+        self._replies: defaultdict[str, asyncio.Queue[tuple[str, ReplyDelta]]] = defaultdict(
+            asyncio.Queue
+        )
         self._ids = itertools.count(1)
         self._retry_delay_s = retry_delay_s
         self._cancel_listeners: list[asyncio.Queue[str]] = []
         self._gateways: dict[str, dict[str, float]] = {}  # platform -> gateway -> expiry
+        self._live: dict[int, str] = {}  # message id -> entry id of its turn, until acked
+        self._records: defaultdict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._cursors: dict[str, str] = {}
         self.dead: list[tuple[Delivery, str]] = []
 
     async def start(self) -> None:
@@ -35,13 +41,45 @@ class LocalQueue:
     async def stop(self) -> None:
         pass
 
-    async def submit(self, turn: Turn) -> None:
-        self._turns.put_nowait(Delivery(str(next(self._ids)), turn, 1, encode(turn)))
+    async def submit(self, turn: Turn, *, sweep: bool = False) -> bool:
+        if turn.message_id in self._live:
+            return False
+        entry_id = f"{next(self._ids)}-0"
+        self._live[turn.message_id] = entry_id
+        self._turns.put_nowait(Delivery(entry_id, turn, 1, encode(turn)))
+        return True
 
-    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:
+    async def replies(self, gateway: str, after: str) -> AsyncIterator[tuple[str, ReplyDelta]]:
         queue = self._replies[gateway]
         while True:
             yield await queue.get()
+
+    async def reply_head(self, gateway: str) -> str:
+        return "0-0"  # replies wait in memory: none is skipped
+
+    async def track(self, gateway: str, turn_id: str, record: dict[str, Any]) -> None:
+        self._records[gateway][turn_id] = record
+
+    async def untrack(self, gateway: str, turn_id: str) -> None:
+        self._records[gateway].pop(turn_id, None)
+
+    async def tracked(self, gateway: str) -> dict[str, dict[str, Any]]:
+        return dict(self._records[gateway])
+
+    async def save_cursor(self, gateway: str, entry_id: str) -> None:
+        self._cursors[gateway] = entry_id
+
+    async def cursor(self, gateway: str) -> str | None:
+        return self._cursors.get(gateway)
+
+    async def hold_gateway(self, gateway: str, owner: str, ttl_ms: int) -> bool:
+        return True  # one process: nobody to share with
+
+    async def let_gateway_go(self, gateway: str, owner: str) -> None:
+        pass
+
+    async def gateway_ids(self, platform: str) -> set[str]:
+        return set(self._gateways.get(platform, {}))
 
     async def receive(self, count: int, block_ms: int) -> list[Delivery]:
         try:
@@ -53,22 +91,42 @@ class LocalQueue:
             batch.append(self._turns.get_nowait())
         return batch
 
-    async def ack(self, delivery: Delivery) -> None:
-        pass
+    async def ack(self, delivery: Delivery) -> bool:
+        if (
+            delivery.turn is not None
+            and self._live.get(delivery.turn.message_id) == delivery.entry_id
+        ):
+            del self._live[delivery.turn.message_id]
+        return True
 
     async def release(self, delivery: Delivery) -> None:
         again = Delivery(delivery.entry_id, delivery.turn, delivery.deliveries + 1, delivery.fields)
         asyncio.get_running_loop().call_later(self._retry_delay_s, self._turns.put_nowait, again)
 
-    async def touch(self, deliveries: Iterable[Delivery]) -> None:
+    async def hand_back(self, delivery: Delivery) -> None:
+        again = Delivery(delivery.entry_id, delivery.turn, delivery.deliveries + 1, delivery.fields)
+        self._turns.put_nowait(again)
+
+    async def touch(self, deliveries: Iterable[Delivery]) -> set[str]:
+        return set()
+
+    async def lease(self, conversation_id: int, ttl_ms: int) -> bool:
+        return True  # one worker: its own per-conversation order is enough
+
+    async def renew(self, conversation_ids: Iterable[int], ttl_ms: int) -> set[int]:
+        return set()
+
+    async def unlease(self, conversation_id: int) -> None:
         pass
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.error("turn %s dead-lettered: %s", delivery.entry_id, reason)
+        if delivery.turn is not None:
+            self._live.pop(delivery.turn.message_id, None)
         self.dead.append((delivery, reason))
 
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
-        self._replies[gateway].put_nowait(delta)
+        self._replies[gateway].put_nowait((f"{next(self._ids)}-0", delta))
 
     async def announce(self, gateway: str, platforms: Iterable[str], ttl_s: float) -> None:
         for platform in platforms:

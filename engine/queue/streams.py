@@ -4,6 +4,7 @@ own. The semantics are in the package's docstring."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -27,6 +28,60 @@ log = logging.getLogger(__name__)
 REPLY_STREAM_MAXLEN = 10_000
 REPLY_STREAM_TTL_S = 24 * 3600
 POOL_SIZE = 32  # Redis connections per process
+PUBLISH_FOR_S = 30.0  # how long a reply delta is retried while Redis is unreachable
+
+# Queue a message's turn unless one is live: its entry (named in the live hash) is still in the
+# stream, or, for a sweep (ARGV[3] = "1"), a worker holds its conversation's lease. A trimmed or
+# flushed entry is not live. Returns the new entry id, or nil.
+_SUBMIT = """
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if current and #redis.call('XRANGE', KEYS[1], current, current) > 0 then return false end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], ARGV[1], id)
+return id
+"""
+# Ack an entry only while this consumer holds it (a reclaimed entry is another's to ack), and
+# forget the live turn of its message. Returns 1 when acked.
+_ACK = """
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #held == 0 or held[1][2] ~= ARGV[2] then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if redis.call('HGET', KEYS[2], ARGV[4]) == ARGV[3] then redis.call('HDEL', KEYS[2], ARGV[4]) end
+return 1
+"""
+# The heartbeat: reset the idle time of the entries this consumer still holds, and name the
+# ones it lost (reclaimed by another consumer, or gone with a flushed stream).
+_TOUCH = """
+local lost = {}
+for i = 3, #ARGV do
+  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #held == 1 and held[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+# Leases (SET NX PX, renewed by the owner, released only by it): a conversation's, so that one
+# worker at a time answers it, and a gateway id's, so that one process at a time serves it.
+_RENEW = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  elseif owner or not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    table.insert(lost, key)
+  end
+end
+return lost
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class RedisQueue(QueueAdmin):
@@ -48,6 +103,10 @@ class RedisQueue(QueueAdmin):
         self.reply_prefix = f"{prefix}:replies:"
         self.gateways_prefix = f"{prefix}:gateways:"  # a sorted set a platform: gateway -> expiry
         self.cancel_channel = f"{prefix}:cancel"
+        self.live_key = f"{prefix}:turns:live"  # a hash: stored message id -> its turn's entry
+        self.lease_prefix = f"{prefix}:lease:"  # conversation id (or gateway:<id>) -> owner
+        self.deliveries_prefix = f"{prefix}:deliveries:"  # a hash a gateway: turn id -> record
+        self.cursor_prefix = f"{prefix}:replies-read:"  # how far a gateway read its replies
         self.maxlen = maxlen
         self.claim_idle_ms = claim_idle_ms
         # A bounded pool, opened in full at start: a burst of commands then waits a moment for a
@@ -61,6 +120,11 @@ class RedisQueue(QueueAdmin):
             socket_connect_timeout=5,
         )
         self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._submit = self.redis.register_script(_SUBMIT)
+        self._ack = self.redis.register_script(_ACK)
+        self._touch = self.redis.register_script(_TOUCH)
+        self._renew = self.redis.register_script(_RENEW)
+        self._release = self.redis.register_script(_RELEASE)
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
@@ -91,20 +155,23 @@ class RedisQueue(QueueAdmin):
 
     # -- gateway side --------------------------------------------------------------------------
 
-    async def submit(self, turn: Turn) -> None:
+    async def submit(self, turn: Turn, *, sweep: bool = False) -> bool:
+        """Queue ``turn`` unless its message has a live turn already (then False). A ``sweep``
+        also leaves alone a message whose conversation a worker is answering."""
+        fields = [part for pair in encode(turn).items() for part in pair]
+        keys = [self.turns_key, self.live_key, self.lease_prefix + str(turn.conversation_id)]
+        args = [turn.message_id, self.maxlen, "1" if sweep else "0", *fields]
         try:
-            fields = cast(Fields, encode(turn))
-            await self.redis.xadd(self.turns_key, fields, maxlen=self.maxlen, approximate=True)
+            return await self._submit(keys=keys, args=args) is not None
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot queue the turn on Redis: {exc}") from exc
 
-    async def replies(self, gateway: str) -> AsyncIterator[ReplyDelta]:
-        """Every delta on this gateway's reply stream, in order, for as long as it is iterated.
-        Reads from the start: gateway ids are unique per process, so the stream holds only its own
-        turns. Survives Redis outages by retrying."""
+    async def replies(self, gateway: str, after: str) -> AsyncIterator[tuple[str, ReplyDelta]]:
+        """Every delta on the gateway's reply stream after entry ``after``, in order, with its
+        entry id, for as long as it is iterated. Survives Redis outages by retrying."""
         key = self.reply_prefix + gateway
-        last_id = "0-0"
         backoff = Backoff()
+        last_id = after
         while True:
             try:
                 read = await self.redis.xread({key: last_id}, count=500, block=1000)
@@ -118,9 +185,67 @@ class RedisQueue(QueueAdmin):
                 for entry_id, fields in entries:
                     last_id = entry_id
                     try:
-                        yield decode(ReplyDelta, fields)
+                        delta = decode(ReplyDelta, fields)
                     except ValueError:
                         log.exception("undecodable reply delta %s on %s", entry_id, key)
+                        continue
+                    yield entry_id, delta
+
+    async def reply_head(self, gateway: str) -> str:
+        """The id of the newest entry on the gateway's reply stream ("0-0" when it has none)."""
+        try:
+            newest = await self.redis.xrevrange(self.reply_prefix + gateway, count=1)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot read the reply stream on Redis: {exc}") from exc
+        return str(newest[0][0]) if newest else "0-0"
+
+    # A gateway's replies in progress, so that a restart of it, or another gateway running the
+    # same channel, finishes them: a record per turn (where the reply goes, the platform messages
+    # posted for it), and how far the gateway has read its reply stream.
+
+    async def track(self, gateway: str, turn_id: str, record: dict[str, Any]) -> None:
+        key = self.deliveries_prefix + gateway
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, turn_id, json.dumps(record, ensure_ascii=False))
+                pipe.expire(key, REPLY_STREAM_TTL_S)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot record the delivery on Redis: {exc}") from exc
+
+    async def untrack(self, gateway: str, turn_id: str) -> None:
+        await self.redis.hdel(self.deliveries_prefix + gateway, turn_id)
+
+    async def tracked(self, gateway: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.deliveries_prefix + gateway)
+        records: dict[str, dict[str, Any]] = {}
+        for turn_id, value in raw.items():
+            try:
+                records[str(turn_id)] = json.loads(value)
+            except ValueError:
+                log.warning("unreadable delivery record of turn %s on %s", turn_id, gateway)
+        return records
+
+    async def save_cursor(self, gateway: str, entry_id: str) -> None:
+        await self.redis.set(self.cursor_prefix + gateway, entry_id, ex=REPLY_STREAM_TTL_S)
+
+    async def cursor(self, gateway: str) -> str | None:
+        found = await self.redis.get(self.cursor_prefix + gateway)
+        return str(found) if found else None
+
+    async def hold_gateway(self, gateway: str, owner: str, ttl_ms: int) -> bool:
+        """Take or renew the lease on serving gateway id ``gateway`` (its reply stream and
+        records); False while another process holds it."""
+        key = self.lease_prefix + "gateway:" + gateway
+        return not await self._renew(keys=[key], args=[owner, ttl_ms])
+
+    async def let_gateway_go(self, gateway: str, owner: str) -> None:
+        await self._release(keys=[self.lease_prefix + "gateway:" + gateway], args=[owner])
+
+    async def gateway_ids(self, platform: str) -> set[str]:
+        """Every gateway id that has run ``platform`` (for taking over the replies of one that
+        is gone)."""
+        return {str(g) for g in await self.redis.smembers(self.gateways_prefix + platform + ":ids")}
 
     async def announce(self, gateway: str, platforms: Iterable[str], ttl_s: float) -> None:
         """Say that ``gateway`` runs these channels, until ``ttl_s`` from now."""
@@ -130,6 +255,7 @@ class RedisQueue(QueueAdmin):
                 key = self.gateways_prefix + platform
                 pipe.zadd(key, {gateway: now + ttl_s})
                 pipe.zremrangebyscore(key, "-inf", now)  # gateways that went silent
+                pipe.sadd(key + ":ids", gateway)
             await pipe.execute()
 
     async def withdraw(self, gateway: str, platforms: Iterable[str]) -> None:
@@ -229,24 +355,54 @@ class RedisQueue(QueueAdmin):
             out.append(delivery_of(entry_id, fields, times))
         return out
 
-    async def ack(self, delivery: Delivery) -> None:
-        await self.redis.xack(self.turns_key, GROUP, delivery.entry_id)
+    async def ack(self, delivery: Delivery) -> bool:
+        """Ack the entry if this consumer still holds it; False when another one took it over."""
+        message = delivery.turn.message_id if delivery.turn is not None else ""
+        keys = [self.turns_key, self.live_key]
+        args = [GROUP, self.consumer, delivery.entry_id, message]
+        return bool(await self._ack(keys=keys, args=args))
 
     async def release(self, delivery: Delivery) -> None:
         """Leave the entry pending: once it has been idle for ``claim_idle_ms`` (this worker no
         longer touches it), a worker reclaims it. That idle time is the retry backoff."""
 
-    async def touch(self, deliveries: Iterable[Delivery]) -> None:
+    async def hand_back(self, delivery: Delivery) -> None:
+        """Give an entry back for another worker to take now (a worker shutting down): it is
+        marked idle for the whole claim timeout, so the next reclaim takes it."""
+        await self.redis.xclaim(
+            self.turns_key,
+            GROUP,
+            self.consumer,
+            min_idle_time=0,
+            message_ids=[delivery.entry_id],
+            idle=self.claim_idle_ms,
+            justid=True,
+        )
+
+    async def touch(self, deliveries: Iterable[Delivery]) -> set[str]:
+        """Keep the entries this consumer holds from being reclaimed; returns those it lost."""
         ids = [d.entry_id for d in deliveries]
-        if ids:
-            await self.redis.xclaim(
-                self.turns_key,
-                GROUP,
-                self.consumer,
-                min_idle_time=0,
-                message_ids=cast(list[Any], ids),
-                justid=True,
-            )
+        if not ids:
+            return set()
+        lost = await self._touch(keys=[self.turns_key], args=[GROUP, self.consumer, *ids])
+        return set(lost)
+
+    async def lease(self, conversation_id: int, ttl_ms: int) -> bool:
+        """Take the conversation's lease (one worker answers it at a time) unless another holds
+        it. Held until ``unlease``, or ``ttl_ms`` past the last ``renew``."""
+        key = self.lease_prefix + str(conversation_id)
+        return bool(await self.redis.set(key, self.consumer, nx=True, px=ttl_ms))
+
+    async def renew(self, conversation_ids: Iterable[int], ttl_ms: int) -> set[int]:
+        """Extend this consumer's leases; returns the conversations whose lease another took."""
+        keys = [self.lease_prefix + str(c) for c in conversation_ids]
+        if not keys:
+            return set()
+        lost = await self._renew(keys=keys, args=[self.consumer, ttl_ms])
+        return {int(key.removeprefix(self.lease_prefix)) for key in lost}
+
+    async def unlease(self, conversation_id: int) -> None:
+        await self._release(keys=[self.lease_prefix + str(conversation_id)], args=[self.consumer])
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         record = {
@@ -258,17 +414,32 @@ class RedisQueue(QueueAdmin):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_key, cast(Fields, record), maxlen=self.maxlen, approximate=True)
             pipe.xack(self.turns_key, GROUP, delivery.entry_id)
+            if delivery.turn is not None:
+                pipe.hdel(self.live_key, str(delivery.turn.message_id))
             await pipe.execute()
         log.error("turn entry %s dead-lettered: %s", delivery.entry_id, reason)
 
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
+        """Append a delta to the gateway's reply stream. While Redis is unreachable (a restart)
+        it tries again, for up to ``PUBLISH_FOR_S``: the reply goes on where it was, rather than
+        end in an apology."""
         key = self.reply_prefix + gateway
         fields = cast(Fields, encode(delta))
-        if delta.seq:
-            await self.redis.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
-            # Once a turn: a gateway that is gone for good leaves no stream behind for long.
-            pipe.expire(key, REPLY_STREAM_TTL_S)
-            await pipe.execute()
+        backoff = Backoff(first_s=0.1, cap_s=2.0)
+        deadline = time.monotonic() + PUBLISH_FOR_S
+        while True:
+            try:
+                if delta.seq:
+                    await self.redis.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+                    return
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+                    # Once a turn: a gateway that is gone for good leaves no stream for long.
+                    pipe.expire(key, REPLY_STREAM_TTL_S)
+                    await pipe.execute()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    raise QueueUnavailable(f"cannot send the reply on Redis: {exc}") from exc
+                log.warning("reply stream %s: Redis unreachable (%s); retrying", key, exc)
+                await backoff.wait()

@@ -80,7 +80,7 @@ async def test_a_turn_retried_from_the_dead_letters_gets_one_real_answer_through
             engine.failing = None
             procs[1].send_signal(signal.SIGKILL)
             await procs[1].wait()
-            procs[1] = await spawn(env, "gateway", logs[2])
+            procs[1] = await spawn({**env, "FRONTDESK_GATEWAY_ID": "second"}, "gateway", logs[2])
 
             async def new_gateway_runs() -> bool:
                 return (await queue.gateway_for("telegram")) not in (None, first)

@@ -7,12 +7,14 @@ import asyncio
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from frontdesk import texts
+from frontdesk.engine.backends import Chunk, GenerationParams, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.support import RecordingChannel, free_port, pipeline
@@ -21,9 +23,10 @@ from tests.support import RecordingChannel, free_port, pipeline
 class PrivateRedis:
     """A redis-server of this test's own, so it can be killed without touching anyone else's."""
 
-    def __init__(self) -> None:
+    def __init__(self, aof_dir: Path | None = None) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.aof_dir = aof_dir  # set: AOF on, fsync every second, as the README advises
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -37,8 +40,11 @@ class PrivateRedis:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(
+                    ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.aof_dir)]
+                    if self.aof_dir
+                    else ["--appendonly", "no"]
+                ),
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -53,6 +59,13 @@ class PrivateRedis:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+    def restart(self) -> None:
+        """A clean restart (SIGTERM, as a deploy does): with AOF, the data comes back."""
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait()
+        self.start()
 
 
 @pytest.fixture
@@ -88,10 +101,14 @@ async def test_redis_going_away_mid_run(make_settings, private_redis: PrivateRed
         assert (await p.channel.say("ping 1")).text == "pong"  # type: ignore[union-attr]
 
         private_redis.kill()
-        down = await p.channel.say("ping while down")
-        assert down is not None and down.text == texts.QUEUE_DOWN
+        # stored, not queued: the gateway keeps trying, and the reply comes once Redis is back
+        down = asyncio.create_task(p.channel.say("ping while down"))
+        await asyncio.sleep(1.5)
+        assert not down.done()
 
         private_redis.start()  # back, empty: no streams, no consumer group
+        answered = await down
+        assert answered is not None and answered.text == "pong"
         assert await eventually_answered(p.channel, "ping after") == "pong"
 
         [conv] = await p.store.list_conversations(limit=1)
@@ -129,3 +146,55 @@ async def test_database_going_away_mid_run(make_settings, pg_database: str) -> N
             assert [m.content for m in messages] == ["before", "stored", "after", "stored"]
     finally:
         await proxy.stop()
+
+
+class Slow(FixedReplyBackend):
+    """Streams its reply in five pieces over about a second: turns are in flight for a while."""
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        for piece in self.reply.split(" "):
+            await asyncio.sleep(0.2)
+            yield Chunk(piece + " ")
+
+
+@pytest.mark.parametrize("aof", [True, False], ids=["restart-with-aof", "data-lost-without-aof"])
+async def test_a_redis_restart_with_turns_in_flight_loses_none_and_answers_none_twice(
+    make_settings, tmp_path: Path, aof: bool
+) -> None:
+    redis = PrivateRedis(tmp_path if aof else None)
+    redis.start()
+    settings = make_settings(
+        redis_url=f"redis://127.0.0.1:{redis.port}/0",
+        queue_claim_idle_ms=1000,
+        sweep_every_s=0.5,
+        sweep_after_s=2,
+        worker_concurrency=2,  # the rest of the turns wait in the stream when Redis goes
+    )
+    reply = "one two three four five"
+    try:
+        async with pipeline(settings, Slow(reply)) as p:
+            chats = [f"{p.channel.chat}-{i}" for i in range(6)]
+            msgs = [p.channel.message("hello", chat=chat) for chat in chats]
+            asked = [await p.gateway.handle(msg, p.channel) for msg in msgs]
+            await asyncio.wait_for(p.channel.streaming.wait(), 10)
+            await asyncio.sleep(1.1)  # AOF syncs every second
+            if aof:
+                redis.restart()
+            else:
+                redis.kill()
+                redis.start()
+            await asyncio.wait_for(asyncio.gather(*(t for t in asked if t)), 60)
+            await asyncio.sleep(2.5)  # a sweep more: a second answer would be stored by now
+            assert [r.text.split() for r in p.channel.delivered] == [reply.split()] * 6
+            for chat in chats:
+                conv = [
+                    c for c in await p.store.list_conversations(limit=50) if c.external_key == chat
+                ]
+                _c, messages = await p.store.conversation(conv[0].id)
+                assert [(m.role, m.status) for m in messages] == [
+                    ("user", "ok"),
+                    ("assistant", "ok"),
+                ]
+    finally:
+        if redis.proc and redis.proc.poll() is None:
+            redis.kill()

@@ -91,7 +91,7 @@ async def test_replies_arrive_in_order_on_the_owning_gateway_stream(
         await q.publish("gw-1", ReplyDelta("t", seq, f"part{seq}", done=seq == 4))
     await q.publish("gw-2", ReplyDelta("other", 0, "not mine", done=True))
     got = []
-    async for delta in q.replies("gw-1"):
+    async for _entry_id, delta in q.replies("gw-1", after="0-0"):
         got.append(delta)
         if delta.done:
             break
@@ -112,3 +112,69 @@ async def test_consumer_group_is_recreated_after_redis_loses_it(
     [d] = await q.receive(1, block_ms=500)
     assert d.turn is not None and d.turn.message_id == 2
     await q.stop()
+
+
+async def test_a_heartbeat_never_takes_back_an_entry_another_worker_reclaimed(
+    redis_url: str, queue_prefix: str
+) -> None:
+    slow = await open_queue(redis_url, queue_prefix, "slow")
+    other = await open_queue(redis_url, queue_prefix, "other")
+    await slow.submit(Turn(1, 1, "gw"))
+    [held] = await slow.receive(1, block_ms=500)
+    await asyncio.sleep(0.3)  # the slow worker stalls past the claim timeout
+    [taken] = await other.receive(1, block_ms=10)
+    assert taken.entry_id == held.entry_id and taken.deliveries == 2
+
+    assert await slow.touch([held]) == {held.entry_id}  # lost, and not taken back
+    assert await other.touch([taken]) == set()
+    assert not await slow.ack(held)  # a fenced worker cannot ack the other's entry
+    pending = await other.redis.xpending_range(other.turns_key, GROUP, "-", "+", 10)
+    assert [(p["message_id"], p["consumer"]) for p in pending] == [(held.entry_id, "other")]
+    assert await other.ack(taken)
+    for q in (slow, other):
+        await q.stop()
+
+
+async def test_a_message_is_queued_once_while_its_turn_is_live(
+    redis_url: str, queue_prefix: str
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    assert await q.submit(Turn(5, 50, "gw"))
+    assert not await q.submit(Turn(5, 50, "gw"))  # a retry, a sweep: the live turn answers it
+    [d] = await q.receive(5, block_ms=500)
+    assert not await q.submit(Turn(5, 50, "gw"))  # pending is live too
+    assert await q.ack(d)
+    assert await q.submit(Turn(5, 50, "gw"))  # acked: a new turn may be queued
+    [again] = await q.receive(5, block_ms=500)
+
+    # a sweep leaves alone a message whose conversation a worker is answering
+    assert await q.lease(6, ttl_ms=5000)
+    assert not await q.submit(Turn(6, 60, "gw"), sweep=True)
+    assert await q.submit(Turn(7, 70, "gw"), sweep=True)
+    await q.unlease(6)
+    assert await q.submit(Turn(6, 60, "gw"), sweep=True)
+
+    # an entry trimmed away (MAXLEN ~) or lost with Redis's data is not live any more
+    await q.redis.xdel(q.turns_key, again.entry_id)
+    assert await q.submit(Turn(5, 50, "gw"))
+    await q.stop()
+
+
+async def test_a_conversation_lease_is_held_by_one_worker_and_released_only_by_it(
+    redis_url: str, queue_prefix: str
+) -> None:
+    a = await open_queue(redis_url, queue_prefix, "a")
+    b = await open_queue(redis_url, queue_prefix, "b")
+    assert await a.lease(9, ttl_ms=300)
+    assert not await b.lease(9, ttl_ms=300)
+    await b.unlease(9)  # not b's to release
+    assert not await b.lease(9, ttl_ms=300)
+    await asyncio.sleep(0.2)
+    assert await a.renew([9], ttl_ms=300) == set()
+    await asyncio.sleep(0.2)
+    assert not await b.lease(9, ttl_ms=300)  # renewed: still a's
+    await asyncio.sleep(0.4)
+    assert await b.lease(9, ttl_ms=300)  # lapsed: b takes it
+    assert await a.renew([9], ttl_ms=300) == {9}  # and a learns that it lost it
+    for q in (a, b):
+        await q.stop()

@@ -10,7 +10,7 @@ from frontdesk import texts
 from frontdesk.bots import ReplyStream
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
 from frontdesk.engine.backends.fixed import FixedReplyBackend
-from frontdesk.engine.queue import LocalQueue, RedisQueue
+from frontdesk.engine.queue import GROUP, LocalQueue, RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.storage import ReplyFigures
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn
@@ -408,3 +408,73 @@ async def test_a_revived_turn_waits_while_no_gateway_runs_its_channel_and_is_nev
     assert backend.calls == 0  # never answered where nobody could see it
     [(dead, _reason)] = queue.dead
     assert dead.turn is not None and dead.turn.turn_id == revived.turn_id
+
+
+class Trickle(FixedReplyBackend):
+    """Streams its reply a word every ``delay_s``, and records the turns it was asked to stop."""
+
+    def __init__(self, reply: str, delay_s: float) -> None:
+        super().__init__(reply)
+        self.delay_s = delay_s
+        self.cancelled: list[str] = []
+        self.words_sent = 0
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        for i, word in enumerate(self.reply.split(" ")):
+            self.words_sent += 1
+            yield Chunk(word if i == 0 else " " + word)
+            await asyncio.sleep(self.delay_s)
+
+    async def cancel(self, request_id: str) -> None:
+        self.cancelled.append(request_id)
+
+
+async def test_a_worker_that_lost_its_turn_stops_at_its_next_delta_and_acks_nothing(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(
+        redis_url=redis_url, queue_prefix=queue_prefix, queue_claim_idle_ms=300
+    )
+    backend = Trickle(" ".join(f"w{i}" for i in range(100)), delay_s=0.02)
+    async with pipeline(settings, backend) as p:
+        assert isinstance(p.queue, RedisQueue) and p.worker is not None
+        task = await p.gateway.handle(p.channel.message("long one"), p.channel)
+        assert task is not None
+        await until(lambda: backend.words_sent >= 5)
+        [(entry_id, delivery)] = list(p.worker._held.items())
+        # another worker takes the entry over, as if this one had stalled past the timeout
+        thief = RedisQueue(redis_url, consumer="thief", prefix=queue_prefix)
+        await thief.redis.xclaim(p.queue.turns_key, GROUP, "thief", 0, [entry_id], justid=True)
+        await until(lambda: entry_id not in p.worker._held, within=10)
+        stopped_at = backend.words_sent
+        await asyncio.sleep(0.3)
+        assert backend.words_sent == stopped_at < 100  # generation stopped, at a delta
+        assert backend.cancelled == [delivery.turn.turn_id]  # and aborted in the engine
+        pending = await thief.redis.xpending_range(p.queue.turns_key, GROUP, "-", "+", 10)
+        assert [x["consumer"] for x in pending] == ["thief"]  # not acked by the fenced worker
+        assert p.worker.turns_done == 0
+        task.cancel()
+        await thief.stop()
+
+
+async def test_a_reply_pump_that_raises_once_goes_on_delivering(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(redis_url=redis_url, queue_prefix=queue_prefix)
+    async with pipeline(settings, FixedReplyBackend("pong")) as p:
+        route = p.gateway._route
+        calls = 0
+
+        def flaky(delta: ReplyDelta, *, replayed: bool = False) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("a bug in the pump")
+            route(delta, replayed=replayed)
+
+        p.gateway._route = flaky  # type: ignore[method-assign]
+        first = await p.channel.say("ping 1", wait_s=20)  # its delta is read again after restart
+        second = await p.channel.say("ping 2", wait_s=20)
+        assert first is not None and first.text == "pong"
+        assert second is not None and second.text == "pong"
+        assert calls >= 3 and not p.gateway.fatal.done()

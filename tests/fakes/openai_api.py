@@ -1,10 +1,12 @@
 """A local stand-in for an OpenAI-compatible chat server, for tests that need an engine to fail on
 cue: `FakeOpenAI` answers ``/v1/models`` and streams ``/v1/chat/completions`` as server-sent
 events, the way vLLM's and llama.cpp's servers do, and answers every completion with ``failing``'s
-HTTP status (503: overloaded) until a test sets ``failing = None``."""
+HTTP status (503: overloaded) until a test sets ``failing = None``. ``word_delay_s`` paces the
+stream, word by word, for tests that need a reply still streaming when they strike."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +26,18 @@ class Call:
 class FakeOpenAI(FakeServer):
     ROUTE = "/v1/{method:.*}"
 
-    def __init__(self, reply: str = "Here is the real answer.", failing: int | None = 503) -> None:
+    def __init__(
+        self,
+        reply: str = "Here is the real answer.",
+        failing: int | None = 503,
+        word_delay_s: float = 0.0,
+        echo: bool = False,
+    ) -> None:
         super().__init__()
         self.reply = reply
+        self.echo = echo  # answer "You said: <the last user message>" instead of ``reply``
         self.failing = failing
+        self.word_delay_s = word_delay_s
 
     @property
     def base_url(self) -> str:
@@ -48,10 +58,17 @@ class FakeOpenAI(FakeServer):
         self.calls.append(Call(method, 200, body))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for i, word in enumerate(self.reply.split(" ")):
+        reply = self.reply
+        if self.echo:
+            reply = (
+                "You said: " + [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+            )
+        for i, word in enumerate(reply.split(" ")):
             piece = word if i == 0 else " " + word
             await self._event(response, {"choices": [{"delta": {"content": piece}}]})
-        usage = {"prompt_tokens": 12, "completion_tokens": len(self.reply.split(" "))}
+            if self.word_delay_s:
+                await asyncio.sleep(self.word_delay_s)
+        usage = {"prompt_tokens": 12, "completion_tokens": len(reply.split(" "))}
         await self._event(response, {"choices": [{"delta": {}, "finish_reason": "stop"}]})
         await self._event(response, {"choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")

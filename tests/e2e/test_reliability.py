@@ -1,0 +1,308 @@
+"""Exactly one complete reply per accepted message, through the death of any process: gateways and
+workers as real processes (`frontdesk gateway`, `frontdesk worker`), killed with SIGKILL mid-reply,
+against real Redis and PostgreSQL, the Telegram and Slack stand-ins, and an OpenAI-compatible
+stand-in that streams slowly enough to strike while a reply is being written."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from frontdesk.engine.queue import RedisQueue
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.telegram_api import FakeTelegram
+from tests.support import free_port, until
+
+ALICE = 1001
+CLI = [sys.executable, "-m", "frontdesk.cli"]
+LONG_REPLY = " ".join(f"word{i}" for i in range(40))
+
+
+class Processes:
+    """The frontdesk processes of one test, each logging to a file of its own."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.env, self.folder = env, folder
+        self.running: dict[str, asyncio.subprocess.Process] = {}
+        self.logs: list[Path] = []
+
+    async def start(self, name: str, role: str, **env: str) -> asyncio.subprocess.Process:
+        log = self.folder / f"{name}-{len(self.logs)}.log"
+        self.logs.append(log)
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, role, env={**self.env, **env}, stderr=log.open("wb")
+        )
+        self.running[name] = proc
+        return proc
+
+    async def kill(self, name: str) -> None:
+        proc = self.running.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+    async def stop_all(self) -> list[int]:
+        procs = list(self.running.values())
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        return [await asyncio.wait_for(p.wait(), 30) for p in procs]
+
+    def tracebacks(self) -> list[str]:
+        return [log.name for log in self.logs if "Traceback" in log.read_text()]
+
+
+@pytest.fixture
+async def env(redis_url: str, queue_prefix: str, pg_fresh: str) -> AsyncIterator[dict[str, str]]:
+    values = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")},
+        "FRONTDESK_REDIS_URL": redis_url,
+        "FRONTDESK_QUEUE_PREFIX": queue_prefix,
+        "FRONTDESK_DATABASE_URL": pg_fresh,
+        "FRONTDESK_ENGINE": "openai",
+        "FRONTDESK_QUEUE_CLAIM_IDLE_MS": "1500",
+        "FRONTDESK_SWEEP_EVERY_S": "1",
+        "FRONTDESK_SWEEP_AFTER_S": "3",
+        "FRONTDESK_SHUTDOWN_GRACE_S": "1",
+        "FRONTDESK_STREAM_FLUSH_MS": "50",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run, [*CLI, "db", "upgrade"], env=values, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    yield values
+
+
+async def gateway_up(queue: RedisQueue, platform: str) -> None:
+    await until(lambda: queue.gateway_for(platform), within=30)
+
+
+def telegram_env(env: dict[str, str], telegram: FakeTelegram, engine: FakeOpenAI) -> dict[str, str]:
+    return {
+        **env,
+        "FRONTDESK_TELEGRAM_TOKEN": telegram.token,
+        "FRONTDESK_TELEGRAM_API_URL": telegram.base_url,
+        "FRONTDESK_TELEGRAM_EDIT_INTERVAL": "0.3",
+        "FRONTDESK_OPENAI_BASE_URLS": engine.base_url,
+    }
+
+
+async def test_a_gateway_killed_mid_reply_completes_the_same_telegram_message_after_restart(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        FakeTelegram() as telegram,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.12) as engine,
+    ):
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        try:
+            await procs.start("worker", "worker")
+            await procs.start("gateway", "gateway")
+            await gateway_up(queue, "telegram")
+
+            telegram.private_message("Tell me a long story")
+            await telegram.wait_for(
+                lambda t: bool(t.messages_in(ALICE)) and "word5" in t.messages_in(ALICE)[0]["text"],
+                timeout=60,
+            )
+            await procs.kill("gateway")  # mid-reply: the message shows part of the answer
+            cut = telegram.messages_in(ALICE)[0]["text"]
+            assert cut != LONG_REPLY
+
+            await procs.start("gateway", "gateway")
+            await telegram.wait_for(
+                lambda t: t.messages_in(ALICE)[0]["text"] == LONG_REPLY, timeout=60
+            )
+            await asyncio.sleep(1.5)  # a second message would show by now
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        [message] = telegram.messages_in(ALICE)  # completed in place: no second message
+        assert message["text"] == LONG_REPLY
+        assert len(telegram.calls_to("sendMessage", ALICE)) == 1
+        assert len(engine.completions()) == 1  # the worker answered once; the gateway resumed
+    assert codes == [0, 0]
+    assert procs.tracebacks() == []
+
+
+async def test_a_gateway_killed_mid_reply_completes_the_same_slack_message_after_restart(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    async with (
+        FakeSlack() as slack,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.12) as engine,
+    ):
+        slack_env = {
+            **env,
+            "FRONTDESK_SLACK_BOT_TOKEN": slack.bot_token,
+            "FRONTDESK_SLACK_SIGNING_SECRET": slack.signing_secret,
+            "FRONTDESK_SLACK_API_URL": slack.base_url,
+            "FRONTDESK_HTTP_PORT": str(port),
+            "FRONTDESK_OPENAI_BASE_URLS": engine.base_url,
+        }
+        procs = Processes(slack_env, tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        url = f"http://127.0.0.1:{port}/slack/events"
+        dm = "D0ALICE"
+        try:
+            await procs.start("worker", "worker")
+            await procs.start("gateway", "gateway")
+            await gateway_up(queue, "slack")
+
+            status, _took = await slack.post_event(url, slack.dm("Tell me a long story"))
+            assert status == 200
+            await slack.wait_for(
+                lambda s: bool(s.messages_in(dm)) and "word5" in s.messages_in(dm)[0]["text"],
+                timeout=60,
+            )
+            await procs.kill("gateway")
+            assert slack.messages_in(dm)[0]["text"] != LONG_REPLY
+
+            await procs.start("gateway", "gateway")
+            await slack.wait_for(lambda s: s.messages_in(dm)[0]["text"] == LONG_REPLY, timeout=60)
+            await asyncio.sleep(1.5)
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        [message] = slack.messages_in(dm)
+        assert message["text"] == LONG_REPLY
+        assert len(slack.calls_to("chat.postMessage", dm)) == 1
+        assert len(engine.completions()) == 1
+    assert codes == [0, 0]
+    assert procs.tracebacks() == []
+
+
+async def test_a_worker_killed_mid_reply_leaves_one_message_with_the_whole_answer(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        FakeTelegram() as telegram,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.08) as engine,
+    ):
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        try:
+            await procs.start("gateway", "gateway")
+            await procs.start("doomed", "worker")
+            await gateway_up(queue, "telegram")
+
+            telegram.private_message("Tell me a long story")
+            await telegram.wait_for(
+                lambda t: bool(t.messages_in(ALICE)) and "word5" in t.messages_in(ALICE)[0]["text"],
+                timeout=60,
+            )
+            await procs.kill("doomed")
+            await procs.start("worker", "worker")  # takes the turn over once it is idle
+            await telegram.wait_for(
+                lambda t: t.messages_in(ALICE)[0]["text"] == LONG_REPLY, timeout=60
+            )
+            await asyncio.sleep(1.5)
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        [message] = telegram.messages_in(ALICE)
+        assert message["text"] == LONG_REPLY
+        assert len(engine.completions()) == 2  # answered afresh by the second worker
+    assert codes == [0, 0]
+    assert procs.tracebacks() == []
+
+
+async def test_two_workers_answer_three_quick_messages_in_order_each_with_the_earlier_replies(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        FakeTelegram() as telegram,
+        FakeOpenAI(failing=None, word_delay_s=0.1, echo=True) as engine,
+    ):
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        try:
+            await procs.start("worker-1", "worker")
+            await procs.start("worker-2", "worker")
+            await procs.start("gateway", "gateway")
+            await gateway_up(queue, "telegram")
+
+            for word in ("one", "two", "three"):  # within 100 ms
+                telegram.private_message(word)
+                await asyncio.sleep(0.03)
+            expected = ["You said: one", "You said: two", "You said: three"]
+            await telegram.wait_for(lambda t: len(t.messages_in(ALICE)) == 3, timeout=60)
+            await telegram.wait_for(
+                lambda t: [m["text"] for m in t.messages_in(ALICE)] == expected, timeout=30
+            )
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        prompts = [call.body["messages"] for call in engine.completions()]
+        assert [p[-1]["content"] for p in prompts] == ["one", "two", "three"]
+        # each prompt holds the earlier messages and their replies
+        assert [m["content"] for m in prompts[2] if m["role"] != "system"] == [
+            "one",
+            "You said: one",
+            "two",
+            "You said: two",
+            "three",
+        ]
+    assert codes == [0, 0, 0]
+    assert procs.tracebacks() == []
+
+
+async def test_turns_lost_with_redis_data_are_answered_once_by_the_sweep(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    """A failover to a replica without the latest writes (or a restart without AOF): the turns,
+    the live-turn index and the leases are gone, while PostgreSQL holds the messages."""
+    async with (
+        FakeTelegram() as telegram,
+        FakeOpenAI(failing=None, word_delay_s=0.05, echo=True) as engine,
+    ):
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        users = [ALICE + i for i in range(6)]
+        try:
+            await procs.start("gateway", "gateway")
+            await gateway_up(queue, "telegram")
+            for user in users:  # no worker yet: the turns wait in the stream
+                telegram.private_message(f"question of {user}", user_id=user)
+            await until(lambda: _stream_length(queue, 6), within=30)
+
+            wiped = await _wipe(redis_url, queue_prefix)
+            assert wiped > 0
+            await gateway_up(queue, "telegram")  # announced again within seconds
+            await procs.start("worker", "worker")
+            await telegram.wait_for(
+                lambda t: all(len(t.messages_in(u)) == 1 for u in users), timeout=60
+            )
+            await asyncio.sleep(4)  # more sweeps: a second answer would show by now
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        for user in users:
+            [message] = telegram.messages_in(user)
+            assert message["text"] == f"You said: question of {user}"
+        assert len(engine.completions()) == len(users)
+    assert codes == [0, 0]
+    assert procs.tracebacks() == []
+
+
+async def _stream_length(queue: RedisQueue, count: int) -> bool:
+    return int(await queue.redis.xlen(queue.turns_key)) >= count
+
+
+async def _wipe(redis_url: str, prefix: str) -> int:
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        return int(await client.delete(*keys)) if keys else 0
+    finally:
+        await client.aclose()
