@@ -16,6 +16,7 @@ gateway: its first delta brings the route, and the gateway opens the reply from 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from frontdesk import texts
 from frontdesk.backoff import Backoff
-from frontdesk.errors import QueueUnavailable, StorageUnavailable
+from frontdesk.errors import NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import AwaitingMessage, RecordedMessage, Store
 from frontdesk.supervisor import Supervisor, TaskFailed
@@ -104,6 +105,8 @@ class Gateway:
         self._by_name = {channel.name: channel for channel in channels}
         self._deliveries_by_turn: dict[str, asyncio.Task[None]] = {}
         self._shown_last: dict[tuple[str, str], asyncio.Task[None]] = {}  # chat -> its last reply
+        self._owner_of: dict[str, str] = {}  # turn id -> the gateway id whose record it is
+        self._fostered: dict[str, asyncio.Task[None]] = {}  # gone gateway -> taking its replies
         # the channels any gateway can post to: announced, and their turns carry their route
         self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
         self.http = HttpServer(settings.http_host, settings.http_port)
@@ -140,6 +143,7 @@ class Gateway:
             raise
         if self.shared:
             self.tasks.spawn("gateway-announce", self._announce)
+            self.tasks.spawn("gateway-take-over", self._take_over)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking messages, give replies being shown ``grace_s`` (``shutdown_grace_s``) to
@@ -150,7 +154,7 @@ class Gateway:
         self._accepting = False
         await self.http.stop()
         if self.tasks.running("gateway-announce"):
-            await self.tasks.stop("gateway-announce")
+            await self.tasks.stop("gateway-announce", "gateway-take-over")
             try:
                 await self.queue.withdraw(self.id, self.shared)
             except Exception as exc:  # it expires by itself
@@ -163,9 +167,11 @@ class Gateway:
                     "that runs their channel",
                     len(unfinished),
                 )
-        for task in (*self._deliveries, *self._resubmits):
+        for task in (*self._deliveries, *self._resubmits, *self._fostered.values()):
             task.cancel()
-        await asyncio.gather(*self._deliveries, *self._resubmits, return_exceptions=True)
+        await asyncio.gather(
+            *self._deliveries, *self._resubmits, *self._fostered.values(), return_exceptions=True
+        )
         for channel in reversed(self.channels):
             await channel.stop()
         await self.tasks.stop()
@@ -264,6 +270,8 @@ class Gateway:
                 recorded = await self.store.awaiting_reply(msg.dedupe_key)
         except StorageUnavailable as exc:
             log.error("cannot store message %s: %s", msg.dedupe_key, exc)
+            if getattr(channel, "redelivers", False):  # its platform sends it again: not acked
+                raise NotAccepted(f"message {msg.dedupe_key} not stored: {exc}") from exc
             return self._reply_now(channel, msg, texts.STORAGE_DOWN)
         if recorded is None:
             log.info("duplicate message %s dropped", msg.dedupe_key)
@@ -378,17 +386,21 @@ class Gateway:
         record: dict[str, Any] | None = None,
         posted: list[str] | None = None,
         resumed: bool = False,
+        owner: str | None = None,
     ) -> ReplyStream:
         """Open the reply to ``msg`` (turn ``turn_id``) and start delivering it. Each platform
-        message the channel posts for it is recorded, so that whoever resumes the reply edits
-        those messages instead of posting new ones."""
+        message the channel posts for it is recorded (in the records of gateway ``owner``, this
+        one unless it took the reply over), so that whoever resumes the reply edits those
+        messages instead of posting new ones."""
         record = record if record is not None else {"route": msg.route(), "after": "0-0"}
         record["posted"] = list(posted or record.get("posted") or ())
+        owner = owner or self.id
+        self._owner_of[turn_id] = owner
 
         async def note_posted(ids: list[str]) -> None:
             record["posted"] = list(ids)
             try:
-                await self.queue.track(self.id, turn_id, record)
+                await self.queue.track(owner, turn_id, record)
             except Exception as exc:  # a resume would then post again: say so
                 log.warning("cannot record the messages of turn %s: %r", turn_id, exc)
 
@@ -448,13 +460,14 @@ class Gateway:
             key = (stream.inbound.platform, stream.inbound.conversation_key)
             if self._generating.get(key) == stream.turn_id:
                 del self._generating[key]
+            owner = self._owner_of.pop(stream.turn_id, self.id)
             if finished and stream.turn_id:
-                await self._untrack(stream.turn_id)
+                await self._untrack(stream.turn_id, owner)
 
-    async def _untrack(self, turn_id: str) -> None:
+    async def _untrack(self, turn_id: str, owner: str | None = None) -> None:
         try:
-            await self.queue.untrack(self.id, turn_id)
-            if self._cursor is not None:
+            await self.queue.untrack(owner or self.id, turn_id)
+            if self._cursor is not None and owner in (None, self.id):
                 await self.queue.save_cursor(self.id, self._cursor)
         except Exception as exc:  # a restart would show the reply again, in place
             log.warning("cannot forget the delivery of turn %s: %r", turn_id, exc)
@@ -468,6 +481,77 @@ class Gateway:
             except Exception as exc:  # Redis away: say it again next time
                 log.warning("cannot announce gateway %s: %r", self.id, exc)
             await asyncio.sleep(ANNOUNCE_EVERY_S)
+
+    async def _take_over(self) -> None:
+        """Every few seconds, take over the replies in progress of a gateway that is gone (it
+        stopped, or died and did not come back within its lease) and ran a channel this one
+        runs: finish them in the platform messages it posted, then let its id go again."""
+        while True:
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
+            try:
+                others: set[str] = set()
+                for platform in self.shared:
+                    others |= await self.queue.gateway_ids(platform)
+                for other in sorted(others - {self.id} - set(self._fostered)):
+                    records = await self.queue.tracked(other)
+                    mine = {
+                        turn_id: record
+                        for turn_id, record in records.items()
+                        if (record.get("route") or {}).get("platform") in self.shared
+                    }
+                    if mine and await self.queue.hold_gateway(other, self._owner, LEASE_MS):
+                        task = asyncio.create_task(self._foster(other, mine))
+                        self._fostered[other] = task
+                        task.add_done_callback(functools.partial(self._unfoster, other))
+            except QueueUnavailable as exc:
+                log.warning("cannot look for replies to take over: %r", exc)
+
+    def _unfoster(self, other: str, _task: asyncio.Task[None]) -> None:
+        self._fostered.pop(other, None)
+
+    async def _foster(self, other: str, records: dict[str, dict[str, Any]]) -> None:
+        """Finish gateway ``other``'s replies in progress (its lease is held here meanwhile)."""
+        start: str | None = None
+        tasks: list[asyncio.Task[None]] = []
+        for turn_id, record in records.items():
+            if turn_id in self._pending:
+                continue
+            try:
+                msg = InboundMessage.from_route(record["route"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("turn %s: unusable delivery record (%r)", turn_id, exc)
+                continue
+            posted = [str(p) for p in record.get("posted") or ()]
+            channel = self._by_name[msg.platform]
+            log.warning("taking over the reply of turn %s from gateway %s", turn_id, other)
+            self._open(channel, msg, turn_id, posted=posted, resumed=True, owner=other)
+            tasks.append(self._deliveries_by_turn[turn_id])
+            after = str(record.get("after") or "0-0")
+            start = after if start is None or _after(start, after) else start
+
+        async def read() -> None:
+            async for _entry_id, delta in self.queue.replies(other, start or "0-0"):
+                self._route(delta, replayed=True)  # feeds the replies taken over, opens none
+
+        async def keep_lease() -> None:
+            while True:
+                await asyncio.sleep(LEASE_MS / 3000)
+                if not await self.queue.hold_gateway(other, self._owner, LEASE_MS):
+                    return
+
+        helpers = [asyncio.create_task(read()), asyncio.create_task(keep_lease())]
+        try:
+            if tasks:
+                await asyncio.wait([*tasks, helpers[1]], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(tasks)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            try:
+                await self.queue.let_gateway_go(other, self._owner)
+            except Exception as exc:  # it lapses by itself
+                log.warning("cannot release gateway %s: %r", other, exc)
 
     async def _pump_replies(self) -> None:
         """Route each delta of this gateway's reply stream to its reply. Entries an earlier
