@@ -96,7 +96,11 @@ class Channel(Protocol):
 
     A channel may also set ``replies_from_any_gateway = True`` when a reply needs nothing but
     what ``InboundMessage.route`` holds (a chat id, a thread), so that any gateway running it can
-    deliver a turn another gateway took. Without it, only its own gateway replies."""
+    deliver a turn another gateway took. Without it, only its own gateway replies.
+
+    A channel whose platform delivers a message again until it is acked sets ``redelivers =
+    True``: when the gateway cannot store a message, ``handle`` raises ``NotAccepted`` instead of
+    apologising, and the channel leaves the message unacked."""
 
     name: str
 

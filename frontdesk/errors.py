@@ -36,6 +36,11 @@ class StorageUnavailable(FrontdeskError):
     """The database cannot be reached, or its schema is not at the expected revision."""
 
 
+class NotAccepted(StorageUnavailable):
+    """A message the gateway could not store: the channel leaves it unacked, so that its platform
+    delivers it again (a Telegram webhook gets a 5xx, Slack no ack)."""
+
+
 class NotFound(FrontdeskError):
     """An id given on the command line does not exist."""
 

@@ -24,7 +24,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from frontdesk import texts
-from frontdesk.errors import ConfigError, FrontdeskError
+from frontdesk.errors import ConfigError, FrontdeskError, NotAccepted
 from frontdesk.settings import Settings
 from frontdesk.wire import InboundMessage
 
@@ -60,6 +60,7 @@ CHANNEL_RESET = (
 class SlackChannel(SlackNames, SlackApi):
     name = "slack"
     replies_from_any_gateway = True  # a channel and a thread ts are all a reply needs
+    redelivers = True  # an event not acked (storage down) comes again: 1 min, then 5 min
 
     def __init__(self, settings: Settings) -> None:
         assert settings.slack_bot_token, "SlackChannel needs FRONTDESK_SLACK_BOT_TOKEN"
@@ -271,6 +272,9 @@ class SlackChannel(SlackNames, SlackApi):
         await ack(SLACK_HELP)
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
+        if isinstance(error, NotAccepted):  # no ack: Slack sends the event again
+            log.error("slack event %s not taken (%s)", body.get("event_id"), error)
+            return
         log.error("slack event %s failed", body.get("event_id"), exc_info=error)
 
     def _mentions_me(self, text: str) -> bool:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -18,7 +19,8 @@ from telegram.error import InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from frontdesk import texts
-from frontdesk.errors import ConfigError, FrontdeskError
+from frontdesk.backoff import Backoff
+from frontdesk.errors import ConfigError, FrontdeskError, NotAccepted
 from frontdesk.settings import Settings
 from frontdesk.wire import InboundMessage
 
@@ -47,6 +49,9 @@ COMMANDS = [
 class TelegramChannel(TelegramApi):
     name = "telegram"
     replies_from_any_gateway = True  # a chat id is all a reply needs
+    # A message that cannot be stored is not acked: its webhook call gets a 503 (Telegram sends
+    # it again), and polling stops taking updates until it is stored
+    redelivers = True
 
     def __init__(self, settings: Settings) -> None:
         assert settings.telegram_token, "TelegramChannel needs FRONTDESK_TELEGRAM_TOKEN"
@@ -67,6 +72,9 @@ class TelegramChannel(TelegramApi):
         self.bot_id = 0
         self.username = ""
         self.retries_after_429 = 0
+        self._not_accepted: set[int] = set()  # webhook updates refused (storage down)
+        self._held: list[Update] = []  # polled updates that wait for storage, in order
+        self._holding: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TelegramChannel | None:
@@ -119,6 +127,9 @@ class TelegramChannel(TelegramApi):
         self.bot_id, self.username = app.bot.id, app.bot.username
 
     async def stop(self) -> None:
+        if self._holding is not None:
+            self._holding.cancel()
+            await asyncio.gather(self._holding, return_exceptions=True)
         app, self.app = self.app, None
         if app is None:
             return
@@ -142,9 +153,46 @@ class TelegramChannel(TelegramApi):
             return web.Response(status=400, text="not a JSON update")
         # Stored and queued before the 200 goes back: Telegram retries what is not acked.
         await self.app.process_update(update)
+        if update.update_id in self._not_accepted:
+            self._not_accepted.discard(update.update_id)
+            return web.Response(status=503, text="cannot store the message now; send it again")
         return web.Response()
 
     async def _on_update(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        if self._held:  # polling waits for storage: keep the order
+            self._held.append(update)
+            return
+        try:
+            await self._take(update)
+        except NotAccepted as exc:
+            log.error("telegram update %s not taken (%s)", update.update_id, exc)
+            if self.settings.telegram_webhook_url:
+                self._not_accepted.add(update.update_id)
+                return
+            self._held.append(update)
+            self._holding = asyncio.create_task(self._hold_polling())
+
+    async def _hold_polling(self) -> None:
+        """Storage is down: stop taking updates, and take the held ones again, in order, once
+        it is back; then poll again. (Telegram keeps what was not fetched.)"""
+        app = self.app
+        if app is not None and app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        backoff = Backoff(first_s=0.5, cap_s=5.0)
+        while self._held:
+            await backoff.wait()
+            try:
+                await self._take(self._held[0])
+            except NotAccepted:
+                continue
+            self._held.pop(0)
+            backoff.reset()
+        app = self.app
+        if app is not None and app.updater is not None and not app.updater.running:
+            await app.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
+            log.warning("telegram: storage is back; polling again")
+
+    async def _take(self, update: Update) -> None:
         msg = update.message  # edited messages, channel posts and the rest are ignored
         if msg is None or msg.from_user is None or msg.from_user.is_bot:
             return
