@@ -4,6 +4,7 @@ service resumes by itself when the dependency comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -14,10 +15,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from frontdesk import texts
+from frontdesk.bots.slack import SlackChannel
+from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.storage import Store
+from tests.fakes.slack_api import FakeSlack
 from tests.fakes.tcp_proxy import TcpProxy
-from tests.support import RecordingChannel, free_port, pipeline
+from tests.fakes.telegram_api import FakeTelegram
+from tests.support import RecordingChannel, free_port, pipeline, until
 
 
 class PrivateRedis:
@@ -198,3 +204,85 @@ async def test_a_redis_restart_with_turns_in_flight_loses_none_and_answers_none_
     finally:
         if redis.proc and redis.proc.poll() is None:
             redis.kill()
+
+
+@contextlib.asynccontextmanager
+async def paused_database(pg_database: str) -> AsyncIterator[tuple[str, TcpProxy]]:
+    """The database behind a proxy the test can pause (PostgreSQL stops answering)."""
+    url = urlsplit(pg_database.replace("+asyncpg", ""))
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    host = f"{url.hostname}:{url.port or 5432}"
+    proxied = pg_database.replace(host, f"127.0.0.1:{proxy.port}")
+    if proxied == pg_database:
+        proxied = pg_database.replace(f"@{url.hostname}/", f"@127.0.0.1:{proxy.port}/")
+    try:
+        yield proxied, proxy
+    finally:
+        await proxy.stop()
+
+
+async def test_while_postgres_is_down_platform_messages_stay_unacked_and_are_answered_once(
+    make_settings, pg_fresh: str, redis_url: str, queue_prefix: str
+) -> None:
+    """Telegram polling stops taking updates; a Slack event is not acked (Slack sends it
+    again); neither user gets an apology for a message they then have to send again."""
+    async with (
+        paused_database(pg_fresh) as (database_url, proxy),
+        FakeTelegram() as telegram,
+        FakeSlack() as slack,
+    ):
+        port = free_port()
+        settings = make_settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            queue_prefix=queue_prefix,
+            telegram_token=telegram.token,
+            telegram_api_url=telegram.base_url,
+            slack_bot_token=slack.bot_token,
+            slack_signing_secret=slack.signing_secret,
+            slack_api_url=slack.base_url,
+            http_port=port,
+            queue_claim_idle_ms=1000,  # a turn that failed on the outage is retried soon after
+        )
+        store = Store(pg_fresh)
+        await store.start(migrate=True)
+        channels = [TelegramChannel(settings), SlackChannel(settings)]
+        try:
+            async with pipeline(settings, FixedReplyBackend("stored"), channels=channels) as p:
+                url = f"http://127.0.0.1:{port}/slack/events"
+                telegram.private_message("before")
+                await telegram.wait_for(lambda t: len(t.messages_in(1001)) == 1)
+                await until(lambda: p.gateway.pending == 0)  # answered and stored
+
+                proxy.pause()
+                telegram.private_message("while down")
+                event = slack.dm("while down")
+                status, _took = await slack.post_event(url, event)
+                assert status >= 500  # not acked: Slack sends it again
+                await asyncio.sleep(3)
+                assert len(telegram.messages_in(1001)) == 1  # no apology, no answer yet
+                assert slack.messages_in("D0ALICE") == []
+
+                proxy.resume()
+                status, _took = await slack.post_event(url, event, retry_num=1)
+                assert status == 200
+                await telegram.wait_for(lambda t: len(t.messages_in(1001)) == 2, timeout=30)
+                await slack.wait_for(lambda s: len(s.messages_in("D0ALICE")) == 1, timeout=30)
+                telegram.private_message("after")  # polling goes on
+                await telegram.wait_for(lambda t: len(t.messages_in(1001)) == 3, timeout=30)
+                await asyncio.sleep(1)
+                assert p.gateway.pending == 0
+            assert [m["text"] for m in telegram.messages_in(1001)] == ["stored"] * 3
+            assert [m["text"] for m in slack.messages_in("D0ALICE")] == ["stored"]
+            stored = {}
+            for conv in await store.list_conversations(limit=10):
+                _c, messages = await store.conversation(conv.id)
+                users = [m.content for m in messages if m.role == "user"]
+                replies = [m.content for m in messages if m.role == "assistant"]
+                stored[conv.platform] = (users, replies)
+            # each stored once, each answered once
+            assert stored["telegram"] == (["before", "while down", "after"], ["stored"] * 3)
+            assert stored["slack"] == (["while down"], ["stored"])
+        finally:
+            await store.stop()

@@ -182,6 +182,63 @@ async def test_a_gateway_killed_mid_reply_completes_the_same_slack_message_after
     assert procs.tracebacks() == []
 
 
+async def test_a_gateway_stopped_mid_reply_hands_it_to_another_that_runs_the_same_channel(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    async with (
+        FakeSlack() as slack,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.15) as engine,
+    ):
+        slack_env = {
+            **env,
+            "FRONTDESK_SLACK_BOT_TOKEN": slack.bot_token,
+            "FRONTDESK_SLACK_SIGNING_SECRET": slack.signing_secret,
+            "FRONTDESK_SLACK_API_URL": slack.base_url,
+            "FRONTDESK_OPENAI_BASE_URLS": engine.base_url,
+        }
+        procs = Processes(slack_env, tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        dm = "D0ALICE"
+        try:
+            await procs.start("worker", "worker")
+            for name, port in zip(("gw-a", "gw-b"), ports, strict=True):
+                await procs.start(
+                    name, "gateway", FRONTDESK_GATEWAY_ID=name, FRONTDESK_HTTP_PORT=str(port)
+                )
+            await until(lambda: _both_announced(queue), within=30)
+
+            url = f"http://127.0.0.1:{ports[0]}/slack/events"  # the message reaches gw-a
+            status, _took = await slack.post_event(url, slack.dm("Tell me a long story"))
+            assert status == 200
+            await slack.wait_for(
+                lambda s: bool(s.messages_in(dm)) and "word3" in s.messages_in(dm)[0]["text"],
+                timeout=60,
+            )
+            stopped = procs.running.pop("gw-a")  # a deploy stops it: SIGTERM, 1 s of grace
+            stopped.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(stopped.wait(), 30) == 0
+            assert slack.messages_in(dm)[0]["text"] != LONG_REPLY
+
+            await slack.wait_for(lambda s: s.messages_in(dm)[0]["text"] == LONG_REPLY, timeout=60)
+            await asyncio.sleep(1.5)
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        [message] = slack.messages_in(dm)  # gw-b finished gw-a's message, posted none of its own
+        assert message["text"] == LONG_REPLY
+        assert len(slack.calls_to("chat.postMessage", dm)) == 1
+        assert len(engine.completions()) == 1
+    assert codes == [0, 0]
+    assert procs.tracebacks() == []
+    assert "taking over the reply" in procs.logs[2].read_text()  # gw-b's log
+
+
+async def _both_announced(queue: RedisQueue) -> bool:
+    live = await queue.redis.zrangebyscore(queue.gateways_prefix + "slack", "-inf", "+inf")
+    return set(live) == {"gw-a", "gw-b"}
+
+
 async def test_a_worker_killed_mid_reply_leaves_one_message_with_the_whole_answer(
     env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
 ) -> None:
@@ -306,3 +363,44 @@ async def _wipe(redis_url: str, prefix: str) -> int:
         return int(await client.delete(*keys)) if keys else 0
     finally:
         await client.aclose()
+
+
+async def test_a_worker_stopped_mid_reply_hands_the_turn_back_for_another_to_take_at_once(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        FakeTelegram() as telegram,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.1) as engine,
+    ):
+        # a claim timeout of a minute: a turn left pending would wait that long
+        slow_claims = {
+            **telegram_env(env, telegram, engine),
+            "FRONTDESK_QUEUE_CLAIM_IDLE_MS": "60000",
+        }
+        procs = Processes(slow_claims, tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        try:
+            await procs.start("gateway", "gateway")
+            await procs.start("first", "worker")
+            await gateway_up(queue, "telegram")
+            telegram.private_message("Tell me a long story")
+            await telegram.wait_for(
+                lambda t: bool(t.messages_in(ALICE)) and "word3" in t.messages_in(ALICE)[0]["text"],
+                timeout=60,
+            )
+            first = procs.running.pop("first")
+            first.send_signal(signal.SIGTERM)  # 1 s of grace: the reply needs 4 s more
+            assert await asyncio.wait_for(first.wait(), 15) == 0
+            await procs.start("second", "worker")
+            await telegram.wait_for(
+                lambda t: t.messages_in(ALICE)[0]["text"] == LONG_REPLY, timeout=20
+            )
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        [message] = telegram.messages_in(ALICE)
+        assert message["text"] == LONG_REPLY
+        assert len(engine.completions()) == 2  # answered afresh by the second worker
+    assert codes == [0, 0]
+    assert procs.tracebacks() == []
+    assert "handed 1 unfinished turns back" in procs.logs[1].read_text()

@@ -12,6 +12,7 @@ from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import GROUP, LocalQueue, RedisQueue
 from frontdesk.engine.worker import Worker
+from frontdesk.errors import QueueUnavailable
 from frontdesk.storage import ReplyFigures
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn
 from tests.support import DiesMidway, RecordingChannel, pipeline, until
@@ -478,3 +479,30 @@ async def test_a_reply_pump_that_raises_once_goes_on_delivering(
         assert first is not None and first.text == "pong"
         assert second is not None and second.text == "pong"
         assert calls >= 3 and not p.gateway.fatal.done()
+
+
+async def test_a_message_whose_xadd_fails_once_after_it_was_stored_is_answered_once(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(redis_url=redis_url, queue_prefix=queue_prefix)
+    async with pipeline(settings, FixedReplyBackend("pong")) as p:
+        assert isinstance(p.queue, RedisQueue)
+        submit = p.queue.submit
+        failures = 0
+
+        async def flaky_submit(turn: Turn, *, sweep: bool = False) -> bool:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise QueueUnavailable("XADD failed")
+            return await submit(turn, sweep=sweep)
+
+        p.queue.submit = flaky_submit  # type: ignore[method-assign]
+        reply = await p.channel.say("ping", wait_s=20)
+        assert failures == 1
+        assert reply is not None and reply.text == "pong" and reply.error is None
+        [conv] = [c for c in await p.store.list_conversations(limit=50)
+                  if c.external_key == p.channel.chat]  # fmt: skip
+        _c, messages = await p.store.conversation(conv.id)
+        assert [(m.role, m.content) for m in messages] == [("user", "ping"), ("assistant", "pong")]
+        assert len(p.channel.delivered) == 1
