@@ -149,6 +149,8 @@ class LiveReply:
                 return
             if not self.slack.budget.interim_room():
                 return
+        if not final and self.shown and not self.text.strip():
+            return  # a resumed reply keeps what it showed until its text comes again
         text = self.text if self.text.strip() or not final else texts.EMPTY_REPLY
         if text.strip():
             parts = [to_mrkdwn(p) for p in split_text(text, LIMIT, mrkdwn_len) if p.strip()]
