@@ -286,6 +286,10 @@ class Gateway:
         if turn.turn_id in self._pending:
             return None  # a retry of a message whose reply is on its way here
         record = {"route": msg.route(), "after": self._cursor or "0-0", "posted": []}
+        # Open the reply before the XADD: a worker can answer before this coroutine goes on,
+        # and a delta for a reply not open yet would be dropped
+        self._open(channel, msg, turn.turn_id, record=record)
+        delivery = self._deliveries_by_turn[turn.turn_id]
         try:
             await self.queue.track(self.id, turn.turn_id, record)
             queued = await self.queue.submit(turn)
@@ -294,16 +298,23 @@ class Gateway:
             queued = None
         if queued is False and retried:
             log.info("duplicate message %s dropped: its turn is live", msg.dedupe_key)
-            await self._untrack(turn.turn_id)
+            await self._close(turn.turn_id)
             return None
         if retried:
             log.warning("message %s came again with no live turn: queued again", msg.dedupe_key)
-        stream = self._open(channel, msg, turn.turn_id, record=record)
         if queued is None:  # stored, not queued: try again a while, then the sweep will
             task = asyncio.create_task(self._resubmit(turn, record))
             self._resubmits.add(task)
             task.add_done_callback(self._resubmits.discard)
-        return self._delivery_of(stream)
+        return delivery
+
+    async def _close(self, turn_id: str) -> None:
+        """Close a reply opened for nothing (its message is answered elsewhere)."""
+        task = self._deliveries_by_turn.get(turn_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._untrack(turn_id)
 
     async def _resubmit(self, turn: Turn, record: dict[str, Any]) -> None:
         backoff = Backoff(first_s=0.2, cap_s=5.0)
@@ -427,9 +438,6 @@ class Gateway:
     def _forget_last(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
         if self._shown_last.get(key) is task:
             del self._shown_last[key]
-
-    def _delivery_of(self, stream: ReplyStream) -> asyncio.Task[None] | None:
-        return self._deliveries_by_turn.get(stream.turn_id)
 
     def _deliver(
         self, channel: Channel, stream: ReplyStream, after: asyncio.Task[None] | None = None

@@ -506,3 +506,23 @@ async def test_a_message_whose_xadd_fails_once_after_it_was_stored_is_answered_o
         _c, messages = await p.store.conversation(conv.id)
         assert [(m.role, m.content) for m in messages] == [("user", "ping"), ("assistant", "pong")]
         assert len(p.channel.delivered) == 1
+
+
+async def test_a_reply_answered_before_the_gateway_resumes_after_its_xadd_is_shown_whole(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """The worker can answer (and its deltas reach the reply pump) before the gateway's
+    coroutine goes on after the XADD, on a busy machine: no delta may be dropped."""
+    settings = make_settings(redis_url=redis_url, queue_prefix=queue_prefix)
+    async with pipeline(settings, FixedReplyBackend("the whole answer")) as p:
+        assert isinstance(p.queue, RedisQueue)
+        submit = p.queue.submit
+
+        async def slow_return(turn: Turn, *, sweep: bool = False) -> bool:
+            queued = await submit(turn, sweep=sweep)
+            await asyncio.sleep(0.1)  # the answer is streamed meanwhile
+            return queued
+
+        p.queue.submit = slow_return  # type: ignore[method-assign]
+        reply = await p.channel.say("ping", wait_s=20)
+        assert reply is not None and reply.text == "the whole answer"
