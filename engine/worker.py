@@ -37,7 +37,13 @@ from typing import Any
 
 from frontdesk import texts
 from frontdesk.backoff import Backoff
-from frontdesk.errors import EngineDead, FrontdeskError, PromptTooLong, QueueUnavailable
+from frontdesk.errors import (
+    EngineDead,
+    FrontdeskError,
+    PromptTooLong,
+    QueueUnavailable,
+    StorageUnavailable,
+)
 from frontdesk.settings import Settings
 from frontdesk.storage import AwaitingMessage, MessageStatus, ReplyFigures, Store
 from frontdesk.supervisor import Supervisor, TaskFailed
@@ -55,6 +61,7 @@ HISTORY_LIMIT = 200  # messages fetched per prompt; the token budget then trims 
 # from the dead letters, or the sweep), so a re-queued turn always outranks what came before it
 ATTEMPTS_PER_REQUEUE = 1000
 ORDER_WAIT_S = 120.0  # longest a turn waits for an earlier message of its conversation
+HELD_CAP = 4  # a worker holds at most this many times its concurrency (the rest: waiting)
 SWEEP_BATCH = 500  # messages the sweep looks at per round
 
 
@@ -152,6 +159,7 @@ class Worker:
         self._answering: set[str] = set()  # entries being answered under their lease
         self._fenced: set[str] = set()  # held entries another worker has taken over
         self._waiting_since: dict[str, float] = {}  # entry id -> when it started waiting
+        self._waiting: set[str] = set()  # held entries waiting for their turn in order
         self._drainers: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._stopping = False
@@ -198,7 +206,10 @@ class Worker:
     async def _run(self) -> None:
         backoff = Backoff()
         while not self._stopping:
-            room = self.concurrency - len(self._held)
+            # Turns waiting for an earlier message take no slot (so reclaims go on meanwhile),
+            # within a cap on what one worker holds
+            active = len(self._held) - len(self._waiting)
+            room = min(self.concurrency - active, HELD_CAP * self.concurrency - len(self._held))
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -240,7 +251,8 @@ class Worker:
                     and turn.conversation_id in lost_conversations
                     and delivery.entry_id in self._answering
                 )
-                if taken and delivery.entry_id not in self._fenced:
+                still_held = self._held.get(delivery.entry_id) is delivery
+                if taken and still_held and delivery.entry_id not in self._fenced:
                     log.warning("turn entry %s was taken over by another worker", delivery.entry_id)
                     self._fenced.add(delivery.entry_id)
 
@@ -321,6 +333,7 @@ class Worker:
         self._held.pop(delivery.entry_id, None)
         self._fenced.discard(delivery.entry_id)
         self._waiting_since.pop(delivery.entry_id, None)
+        self._waiting.discard(delivery.entry_id)
         self._room.set()
 
     async def _process(self, delivery: Delivery) -> bool:
@@ -332,10 +345,12 @@ class Worker:
             return True
         try:
             if not await self.queue.lease(turn.conversation_id, self.settings.queue_claim_idle_ms):
-                return self._should_wait(delivery, "its conversation is leased to another worker")
+                self._waiting.add(delivery.entry_id)  # another worker answers the conversation
+                return False
         except Exception as exc:
             log.warning("cannot lease conversation %s: %r", turn.conversation_id, exc)
             return False
+        self._waiting.discard(delivery.entry_id)
         self._leased.add(turn.conversation_id)
         self._answering.add(delivery.entry_id)
         try:
@@ -385,7 +400,10 @@ class Worker:
                 delivery.deliveries,
                 exc,
             )
-            await self._safely(self.queue.release(delivery))
+            if isinstance(exc, StorageUnavailable):  # not the turn's fault: it waits, uncounted
+                await self._safely(self.queue.postpone(delivery))
+            else:
+                await self._safely(self.queue.release(delivery))
             return True
         if acked and delivery.entry_id not in self._fenced:
             await self._safely(self.queue.ack(delivery))
@@ -398,8 +416,13 @@ class Worker:
         existing, history = await self.store.turn_context(
             turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
-        earlier = any(m.awaiting and m.id < turn.message_id for m in history)
+        # Several workers: a turn waits for the earlier messages of its conversation to have
+        # their replies (one worker alone takes a conversation's turns in order anyway)
+        earlier = self.queue.shared_by_workers and any(
+            m.awaiting and m.id < turn.message_id for m in history
+        )
         if earlier and not self._should_wait(delivery, "an earlier message awaits its reply"):
+            self._waiting.add(delivery.entry_id)
             raise _Wait
         gateway, route = await self._destination(turn)
         out = _Coalescer(
@@ -412,6 +435,7 @@ class Worker:
         )
         if existing is not None and existing.status == MessageStatus.OK:
             await out.finish(text=existing.content)  # a redelivery: the reply already stored
+            await self.store.mark_answered(turn.message_id)
             return True
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
         try:
@@ -515,11 +539,14 @@ class Worker:
         QueueUnavailable (the turn is released, to wait) when none does."""
         if not (turn.revived and turn.route):
             return turn.gateway, None
+        route = {**turn.route, "revived": turn.revived}
+        if turn.gateway and await self.queue.gateway_alive(turn.gateway):
+            return turn.gateway, route  # the gateway that took it runs: it may be showing it
         platform = str(turn.route.get("platform", ""))
         live = await self.queue.gateway_for(platform)
         if live is None:
             raise QueueUnavailable(f"no gateway runs {platform} now")
-        return live, {**turn.route, "revived": turn.revived}
+        return live, route
 
     def _sender(
         self, gateway: str, entry_id: str | None = None

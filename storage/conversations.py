@@ -364,6 +364,11 @@ class Conversations(Database):
         history.reverse()
         return reply, history
 
+    async def mark_answered(self, message_id: int) -> None:
+        """The message has its reply (found stored on a redelivery): it awaits nothing more."""
+        async with self.connect() as conn:
+            await conn.execute(_ANSWERED, {"message_id": message_id})
+
     async def reply_to(self, message_id: int) -> StoredMessage | None:
         """The stored reply to a user message, if a worker already answered it."""
         async with self.connect() as conn:
@@ -381,8 +386,9 @@ class Conversations(Database):
     ) -> int:
         """Store the assistant's reply to a user message, with its figures; ``error`` marks a
         failed one. Idempotent: a second reply to the same message returns the first one's id,
-        unless the first was a failure, which the new reply replaces."""
-        async with self.connect() as conn:
+        unless the first was a failure, which the new reply replaces. The message stops
+        awaiting its reply in the same transaction."""
+        async with self.transaction() as conn:
             message_id = await conn.scalar(
                 self._insert_reply,
                 {

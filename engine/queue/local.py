@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 class LocalQueue:
     """In-memory queue for the embedded mode. ``release`` puts a turn back after ``retry_delay_s``."""
 
+    shared_by_workers = False  # one worker: its own order per conversation is the order
+
     def __init__(self, retry_delay_s: float = 0.5) -> None:
         self._turns: asyncio.Queue[Delivery] = asyncio.Queue()
         self._replies: defaultdict[str, asyncio.Queue[tuple[str, ReplyDelta]]] = defaultdict(
@@ -33,6 +35,7 @@ class LocalQueue:
         self._live: dict[int, str] = {}  # message id -> entry id of its turn, until acked
         self._records: defaultdict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self._cursors: dict[str, str] = {}
+        self._held_ids: set[str] = set()  # gateway ids served in this process
         self.dead: list[tuple[Delivery, str]] = []
 
     async def start(self) -> None:
@@ -73,10 +76,11 @@ class LocalQueue:
         return self._cursors.get(gateway)
 
     async def hold_gateway(self, gateway: str, owner: str, ttl_ms: int) -> bool:
+        self._held_ids.add(gateway)
         return True  # one process: nobody to share with
 
     async def let_gateway_go(self, gateway: str, owner: str) -> None:
-        pass
+        self._held_ids.discard(gateway)
 
     async def gateway_ids(self, platform: str) -> set[str]:
         return set(self._gateways.get(platform, {}))
@@ -102,6 +106,13 @@ class LocalQueue:
     async def release(self, delivery: Delivery) -> None:
         again = Delivery(delivery.entry_id, delivery.turn, delivery.deliveries + 1, delivery.fields)
         asyncio.get_running_loop().call_later(self._retry_delay_s, self._turns.put_nowait, again)
+
+    async def postpone(self, delivery: Delivery) -> None:
+        again = Delivery(delivery.entry_id, delivery.turn, delivery.deliveries, delivery.fields)
+        asyncio.get_running_loop().call_later(self._retry_delay_s, self._turns.put_nowait, again)
+
+    async def gateway_alive(self, gateway: str) -> bool:
+        return gateway in self._held_ids
 
     async def hand_back(self, delivery: Delivery) -> None:
         again = Delivery(delivery.entry_id, delivery.turn, delivery.deliveries + 1, delivery.fields)

@@ -4,6 +4,7 @@ own. The semantics are in the package's docstring."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -84,8 +85,19 @@ return 0
 """
 
 
+@contextlib.asynccontextmanager
+async def _unavailable(doing: str) -> AsyncIterator[None]:
+    """Redis errors as QueueUnavailable, which every caller handles."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"cannot {doing} on Redis: {exc}") from exc
+
+
 class RedisQueue(QueueAdmin):
     """Redis Streams queue; see the package docstring for the semantics."""
+
+    shared_by_workers = True  # workers in other processes take turns of the same conversations
 
     def __init__(
         self,
@@ -214,10 +226,12 @@ class RedisQueue(QueueAdmin):
             raise QueueUnavailable(f"cannot record the delivery on Redis: {exc}") from exc
 
     async def untrack(self, gateway: str, turn_id: str) -> None:
-        await self.redis.hdel(self.deliveries_prefix + gateway, turn_id)
+        async with _unavailable("forget the delivery"):
+            await self.redis.hdel(self.deliveries_prefix + gateway, turn_id)
 
     async def tracked(self, gateway: str) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self.deliveries_prefix + gateway)
+        async with _unavailable("read the deliveries"):
+            raw = await self.redis.hgetall(self.deliveries_prefix + gateway)
         records: dict[str, dict[str, Any]] = {}
         for turn_id, value in raw.items():
             try:
@@ -227,25 +241,36 @@ class RedisQueue(QueueAdmin):
         return records
 
     async def save_cursor(self, gateway: str, entry_id: str) -> None:
-        await self.redis.set(self.cursor_prefix + gateway, entry_id, ex=REPLY_STREAM_TTL_S)
+        async with _unavailable("save the reply cursor"):
+            await self.redis.set(self.cursor_prefix + gateway, entry_id, ex=REPLY_STREAM_TTL_S)
 
     async def cursor(self, gateway: str) -> str | None:
-        found = await self.redis.get(self.cursor_prefix + gateway)
+        async with _unavailable("read the reply cursor"):
+            found = await self.redis.get(self.cursor_prefix + gateway)
         return str(found) if found else None
 
     async def hold_gateway(self, gateway: str, owner: str, ttl_ms: int) -> bool:
         """Take or renew the lease on serving gateway id ``gateway`` (its reply stream and
         records); False while another process holds it."""
         key = self.lease_prefix + "gateway:" + gateway
-        return not await self._renew(keys=[key], args=[owner, ttl_ms])
+        async with _unavailable("hold the gateway id"):
+            return not await self._renew(keys=[key], args=[owner, ttl_ms])
 
     async def let_gateway_go(self, gateway: str, owner: str) -> None:
-        await self._release(keys=[self.lease_prefix + "gateway:" + gateway], args=[owner])
+        async with _unavailable("release the gateway id"):
+            await self._release(keys=[self.lease_prefix + "gateway:" + gateway], args=[owner])
+
+    async def gateway_alive(self, gateway: str) -> bool:
+        """Whether a process serves gateway id ``gateway`` now (its lease is held)."""
+        async with _unavailable("look up the gateway"):
+            return bool(await self.redis.exists(self.lease_prefix + "gateway:" + gateway))
 
     async def gateway_ids(self, platform: str) -> set[str]:
         """Every gateway id that has run ``platform`` (for taking over the replies of one that
         is gone)."""
-        return {str(g) for g in await self.redis.smembers(self.gateways_prefix + platform + ":ids")}
+        async with _unavailable("list the gateways"):
+            found = await self.redis.smembers(self.gateways_prefix + platform + ":ids")
+        return {str(g) for g in found}
 
     async def announce(self, gateway: str, platforms: Iterable[str], ttl_s: float) -> None:
         """Say that ``gateway`` runs these channels, until ``ttl_s`` from now."""
@@ -365,6 +390,19 @@ class RedisQueue(QueueAdmin):
     async def release(self, delivery: Delivery) -> None:
         """Leave the entry pending: once it has been idle for ``claim_idle_ms`` (this worker no
         longer touches it), a worker reclaims it. That idle time is the retry backoff."""
+
+    async def postpone(self, delivery: Delivery) -> None:
+        """Like ``release``, but this delivery does not count toward the dead letters: the turn
+        waits for something outside it (the database, a gateway for its channel)."""
+        await self.redis.xclaim(
+            self.turns_key,
+            GROUP,
+            self.consumer,
+            min_idle_time=0,
+            message_ids=[delivery.entry_id],
+            retrycount=max(delivery.deliveries - 1, 0),
+            justid=True,
+        )
 
     async def hand_back(self, delivery: Delivery) -> None:
         """Give an entry back for another worker to take now (a worker shutting down): it is
