@@ -30,7 +30,7 @@ from frontdesk import texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
-from frontdesk.storage import AwaitingMessage, RecordedMessage, Store
+from frontdesk.storage import AwaitingMessage, MessageStatus, RecordedMessage, Store
 from frontdesk.supervisor import Supervisor, TaskFailed
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn, turn_id_of
 
@@ -49,6 +49,7 @@ ANNOUNCE_EVERY_S = 5.0  # how often a gateway says which channels it runs
 ANNOUNCE_TTL_S = 20.0  # and for how long that holds if it goes silent
 FINISHED_KEPT = 10_000  # finished turns remembered, so a late delta opens no second reply
 FINISHED_OK = 1 << 30  # in ``_finished``: shown whole, so no revival opens it again
+FROM_STORAGE = 1 << 40  # the attempt of a resumed reply shown from storage: outranks any delta
 LEASE_MS = 10_000  # one process serves a gateway id; a dead one's lease lapses after this
 RESUBMIT_FOR_S = 30.0  # how long a turn whose queueing failed is tried again (then: the sweep)
 
@@ -96,8 +97,8 @@ class Gateway:
         self._cursor: str | None = None  # the reply stream's last entry read (set in start)
         self._replayed_to = "0-0"  # entries up to here were read before (by an earlier process)
         self._resubmits: set[asyncio.Task[None]] = set()
-        self._accepting = True
         self.tasks = Supervisor()
+        self._ready = asyncio.Event()  # set once the channels are started
         # turn id -> the revival it finished as (0: as taken), or FINISHED_OK: a later revival of
         # a reply that ended in an apology opens a new reply
         self._finished: OrderedDict[str, int] = OrderedDict()
@@ -132,7 +133,11 @@ class Gateway:
                 started.append(channel)
             if self.http.needed:
                 await self.http.start()
+            self._ready.set()  # the resumed replies may show now
         except BaseException:
+            for task in self._deliveries:
+                task.cancel()
+            await asyncio.gather(*self._deliveries, return_exceptions=True)
             for channel in reversed(started):
                 try:
                     await channel.stop()
@@ -151,7 +156,6 @@ class Gateway:
         still unfinished stays recorded: this gateway after a restart, or another one that runs
         its channel, finishes it in the same platform message."""
         grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
-        self._accepting = False
         await self.http.stop()
         if self.tasks.running("gateway-announce"):
             await self.tasks.stop("gateway-announce", "gateway-take-over")
@@ -217,28 +221,62 @@ class Gateway:
         records = await self.queue.tracked(self.id)
         cursor = await self.queue.cursor(self.id)
         start = cursor
-        for turn_id, record in records.items():
-            try:
-                msg = InboundMessage.from_route(record["route"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("turn %s: unusable delivery record (%r); dropped", turn_id, exc)
-                await self.queue.untrack(self.id, turn_id)
-                continue
-            channel = self._by_name.get(msg.platform)
-            if channel is None:
-                log.warning(
-                    "turn %s: channel %s not run here; its reply waits", turn_id, msg.platform
-                )
-                continue
-            posted = [str(p) for p in record.get("posted") or ()]
-            self._open(channel, msg, turn_id, posted=posted, resumed=True)
-            after = str(record.get("after") or "0-0")
-            if start is None or _after(start, after):
-                start = after
-            log.warning("resuming the reply of turn %s (%d messages posted)", turn_id, len(posted))
+        after = await self._reopen(records, owner=self.id)
+        if after is not None and (start is None or _after(start, after)):
+            start = after
         # A gateway's first run reads from the stream's newest entry on (what is there is older)
         self._cursor = start if start is not None else await self.queue.reply_head(self.id)
         self._replayed_to = cursor or self._cursor
+
+    async def _reopen(self, records: dict[str, dict[str, Any]], *, owner: str) -> str | None:
+        """Open again, from their records (gateway ``owner``'s), the replies in progress that a
+        channel of this gateway shows, each in the platform messages already posted for it.
+        A reply already stored whole is shown from storage at once; the others come again from
+        the reply stream. Returns the entry to read that stream from (None: nothing to read)."""
+        start: str | None = None
+        for turn_id, record in records.items():
+            if turn_id in self._pending:
+                continue
+            try:
+                msg = InboundMessage.from_route(record["route"])
+                posted = [str(p) for p in record.get("posted") or ()]
+                after = str(record.get("after") or "0-0")
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("turn %s: unusable delivery record (%r); dropped", turn_id, exc)
+                await self.queue.untrack(owner, turn_id)
+                continue
+            channel = self._by_name.get(msg.platform)
+            if channel is None:
+                log.warning("turn %s: channel %s not run here; its reply waits", turn_id,
+                            msg.platform)  # fmt: skip
+                continue
+            if owner == self.id:
+                log.warning("resuming the reply of turn %s (%d posted)", turn_id, len(posted))
+            else:
+                log.warning("taking over the reply of turn %s from gateway %s", turn_id, owner)
+            stream = self._open(
+                channel, msg, turn_id, record=record, posted=posted, resumed=True, owner=owner
+            )
+            stored = await self._stored_reply(turn_id)
+            if stored is not None:
+                stream.feed(ReplyDelta(turn_id, 0, stored, done=True, attempt=FROM_STORAGE))
+                self._attempts[turn_id] = FROM_STORAGE
+            elif start is None or _after(start, after):
+                start = after
+        return start
+
+    async def _stored_reply(self, turn_id: str) -> str | None:
+        """The good reply stored for a turn's message, if the worker stored it already."""
+        if not turn_id.startswith("m") or not turn_id[1:].isdigit():
+            return None
+        try:
+            stored = await self.store.reply_to(int(turn_id[1:]))
+        except StorageUnavailable as exc:
+            log.warning("cannot look up the reply of turn %s: %s", turn_id, exc)
+            return None
+        if stored is None or stored.status != MessageStatus.OK:
+            return None
+        return stored.content
 
     @property
     def pending(self) -> int:
@@ -296,8 +334,8 @@ class Gateway:
         except QueueUnavailable as exc:
             log.error("cannot queue turn %s (%s); trying again", turn.turn_id, exc)
             queued = None
-        if queued is False and retried:
-            log.info("duplicate message %s dropped: its turn is live", msg.dedupe_key)
+        if queued is False:  # a live turn answers it (another gateway queued it first)
+            log.info("message %s dropped: its turn is live", msg.dedupe_key)
             await self._close(turn.turn_id)
             return None
         if retried:
@@ -358,12 +396,13 @@ class Gateway:
 
     async def continues_conversation(self, platform: str, conversation_key: str) -> bool:
         """Whether a message that does not address the bot belongs to a conversation it is in
-        (a follow-up in a Slack thread). False when storage cannot tell."""
+        (a follow-up in a Slack thread). When storage cannot tell, raises ``NotAccepted``: the
+        platform sends the message again."""
         try:
             return await self.store.has_active_conversation(platform, conversation_key)
         except StorageUnavailable as exc:
             log.error("cannot look up conversation %s: %s", conversation_key, exc)
-            return False
+            raise NotAccepted(f"cannot tell whether {conversation_key} is a conversation") from exc
 
     async def name_users(self, platform: str, names: dict[str, str]) -> None:
         """Record display names (user id -> name) a channel learnt after the users' messages
@@ -398,6 +437,7 @@ class Gateway:
         posted: list[str] | None = None,
         resumed: bool = False,
         owner: str | None = None,
+        track: bool = False,
     ) -> ReplyStream:
         """Open the reply to ``msg`` (turn ``turn_id``) and start delivering it. Each platform
         message the channel posts for it is recorded (in the records of gateway ``owner``, this
@@ -429,7 +469,8 @@ class Gateway:
         # Replies in one chat are shown in order: one waits for the one before it to be shown
         # (they are generated in order anyway), so a 429 on the first cannot put it second.
         before = self._shown_last.get(key)
-        task = self._deliver(channel, stream, after=before)
+        recorded = (owner, record) if track else None
+        task = self._deliver(channel, stream, after=before, record=recorded)
         self._shown_last[key] = task
         task.add_done_callback(lambda done: self._forget_last(key, done))
         self._deliveries_by_turn[turn_id] = task
@@ -440,18 +481,32 @@ class Gateway:
             del self._shown_last[key]
 
     def _deliver(
-        self, channel: Channel, stream: ReplyStream, after: asyncio.Task[None] | None = None
+        self,
+        channel: Channel,
+        stream: ReplyStream,
+        after: asyncio.Task[None] | None = None,
+        record: tuple[str, dict[str, Any]] | None = None,
     ) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._run_delivery(channel, stream, after))
+        task = asyncio.create_task(self._run_delivery(channel, stream, after, record))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
         return task
 
     async def _run_delivery(
-        self, channel: Channel, stream: ReplyStream, after: asyncio.Task[None] | None = None
+        self,
+        channel: Channel,
+        stream: ReplyStream,
+        after: asyncio.Task[None] | None = None,
+        record: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         finished = False
         try:
+            await self._ready.wait()  # a resumed reply waits for its channel to start
+            if record is not None:  # recorded before it is shown, and so before it is forgotten
+                try:
+                    await self.queue.track(record[0], stream.turn_id, record[1])
+                except QueueUnavailable as exc:
+                    log.warning("cannot record the reply of turn %s: %s", stream.turn_id, exc)
             if after is not None:
                 await asyncio.wait([after])  # its outcome is its own task's to log
             await channel.deliver(stream)
@@ -511,7 +566,7 @@ class Gateway:
                         task = asyncio.create_task(self._foster(other, mine))
                         self._fostered[other] = task
                         task.add_done_callback(functools.partial(self._unfoster, other))
-            except QueueUnavailable as exc:
+            except (QueueUnavailable, AttributeError, TypeError) as exc:
                 log.warning("cannot look for replies to take over: %r", exc)
 
     def _unfoster(self, other: str, _task: asyncio.Task[None]) -> None:
@@ -519,23 +574,8 @@ class Gateway:
 
     async def _foster(self, other: str, records: dict[str, dict[str, Any]]) -> None:
         """Finish gateway ``other``'s replies in progress (its lease is held here meanwhile)."""
-        start: str | None = None
-        tasks: list[asyncio.Task[None]] = []
-        for turn_id, record in records.items():
-            if turn_id in self._pending:
-                continue
-            try:
-                msg = InboundMessage.from_route(record["route"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("turn %s: unusable delivery record (%r)", turn_id, exc)
-                continue
-            posted = [str(p) for p in record.get("posted") or ()]
-            channel = self._by_name[msg.platform]
-            log.warning("taking over the reply of turn %s from gateway %s", turn_id, other)
-            self._open(channel, msg, turn_id, posted=posted, resumed=True, owner=other)
-            tasks.append(self._deliveries_by_turn[turn_id])
-            after = str(record.get("after") or "0-0")
-            start = after if start is None or _after(start, after) else start
+        start = await self._reopen(records, owner=other)
+        tasks = [self._deliveries_by_turn[t] for t in records if t in self._deliveries_by_turn]
 
         async def read() -> None:
             async for _entry_id, delta in self.queue.replies(other, start or "0-0"):
@@ -610,9 +650,6 @@ class Gateway:
             return None
         log.info("opening the reply of turn %s (revival %d)", delta.turn_id, revival)
         record = {"route": msg.route(), "after": self._cursor or "0-0", "posted": []}
-        stream = self._open(channel, msg, delta.turn_id, record=record)
+        stream = self._open(channel, msg, delta.turn_id, record=record, track=True)
         self._revivals[delta.turn_id] = revival
-        task = asyncio.create_task(self.queue.track(self.id, delta.turn_id, record))
-        self._resubmits.add(task)
-        task.add_done_callback(self._resubmits.discard)
         return stream

@@ -185,6 +185,8 @@ class TelegramChannel(TelegramApi):
                 await self._take(self._held[0])
             except NotAccepted:
                 continue
+            except Exception:  # this update cannot be taken at all: on to the next
+                log.exception("telegram update %s failed", self._held[0].update_id)
             self._held.pop(0)
             backoff.reset()
         app = self.app
