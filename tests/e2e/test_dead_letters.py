@@ -86,6 +86,11 @@ async def test_a_turn_retried_from_the_dead_letters_gets_one_real_answer_through
                 return (await queue.gateway_for("telegram")) not in (None, first)
 
             await until(new_gateway_runs)
+
+            async def first_gone() -> bool:  # its lease lapses 10 s after the kill
+                return not await queue.gateway_alive(str(first))
+
+            await until(first_gone)
             retried = await cli(env, "queue", "retry-dead", "--yes")
             assert retried.returncode == 0 and "re-queued 1 turn" in retried.stdout
 

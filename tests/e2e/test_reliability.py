@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -81,6 +82,16 @@ async def env(redis_url: str, queue_prefix: str, pg_fresh: str) -> AsyncIterator
     yield values
 
 
+async def shows(fake: FakeTelegram | FakeSlack, chat: Any, text: str) -> None:
+    """Wait until the bot's first message in ``chat`` shows ``text`` (all of it, or within)."""
+
+    def showing(f: Any) -> bool:
+        messages = f.messages_in(chat)
+        return bool(messages) and text in messages[0]["text"]
+
+    await fake.wait_for(showing, timeout=60)
+
+
 async def gateway_up(queue: RedisQueue, platform: str) -> None:
     await until(lambda: queue.gateway_for(platform), within=30)
 
@@ -110,18 +121,13 @@ async def test_a_gateway_killed_mid_reply_completes_the_same_telegram_message_af
             await gateway_up(queue, "telegram")
 
             telegram.private_message("Tell me a long story")
-            await telegram.wait_for(
-                lambda t: bool(t.messages_in(ALICE)) and "word5" in t.messages_in(ALICE)[0]["text"],
-                timeout=60,
-            )
+            await shows(telegram, ALICE, "word5")
             await procs.kill("gateway")  # mid-reply: the message shows part of the answer
             cut = telegram.messages_in(ALICE)[0]["text"]
             assert cut != LONG_REPLY
 
             await procs.start("gateway", "gateway")
-            await telegram.wait_for(
-                lambda t: t.messages_in(ALICE)[0]["text"] == LONG_REPLY, timeout=60
-            )
+            await shows(telegram, ALICE, LONG_REPLY)
             await asyncio.sleep(1.5)  # a second message would show by now
         finally:
             codes = await procs.stop_all()
@@ -161,15 +167,12 @@ async def test_a_gateway_killed_mid_reply_completes_the_same_slack_message_after
 
             status, _took = await slack.post_event(url, slack.dm("Tell me a long story"))
             assert status == 200
-            await slack.wait_for(
-                lambda s: bool(s.messages_in(dm)) and "word5" in s.messages_in(dm)[0]["text"],
-                timeout=60,
-            )
+            await shows(slack, dm, "word5")
             await procs.kill("gateway")
             assert slack.messages_in(dm)[0]["text"] != LONG_REPLY
 
             await procs.start("gateway", "gateway")
-            await slack.wait_for(lambda s: s.messages_in(dm)[0]["text"] == LONG_REPLY, timeout=60)
+            await shows(slack, dm, LONG_REPLY)
             await asyncio.sleep(1.5)
         finally:
             codes = await procs.stop_all()
@@ -211,16 +214,13 @@ async def test_a_gateway_stopped_mid_reply_hands_it_to_another_that_runs_the_sam
             url = f"http://127.0.0.1:{ports[0]}/slack/events"  # the message reaches gw-a
             status, _took = await slack.post_event(url, slack.dm("Tell me a long story"))
             assert status == 200
-            await slack.wait_for(
-                lambda s: bool(s.messages_in(dm)) and "word3" in s.messages_in(dm)[0]["text"],
-                timeout=60,
-            )
+            await shows(slack, dm, "word3")
             stopped = procs.running.pop("gw-a")  # a deploy stops it: SIGTERM, 1 s of grace
             stopped.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(stopped.wait(), 30) == 0
             assert slack.messages_in(dm)[0]["text"] != LONG_REPLY
 
-            await slack.wait_for(lambda s: s.messages_in(dm)[0]["text"] == LONG_REPLY, timeout=60)
+            await shows(slack, dm, LONG_REPLY)
             await asyncio.sleep(1.5)
         finally:
             codes = await procs.stop_all()
@@ -254,15 +254,10 @@ async def test_a_worker_killed_mid_reply_leaves_one_message_with_the_whole_answe
             await gateway_up(queue, "telegram")
 
             telegram.private_message("Tell me a long story")
-            await telegram.wait_for(
-                lambda t: bool(t.messages_in(ALICE)) and "word5" in t.messages_in(ALICE)[0]["text"],
-                timeout=60,
-            )
+            await shows(telegram, ALICE, "word5")
             await procs.kill("doomed")
             await procs.start("worker", "worker")  # takes the turn over once it is idle
-            await telegram.wait_for(
-                lambda t: t.messages_in(ALICE)[0]["text"] == LONG_REPLY, timeout=60
-            )
+            await shows(telegram, ALICE, LONG_REPLY)
             await asyncio.sleep(1.5)
         finally:
             codes = await procs.stop_all()
@@ -384,17 +379,12 @@ async def test_a_worker_stopped_mid_reply_hands_the_turn_back_for_another_to_tak
             await procs.start("first", "worker")
             await gateway_up(queue, "telegram")
             telegram.private_message("Tell me a long story")
-            await telegram.wait_for(
-                lambda t: bool(t.messages_in(ALICE)) and "word3" in t.messages_in(ALICE)[0]["text"],
-                timeout=60,
-            )
+            await shows(telegram, ALICE, "word3")
             first = procs.running.pop("first")
             first.send_signal(signal.SIGTERM)  # 1 s of grace: the reply needs 4 s more
             assert await asyncio.wait_for(first.wait(), 15) == 0
             await procs.start("second", "worker")
-            await telegram.wait_for(
-                lambda t: t.messages_in(ALICE)[0]["text"] == LONG_REPLY, timeout=20
-            )
+            await shows(telegram, ALICE, LONG_REPLY)
         finally:
             codes = await procs.stop_all()
             await queue.stop()
