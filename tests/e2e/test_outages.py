@@ -260,7 +260,7 @@ async def test_while_postgres_is_down_platform_messages_stay_unacked_and_are_ans
                 event = slack.dm("while down")
                 status, _took = await slack.post_event(url, event)
                 assert status >= 500  # not acked: Slack sends it again
-                await asyncio.sleep(3)
+                await asyncio.sleep(10)  # PostgreSQL stays away for 10 s
                 assert len(telegram.messages_in(1001)) == 1  # no apology, no answer yet
                 assert slack.messages_in("D0ALICE") == []
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from frontdesk import texts
 from frontdesk.engine.queue import RedisQueue
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.slack_api import FakeSlack
@@ -394,3 +395,43 @@ async def test_a_worker_stopped_mid_reply_hands_the_turn_back_for_another_to_tak
     assert codes == [0, 0]
     assert procs.tracebacks() == []
     assert "handed 1 unfinished turns back" in procs.logs[1].read_text()
+
+
+async def test_a_shell_killed_mid_reply_says_it_resumes_and_prints_the_whole_reply_on_restart(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    """The console cannot take back what it printed: a restarted shell (same user, so the same
+    gateway id) says it is resuming, then prints the reply whole."""
+    async with FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.1) as engine:
+        shell_env = {**env, "FRONTDESK_OPENAI_BASE_URLS": engine.base_url, "USER": "ada"}
+        procs = Processes(shell_env, tmp_path)
+        try:
+            await procs.start("worker", "worker")
+            first = await asyncio.create_subprocess_exec(
+                *CLI, "shell", env=shell_env, cwd=tmp_path,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert first.stdin is not None and first.stdout is not None
+            first.stdin.write(b"Tell me a long story\n")
+            await first.stdin.drain()
+            printed = b""
+            while b"word5" not in printed:
+                printed += await asyncio.wait_for(first.stdout.read(64), 60)
+            first.kill()  # mid-reply
+            await first.wait()
+
+            again = await asyncio.create_subprocess_exec(
+                *CLI, "shell", env=shell_env, cwd=tmp_path,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            # no new input: the shell ends at end of input, once the resumed reply is shown
+            out, err = await asyncio.wait_for(again.communicate(b""), 60)
+        finally:
+            codes = await procs.stop_all()
+        text = out.decode()
+        assert texts.RESUMING in text
+        assert LONG_REPLY in text.split(texts.RESUMING, 1)[1]
+        assert again.returncode == 0, err.decode()
+        assert len(engine.completions()) == 1
+    assert codes == [0]
+    assert procs.tracebacks() == []
