@@ -65,11 +65,14 @@ async def run_shell(settings: Settings, console: ConsoleChannel | None = None) -
         store = await open_store(stack, settings)
         queue = _queue(settings, settings.worker_id)
         await _enter(stack, queue)
+        fatal = []
         if settings.embedded:
-            await _open_worker(stack, settings, queue, store)
+            fatal.append((await _open_worker(stack, settings, queue, store)).fatal)
         gateway = Gateway(settings, queue, store, [console])
         await _enter(stack, gateway)
-        await _until_signal(console.run(), gateway.fatal)
+        await _until_signal(console.run(), gateway.fatal, *fatal)
+        for future in (gateway.fatal, *fatal):
+            _raise_fatal(future)
 
 
 async def run_worker(settings: Settings) -> None:
@@ -120,11 +123,9 @@ def _raise_fatal(fatal: asyncio.Future[TaskFailed]) -> None:
         raise FrontdeskError(f"{fatal.result()}; stopping (restart this process)")
 
 
-async def _until_signal(
-    main: Awaitable[object] | None, fatal: asyncio.Future[TaskFailed] | None = None
-) -> None:
+async def _until_signal(main: Awaitable[object] | None, *fatal: asyncio.Future[TaskFailed]) -> None:
     """Wait for ``main`` (a coroutine) to finish, or forever when None, or until SIGTERM/SIGINT,
-    or until ``fatal`` (a part of the process died for good) is resolved."""
+    or until one of ``fatal`` (a part of the process died for good) is resolved."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -133,8 +134,7 @@ async def _until_signal(
     waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if main is not None:
         waiters.append(asyncio.ensure_future(main))
-    if fatal is not None:
-        waiters.append(asyncio.ensure_future(asyncio.shield(fatal)))
+    waiters.extend(asyncio.ensure_future(asyncio.shield(f)) for f in fatal)
     try:
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
