@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from frontdesk import texts
 from frontdesk.backoff import Backoff
-from frontdesk.errors import NotAccepted, QueueUnavailable, StorageUnavailable
+from frontdesk.errors import ConfigError, NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import AwaitingMessage, MessageStatus, RecordedMessage, Store
 from frontdesk.supervisor import Supervisor, TaskFailed
@@ -51,6 +51,7 @@ FINISHED_KEPT = 10_000  # finished turns remembered, so a late delta opens no se
 FINISHED_OK = 1 << 30  # in ``_finished``: shown whole, so no revival opens it again
 FROM_STORAGE = 1 << 40  # the attempt of a resumed reply shown from storage: outranks any delta
 LEASE_MS = 10_000  # one process serves a gateway id; a dead one's lease lapses after this
+LEASE_WAIT_S = 60.0  # how long a starting gateway waits for its id's lease
 RESUBMIT_FOR_S = 30.0  # how long a turn whose queueing failed is tried again (then: the sweep)
 
 
@@ -182,7 +183,11 @@ class Gateway:
         await self._drop_lease()
 
     async def _take_lease(self) -> None:
+        """Take the gateway id's lease, waiting while another process holds it: one that just
+        died (its lease lapses within 10 s) or one taking over its replies. Another gateway still
+        running under the same id after a minute is a setup error."""
         waited = False
+        deadline = asyncio.get_running_loop().time() + LEASE_WAIT_S
         while True:
             try:
                 if await self.queue.hold_gateway(self.id, self._owner, LEASE_MS):
@@ -196,6 +201,11 @@ class Gateway:
                     self.id,
                 )
                 waited = True
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConfigError(
+                    f"another gateway runs as {self.id!r}: give each gateway its own "
+                    "FRONTDESK_GATEWAY_ID"
+                )
             await asyncio.sleep(1.0)
 
     async def _keep_lease(self) -> None:

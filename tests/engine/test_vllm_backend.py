@@ -185,7 +185,9 @@ async def test_when_the_engine_core_dies_mid_turn_another_worker_answers_it_once
             ours = [line for line in errors.splitlines() if line.startswith("error: ")]
             assert len(ours) == 1 and "the vLLM engine died" in ours[0], ours
             second = FixedReplyBackend("Answered by the second worker.")
-            async with pipeline(settings.model_copy(update={"worker_id": "second"}), second):
+            # a worker of its own (its pipeline's gateway needs an id of its own too)
+            other = settings.model_copy(update={"worker_id": "second", "gateway_id": "second"})
+            async with pipeline(other, second):
                 await asyncio.wait_for(task, 60)
         [reply] = p.channel.delivered
         restarts = [n for n, d in enumerate(reply.deltas) if d.restart]
