@@ -60,3 +60,29 @@ async def test_the_runtime_stops_in_reverse_and_every_piece_even_when_one_fails(
     assert log == [
         "start store", "start queue", "start worker", "stop worker", "stop queue", "stop store",
     ]  # fmt: skip
+
+
+async def test_a_second_gateway_under_a_running_ones_id_is_refused_in_one_line(
+    make_settings, redis_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from frontdesk.bots import gateway as gateway_module
+    from frontdesk.engine.queue import RedisQueue
+    from frontdesk.errors import ConfigError
+
+    monkeypatch.setattr(gateway_module, "LEASE_WAIT_S", 1.5)
+    settings = make_settings(redis_url=redis_url, queue_prefix=queue_prefix)
+    store = Store(settings.database_url)
+    await store.start(migrate=True)
+    queues = [RedisQueue(redis_url, consumer=f"q{i}", prefix=queue_prefix) for i in range(2)]
+    first = Gateway(settings, queues[0], store, [Piece("console", [])])  # type: ignore[list-item]
+    second = Gateway(settings, queues[1], store, [Piece("console", [])])  # type: ignore[list-item]
+    assert first.id == second.id == "console"  # the channels it runs: the same
+    await first.start()
+    try:
+        with pytest.raises(ConfigError, match="another gateway runs as 'console'"):
+            await second.start()
+    finally:
+        await first.stop()
+        await store.stop()
+        for queue in queues:
+            await queue.stop()
