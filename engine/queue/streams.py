@@ -393,27 +393,26 @@ class RedisQueue(QueueAdmin):
 
     async def postpone(self, delivery: Delivery) -> None:
         """Like ``release``, but this delivery does not count toward the dead letters: the turn
-        waits for something outside it (the database, a gateway for its channel)."""
-        await self.redis.xclaim(
-            self.turns_key,
-            GROUP,
-            self.consumer,
-            min_idle_time=0,
-            message_ids=[delivery.entry_id],
-            retrycount=max(delivery.deliveries - 1, 0),
-            justid=True,
-        )
+        waits for something outside it (the database)."""
+        await self._keep_pending(delivery, retrycount=max(delivery.deliveries - 1, 0))
 
     async def hand_back(self, delivery: Delivery) -> None:
         """Give an entry back for another worker to take now (a worker shutting down): it is
         marked idle for the whole claim timeout, so the next reclaim takes it."""
+        await self._keep_pending(delivery, idle=self.claim_idle_ms)
+
+    async def _keep_pending(
+        self, delivery: Delivery, *, idle: int | None = None, retrycount: int | None = None
+    ) -> None:
+        """XCLAIM the entry to this consumer again, setting its idle time or delivery count."""
         await self.redis.xclaim(
             self.turns_key,
             GROUP,
             self.consumer,
             min_idle_time=0,
             message_ids=[delivery.entry_id],
-            idle=self.claim_idle_ms,
+            idle=idle,
+            retrycount=retrycount,
             justid=True,
         )
 
