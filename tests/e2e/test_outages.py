@@ -125,14 +125,8 @@ async def test_redis_going_away_mid_run(make_settings, private_redis: PrivateRed
 
 
 async def test_database_going_away_mid_run(make_settings, pg_database: str) -> None:
-    url = urlsplit(pg_database.replace("+asyncpg", ""))
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    proxied = pg_database.replace(f"{url.hostname}:{url.port or 5432}", f"127.0.0.1:{proxy.port}")
-    if proxied == pg_database:
-        proxied = pg_database.replace(f"@{url.hostname}/", f"@127.0.0.1:{proxy.port}/")
-    settings = make_settings(database_url=proxied, engine="fixed")
-    try:
+    async with paused_database(pg_database) as (proxied, proxy):
+        settings = make_settings(database_url=proxied, engine="fixed")
         async with pipeline(settings, FixedReplyBackend("stored")) as p:
             chat = p.channel.chat
             first = await p.channel.say("before")
@@ -150,8 +144,6 @@ async def test_database_going_away_mid_run(make_settings, pg_database: str) -> N
             _c, messages = await p.store.conversation(conv.id)
             # "during" was refused with an apology, not half-stored; the rest is all there
             assert [m.content for m in messages] == ["before", "stored", "after", "stored"]
-    finally:
-        await proxy.stop()
 
 
 class Slow(FixedReplyBackend):
