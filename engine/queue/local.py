@@ -85,6 +85,13 @@ class LocalQueue:
     async def gateway_ids(self, platform: str) -> set[str]:
         return set(self._gateways.get(platform, {}))
 
+    async def forget_gateway(self, gateway: str, platforms: Iterable[str]) -> bool:
+        if gateway in self._held_ids or self._records.get(gateway):
+            return False
+        for platform in platforms:
+            self._gateways.get(platform, {}).pop(gateway, None)
+        return True
+
     async def receive(self, count: int, block_ms: int) -> list[Delivery]:
         try:
             first = await asyncio.wait_for(self._turns.get(), block_ms / 1000)

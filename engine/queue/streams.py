@@ -83,6 +83,13 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS: the gateway's lease, its delivery records, then the ":ids" set of each platform.
+# A gateway that is gone (no lease) and left no reply in progress leaves the sets.
+_FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 3, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
+return 1
+"""
 
 
 @contextlib.asynccontextmanager
@@ -137,6 +144,7 @@ class RedisQueue(QueueAdmin):
         self._touch = self.redis.register_script(_TOUCH)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
+        self._forget = self.redis.register_script(_FORGET)
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
@@ -271,6 +279,14 @@ class RedisQueue(QueueAdmin):
         async with _unavailable("list the gateways"):
             found = await self.redis.smembers(self.gateways_prefix + platform + ":ids")
         return {str(g) for g in found}
+
+    async def forget_gateway(self, gateway: str, platforms: Iterable[str]) -> bool:
+        """Drop ``gateway`` from the gateways that ran ``platforms``, if it is gone and left no
+        reply in progress (in one step: one that starts meanwhile keeps its place)."""
+        keys = [self.lease_prefix + "gateway:" + gateway, self.deliveries_prefix + gateway]
+        keys += [self.gateways_prefix + platform + ":ids" for platform in platforms]
+        async with _unavailable("forget a gateway"):
+            return bool(await self._forget(keys=keys, args=[gateway]))
 
     async def announce(self, gateway: str, platforms: Iterable[str], ttl_s: float) -> None:
         """Say that ``gateway`` runs these channels, until ``ttl_s`` from now."""

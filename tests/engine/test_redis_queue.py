@@ -178,3 +178,23 @@ async def test_a_conversation_lease_is_held_by_one_worker_and_released_only_by_i
     assert await a.renew([9], ttl_ms=300) == {9}  # and a learns that it lost it
     for q in (a, b):
         await q.stop()
+
+
+async def test_a_gone_gateway_is_forgotten_only_once_it_left_no_reply_in_progress(
+    redis_url: str, queue_prefix: str
+) -> None:
+    """Gateway ids (a pod name each, say) do not pile up: one that is gone and left no record
+    leaves the set the take-over reads; one that is alive, or left a reply, stays."""
+    q = await open_queue(redis_url, queue_prefix, "w")
+    for gateway in ("alive", "left-a-reply", "gone"):
+        await q.announce(gateway, ["telegram", "slack"], ttl_s=20)
+    assert await q.hold_gateway("alive", "owner", 5000)
+    await q.track("left-a-reply", "m1", {"route": {"platform": "telegram"}, "posted": []})
+    for gateway in ("alive", "left-a-reply", "gone"):
+        await q.forget_gateway(gateway, ["telegram", "slack"])
+    for platform in ("telegram", "slack"):
+        assert await q.gateway_ids(platform) == {"alive", "left-a-reply"}
+    await q.untrack("left-a-reply", "m1")
+    assert await q.forget_gateway("left-a-reply", ["telegram", "slack"])
+    assert await q.gateway_ids("telegram") == {"alive"}
+    await q.stop()
