@@ -369,6 +369,8 @@ class Gateway:
         deadline = asyncio.get_running_loop().time() + RESUBMIT_FOR_S
         while asyncio.get_running_loop().time() < deadline:
             await backoff.wait()
+            if turn.turn_id not in self._pending:
+                return  # answered: the XADD that seemed to fail went through after all
             try:
                 await self.queue.track(self.id, turn.turn_id, record)
                 await self.queue.submit(turn)
@@ -572,6 +574,9 @@ class Gateway:
                         for turn_id, record in records.items()
                         if (record.get("route") or {}).get("platform") in self.shared
                     }
+                    if not records:  # gone for good, or alive with nothing in progress
+                        await self.queue.forget_gateway(other, self.shared)
+                        continue
                     if mine and await self.queue.hold_gateway(other, self._owner, LEASE_MS):
                         task = asyncio.create_task(self._foster(other, mine))
                         self._fostered[other] = task
@@ -584,12 +589,26 @@ class Gateway:
 
     async def _foster(self, other: str, records: dict[str, dict[str, Any]]) -> None:
         """Finish gateway ``other``'s replies in progress (its lease is held here meanwhile)."""
+        seen = await self.queue.cursor(other) or "0-0"  # what ``other`` read before it went
         start = await self._reopen(records, owner=other)
         tasks = [self._deliveries_by_turn[t] for t in records if t in self._deliveries_by_turn]
+        read_to = seen
 
         async def read() -> None:
-            async for _entry_id, delta in self.queue.replies(other, start or "0-0"):
-                self._route(delta, replayed=True)  # feeds the replies taken over, opens none
+            # feeds the replies taken over; a re-queued turn sent to ``other`` after it went
+            # (a worker takes a held lease for a live gateway) is opened here, under this id
+            nonlocal read_to
+            begin = start if start and _after(seen, start) else seen
+            before = begin
+            async for entry_id, delta in self.queue.replies(other, begin):
+                opened = delta.turn_id not in self._pending
+                self._route(delta, replayed=not _after(entry_id, seen), owner=other, after=before)
+                if opened and delta.turn_id in self._deliveries_by_turn:
+                    tasks.append(self._deliveries_by_turn[delta.turn_id])
+                    more.set()
+                before = entry_id
+                if _after(entry_id, read_to):
+                    read_to = entry_id
 
         async def keep_lease() -> None:
             while True:
@@ -597,16 +616,24 @@ class Gateway:
                 if not await self.queue.hold_gateway(other, self._owner, LEASE_MS):
                     return
 
+        more = asyncio.Event()  # read() opened another reply
         helpers = [asyncio.create_task(read()), asyncio.create_task(keep_lease())]
         try:
-            if tasks:
-                await asyncio.wait([*tasks, helpers[1]], return_when=asyncio.FIRST_COMPLETED)
-                await asyncio.wait(tasks)
+            while not all(task.done() for task in tasks):
+                more.clear()
+                waiting = [asyncio.ensure_future(more.wait())]
+                await asyncio.wait(
+                    [*(t for t in tasks if not t.done()), *waiting],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiting[0].cancel()
         finally:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             try:
+                if read_to != seen:  # so that ``other``, back, does not show these again
+                    await self.queue.save_cursor(other, read_to)
                 await self.queue.let_gateway_go(other, self._owner)
             except Exception as exc:  # it lapses by itself
                 log.warning("cannot release gateway %s: %r", other, exc)
@@ -620,10 +647,20 @@ class Gateway:
             self._route(delta, replayed=not _after(entry_id, self._replayed_to))
             self._cursor = entry_id  # after routing: a reply opened here starts before it
 
-    def _route(self, delta: ReplyDelta, *, replayed: bool = False) -> None:
+    def _route(
+        self,
+        delta: ReplyDelta,
+        *,
+        replayed: bool = False,
+        owner: str | None = None,
+        after: str | None = None,
+    ) -> None:
+        """Feed ``delta`` to its reply, opening a revived turn's (``_adopt``) unless the entry
+        was read before. ``owner`` and ``after``: the gateway whose reply stream it came from,
+        and the entry before it there, when that is not this gateway's own."""
         stream = self._pending.get(delta.turn_id)
         if stream is None and not replayed:
-            stream = self._adopt(delta)
+            stream = self._adopt(delta, owner=owner, after=after)
         if stream is None:
             log.debug("delta for unknown or finished turn %s ignored", delta.turn_id)
             return
@@ -642,9 +679,13 @@ class Gateway:
             if len(self._finished) > FINISHED_KEPT:
                 self._finished.popitem(last=False)
 
-    def _adopt(self, delta: ReplyDelta) -> ReplyStream | None:
+    def _adopt(
+        self, delta: ReplyDelta, *, owner: str | None = None, after: str | None = None
+    ) -> ReplyStream | None:
         """Open the reply of a revived turn from its route: one this gateway may not have taken,
-        or whose first reply (the apology of a turn that gave up) it has shown already."""
+        or whose first reply (the apology of a turn that gave up) it has shown already, or a
+        swept message of a channel only this gateway can post to (said to be resumed: the
+        console printed part of it, or nothing, before the process ended)."""
         if delta.route is None:
             return None
         try:
@@ -656,10 +697,14 @@ class Gateway:
         if self._finished.get(delta.turn_id, -1) >= revival:
             return None  # a late copy of a reply already shown, or one shown whole
         channel = self._by_name.get(msg.platform)
-        if channel is None or channel.name not in self.shared:
+        pinned = delta.route.get("gateway")  # a swept turn only its own gateway can show
+        if channel is None or (channel.name not in self.shared and pinned != self.id):
             return None
         log.info("opening the reply of turn %s (revival %d)", delta.turn_id, revival)
-        record = {"route": msg.route(), "after": self._cursor or "0-0", "posted": []}
-        stream = self._open(channel, msg, delta.turn_id, record=record, track=True)
+        record = {"route": msg.route(), "after": after or self._cursor or "0-0", "posted": []}
+        stream = self._open(
+            channel, msg, delta.turn_id, record=record, track=True, resumed=bool(pinned),
+            owner=owner,
+        )  # fmt: skip
         self._revivals[delta.turn_id] = revival
         return stream

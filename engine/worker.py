@@ -63,6 +63,10 @@ ATTEMPTS_PER_REQUEUE = 1000
 ORDER_WAIT_S = 120.0  # longest a turn waits for an earlier message of its conversation
 HELD_CAP = 4  # a worker holds at most this many times its concurrency (the rest: waiting)
 SWEEP_BATCH = 500  # messages the sweep looks at per round
+# A swept turn's revival: seconds since this instant, so each sweep of a message outranks the
+# one before it (sweeps of one message are at least ``sweep_after_s`` apart), and any
+# dead-letter revival of a turn that had not been swept. 2**30 seconds last until 2060.
+SWEEP_EPOCH_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
 class Fenced(Exception):
@@ -540,6 +544,8 @@ class Worker:
         if not (turn.revived and turn.route):
             return turn.gateway, None
         route = {**turn.route, "revived": turn.revived}
+        if turn.route.get("gateway"):  # only the gateway that took it can show it (the console)
+            return turn.gateway, route
         if turn.gateway and await self.queue.gateway_alive(turn.gateway):
             return turn.gateway, route  # the gateway that took it runs: it may be showing it
         platform = str(turn.route.get("platform", ""))
@@ -574,20 +580,27 @@ def _message_id(delivery: Delivery) -> int:
 
 
 def _swept_turn(message: AwaitingMessage) -> Turn:
-    """The turn that answers a message the sweep found: its reply goes where the message's
-    route says. On a channel any gateway can post to, it is routed like a revived turn (to a
-    gateway that runs the channel now); else to the gateway that took the message."""
+    """The turn that answers a message the sweep found, with the message's route on it. On a
+    channel any gateway can post to, its reply goes like a revived turn's (to a gateway that
+    runs the channel now); else only to the gateway that took the message, named in the route
+    (a restarted shell shows the reply it was cut off in)."""
     route = dict(message.route)
     gateway = str(route.pop("gateway", ""))
-    anywhere = bool(route.pop("anywhere", False))
+    if not route.pop("anywhere", False):
+        route["gateway"] = gateway
     return Turn(
         message.conversation_id,
         message.message_id,
         gateway=gateway,
         turn_id=turn_id_of(message.message_id),
-        route=route if anywhere else None,
-        revived=1,
+        route=route,
+        revived=sweep_revival(),
     )
+
+
+def sweep_revival(now: float | None = None) -> int:
+    """The revival a sweep gives the turn it queues: higher than any earlier sweep's."""
+    return max(1, int(now if now is not None else time.time()) - SWEEP_EPOCH_S)
 
 
 def _ms_since(epoch_s: float) -> float:

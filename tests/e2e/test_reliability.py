@@ -435,3 +435,58 @@ async def test_a_shell_killed_mid_reply_says_it_resumes_and_prints_the_whole_rep
         assert len(engine.completions()) == 1
     assert codes == [0]
     assert procs.tracebacks() == []
+
+
+async def test_an_embedded_shell_killed_mid_reply_shows_the_whole_reply_after_restart(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Embedded (no Redis: the queue and the worker live in the shell): the restarted shell's
+    sweep answers the message the first one was cut off in, and the console says so, then
+    prints the whole reply, once."""
+    async with FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.1) as engine:
+        shell_env = {
+            k: v
+            for k, v in env.items()
+            if k not in ("FRONTDESK_REDIS_URL", "FRONTDESK_DATABASE_URL")
+        }
+        shell_env |= {
+            "FRONTDESK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'shell.db'}",
+            "FRONTDESK_OPENAI_BASE_URLS": engine.base_url,
+            "USER": "ada",
+        }
+
+        async def shell() -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                *CLI, "shell", env=shell_env, cwd=tmp_path,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+
+        async def read_until(proc: asyncio.subprocess.Process, wanted: str) -> str:
+            assert proc.stdout is not None
+            printed = b""
+            while wanted.encode() not in printed:
+                chunk = await asyncio.wait_for(proc.stdout.read(64), 60)
+                assert chunk, f"the shell ended before printing {wanted!r}: {printed!r}"
+                printed += chunk
+            return printed.decode()
+
+        first = await shell()
+        assert first.stdin is not None
+        first.stdin.write(b"Tell me a long story\n")
+        await first.stdin.drain()
+        await read_until(first, "word5")
+        first.kill()  # mid-reply
+        await first.wait()
+
+        again = await shell()
+        # the restarted shell waits at its prompt; its sweep finds the message within seconds
+        shown = await read_until(again, LONG_REPLY)
+        assert again.stdin is not None
+        again.stdin.close()
+        out, err = await asyncio.wait_for(again.communicate(), 60)
+    text = shown + out.decode()
+    assert texts.RESUMING in text.split("word0", 1)[0]
+    assert text.count(LONG_REPLY) == 1
+    assert again.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    assert len(engine.completions()) == 2  # the cut-off attempt, and the sweep's

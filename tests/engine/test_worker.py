@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from frontdesk import texts
-from frontdesk.bots import ReplyStream
+from frontdesk.bots import Gateway, ReplyStream
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import GROUP, LocalQueue, RedisQueue
-from frontdesk.engine.worker import Worker
+from frontdesk.engine.worker import ATTEMPTS_PER_REQUEUE, Worker, sweep_revival
 from frontdesk.errors import QueueUnavailable
-from frontdesk.storage import ReplyFigures
+from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn
 from tests.support import DiesMidway, RecordingChannel, pipeline, until
 
@@ -227,9 +228,10 @@ async def test_64_queued_turns_of_64_conversations_are_in_flight_at_once(
 class TwiceQueue(LocalQueue):
     """At-least-once taken literally: every turn is delivered twice."""
 
-    async def submit(self, turn: Turn) -> None:
-        await super().submit(turn)
-        await super().submit(turn)
+    async def submit(self, turn: Turn, *, sweep: bool = False) -> bool:
+        queued = await super().submit(turn, sweep=sweep)
+        self._live.pop(turn.message_id, None)  # past the one-live-turn check: a second copy
+        return queued and await super().submit(turn, sweep=sweep)
 
 
 async def test_turn_delivered_twice_is_answered_once(make_settings) -> None:
@@ -386,6 +388,34 @@ async def test_a_stale_attempt_that_finishes_late_does_not_cut_off_the_new_answe
     assert reply.text == "The second worker's answer." and reply.error is None
 
 
+async def test_a_message_swept_twice_shows_the_second_sweeps_answer_over_the_firsts_reclaim(
+    make_settings,
+) -> None:
+    """A sweep's turn was reclaimed once (its attempt went up by one), then lost with Redis's
+    data and swept again a minute later: the second sweep's attempt outranks the first's, so
+    its answer is shown at once, whole, instead of being ignored until the reply timeout."""
+    settings = make_settings(engine="fixed")
+    async with pipeline(settings, None) as p:
+        task = await p.gateway.handle(p.channel.message("hello"), p.channel)
+        assert task is not None
+        [delivery] = await p.queue.receive(1, block_ms=1000)
+        assert delivery.turn is not None
+        turn_id, gateway = delivery.turn.turn_id, p.gateway.id
+        now = time.time()
+        first = sweep_revival(now) * ATTEMPTS_PER_REQUEUE
+        second = sweep_revival(now + settings.sweep_after_s) * ATTEMPTS_PER_REQUEUE
+        for delta in [
+            ReplyDelta(turn_id, 0, "The first sweep's ", attempt=first + 1),
+            ReplyDelta(turn_id, 0, "The reclaimed one ", attempt=first + 2),
+            ReplyDelta(turn_id, 0, "The second sweep's ", attempt=second + 1),
+            ReplyDelta(turn_id, 1, "answer.", done=True, attempt=second + 1),
+        ]:
+            await p.queue.publish(gateway, delta)
+        await asyncio.wait_for(task, 10)
+    [reply] = p.channel.delivered
+    assert reply.text == "The second sweep's answer." and reply.error is None
+
+
 async def test_a_revived_turn_waits_while_no_gateway_runs_its_channel_and_is_never_lost(
     make_settings,
 ) -> None:
@@ -526,3 +556,68 @@ async def test_a_reply_answered_before_the_gateway_resumes_after_its_xadd_is_sho
         p.queue.submit = slow_return  # type: ignore[method-assign]
         reply = await p.channel.say("ping", wait_s=20)
         assert reply is not None and reply.text == "the whole answer"
+
+
+class SharedRecordingChannel(RecordingChannel):
+    """A RecordingChannel whose replies any gateway can post (like Telegram and Slack)."""
+
+    replies_from_any_gateway = True
+
+
+async def test_a_gateway_taking_over_shows_a_requeued_turn_sent_to_the_gone_one_once(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """Gateway gw-b takes over gone gw-a's reply. A turn re-queued meanwhile (retry-dead, the
+    sweep) is sent to gw-a, whose lease gw-b holds: gw-b shows it too, and moves gw-a's read
+    position past it, so that gw-a, back later, shows neither reply again."""
+    common = {"redis_url": redis_url, "queue_prefix": queue_prefix, "shutdown_grace_s": 0.2}
+    settings_a = make_settings(gateway_id="gw-a", **common)
+    settings_b = make_settings(gateway_id="gw-b", database_url=settings_a.database_url, **common)
+    store = Store(settings_a.database_url)
+    await store.start(migrate=True)
+    queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+    await queue.start()
+    a_channel, b_channel, back_channel = (SharedRecordingChannel() for _ in range(3))
+    b_channel.chat = back_channel.chat = a_channel.chat
+    gw_a = Gateway(settings_a, queue, store, [a_channel])
+    await gw_a.start()
+    first = await gw_a.handle(a_channel.message("hello"), a_channel)
+    assert first is not None
+    [delivery] = await queue.receive(1, block_ms=1000)
+    assert delivery.turn is not None
+    turn_id = delivery.turn.turn_id
+    await queue.publish("gw-a", ReplyDelta(turn_id, 0, "Hello ", attempt=1))
+    await asyncio.wait_for(a_channel.streaming.wait(), 10)
+    await gw_a.stop()  # gone, with its reply in progress recorded
+
+    gw_b = Gateway(settings_b, queue, store, [b_channel])
+    await gw_b.start()
+    try:
+        await asyncio.wait_for(b_channel.streaming.wait(), 30)  # gw-b took gw-a's reply over
+        requeued = b_channel.message("and this?")
+        route = {**requeued.route(), "revived": 1}
+        for delta in [
+            ReplyDelta("m-requeued", 0, "A later ", attempt=1000, route=route),
+            ReplyDelta(turn_id, 1, "there.", done=True, attempt=1),
+            ReplyDelta("m-requeued", 1, "answer.", done=True, attempt=1000),
+        ]:
+            await queue.publish("gw-a", delta)
+        await until(lambda: len(b_channel.delivered) == 2, within=20)
+        newest = (await queue.redis.xrevrange(queue.reply_prefix + "gw-a", count=1))[0][0]
+        await until(lambda: _cursor_is(queue, "gw-a", newest), within=10)
+    finally:
+        await gw_b.stop()
+    texts_shown = sorted(reply.text for reply in b_channel.delivered)
+    assert texts_shown == ["A later answer.", "Hello there."]
+
+    again = Gateway(settings_a, queue, store, [back_channel])  # gw-a comes back
+    await again.start()
+    await asyncio.sleep(1.5)
+    await again.stop()
+    await queue.stop()
+    await store.stop()
+    assert back_channel.delivered == []  # nothing shown a second time
+
+
+async def _cursor_is(queue: RedisQueue, gateway: str, entry_id: str) -> bool:
+    return await queue.cursor(gateway) == entry_id
