@@ -109,6 +109,7 @@ class Gateway:
         self._shown_last: dict[tuple[str, str], asyncio.Task[None]] = {}  # chat -> its last reply
         self._owner_of: dict[str, str] = {}  # turn id -> the gateway id whose record it is
         self._fostered: dict[str, asyncio.Task[None]] = {}  # gone gateway -> taking its replies
+        self._gone: set[str] = set()  # gateways seen without their lease in the last round
         # the channels any gateway can post to: announced, and their turns carry their route
         self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
         self.http = HttpServer(settings.http_host, settings.http_port)
@@ -564,25 +565,38 @@ class Gateway:
         while True:
             await asyncio.sleep(ANNOUNCE_EVERY_S)
             try:
-                others: set[str] = set()
-                for platform in self.shared:
-                    others |= await self.queue.gateway_ids(platform)
-                for other in sorted(others - {self.id} - set(self._fostered)):
-                    records = await self.queue.tracked(other)
-                    mine = {
-                        turn_id: record
-                        for turn_id, record in records.items()
-                        if (record.get("route") or {}).get("platform") in self.shared
-                    }
-                    if not records:  # gone for good, or alive with nothing in progress
-                        await self.queue.forget_gateway(other, self.shared)
-                        continue
-                    if mine and await self.queue.hold_gateway(other, self._owner, LEASE_MS):
-                        task = asyncio.create_task(self._foster(other, mine))
-                        self._fostered[other] = task
-                        task.add_done_callback(functools.partial(self._unfoster, other))
+                await self._take_over_once()
             except (QueueUnavailable, AttributeError, TypeError) as exc:
+                self._gone.clear()  # seen gone before the outage says nothing about now
                 log.warning("cannot look for replies to take over: %r", exc)
+
+    async def _take_over_once(self) -> None:
+        """One round of ``_take_over``. A gateway is taken over only once it was seen without
+        its lease in the round before too: one whose lease lapsed in a Redis outage renews it
+        within a third of the lease once Redis is back, well inside a round, and is left be."""
+        others: set[str] = set()
+        for platform in self.shared:
+            others |= await self.queue.gateway_ids(platform)
+        gone_before, self._gone = self._gone, set()
+        for other in sorted(others - {self.id} - set(self._fostered)):
+            records = await self.queue.tracked(other)
+            mine = {
+                turn_id: record
+                for turn_id, record in records.items()
+                if (record.get("route") or {}).get("platform") in self.shared
+            }
+            if not records:  # gone for good, or alive with nothing in progress
+                await self.queue.forget_gateway(other, self.shared)
+                continue
+            if not mine or await self.queue.gateway_alive(other):
+                continue
+            if other not in gone_before:
+                self._gone.add(other)  # gone, or back soon: look again next round
+                continue
+            if await self.queue.hold_gateway(other, self._owner, LEASE_MS):
+                task = asyncio.create_task(self._foster(other, mine))
+                self._fostered[other] = task
+                task.add_done_callback(functools.partial(self._unfoster, other))
 
     def _unfoster(self, other: str, _task: asyncio.Task[None]) -> None:
         self._fostered.pop(other, None)

@@ -621,3 +621,39 @@ async def test_a_gateway_taking_over_shows_a_requeued_turn_sent_to_the_gone_one_
 
 async def _cursor_is(queue: RedisQueue, gateway: str, entry_id: str) -> bool:
     return await queue.cursor(gateway) == entry_id
+
+
+async def test_a_gateway_whose_lease_lapsed_in_a_redis_outage_and_renews_is_not_taken_over(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """No two gateways edit one reply: gw-a's lease lapsed (Redis was down longer than it), and
+    gw-a renews it as soon as Redis is back, within a take-over round. gw-b, which saw it gone
+    once, leaves it be; a gateway gone for two rounds in a row is taken over."""
+    common = {"redis_url": redis_url, "queue_prefix": queue_prefix}
+    settings_b = make_settings(gateway_id="gw-b", **common)
+    store = Store(settings_b.database_url)
+    await store.start(migrate=True)
+    queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+    await queue.start()
+    channel = SharedRecordingChannel()
+    gw_b = Gateway(settings_b, queue, store, [channel])
+    await gw_b.start()
+    try:
+        route = channel.message("hello").route()
+        await queue.announce("gw-a", ["test"], ttl_s=20)
+        await queue.track("gw-a", "m-a", {"route": route, "after": "0-0", "posted": ["p1"]})
+
+        await gw_b._take_over_once()  # gw-a's lease lapsed: seen gone once
+        assert await queue.hold_gateway("gw-a", "gw-a's process", 10_000)  # Redis back: renewed
+        await gw_b._take_over_once()
+        assert gw_b._fostered == {}
+        await queue.let_gateway_go("gw-a", "gw-a's process")  # gw-a really died
+
+        await gw_b._take_over_once()
+        assert gw_b._fostered == {}  # once is not enough
+        await gw_b._take_over_once()
+        assert set(gw_b._fostered) == {"gw-a"}
+    finally:
+        await gw_b.stop()
+        await queue.stop()
+        await store.stop()
