@@ -217,8 +217,9 @@ class Gateway:
             except Exception as exc:  # Redis away: try again next time
                 log.warning("cannot renew gateway %s: %r", self.id, exc)
                 continue
-            if not held:
-                raise RuntimeError(f"another process took gateway id {self.id}")
+            if not held:  # its replies are another's now: stop showing them at once
+                self.tasks.give_up(f"another process took gateway id {self.id}")
+                return
 
     async def _drop_lease(self) -> None:
         try:

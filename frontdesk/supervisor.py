@@ -68,6 +68,12 @@ class Supervisor:
                 log.exception("task %s failed; restarting it in %.1fs", name, backoff.delay_s)
                 await backoff.wait()
 
+    def give_up(self, reason: str) -> None:
+        """Resolve ``fatal`` now: a task found that the process must not go on."""
+        log.critical("giving up: %s", reason)
+        if not self.fatal.done():
+            self.fatal.set_result(TaskFailed(reason))
+
     def running(self, name: str) -> bool:
         return name in self._tasks and not self._tasks[name].done()
 

@@ -657,3 +657,17 @@ async def test_a_gateway_whose_lease_lapsed_in_a_redis_outage_and_renews_is_not_
         await gw_b.stop()
         await queue.stop()
         await store.stop()
+
+
+async def test_a_gateway_whose_id_another_process_took_stops_at_its_next_renewal(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(gateway_id="gw-a", redis_url=redis_url, queue_prefix=queue_prefix)
+    async with pipeline(settings, None) as p:
+        assert isinstance(p.queue, RedisQueue)
+        lease = p.queue.lease_prefix + "gateway:gw-a"
+        await p.queue.redis.set(lease, "a take-over", px=10_000)  # its lease lapsed and was taken
+        failed = await asyncio.wait_for(p.gateway.fatal, 10)
+        assert "another process took gateway id gw-a" in str(failed)
+        await p.gateway.stop()
+        assert await p.queue.redis.get(lease) == "a take-over"  # stopping, it lets nobody's go
