@@ -3,7 +3,10 @@
 from .models import ConversationStatus, MessageStatus
 from .store import (
     AwaitingMessage,
+    ChunkIn,
     ConversationSummary,
+    KnowledgeHit,
+    KnowledgeSource,
     RecordedMessage,
     ReplyFigures,
     Store,
@@ -13,8 +16,11 @@ from .store import (
 
 __all__ = [
     "AwaitingMessage",
+    "ChunkIn",
     "ConversationStatus",
     "ConversationSummary",
+    "KnowledgeHit",
+    "KnowledgeSource",
     "MessageStatus",
     "RecordedMessage",
     "ReplyFigures",

@@ -60,6 +60,17 @@ class StoredMessage:
     model: str | None = None
     status: str = MessageStatus.OK
     error: str | None = None
+    # a reply given knowledge-base passages: the chunks (chunk_id, source, title, url), as JSON
+    kb_sources: str | None = None
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        """The knowledge-base chunks this reply was given (empty when none)."""
+        try:
+            found = json.loads(self.kb_sources) if self.kb_sources else []
+        except ValueError:
+            return []
+        return found if isinstance(found, list) else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +142,7 @@ _MESSAGE_COLUMNS = (
     Message.model,
     Message.status,
     Message.error,
+    Message.kb_sources,
 )
 
 
@@ -346,7 +358,9 @@ class Conversations(Database):
         reply = None
         late: dict[int, TurnMessage] = {}  # user message id -> its reply stored after newer ones
         earlier: list[TurnMessage] = []
-        for *columns, reply_to_id in sorted(rows, key=lambda row: row[0], reverse=True):
+        for *columns, body_chars, reply_to_id in sorted(rows, key=lambda r: r[0], reverse=True):
+            if body_chars is not None:  # a reply's own text, without the sources listed after it
+                columns[2] = columns[2][:body_chars]
             message = TurnMessage(*columns)
             if reply_to_id == message_id:
                 reply = message
@@ -383,9 +397,13 @@ class Conversations(Database):
         figures: ReplyFigures,
         *,
         error: str | None = None,
+        sources: Sequence[dict[str, Any]] = (),
+        body_chars: int | None = None,
     ) -> int:
         """Store the assistant's reply to a user message, with its figures; ``error`` marks a
-        failed one. Idempotent: a second reply to the same message returns the first one's id,
+        failed one. ``sources``: the knowledge-base chunks the reply was given; ``body_chars``:
+        where the reply's own text ends, before the list of sources shown after it (a prompt
+        holds only the reply's own text). Idempotent: a second reply to the same message returns the first one's id,
         unless the first was a failure, which the new reply replaces. The message stops
         awaiting its reply in the same transaction."""
         async with self.transaction() as conn:
@@ -404,6 +422,10 @@ class Conversations(Database):
                     "status": MessageStatus.ERROR if error else MessageStatus.OK,
                     "error": error,
                     "created_at": utcnow(),
+                    "kb_sources": json.dumps(list(sources), ensure_ascii=False)
+                    if sources
+                    else None,
+                    "body_chars": body_chars,
                 },
             )
             await conn.execute(_ANSWERED, {"message_id": reply_to_id})
@@ -466,6 +488,8 @@ _REPLY_COLUMNS = (
     "status",
     "error",
     "created_at",
+    "kb_sources",
+    "body_chars",
     *(f.name for f in dataclasses.fields(ReplyFigures)),
 )
 
@@ -481,6 +505,7 @@ _TURN_COLUMNS = (
     Message.content,
     Message.status,
     Message.reply_route.is_not(None),
+    Message.body_chars,
     Message.reply_to_id,
 )
 _SELECT_TURN_CONTEXT = union_all(

@@ -126,6 +126,10 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # A user message awaiting its reply: where the reply goes (JSON), cleared once one is stored
     reply_route: Mapped[str | None] = mapped_column(Text)
+    # A reply given knowledge-base passages: those chunks (JSON), and the length of the reply's
+    # own text, before the list of sources shown after it
+    kb_sources: Mapped[str | None] = mapped_column(Text)
+    body_chars: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
@@ -137,3 +141,35 @@ class Message(Base):
             postgresql_where=text("reply_route IS NOT NULL"),
         ),
     )
+
+
+class KbSource(Base):
+    """A help-centre article, named by its path relative to the folder it was added from."""
+
+    __tablename__ = "kb_sources"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(1024), unique=True)
+    title: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    n_chunks: Mapped[int] = mapped_column(Integer)
+    n_bytes: Mapped[int] = mapped_column(BigInteger)
+    origin: Mapped[str | None] = mapped_column(Text)  # the folder it was added from
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KbChunk(Base):
+    """A piece of an article, with its title and heading path (full-text indexed, 0007)."""
+
+    __tablename__ = "kb_chunks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_id: Mapped[int] = mapped_column(BigId, ForeignKey("kb_sources.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text)
+    headings: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    n_tokens: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_kb_chunks_source_position", "source_id", "position"),)

@@ -16,15 +16,19 @@ from .conversations import (
     StoredMessage,
     TurnMessage,
 )
+from .knowledge import ChunkIn, Knowledge, KnowledgeHit, KnowledgeSource
 
 
-class Store(Conversations):
+class Store(Conversations, Knowledge):
     """Conversation history on one database. ``async with Store(url) as store:`` or start()/stop()."""
 
 
 __all__ = [
     "AwaitingMessage",
+    "ChunkIn",
     "ConversationSummary",
+    "KnowledgeHit",
+    "KnowledgeSource",
     "RecordedMessage",
     "ReplyFigures",
     "Store",

@@ -1,0 +1,216 @@
+"""The knowledge base's SQL: help-centre articles (``kb_sources``) and their chunks
+(``kb_chunks``), written a whole article at a time, and BM25 search over the chunks on the
+database's own full-text index (migration 0007): FTS5's ``bm25()`` on SQLite, ``ts_rank`` over a
+weighted tsvector with a GIN index on PostgreSQL. A query means the same on both: its words
+(letters and digits, stemmed, PostgreSQL's English stopwords left out, see ``search_words``),
+any of which a chunk may hold; nothing in it is an operator. Scores are in [0, 1), higher is
+better: ``s / (1 + s)`` of the database's own rank, so that one ``FRONTDESK_KB_MIN_SCORE`` reads
+alike on both.
+
+Reading files and cutting chunks is ``frontdesk.engine.knowledge``'s; this module only stores
+and finds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    column,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    table,
+    update,
+)
+
+from .database import Database
+from .models import KbChunk, KbSource, utcnow
+from .search import search_words
+
+INSERT_BATCH = 500  # chunks per INSERT while an article is written
+_FTS = table("kb_fts", column("rowid"))
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkIn:
+    """A chunk to store: its article's title, its heading path (``A > B``), its text, and
+    about how many tokens it is."""
+
+    title: str
+    headings: str
+    text: str
+    n_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeSource:
+    source: str
+    title: str
+    url: str | None
+    content_hash: str
+    n_chunks: int
+    n_bytes: int
+    updated_at: datetime
+    origin: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeHit:
+    chunk_id: int
+    source: str
+    title: str
+    url: str | None
+    headings: str
+    text: str
+    n_tokens: int
+    score: float  # in [0, 1), higher is better
+
+
+class Knowledge(Database):
+    """The knowledge base's queries, on the ``Store``'s database."""
+
+    async def kb_sources(self) -> list[KnowledgeSource]:
+        """Every article, by source name."""
+        stmt = select(
+            KbSource.source,
+            KbSource.title,
+            KbSource.url,
+            KbSource.content_hash,
+            KbSource.n_chunks,
+            KbSource.n_bytes,
+            KbSource.updated_at,
+            KbSource.origin,
+        ).order_by(KbSource.source)
+        async with self.connect() as conn:
+            return [KnowledgeSource(*row) for row in (await conn.execute(stmt)).all()]
+
+    async def kb_count(self) -> int:
+        """How many articles there are (0: no knowledge base)."""
+        async with self.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(KbSource)) or 0)
+
+    async def kb_hash(self, source: str) -> str | None:
+        """The content hash ``source`` was stored with, if it is stored."""
+        async with self.connect() as conn:
+            found = await conn.scalar(
+                select(KbSource.content_hash).where(KbSource.source == source)
+            )
+        return str(found) if found is not None else None
+
+    async def kb_replace(
+        self,
+        source: str,
+        *,
+        title: str,
+        url: str | None,
+        content_hash: str,
+        n_bytes: int,
+        chunks: Iterable[ChunkIn],
+        origin: str | None = None,
+    ) -> int:
+        """Store article ``source`` with ``chunks`` in place of what it held, in one
+        transaction (a search sees the old article or the new one, never half of either).
+        ``chunks`` is read as it is written, a batch at a time, so a huge article is never all
+        in memory. Returns how many chunks were stored."""
+        async with self.transaction() as conn:
+            source_id = await conn.scalar(select(KbSource.id).where(KbSource.source == source))
+            if source_id is not None:
+                await conn.execute(delete(KbChunk).where(KbChunk.source_id == source_id))
+                await conn.execute(
+                    update(KbSource)
+                    .where(KbSource.id == source_id)
+                    .values(title=title, url=url, content_hash="", n_chunks=0, n_bytes=n_bytes,
+                            origin=origin, updated_at=utcnow())
+                )  # fmt: skip
+            else:
+                source_id = await conn.scalar(
+                    insert(KbSource)
+                    .values(source=source, title=title, url=url, content_hash="", n_chunks=0,
+                            n_bytes=n_bytes, origin=origin, updated_at=utcnow())
+                    .returning(KbSource.id)
+                )  # fmt: skip
+            count = 0
+            batch: list[dict[str, Any]] = []
+            for chunk in chunks:
+                batch.append(
+                    {"source_id": source_id, "position": count, "title": chunk.title,
+                     "headings": chunk.headings, "text": chunk.text, "n_tokens": chunk.n_tokens}
+                )  # fmt: skip
+                count += 1
+                if len(batch) >= INSERT_BATCH:
+                    await conn.execute(insert(KbChunk), batch)
+                    batch = []
+            if batch:
+                await conn.execute(insert(KbChunk), batch)
+            # the hash last: an article whose chunks failed midway is rolled back whole anyway
+            await conn.execute(
+                update(KbSource)
+                .where(KbSource.id == source_id)
+                .values(content_hash=content_hash, n_chunks=count)
+            )
+        return count
+
+    async def kb_remove(self, source: str) -> bool:
+        """Remove article ``source`` and its chunks; False when there is none by that name."""
+        async with self.transaction() as conn:
+            source_id = await conn.scalar(select(KbSource.id).where(KbSource.source == source))
+            if source_id is None:
+                return False
+            await conn.execute(delete(KbChunk).where(KbChunk.source_id == source_id))
+            await conn.execute(delete(KbSource).where(KbSource.id == source_id))
+        return True
+
+    async def kb_search(self, query: str, limit: int = 5) -> list[KnowledgeHit]:
+        """The chunks that best match ``query`` (any of its words), best first."""
+        words = search_words(query)
+        if not words:
+            return []
+        columns: Sequence[Any] = (
+            KbChunk.id,
+            KbSource.source,
+            KbSource.title,
+            KbSource.url,
+            KbChunk.headings,
+            KbChunk.text,
+            KbChunk.n_tokens,
+        )
+        if self.dialect == "postgresql":
+            tsquery = func.to_tsquery("english", " | ".join(words))
+            rank = func.ts_rank(literal_column("kb_chunks.search_tsv"), tsquery, 32)
+            stmt = (
+                select(*columns, rank)
+                .select_from(KbChunk)
+                .where(literal_column("kb_chunks.search_tsv").op("@@")(tsquery))
+                .order_by(rank.desc(), KbChunk.id)
+            )
+        else:
+            # bm25() is lower for better matches; title and headings weigh more than the text
+            bm25: ColumnElement[float] = literal_column("bm25(kb_fts, 4.0, 2.0, 1.0)")
+            stmt = (
+                select(*columns, -bm25)
+                .select_from(_FTS)
+                .join(KbChunk, KbChunk.id == _FTS.c.rowid)
+                .where(literal_column("kb_fts").op("MATCH")(" OR ".join(f'"{w}"' for w in words)))
+                .order_by(bm25, KbChunk.id)
+            )
+        stmt = stmt.join(KbSource, KbSource.id == KbChunk.source_id).limit(limit)
+        async with self.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        hits: list[KnowledgeHit] = []
+        for row in rows:
+            chunk_id, source, title, url, headings, chunk_text, n_tokens, raw = tuple(row)
+            value = float(raw or 0.0)
+            value = value if value > 0 else 0.0
+            score = value if self.dialect == "postgresql" else value / (1.0 + value)
+            hits.append(
+                KnowledgeHit(chunk_id, source, title, url, headings, chunk_text, n_tokens,
+                             round(score, 6))
+            )  # fmt: skip
+        return hits
