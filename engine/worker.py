@@ -50,7 +50,8 @@ from frontdesk.supervisor import Supervisor, TaskFailed
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
-from .context import build_prompt
+from .context import BuiltPrompt, build_prompt
+from .knowledge import Retrieval, Retriever
 from .queue import Delivery, TurnQueue
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ class Worker:
         self._room = asyncio.Event()
         self._stopping = False
         self._stops: dict[str, asyncio.Event] = {}  # turn id -> set when the user said /stop
+        self.retriever = Retriever(settings, store)  # the knowledge base, beside the context
         self.turns_done = 0
         self.swept = 0  # messages the sweep queued again
         # resolved with the error when the engine dies (made in start): the process must go
@@ -442,8 +444,17 @@ class Worker:
             await self.store.mark_answered(turn.message_id)
             return True
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
+        retrieval = await self.retriever.retrieve(messages[-1].content) if messages else None
+        if retrieval is not None and retrieval.uncovered and self.retriever.strict:
+            # nothing in the help centre fits: say so rather than let the model improvise
+            await self.store.record_reply(
+                turn.conversation_id, turn.message_id, texts.NOT_COVERED,
+                ReplyFigures(latency_ms=_ms_since(turn.enqueued_at)),
+            )  # fmt: skip
+            await out.finish(text=texts.NOT_COVERED)
+            return True
         try:
-            built = build_prompt(self.backend, self.settings.system_prompt, messages, self._budget)
+            built, retrieval = self._prompt(messages, retrieval)
         except PromptTooLong as exc:
             await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
             return True
@@ -473,9 +484,36 @@ class Worker:
             await out.finish(error=note or texts.EMPTY_REPLY)
             return True
         # A reply stopped part-way is kept as it was shown: it is context for the next turn.
-        await self.store.record_reply(turn.conversation_id, turn.message_id, gen.text, figures)
+        footer = retrieval.footer() if retrieval is not None and not gen.stopped else ""
+        if footer:  # the sources it was given, after it: stored as shown
+            await out.add(footer)
+            await self.store.record_reply(
+                turn.conversation_id, turn.message_id, gen.text + footer, figures,
+                sources=retrieval.sources() if retrieval else (), body_chars=len(gen.text),
+            )  # fmt: skip
+        else:
+            await self.store.record_reply(turn.conversation_id, turn.message_id, gen.text, figures)
         await out.finish(error=note)
         return True
+
+    def _prompt(
+        self, messages: list[ChatMessage], retrieval: Retrieval | None
+    ) -> tuple[BuiltPrompt, Retrieval | None]:
+        """The turn's prompt, the retrieved passages in the message being answered. When the
+        message with its passages cannot fit, the weakest passages go, then all of them."""
+        system = self.settings.system_prompt
+        if retrieval is None or not retrieval.passages:
+            return build_prompt(self.backend, system, messages, self._budget), None
+        passages = list(retrieval.passages)
+        while True:
+            given = Retrieval(passages)
+            asked = [*messages[:-1], ChatMessage("user", given.user_turn(messages[-1].content))]
+            try:
+                return build_prompt(self.backend, system, asked, self._budget), given
+            except PromptTooLong:
+                if not passages:
+                    raise
+                passages.pop()
 
     async def _generate(self, turn: Turn, prompt: Prompt, out: _Coalescer) -> _Generated:
         """Stream the backend's reply into ``out`` until it ends or the user says /stop."""

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from frontdesk.clitools import err, fail, run, settings
 from frontdesk.engine.cli import queue
+from frontdesk.engine.knowledge.cli import kb
 from frontdesk.errors import FrontdeskError
 from frontdesk.storage.cli import register as register_log_commands
 
@@ -119,6 +120,7 @@ def _root(
 
 register_log_commands(app)  # after the run commands, so --help lists those first
 app.add_typer(queue, name="queue")
+app.add_typer(kb, name="kb")
 
 
 def _interactive() -> bool:

@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     # on SIGTERM: how long a worker finishes its turns, a gateway its replies, before handing over
     shutdown_grace_s: float = Field(10.0, ge=0)
 
+    # the knowledge base (`frontdesk kb`): on in every turn once it holds an article
+    kb_passages: int = Field(4, ge=1, le=50)  # passages retrieved per turn, at most
+    kb_max_tokens: int = Field(800, ge=50)  # of the prompt, at most, for passages
+    kb_min_score: float = Field(0.0, ge=0.0, lt=1.0)  # a passage must score above it
+    # None: strict once the knowledge base holds an article; strict: when no passage fits, say
+    # the help centre does not cover it instead of letting the model improvise
+    kb_strict: bool | None = None
+    kb_url_base: str | None = None  # a source's URL is this plus its path, unless it has its own
+
     greeting: str = "Hello! I'm an assistant. Ask me anything, or send /help."
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
@@ -157,6 +166,7 @@ class Settings(BaseSettings):
         "slack_app_token",
         "openai_model",
         "openai_api_key",
+        "kb_url_base",
         mode="before",
     )
     @classmethod

@@ -30,3 +30,8 @@ def too_long(length: int, limit: int) -> str:
 
 
 PROMPT_TOO_LONG = "That message is too long for me to read at once. Please shorten it."
+NOT_COVERED = (
+    "Sorry, our help centre doesn't cover that, so I'd rather not guess. "
+    "Could you put it another way?"
+)
+SOURCES = "Sources"  # before the list of help-centre articles a reply was given

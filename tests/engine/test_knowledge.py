@@ -1,0 +1,268 @@
+"""The knowledge base: files read along their structure, added idempotently, synced, searched
+on both databases, and used by the worker: the passage in the prompt's current user turn, the
+sources after the reply, and "not covered" instead of a guess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pypdf import PdfWriter
+
+from frontdesk import texts
+from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
+from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.engine.knowledge.chunks import MAX_TOKENS, MIN_TOKENS, chunk_events
+from frontdesk.engine.knowledge.documents import Heading, open_document
+from frontdesk.engine.knowledge.ingest import add_paths, sync_folder
+from frontdesk.storage import Store
+from tests.support import pipeline
+
+CLI = [sys.executable, "-m", "frontdesk.cli"]
+
+RETURNS = """---
+url: https://help.example.com/returns
+---
+# Returning an item
+
+You can send shoes back within 30 days of delivery for a full refund.
+
+## How to return
+
+Print the prepaid label from your account and drop the parcel at a post office.
+
+### Damaged parcels
+
+Photograph the damage before you send it back.
+
+## Refund timing
+
+Refunds reach your card within 5 business days after the parcel arrives.
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def kb_store(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_fresh: str
+) -> AsyncIterator[Store]:
+    """A store of this test's own on each database: the knowledge base is global."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}" if request.param == "sqlite" else pg_fresh
+    store = Store(url)
+    await store.start(migrate=True)
+    yield store
+    await store.stop()
+
+
+def test_markdown_gives_its_title_url_and_heading_paths(tmp_path: Path) -> None:
+    doc = open_document(write(tmp_path, "returns.md", RETURNS), "returns.md")
+    assert (doc.title, doc.url) == ("Returning an item", "https://help.example.com/returns")
+    headings = [e.path for e in doc.events() if isinstance(e, Heading)]
+    assert headings == [
+        (),
+        ("How to return",),
+        ("How to return", "Damaged parcels"),
+        ("Refund timing",),
+    ]
+    [chunk] = list(chunk_events(doc.title, doc.events()))  # short sections share one chunk
+    assert chunk.title == "Returning an item" and chunk.headings == ""
+    assert "Damaged parcels" in chunk.text and "5 business days" in chunk.text
+    assert "url:" not in chunk.text  # the front matter is not text
+
+
+def test_a_long_article_is_cut_along_its_sections_into_chunks_of_200_to_400_tokens(
+    tmp_path: Path,
+) -> None:
+    sentence = "Our couriers deliver parcels to every region on weekdays and Saturdays. "
+    sections = "".join(f"## Part {i}\n\n{sentence * 12}\n\n{sentence * 12}\n\n" for i in range(6))
+    doc = open_document(write(tmp_path, "long.md", f"# Delivery\n\n{sections}"), "long.md")
+    chunks = list(chunk_events(doc.title, doc.events()))
+    assert len(chunks) >= 5
+    assert all(c.n_tokens <= MAX_TOKENS for c in chunks)
+    assert all(c.n_tokens >= MIN_TOKENS for c in chunks[:-1])
+    assert chunks[0].headings == "Part 0" and chunks[-1].headings == "Part 5"
+
+
+def test_html_and_pdf_titles_and_text(tmp_path: Path) -> None:
+    page = (
+        "<html><head><title>Gift cards</title><style>p{}</style></head><body>"
+        "<h1>Gift cards</h1><p>A gift card is valid for <b>two years</b>.</p>"
+        "<h2>Balance</h2><p>See the balance in your account.</p><script>x()</script></body></html>"
+    )
+    doc = open_document(write(tmp_path, "gift.html", page), "gift.html")
+    [chunk] = list(chunk_events(doc.title, doc.events()))
+    assert doc.title == "Gift cards"
+    assert "valid for two years" in chunk.text and "x()" not in chunk.text
+
+    writer = PdfWriter()
+    writer.add_blank_page(200, 200)
+    with (tmp_path / "scan.pdf").open("wb") as f:
+        writer.write(f)
+    with pytest.raises(Exception, match=r"scan\.pdf: a PDF without text"):
+        open_document(tmp_path / "scan.pdf", "scan.pdf")
+
+
+async def test_add_is_idempotent_a_change_replaces_and_sync_removes_only_what_is_gone(
+    kb_store: Store, tmp_path: Path
+) -> None:
+    help_centre = tmp_path / "help"
+    write(help_centre, "returns.md", RETURNS)
+    write(help_centre, "policies/warranty.md", "# Warranty\n\nTwo years on every pair of shoes.\n")
+    (help_centre / "logo.md").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0binary")
+    other = write(tmp_path / "elsewhere", "faq.txt", "Opening hours are nine to five.\n")
+
+    first = await add_paths(kb_store, [help_centre, other])
+    assert sorted(first.added) == ["faq.txt", "policies/warranty.md", "returns.md"]
+    assert first.failed == ["logo.md: a binary file, not text"]  # named; the rest added
+    before = {h.chunk_id for h in await kb_store.kb_search("warranty shoes refund", limit=10)}
+
+    again = await add_paths(kb_store, [help_centre])
+    assert again.added == again.updated == [] and again.chunks == 0
+    assert sorted(again.unchanged) == ["policies/warranty.md", "returns.md"]
+    after = {h.chunk_id for h in await kb_store.kb_search("warranty shoes refund", limit=10)}
+    assert after == before  # nothing was rewritten
+
+    write(help_centre, "policies/warranty.md", "# Warranty\n\nThree years on boots now.\n")
+    changed = await add_paths(kb_store, [help_centre])
+    assert changed.updated == ["policies/warranty.md"]
+    [hit] = await kb_store.kb_search("warranty", limit=5)
+    assert "Three years" in hit.text and hit.source == "policies/warranty.md"
+
+    (help_centre / "returns.md").unlink()
+    synced = await sync_folder(kb_store, help_centre)
+    assert synced.removed == ["returns.md"]
+    names = [a.source for a in await kb_store.kb_sources()]
+    assert names == ["faq.txt", "policies/warranty.md"]  # faq.txt came from another folder
+    assert await kb_store.kb_search("refund parcel label") == []
+
+
+async def test_search_ranks_the_answering_article_first_and_reads_operators_as_words(
+    kb_store: Store, tmp_path: Path
+) -> None:
+    folder = tmp_path / "help"
+    write(folder, "returns.md", RETURNS)
+    write(folder, "shipping.md", "# Shipping\n\nParcels to Belgium take two days by bpost.\n")
+    write(folder, "sizes.md", "# Size guide\n\nMeasure your foot in centimetres.\n")
+    await add_paths(kb_store, [folder])
+    hits = await kb_store.kb_search("how long until my refund hits my card?")
+    assert hits[0].source == "returns.md"
+    assert hits[0].url == "https://help.example.com/returns"
+    assert all(0 < h.score < 1 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    for nasty in ['belgium" OR 1=1; --', "NEAR(belgium) AND -bpost*", "belgium'); DELETE"]:
+        [hit] = await kb_store.kb_search(nasty)  # just words: only shipping.md holds them
+        assert hit.source == "shipping.md"
+    assert await kb_store.kb_search("' OR '' = '") == []
+    assert len(await kb_store.kb_sources()) == 3
+
+
+class PromptRecorder(FixedReplyBackend):
+    """A fixed reply that records each prompt it is given."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.prompts: list[str] = []
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        self.prompts.append(prompt.text)
+        yield Chunk(self.reply)
+        yield Chunk("", Usage(prompt.n_tokens, 3, "stop"))
+
+
+async def test_a_turn_gets_the_passage_in_its_user_turn_and_the_reply_lists_its_source(
+    make_settings, tmp_path: Path
+) -> None:
+    settings = make_settings(engine="fixed", kb_url_base="https://help.example.com")
+    backend = PromptRecorder("Send them back within 30 days.")
+    async with pipeline(settings, backend) as p:
+        write(tmp_path / "help", "returns.md", RETURNS)
+        write(tmp_path / "help", "sizes.md", "# Size guide\n\nMeasure your foot.\n")
+        await add_paths(p.store, [tmp_path / "help"])
+        reply = await p.channel.say("I want to return my shoes, how?")
+        assert reply is not None
+        assert reply.text == (
+            "Send them back within 30 days.\n\n"
+            f"{texts.SOURCES}: [Returning an item](https://help.example.com/returns)"
+        )
+        system, user_turn = backend.prompts[0].split("<user>\n", 1)
+        assert "30 days of delivery" in user_turn and "30 days of delivery" not in system
+        assert user_turn.rstrip().endswith("I want to return my shoes, how?\n<assistant>")
+
+        follow_up = await p.channel.say("and how long does the refund take?")
+        assert follow_up is not None
+        # the earlier turn as it was stored: no passages, and the reply without its sources
+        earlier = backend.prompts[1].split("<user>\n")[1]
+        assert earlier.startswith("I want to return my shoes, how?\n<assistant>\n")
+        assert "Send them back within 30 days.\n<user>" in backend.prompts[1]
+        [conv] = await p.store.list_conversations(limit=1)
+        _c, messages = await p.store.conversation(conv.id)
+        assert [s["source"] for s in messages[1].sources] == ["returns.md"]
+        assert messages[1].content == reply.text  # stored as shown
+
+
+async def test_strict_mode_says_the_help_centre_does_not_cover_it_instead_of_guessing(
+    make_settings, tmp_path: Path
+) -> None:
+    settings = make_settings(engine="fixed")
+    backend = PromptRecorder("an improvised answer")
+    async with pipeline(settings, backend) as p:
+        write(tmp_path / "help", "returns.md", RETURNS)
+        await add_paths(p.store, [tmp_path / "help"])
+        uncovered = await p.channel.say("Can I pay with bitcoin?")
+        assert uncovered is not None and uncovered.text == texts.NOT_COVERED
+        assert backend.prompts == []  # the engine was not asked
+        greeting = await p.channel.say("hi!")  # no words to search for: small talk
+        assert greeting is not None and greeting.text == "an improvised answer"
+
+
+async def test_with_retrieval_each_prompt_extends_the_previous_one_up_to_its_user_message(
+    make_settings, tmp_path: Path
+) -> None:
+    settings = make_settings(engine="fixed", context_tokens=60_000)
+    backend = PromptRecorder("Here is what our help centre says.")
+    async with pipeline(settings, backend) as p:
+        write(tmp_path / "help", "returns.md", RETURNS)
+        await add_paths(p.store, [tmp_path / "help"])
+        for i in range(10):
+            await p.channel.say(f"question {i} about a refund for my parcel")
+    for before, now in zip(backend.prompts, backend.prompts[1:], strict=False):
+        shared = before[: before.rindex("<user>\n")]
+        assert now.startswith(shared)
+
+
+def test_the_cli_adds_lists_searches_as_json_and_exits_2_on_a_missing_path(
+    tmp_path: Path,
+) -> None:
+    env = {"FRONTDESK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}", "PATH": ""}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+
+    assert cli("db", "upgrade").returncode == 0
+    write(tmp_path / "help", "returns.md", RETURNS)
+    added = cli("kb", "add", str(tmp_path / "help"))
+    assert added.returncode == 0 and "1 added" in added.stdout
+    [hit] = json.loads(cli("kb", "search", "refund card", "--limit", "1", "--json").stdout)
+    assert set(hit) >= {"source", "title", "text", "score", "chunk_id"}
+    assert hit["source"] == "returns.md"
+    [article] = json.loads(cli("kb", "list", "--json").stdout)
+    assert article["title"] == "Returning an item"
+    missing = cli("kb", "add", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"error: no such file or folder: {tmp_path / 'nope'}"
+    ]
+    gone = cli("kb", "remove", "nope.md")
+    assert gone.returncode == 3 and "Traceback" not in gone.stderr
