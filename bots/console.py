@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import re
 import sys
 import uuid
 from typing import TYPE_CHECKING, TextIO
@@ -87,7 +88,7 @@ class ConsoleChannel:
             if delta.restart:  # what was printed cannot be taken back: say it starts over
                 self._write(f"\n{texts.ANSWERING_AGAIN}\n")
             if delta.text:
-                self._write(delta.text)
+                self._write(plain_links(delta.text))
             if delta.error:
                 self._write(("\n" if delta.text else "") + delta.error)
         self._write("\n")
@@ -95,3 +96,11 @@ class ConsoleChannel:
     def _write(self, text: str) -> None:
         self._out.write(text)
         self._out.flush()
+
+
+_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
+
+
+def plain_links(text: str) -> str:
+    """Markdown links (a reply's sources) as plain text for a terminal: ``title (url)``."""
+    return _LINK.sub(r"\1 (\2)", text)

@@ -55,6 +55,7 @@ EXPORT_COLUMNS = (
     "model",
     "status",
     "error",
+    "kb_sources",  # a reply given knowledge-base passages: those chunks, as JSON
 )
 
 
@@ -102,6 +103,7 @@ class Logs(SearchQueries, RetentionQueries, StatsQueries):
                 Message.model,
                 Message.status,
                 Message.error,
+                Message.kb_sources,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .where(and_(true(), *self._message_filters(filt)))

@@ -99,6 +99,9 @@ def show_conversation(
     found, stored = run(go())
     conv = masked_record(found, shown)
     messages = [masked_record(m, shown) for m in stored]
+    for record, message in zip(messages, stored, strict=True):
+        del record["kb_sources"]
+        record["sources"] = message.sources  # the knowledge-base chunks a reply was given
     if as_json or fmt is Format.json:
         print_json({"conversation": conv, "messages": messages})
         return
@@ -119,6 +122,8 @@ def show_conversation(
             ok = m["status"] == MessageStatus.OK
             body = m["content"] if ok else f"*{m['status']}: {m['error'] or ''}*"
             lines += ["", body, ""]
+            if m["sources"]:
+                lines += [f"*given: {_given(m['sources'])}*", ""]
         print("\n".join(lines).rstrip())
         return
     out.print(
@@ -134,6 +139,8 @@ def show_conversation(
             if m["status"] == MessageStatus.OK
             else Text(f"{m['status']}: {m['error'] or ''}", style="red")
         )
+        if m["sources"]:
+            text.append(f"\ngiven: {_given(m['sources'])}", style="dim")
         table.add_row(
             m["created_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
             plain(m["role"]),
@@ -143,6 +150,11 @@ def show_conversation(
             f"{m['latency_ms']:.0f}" if m["latency_ms"] is not None else "",
         )
     out.print(table)
+
+
+def _given(sources: list[dict[str, Any]]) -> str:
+    """The knowledge-base chunks a reply was given: ``source#chunk id`` each."""
+    return ", ".join(f"{s.get('source')}#{s.get('chunk_id')}" for s in sources)
 
 
 def _figures(m: dict[str, Any]) -> str:

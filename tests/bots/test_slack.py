@@ -527,3 +527,22 @@ async def test_socket_mode_answers_events_acked_over_the_socket(
     assert reply["thread_ts"] == event["event"]["ts"]
     assert len(fake.messages_in(SUPPORT)) == 1
     assert fake.count_acks() == 3
+
+
+async def test_a_reply_from_the_knowledge_base_links_its_source(
+    fake: FakeSlack, slack_settings, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from frontdesk.engine.knowledge.ingest import add_paths
+
+    (tmp_path / "help").mkdir()
+    (tmp_path / "help" / "returns.md").write_text(
+        "---\nurl: https://help.example.com/returns\n---\n# Returning an item\n\n"
+        "Send shoes back within 30 days for a refund.\n"
+    )
+    async with running(fake, slack_settings(), FixedReplyBackend("Within 30 days.")) as slack:
+        await add_paths(slack.p.store, [tmp_path / "help"])
+        await slack.send(fake.dm("how do I return my shoes"))
+        [message] = await slack.settled(DM)
+    assert message["text"] == (
+        f"Within 30 days.\n\n{texts.SOURCES}: <https://help.example.com/returns|Returning an item>"
+    )

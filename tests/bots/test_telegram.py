@@ -359,3 +359,22 @@ async def test_a_failed_update_is_logged_by_id_and_kind_never_its_text(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"telegram update {update.update_id} (message) failed" in logged
     assert "secret question" not in caplog.text
+
+
+async def test_a_reply_from_the_knowledge_base_links_its_source(
+    fake: FakeTelegram, tg_settings, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from frontdesk.engine.knowledge.ingest import add_paths
+
+    (tmp_path / "help").mkdir()
+    (tmp_path / "help" / "returns.md").write_text(
+        "---\nurl: https://help.example.com/returns\n---\n# Returning an item\n\n"
+        "Send shoes back within 30 days for a refund.\n"
+    )
+    async with running(tg_settings(), FixedReplyBackend("Within 30 days.")) as (p, _channel):
+        await add_paths(p.store, [tmp_path / "help"])
+        fake.private_message("how do I return my shoes")
+        [message] = await settled(fake, p, ALICE)
+    assert message["text"] == f"Within 30 days.\n\n{texts.SOURCES}: Returning an item"
+    [link] = [e for e in message["entities"] if e["type"] == "text_link"]
+    assert link["url"] == "https://help.example.com/returns"

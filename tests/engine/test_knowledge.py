@@ -20,6 +20,7 @@ from frontdesk.engine.knowledge.chunks import MAX_TOKENS, MIN_TOKENS, chunk_even
 from frontdesk.engine.knowledge.documents import Heading, open_document
 from frontdesk.engine.knowledge.ingest import add_paths, sync_folder
 from frontdesk.storage import Store
+from frontdesk.wire import InboundMessage
 from tests.support import pipeline
 
 CLI = [sys.executable, "-m", "frontdesk.cli"]
@@ -208,6 +209,23 @@ async def test_a_turn_gets_the_passage_in_its_user_turn_and_the_reply_lists_its_
         _c, messages = await p.store.conversation(conv.id)
         assert [s["source"] for s in messages[1].sources] == ["returns.md"]
         assert messages[1].content == reply.text  # stored as shown
+    env = {"FRONTDESK_DATABASE_URL": settings.database_url, "PATH": ""}
+    shown = subprocess.run(
+        [*CLI, "conversations", "show", str(conv.id), "--json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    given = json.loads(shown.stdout)["messages"][1]["sources"]
+    assert [(g["source"], g["chunk_id"]) for g in given] == [
+        ("returns.md", messages[1].sources[0]["chunk_id"])
+    ]
+    exported = subprocess.run(
+        [*CLI, "export", "--format", "jsonl"], env=env, capture_output=True, text=True, timeout=60
+    )
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [json.loads(r["kb_sources"])[0]["source"] for r in rows if r["kb_sources"]] == [
+        "returns.md",
+        "returns.md",
+    ]
 
 
 async def test_strict_mode_says_the_help_centre_does_not_cover_it_instead_of_guessing(
@@ -266,3 +284,33 @@ def test_the_cli_adds_lists_searches_as_json_and_exits_2_on_a_missing_path(
     ]
     gone = cli("kb", "remove", "nope.md")
     assert gone.returncode == 3 and "Traceback" not in gone.stderr
+
+
+async def test_the_console_shows_the_source_as_plain_text(make_settings, tmp_path: Path) -> None:
+    import io
+
+    from frontdesk.bots.console import ConsoleChannel
+
+    settings = make_settings(engine="fixed")
+    printed = io.StringIO()
+    console = ConsoleChannel(stdin=io.StringIO(""), stdout=printed, user="ada")
+    async with pipeline(settings, PromptRecorder("Within 30 days."), channels=[console]) as p:
+        write(tmp_path / "help", "returns.md", RETURNS)
+        await add_paths(p.store, [tmp_path / "help"])
+        reply = await p.gateway.handle(console_message("how do I return my shoes"), console)
+        assert reply is not None
+        await reply
+    assert printed.getvalue().endswith(
+        f"Within 30 days.\n\n{texts.SOURCES}: Returning an item (https://help.example.com/returns)\n"
+    )
+
+
+def console_message(text: str) -> InboundMessage:
+    return InboundMessage(
+        platform="console",
+        chat_id="ada",
+        user_id="ada",
+        user_name="ada",
+        message_id="m1",
+        text=text,
+    )
