@@ -25,8 +25,16 @@ class BuiltPrompt:
     dropped: int
 
 
+ANCHOR_EVERY = 64  # messages: a long conversation's cuts are counted from these positions
+
+
 def build_prompt(
-    backend: Backend, system_prompt: str, history: Sequence[ChatMessage], budget: int
+    backend: Backend,
+    system_prompt: str,
+    history: Sequence[ChatMessage],
+    budget: int,
+    *,
+    offset: int = 0,
 ) -> BuiltPrompt:
     """The system prompt and the newest part of ``history`` (oldest first, ending with the
     message to answer) that fits ``budget`` tokens, cut where earlier turns were cut.
@@ -37,7 +45,13 @@ def build_prompt(
     which never change, so every turn (on any worker) cuts at the same places, and the prompt's
     prefix stays the same for many turns: an engine's prefix cache keeps hitting, where a window
     sliding one turn at a time would shift the prompt, and miss, on every turn. Kept history
-    starts on a user message. Raises PromptTooLong if the last message alone does not fit."""
+    starts on a user message. Raises PromptTooLong if the last message alone does not fit.
+
+    ``history`` may be the newest part of a longer conversation, whose first message is the
+    conversation's message number ``offset``. Cuts are then counted from the first message whose
+    number is a multiple of ``ANCHOR_EVERY``, so they stay where they are while the part read
+    moves along with the conversation (a cut counted from the start of what was read would move
+    on every turn). ``BuiltPrompt.dropped`` then counts from the start of ``history``."""
     if not history:
         raise ValueError("nothing to answer: history is empty")
     system = [ChatMessage("system", system_prompt)] if system_prompt else []
@@ -52,7 +66,8 @@ def build_prompt(
             f"the message needs {smallest.n_tokens} tokens with the system prompt; "
             f"the budget is {budget}"
         )
-    start = 0
+    start = -offset % ANCHOR_EVERY if offset else 0
+    start = min(start, last)
     while True:
         while start < last and history[start].role != "user":
             start += 1

@@ -45,12 +45,12 @@ from frontdesk.errors import (
     StorageUnavailable,
 )
 from frontdesk.settings import Settings
-from frontdesk.storage import AwaitingMessage, MessageStatus, ReplyFigures, Store
+from frontdesk.storage import AwaitingMessage, MessageStatus, ReplyFigures, Store, TurnMessage
 from frontdesk.supervisor import Supervisor, TaskFailed
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
-from .context import BuiltPrompt, build_prompt
+from .context import ANCHOR_EVERY, BuiltPrompt, build_prompt
 from .knowledge import Retrieval, Retriever
 from .queue import Delivery, TurnQueue
 
@@ -454,7 +454,7 @@ class Worker:
             await out.finish(text=texts.NOT_COVERED)
             return True
         try:
-            built, retrieval = self._prompt(messages, retrieval)
+            built, retrieval = await self._prompt(turn, history, retrieval)
         except PromptTooLong as exc:
             await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
             return True
@@ -496,20 +496,41 @@ class Worker:
         await out.finish(error=note)
         return True
 
-    def _prompt(
-        self, messages: list[ChatMessage], retrieval: Retrieval | None
+    async def _prompt(
+        self, turn: Turn, history: list[TurnMessage], retrieval: Retrieval | None
     ) -> tuple[BuiltPrompt, Retrieval | None]:
         """The turn's prompt, the retrieved passages in the message being answered. When the
-        message with its passages cannot fit, the weakest passages go, then all of them."""
-        system = self.settings.system_prompt
+        message with its passages cannot fit, the weakest passages go, then all of them.
+
+        A conversation longer than what was read (``HISTORY_LIMIT`` messages): the prompt's cuts
+        are counted from stored positions (``build_prompt``'s ``offset``), and when everything
+        read fits, more is read, so the read limit never decides where the prompt starts."""
+        limit = HISTORY_LIMIT
+        while True:
+            offset = 0
+            if len(history) >= limit:  # there may be more before what was read
+                offset = await self.store.messages_before(turn.conversation_id, history[0].id)
+            messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
+            built, given = self._fitted(messages, retrieval, offset)
+            if not offset or built.dropped > _first_anchor(messages, offset):
+                return built, given
+            limit *= 4  # all of it fits from the first cut: read further back
+            _existing, history = await self.store.turn_context(
+                turn.conversation_id, turn.message_id, limit=limit
+            )
+
+    def _fitted(
+        self, messages: list[ChatMessage], retrieval: Retrieval | None, offset: int
+    ) -> tuple[BuiltPrompt, Retrieval | None]:
+        system, budget = self.settings.system_prompt, self._budget
         if retrieval is None or not retrieval.passages:
-            return build_prompt(self.backend, system, messages, self._budget), None
+            return build_prompt(self.backend, system, messages, budget, offset=offset), None
         passages = list(retrieval.passages)
         while True:
             given = Retrieval(passages)
             asked = [*messages[:-1], ChatMessage("user", given.user_turn(messages[-1].content))]
             try:
-                return build_prompt(self.backend, system, asked, self._budget), given
+                return build_prompt(self.backend, system, asked, budget, offset=offset), given
             except PromptTooLong:
                 if not passages:
                     raise
@@ -611,6 +632,14 @@ class Worker:
             await action
         except Exception as exc:
             log.warning("queue or storage step failed: %r", exc)
+
+
+def _first_anchor(messages: list[ChatMessage], offset: int) -> int:
+    """Where ``build_prompt`` starts counting cuts in ``messages`` read from ``offset``."""
+    start = min(-offset % ANCHOR_EVERY, len(messages) - 1)
+    while start < len(messages) - 1 and messages[start].role != "user":
+        start += 1
+    return start
 
 
 def _message_id(delivery: Delivery) -> int:

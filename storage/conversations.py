@@ -378,6 +378,16 @@ class Conversations(Database):
         history.reverse()
         return reply, history
 
+    async def messages_before(self, conversation_id: int, message_id: int) -> int:
+        """How many good messages of the conversation come before ``message_id``: the stored
+        position of a message, which does not move as the conversation grows (an index-only
+        count, asked only of conversations longer than a prompt reads)."""
+        async with self.connect() as conn:
+            found = await conn.scalar(
+                _COUNT_BEFORE, {"conversation_id": conversation_id, "message_id": message_id}
+            )
+        return int(found or 0)
+
     async def mark_answered(self, message_id: int) -> None:
         """The message has its reply (found stored on a redelivery): it awaits nothing more."""
         async with self.connect() as conn:
@@ -526,6 +536,15 @@ _SELECT_TURN_CONTEXT = union_all(
         Message.id > bindparam("message_id"),
         Message.reply_to_id <= bindparam("message_id"),
     ),
+)
+_COUNT_BEFORE = (
+    select(func.count())
+    .select_from(Message)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        Message.id < bindparam("message_id"),
+        Message.status == MessageStatus.OK,
+    )
 )
 _SELECT_DEDUPE = select(Message.id).where(Message.dedupe_key == bindparam("dedupe_key"))
 _AWAITING_COLUMNS = (Message.conversation_id, Message.id, Message.reply_route)

@@ -4,6 +4,7 @@ sources after the reply, and "not covered" instead of a guess."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -210,17 +211,18 @@ async def test_a_turn_gets_the_passage_in_its_user_turn_and_the_reply_lists_its_
         assert [s["source"] for s in messages[1].sources] == ["returns.md"]
         assert messages[1].content == reply.text  # stored as shown
     env = {"FRONTDESK_DATABASE_URL": settings.database_url, "PATH": ""}
-    shown = subprocess.run(
-        [*CLI, "conversations", "show", str(conv.id), "--json"],
+    shown = await asyncio.to_thread(
+        subprocess.run, [*CLI, "conversations", "show", str(conv.id), "--json"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     given = json.loads(shown.stdout)["messages"][1]["sources"]
     assert [(g["source"], g["chunk_id"]) for g in given] == [
         ("returns.md", messages[1].sources[0]["chunk_id"])
     ]
-    exported = subprocess.run(
-        [*CLI, "export", "--format", "jsonl"], env=env, capture_output=True, text=True, timeout=60
-    )
+    exported = await asyncio.to_thread(
+        subprocess.run, [*CLI, "export", "--format", "jsonl"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [json.loads(r["kb_sources"])[0]["source"] for r in rows if r["kb_sources"]] == [
         "returns.md",

@@ -135,6 +135,31 @@ async def test_a_20_turn_conversation_hits_the_prefix_cache(
     assert queried > 0 and hit / queried > 0.5  # vLLM's own counters: most prompt tokens hit
 
 
+async def test_a_300_message_conversation_keeps_hitting_the_prefix_cache(
+    vllm: VLLMBackend, make_settings
+) -> None:
+    """Past the 200 messages a prompt reads at first, its start is counted from stored
+    positions, not from where the read began: vLLM's own counters say most prompt tokens hit."""
+    from frontdesk.storage import ReplyFigures
+
+    settings = make_settings(engine="vllm", max_new_tokens=8, temperature=0.0)
+    async with pipeline(settings, vllm) as p:
+        for n in range(145):  # 290 messages stored already
+            recorded = await p.store.record_user_message(p.channel.message(f"Q{n}: a colour?"))
+            assert recorded is not None
+            await p.store.record_reply(
+                recorded.conversation_id, recorded.message_id, f"A{n}: blue.", ReplyFigures()
+            )
+        await p.channel.say("Warm-up: a colour, please.")
+        queries_before, hits_before = vllm.prefix_cache()
+        for n in range(10):
+            reply = await p.channel.say(f"Question {n}: name a colour, please.")
+            assert reply is not None and reply.error is None
+    queries, hits = vllm.prefix_cache()
+    queried, hit = queries - queries_before, hits - hits_before
+    assert queried > 0 and hit / queried >= 0.6
+
+
 async def test_when_the_engine_core_dies_mid_turn_another_worker_answers_it_once(
     hf_model_dir: Path, make_settings, redis_url: str, queue_prefix: str, tmp_path: Path
 ) -> None:

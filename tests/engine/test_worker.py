@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from frontdesk.engine.worker import ATTEMPTS_PER_REQUEUE, Worker, sweep_revival
 from frontdesk.errors import QueueUnavailable
 from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn
-from tests.support import DiesMidway, RecordingChannel, pipeline, until
+from tests.support import DiesMidway, Pipeline, RecordingChannel, pipeline, until
 
 
 class FailingBackend(FixedReplyBackend):
@@ -671,3 +672,46 @@ async def test_a_gateway_whose_id_another_process_took_stops_at_its_next_renewal
         assert "another process took gateway id gw-a" in str(failed)
         await p.gateway.stop()
         assert await p.queue.redis.get(lease) == "a take-over"  # stopping, it lets nobody's go
+
+
+async def seed_conversation(p: Pipeline, pairs: int) -> None:
+    """``pairs`` answered questions already stored in the channel's chat."""
+    for n in range(pairs):
+        recorded = await p.store.record_user_message(p.channel.message(f"Q{n}: a colour?"))
+        assert recorded is not None
+        await p.store.record_reply(
+            recorded.conversation_id, recorded.message_id, f"A{n}: blue.", ReplyFigures()
+        )
+
+
+async def test_past_the_read_limit_prompts_still_share_their_prefix_turn_after_turn(
+    make_settings,
+) -> None:
+    """A 300-message conversation whose newest 200 messages fit the budget: the prompt does not
+    start where the read began (that start moves two messages every turn: the naive sliding
+    window again); its cuts are counted from stored positions, so ten turns share a prefix."""
+    settings = make_settings(engine="fixed", context_tokens=6000, max_new_tokens=16)
+    backend = RecordingPrompts("ok")
+    async with pipeline(settings, backend) as p:
+        await seed_conversation(p, 145)
+        for n in range(10):
+            reply = await p.channel.say(f"Question {n}?")
+            assert reply is not None and reply.text == "ok"
+    breaks = 0
+    for before, now in itertools.pairwise(backend.prompts):
+        shared = before[: before.rindex("<user>\n")]
+        breaks += not now.startswith(shared)
+    assert breaks <= 1
+    assert all(len(prompt.split()) <= 6000 - 16 for prompt in backend.prompts)
+    assert "Q0: a colour?" in backend.prompts[0]  # more was read than the newest 200
+
+
+class RecordingPrompts(FixedReplyBackend):
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.prompts: list[str] = []
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        self.prompts.append(prompt.text)
+        async for chunk in super().stream(prompt, params):
+            yield chunk
