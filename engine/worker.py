@@ -52,6 +52,7 @@ from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 from .backends import Backend, GenerationParams, Prompt, Usage
 from .context import ANCHOR_EVERY, BuiltPrompt, build_prompt
 from .knowledge import Retrieval, Retriever
+from .knowledge.embeddings import make_embedder
 from .queue import Delivery, TurnQueue
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ class Worker:
         self._room = asyncio.Event()
         self._stopping = False
         self._stops: dict[str, asyncio.Event] = {}  # turn id -> set when the user said /stop
-        self.retriever = Retriever(settings, store)  # the knowledge base, beside the context
+        # the knowledge base, beside the context builder (the backend never sees the database)
+        self.retriever = Retriever(settings, store, make_embedder(settings))
         self.turns_done = 0
         self.swept = 0  # messages the sweep queued again
         # resolved with the error when the engine dies (made in start): the process must go

@@ -86,7 +86,10 @@ def mask(text: str) -> str:
 
 def secrets_of(settings: Settings) -> list[str | None]:
     """Every secret ``settings`` holds."""
-    urls = [settings.database_url, settings.redis_url, *settings.openai_base_urls]
+    urls = [
+        settings.database_url, settings.redis_url, settings.embeddings_url,
+        *settings.openai_base_urls,
+    ]  # fmt: skip
     return [
         settings.telegram_token,
         settings.telegram_webhook_secret,
@@ -94,6 +97,7 @@ def secrets_of(settings: Settings) -> list[str | None]:
         settings.slack_app_token,
         settings.slack_signing_secret,
         settings.openai_api_key,
+        settings.embeddings_api_key,
         *(url_password(url) for url in urls if url),
     ]
 

@@ -108,7 +108,17 @@ class Settings(BaseSettings):
     # the knowledge base (`frontdesk kb`): on in every turn once it holds an article
     kb_passages: int = Field(4, ge=1, le=50)  # passages retrieved per turn, at most
     kb_max_tokens: int = Field(800, ge=50)  # of the prompt, at most, for passages
-    kb_min_score: float = Field(0.0, ge=0.0, lt=1.0)  # a passage must score above it
+    # a passage must score above it: BM25's score, or with embeddings the cosine similarity;
+    # None: 0.0 for BM25 alone, 0.3 with embeddings
+    kb_min_score: float | None = Field(None, ge=0.0, lt=1.0)
+    embeddings: Literal["none", "local", "openai"] = "none"
+    # local: a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2); openai:
+    # the model name the server knows
+    embeddings_model: str | None = None
+    embeddings_url: str | None = None  # openai: the server's base URL, ending in /v1
+    embeddings_api_key: str | None = None
+    # with embeddings: hybrid (reciprocal rank fusion of BM25 and dense), or one of them alone
+    kb_ranking: Literal["hybrid", "bm25", "dense"] = "hybrid"
     # None: strict once the knowledge base holds an article; strict: when no passage fits, say
     # the help centre does not cover it instead of letting the model improvise
     kb_strict: bool | None = None
@@ -167,6 +177,9 @@ class Settings(BaseSettings):
         "openai_model",
         "openai_api_key",
         "kb_url_base",
+        "embeddings_model",
+        "embeddings_url",
+        "embeddings_api_key",
         mode="before",
     )
     @classmethod

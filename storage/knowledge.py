@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 
 from .database import Database
-from .models import KbChunk, KbSource, utcnow
+from .models import KbChunk, KbSource, KbVector, utcnow
 from .search import search_words
 
 INSERT_BATCH = 500  # chunks per INSERT while an article is written
@@ -214,3 +214,71 @@ class Knowledge(Database):
                              round(score, 6))
             )  # fmt: skip
         return hits
+
+    # -- dense vectors ---------------------------------------------------------------------------
+
+    async def kb_unembedded(self, model: str, limit: int = 256) -> list[tuple[int, str]]:
+        """Chunks with no vector under ``model`` yet: (chunk id, the text to embed)."""
+        stmt = (
+            select(KbChunk.id, KbChunk.title, KbChunk.headings, KbChunk.text)
+            .outerjoin(KbVector, (KbVector.chunk_id == KbChunk.id) & (KbVector.model == model))
+            .where(KbVector.chunk_id.is_(None))
+            .order_by(KbChunk.id)
+            .limit(limit)
+        )
+        async with self.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(row[0], _embedded_text(row[1], row[2], row[3])) for row in rows]
+
+    async def kb_put_vectors(self, model: str, vectors: Sequence[tuple[int, bytes]]) -> None:
+        """Store each chunk's vector under ``model`` (a chunk deleted meanwhile is skipped)."""
+        if not vectors:
+            return
+        ids = [chunk_id for chunk_id, _ in vectors]
+        async with self.transaction() as conn:
+            live = set((await conn.scalars(select(KbChunk.id).where(KbChunk.id.in_(ids)))).all())
+            rows = [{"chunk_id": c, "model": model, "vector": v} for c, v in vectors if c in live]
+            if rows:
+                await conn.execute(insert(KbVector), rows)
+
+    async def kb_vectors(self, model: str) -> list[tuple[int, bytes]]:
+        """Every chunk's vector under ``model``, by chunk id."""
+        stmt = (
+            select(KbVector.chunk_id, KbVector.vector)
+            .where(KbVector.model == model)
+            .order_by(KbVector.chunk_id)
+        )
+        async with self.connect() as conn:
+            return [(row[0], bytes(row[1])) for row in (await conn.execute(stmt)).all()]
+
+    async def kb_vectors_version(self, model: str) -> tuple[int, int]:
+        """How many vectors ``model`` has and the highest chunk id among them: a change in
+        either means the worker's index is stale."""
+        stmt = select(func.count(), func.max(KbVector.chunk_id)).where(KbVector.model == model)
+        async with self.connect() as conn:
+            count, highest = (await conn.execute(stmt)).one()
+        return int(count or 0), int(highest or 0)
+
+    async def kb_chunks(self, chunk_ids: Sequence[int]) -> dict[int, KnowledgeHit]:
+        """The chunks by id (score 0: the caller scores them)."""
+        if not chunk_ids:
+            return {}
+        stmt = (
+            select(
+                KbChunk.id, KbSource.source, KbSource.title, KbSource.url, KbChunk.headings,
+                KbChunk.text, KbChunk.n_tokens,
+            )
+            .join(KbSource, KbSource.id == KbChunk.source_id)
+            .where(KbChunk.id.in_(list(chunk_ids)))
+        )  # fmt: skip
+        async with self.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {
+            row[0]: KnowledgeHit(row[0], row[1], row[2], row[3], row[4], row[5], row[6], 0.0)
+            for row in rows
+        }
+
+
+def _embedded_text(title: str, headings: str, text: str) -> str:
+    """What a chunk's vector is made of: where it sits in its article, then its text."""
+    return " > ".join(part for part in (title, headings) if part) + "\n" + text

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -173,3 +174,15 @@ class KbChunk(Base):
     n_tokens: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_kb_chunks_source_position", "source_id", "position"),)
+
+
+class KbVector(Base):
+    """A chunk's embedding under one model: normalised float32 bytes (0008)."""
+
+    __tablename__ = "kb_vectors"
+
+    chunk_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("kb_chunks.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

@@ -19,6 +19,7 @@ from frontdesk.clitools import err, fail, out, print_json, run, settings
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 
+from .embeddings import embed_missing, make_embedder
 from .ingest import Outcome, add_paths, sync_folder
 
 kb = typer.Typer(
@@ -54,6 +55,13 @@ def _ingest(
     async def main() -> Outcome:
         async with _store(cfg) as store:
             result: Outcome = await go(store, advance)
+            embedder = make_embedder(cfg)
+            if embedder is not None:  # vectors for the chunks just written
+                embedding = progress.add_task("embedding", total=None)
+                result.embedded = await embed_missing(
+                    store, embedder, lambda n: progress.update(embedding, advance=n)
+                )
+                await getattr(embedder, "close", _nothing)()
             return result
 
     try:
@@ -71,7 +79,12 @@ def _ingest(
         summary += f", {len(outcome.removed)} removed"
     if outcome.failed:
         summary += f", {len(outcome.failed)} skipped"
-    out.print(Text(f"{summary} ({outcome.chunks} chunks written)"))
+    embedded = f", {outcome.embedded} embedded" if outcome.embedded else ""
+    out.print(Text(f"{summary} ({outcome.chunks} chunks written{embedded})"))
+
+
+async def _nothing() -> None:
+    pass
 
 
 def _size(path: Path) -> int:

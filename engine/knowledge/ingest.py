@@ -27,6 +27,7 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one line each: the file, and why
     chunks: int = 0  # chunks written
+    embedded: int = 0  # chunks given a vector
 
 
 async def add_paths(

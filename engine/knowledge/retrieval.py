@@ -13,6 +13,7 @@ The engine never sees the database: the worker hands the backend a prompt, passa
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,14 +88,32 @@ def _label(hit: KnowledgeHit) -> str:
     return " > ".join(part for part in (hit.title, hit.headings) if part)
 
 
+CANDIDATES = 20  # hits taken from each ranking before they are fused
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al.)
+
+
 class Retriever:
     """Finds a turn's passages in the knowledge base of ``store``, within the settings'
-    limits. Knows every ``KB_CHECK_EVERY_S`` whether there is a knowledge base at all."""
+    limits: BM25 alone, or with embeddings (``FRONTDESK_EMBEDDINGS``) BM25 and dense vectors
+    fused by reciprocal rank (``FRONTDESK_KB_RANKING``). Knows every ``KB_CHECK_EVERY_S``
+    whether there is a knowledge base at all."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, embedder: Any = None) -> None:
         self.settings, self.store = settings, store
+        self.embedder = embedder
+        self._index: Any = None
+        if embedder is not None:
+            from .embeddings import DenseIndex
+
+            self._index = DenseIndex(store, embedder.model)
         self._articles = 0
         self._checked_at = float("-inf")
+
+    @property
+    def min_score(self) -> float:
+        if self.settings.kb_min_score is not None:
+            return self.settings.kb_min_score
+        return 0.3 if self.embedder is not None else 0.0
 
     async def active(self) -> bool:
         now = time.monotonic()
@@ -114,14 +133,49 @@ class Retriever:
             return None
         if not set(search_words(message)) - SMALL_TALK:
             return Retrieval(searched=False)
-        hits = await self.store.kb_search(message, limit=self.settings.kb_passages)
+        mode = self.settings.kb_ranking if self.embedder is not None else "bm25"
         kept: list[KnowledgeHit] = []
         tokens = 0
-        for hit in hits:
-            if hit.score <= self.settings.kb_min_score:
+        for hit in await self.rank(message, mode, self.settings.kb_passages):
+            if hit.score <= self.min_score:
                 continue
             if tokens + hit.n_tokens > self.settings.kb_max_tokens:
                 break  # the passages' own cap: the best ones first
             kept.append(hit)
             tokens += hit.n_tokens
         return Retrieval(kept)
+
+    async def rank(self, message: str, mode: str, limit: int) -> list[KnowledgeHit]:
+        """The best ``limit`` chunks for ``message`` by ``mode`` (bm25, dense or hybrid). With
+        embeddings, each hit's score is its cosine similarity with the message; else BM25's."""
+        if mode == "bm25" or self.embedder is None:
+            return await self.store.kb_search(message, limit=limit)
+        query = (await self.embedder.embed([message]))[0]
+        dense = await self._index.search(query, CANDIDATES if mode == "hybrid" else limit)
+        if mode == "dense":
+            order = [chunk_id for chunk_id, _ in dense]
+            lexical: dict[int, KnowledgeHit] = {}
+        else:
+            bm25 = await self.store.kb_search(message, limit=CANDIDATES)
+            lexical = {hit.chunk_id: hit for hit in bm25}
+            order = fuse([[hit.chunk_id for hit in bm25], [chunk_id for chunk_id, _ in dense]])
+        order = order[:limit]
+        cosine = dict(dense)
+        missing = [chunk_id for chunk_id in order if chunk_id not in cosine]
+        cosine.update(await self._index.similarity(missing, query))
+        rows = {**lexical, **await self.store.kb_chunks([c for c in order if c not in lexical])}
+        return [
+            dataclasses.replace(rows[c], score=round(cosine.get(c, 0.0), 6))
+            for c in order
+            if c in rows
+        ]
+
+
+def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
+    """Reciprocal rank fusion: each id scores the sum of 1 / (k + rank) over the rankings that
+    hold it; best first (ties: in the first ranking's order)."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores, key=lambda item: -scores[item])
