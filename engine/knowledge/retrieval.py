@@ -14,15 +14,18 @@ The engine never sees the database: the worker hands the backend a prompt, passa
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from frontdesk import texts
+from frontdesk.errors import EngineUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import KnowledgeHit, Store
 from frontdesk.storage.search import search_words
 
+log = logging.getLogger(__name__)
 KB_CHECK_EVERY_S = 30.0  # how often a worker looks whether a knowledge base exists
 # Words of small talk: a message of only these (and stopwords) asks the help centre nothing,
 # so strict mode lets the model answer it ("hi", "thanks!", "ok bye")
@@ -136,8 +139,10 @@ class Retriever:
         mode = self.settings.kb_ranking if self.embedder is not None else "bm25"
         kept: list[KnowledgeHit] = []
         tokens = 0
-        for hit in await self.rank(message, mode, self.settings.kb_passages):
-            if hit.score <= self.min_score:
+        hits, by_cosine = await self.ranked(message, mode, self.settings.kb_passages)
+        floor = self.min_score if by_cosine or self.settings.kb_min_score is not None else 0.0
+        for hit in hits:
+            if hit.score <= floor:
                 continue
             if tokens + hit.n_tokens > self.settings.kb_max_tokens:
                 break  # the passages' own cap: the best ones first
@@ -146,11 +151,19 @@ class Retriever:
         return Retrieval(kept)
 
     async def rank(self, message: str, mode: str, limit: int) -> list[KnowledgeHit]:
-        """The best ``limit`` chunks for ``message`` by ``mode`` (bm25, dense or hybrid). With
-        embeddings, each hit's score is its cosine similarity with the message; else BM25's."""
+        """The best ``limit`` chunks for ``message`` by ``mode`` (bm25, dense or hybrid)."""
+        return (await self.ranked(message, mode, limit))[0]
+
+    async def ranked(self, message: str, mode: str, limit: int) -> tuple[list[KnowledgeHit], bool]:
+        """``rank``, and whether the hits' scores are cosine similarities (with embeddings)
+        rather than BM25's."""
         if mode == "bm25" or self.embedder is None:
-            return await self.store.kb_search(message, limit=limit)
-        query = (await self.embedder.embed([message]))[0]
+            return await self.store.kb_search(message, limit=limit), False
+        try:
+            query = (await self.embedder.embed([message]))[0]
+        except EngineUnavailable as exc:  # the turn is still answered, from BM25
+            log.warning("embeddings unavailable, BM25 alone for this turn: %s", exc)
+            return await self.store.kb_search(message, limit=limit), False
         dense = await self._index.search(query, CANDIDATES if mode == "hybrid" else limit)
         if mode == "dense":
             order = [chunk_id for chunk_id, _ in dense]
@@ -164,11 +177,12 @@ class Retriever:
         missing = [chunk_id for chunk_id in order if chunk_id not in cosine]
         cosine.update(await self._index.similarity(missing, query))
         rows = {**lexical, **await self.store.kb_chunks([c for c in order if c not in lexical])}
-        return [
+        hits = [
             dataclasses.replace(rows[c], score=round(cosine.get(c, 0.0), 6))
             for c in order
             if c in rows
         ]
+        return hits, True
 
 
 def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[int]:

