@@ -21,6 +21,7 @@ from frontdesk.storage import Store
 
 from .embeddings import embed_missing, make_embedder
 from .ingest import Outcome, add_paths, sync_folder
+from .retrieval import Retriever
 
 kb = typer.Typer(
     help="The knowledge base: help-centre articles the bot answers from.", no_args_is_help=True
@@ -168,12 +169,18 @@ def search(
     limit: Annotated[int, typer.Option(min=1, max=100, help="At most this many hits.")] = 5,
     as_json: JsonOpt = False,
 ) -> None:
-    """The passages that best match QUERY, best first, as the bot would retrieve them."""
+    """The passages that best match QUERY, best first, as the bot would retrieve them (BM25, or
+    with embeddings FRONTDESK_KB_RANKING; scores are then cosine similarities)."""
     cfg = settings(ctx)
 
     async def main() -> list[Any]:
         async with _store(cfg) as store:
-            return await store.kb_search(query, limit=limit)
+            embedder = make_embedder(cfg)
+            retriever = Retriever(cfg, store, embedder)
+            try:
+                return await retriever.rank(query, cfg.kb_ranking, limit)
+            finally:
+                await getattr(embedder, "close", _nothing)()
 
     hits = run(main())
     if as_json:
