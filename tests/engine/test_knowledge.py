@@ -316,3 +316,28 @@ def console_message(text: str) -> InboundMessage:
         message_id="m1",
         text=text,
     )
+
+
+async def test_a_huge_file_is_added_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}")
+    await store.start(migrate=True)
+    paragraph = ("Our couriers deliver parcels on weekdays and on Saturdays. " * 6).strip()
+    huge = tmp_path / "huge.md"
+    with huge.open("w") as f:
+        f.write("# A very long manual\n\n")
+        for i in range(20_000):
+            if i % 50 == 0:
+                f.write(f"## Chapter {i // 50}\n\n")
+            f.write(f"{paragraph} ({i})\n\n")
+    size = huge.stat().st_size
+    tracemalloc.start()
+    try:
+        outcome = await add_paths(store, [huge])
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await store.stop()
+    assert outcome.added == ["huge.md"] and outcome.chunks > 2_000
+    assert size > 7_000_000 and peak < size / 2  # never the whole file, nor all its chunks
