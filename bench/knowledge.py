@@ -40,7 +40,7 @@ from frontdesk.bots import Gateway
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.knowledge.embeddings import LocalEmbedder, embed_missing, packaged_model
 from frontdesk.engine.knowledge.ingest import add_paths
-from frontdesk.engine.knowledge.retrieval import Retriever
+from frontdesk.engine.knowledge.retrieval import Retriever, rewritten
 from frontdesk.engine.queue import LocalQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.settings import Settings
@@ -74,6 +74,51 @@ async def quality(retriever: Retriever, mode: str) -> tuple[float, float, float]
             reciprocal += 1 / rank
     n = len(asked)
     return at1 / n, at3 / n, reciprocal / n
+
+
+def followups() -> list[tuple[str, str, str]]:
+    lines = (HERE / "followups.jsonl").read_text().splitlines()
+    return [(q["previous"], q["followup"], q["source"]) for q in map(json.loads, lines) if q]
+
+
+async def hit3(retriever: Retriever, mode: str, asked: list[tuple[str, str]]) -> float:
+    found = 0
+    for question, source in asked:
+        ranked: list[str] = []
+        for hit in await retriever.rank(question, mode, 10):
+            if hit.source not in ranked:
+                ranked.append(hit.source)
+        found += source in ranked[:3]
+    return found / len(asked)
+
+
+async def rewrites(retriever: Retriever) -> dict[str, dict[str, float]]:
+    """hit@3 of follow-ups ("and for Belgium?") searched alone, with the previous user message
+    before them, and with it only when the follow-up is short; and what the same rules cost a
+    question that changes the subject (a random earlier question before it)."""
+    pairs = followups()
+    rng = random.Random(7)
+    switches = [(rng.choice(questions())[0], q, s) for q, s in questions()]
+    figures: dict[str, dict[str, float]] = {}
+    for mode in MODES:
+        row: dict[str, float] = {}
+        for name, rule in REWRITES.items():
+            row[f"followup {name}"] = await hit3(
+                retriever, mode, [(rule(prev, q), s) for prev, q, s in pairs]
+            )
+            row[f"switch {name}"] = await hit3(
+                retriever, mode, [(rule(prev, q), s) for prev, q, s in switches]
+            )
+        figures[mode] = row
+    return figures
+
+
+REWRITES = {
+    "alone": lambda previous, message: message,
+    "with previous": lambda previous, message: f"{previous} {message}",
+    # the worker's rule (FRONTDESK_KB_REWRITE)
+    "previous if short": lambda previous, message: rewritten(message, previous),
+}
 
 
 def filler(words: list[str], count: int, seed: int) -> Iterator[ChunkIn]:
@@ -169,6 +214,7 @@ async def one_database(
         retriever = Retriever(settings, store, embedder)
         for mode in MODES:
             f[mode] = await quality(retriever, mode)
+        f["rewrites"] = await rewrites(retriever)
         print(f"{name}: quality measured", flush=True)
 
         vocabulary = sorted(
@@ -230,6 +276,14 @@ async def main() -> None:
     for name, f in results.items():
         cells = [" / ".join(f"{x:.3f}" for x in f[m]) for m in MODES]
         print(f"{name:>10} " + " ".join(f"{c:>20}" for c in cells))
+    print("\nquery rewrite, hit@3: follow-ups (and what the rule costs a change of subject)")
+    for name, f in results.items():
+        for mode, row in f["rewrites"].items():
+            cells = [
+                f"{rule}: {row['followup ' + rule]:.3f} ({row['switch ' + rule]:.3f})"
+                for rule in REWRITES
+            ]
+            print(f"{name:>10} {mode:>7}  " + "   ".join(cells))
     print(f"\namong {args.chunks:,} chunks (filler of made-up words, random vectors): retrieval "
           "latency p50 / p99 ms, and hit@3")  # fmt: skip
     print(f"{'database':>10} " + " ".join(f"{m:>22}" for m in MODES))

@@ -446,7 +446,8 @@ class Worker:
             await self.store.mark_answered(turn.message_id)
             return True
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
-        retrieval = await self.retriever.retrieve(messages[-1].content) if messages else None
+        previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
+        retrieval = await self.retriever.retrieve(messages[-1].content, previous)
         if retrieval is not None and retrieval.uncovered and self.retriever.strict:
             # nothing in the help centre fits: say so rather than let the model improvise
             await self.store.record_reply(

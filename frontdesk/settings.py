@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     embeddings_api_key: str | None = None
     # with embeddings: hybrid (reciprocal rank fusion of BM25 and dense), or one of them alone
     kb_ranking: Literal["hybrid", "bm25", "dense"] = "hybrid"
+    # a short follow-up is searched with the user's previous message (bench/knowledge.py)
+    kb_rewrite: bool = True
     # None: strict once the knowledge base holds an article; strict: when no passage fits, say
     # the help centre does not cover it instead of letting the model improvise
     kb_strict: bool | None = None

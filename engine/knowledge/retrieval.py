@@ -130,12 +130,16 @@ class Retriever:
         strict = self.settings.kb_strict
         return self._articles > 0 if strict is None else strict
 
-    async def retrieve(self, message: str) -> Retrieval | None:
-        """The passages for ``message``; None when there is no knowledge base."""
+    async def retrieve(self, message: str, previous: str | None = None) -> Retrieval | None:
+        """The passages for ``message``; None when there is no knowledge base. ``previous``:
+        the user's message before it, searched with a short follow-up ("and for Belgium?")
+        when ``FRONTDESK_KB_REWRITE`` is on."""
         if not await self.active():
             return None
         if not set(search_words(message)) - SMALL_TALK:
             return Retrieval(searched=False)
+        if self.settings.kb_rewrite and previous:
+            message = rewritten(message, previous)
         mode = self.settings.kb_ranking if self.embedder is not None else "bm25"
         kept: list[KnowledgeHit] = []
         tokens = 0
@@ -183,6 +187,15 @@ class Retriever:
             if c in rows
         ]
         return hits, True
+
+
+FOLLOW_UP_WORDS = 6  # a message this short is searched with the user's message before it
+
+
+def rewritten(message: str, previous: str) -> str:
+    """The query for a follow-up: a short message is searched with the previous user message
+    before it, so "and for Belgium?" after a question about returns finds returns to Belgium."""
+    return f"{previous} {message}" if len(message.split()) <= FOLLOW_UP_WORDS else message
 
 
 def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[int]:

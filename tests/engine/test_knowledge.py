@@ -341,3 +341,28 @@ async def test_a_huge_file_is_added_in_bounded_memory(tmp_path: Path) -> None:
         await store.stop()
     assert outcome.added == ["huge.md"] and outcome.chunks > 2_000
     assert size > 7_000_000 and peak < size / 2  # never the whole file, nor all its chunks
+
+
+@pytest.mark.parametrize("rewrite", [True, False])
+async def test_a_short_follow_up_is_searched_with_the_message_before_it(
+    make_settings, tmp_path: Path, rewrite: bool
+) -> None:
+    settings = make_settings(engine="fixed", kb_rewrite=rewrite)
+    backend = PromptRecorder("In 5 business days.")
+    async with pipeline(settings, backend) as p:
+        write(tmp_path / "help", "returns.md", RETURNS)
+        write(tmp_path / "help", "sizes.md", "# Size guide\n\nMeasure your foot.\n")
+        await add_paths(p.store, [tmp_path / "help"])
+        first = await p.channel.say("how do refunds work")
+        follow_up = await p.channel.say("and how quick is that?")
+    assert first is not None and texts.SOURCES in first.text
+    assert follow_up is not None
+    if rewrite:  # found through the message before it
+        assert follow_up.text.endswith(
+            f"{texts.SOURCES}: [Returning an item](https://help.example.com/returns)"
+        )
+        assert (
+            "5 business days after the parcel arrives" in backend.prompts[1].rsplit("<user>", 1)[1]
+        )
+    else:  # "and how quick is that?" alone matches nothing
+        assert follow_up.text == texts.NOT_COVERED
