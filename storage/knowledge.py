@@ -13,13 +13,16 @@ and finds them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Float,
     column,
     delete,
     func,
@@ -27,6 +30,7 @@ from sqlalchemy import (
     literal_column,
     select,
     table,
+    text,
     update,
 )
 
@@ -35,6 +39,40 @@ from .models import KbChunk, KbSource, KbVector, utcnow
 from .search import search_words
 
 INSERT_BATCH = 500  # chunks per INSERT while an article is written
+STATS_EVERY_S = 30.0
+# BM25 (k1 = 1.2, b = 0.75) over the postings of the query's lexemes (PostgreSQL, 0009): the
+# query is cut into lexemes by the same parser as the chunks; IDF from each lexeme's postings.
+# The lateral join reads each lexeme's postings from the index: OFFSET 0 keeps the planner from
+# turning it into a hash join that scans every posting.
+_BM25_PG = """
+WITH q AS (
+    SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', :words))) AS lexeme
+), p AS (
+    SELECT q.lexeme, t.chunk_id, t.tf, t.dl
+    FROM q CROSS JOIN LATERAL (
+        SELECT chunk_id, tf, dl FROM kb_terms WHERE kb_terms.lexeme = q.lexeme OFFSET 0
+    ) AS t
+), df AS (
+    SELECT lexeme, count(*) AS n FROM p GROUP BY lexeme
+)
+SELECT p.chunk_id AS id,
+       sum(ln(1 + (:n - df.n + 0.5) / (df.n + 0.5))
+           * p.tf * 2.2 / (p.tf + 1.2 * (0.25 + 0.75 * p.dl / :avgdl))) AS rank
+FROM p JOIN df USING (lexeme)
+GROUP BY p.chunk_id
+ORDER BY rank DESC, p.chunk_id
+LIMIT :limit
+"""
+_POSTINGS_OF_SOURCE = text(
+    """
+    INSERT INTO kb_terms (lexeme, chunk_id, tf, dl)
+    SELECT u.lexeme, c.id,
+           (SELECT sum(CASE w WHEN 'A' THEN 4 ELSE 1 END) FROM unnest(u.weights) AS w),
+           c.n_tokens
+    FROM kb_chunks AS c, unnest(c.search_tsv) AS u
+    WHERE c.source_id = :source_id
+    """
+)
 _FTS = table("kb_fts", column("rowid"))
 
 
@@ -149,6 +187,8 @@ class Knowledge(Database):
                     batch = []
             if batch:
                 await conn.execute(insert(KbChunk), batch)
+            if self.dialect == "postgresql":  # BM25's postings (0009), from the tsvectors
+                await conn.execute(_POSTINGS_OF_SOURCE, {"source_id": source_id})
             # the hash last: an article whose chunks failed midway is rolled back whole anyway
             await conn.execute(
                 update(KbSource)
@@ -156,6 +196,21 @@ class Knowledge(Database):
                 .values(content_hash=content_hash, n_chunks=count)
             )
         return count
+
+    async def _kb_stats(self) -> tuple[int, float]:
+        """How many chunks there are and their average length, for BM25 on PostgreSQL (read
+        at most every ``STATS_EVERY_S``: a count over every chunk is not free)."""
+        now = time.monotonic()
+        cached = getattr(self, "_kb_stats_cache", None)
+        if cached is not None and now - cached[2] < STATS_EVERY_S:
+            return cached[0], cached[1]
+        async with self.connect() as conn:
+            count, average = (
+                await conn.execute(select(func.count(), func.avg(KbChunk.n_tokens)))
+            ).one()
+        stats = (int(count or 0), float(average or 1.0), now)
+        self._kb_stats_cache = stats
+        return stats[0], stats[1]
 
     async def kb_remove(self, source: str) -> bool:
         """Remove article ``source`` and its chunks; False when there is none by that name."""
@@ -181,26 +236,35 @@ class Knowledge(Database):
             KbChunk.text,
             KbChunk.n_tokens,
         )
+        # The best ids first, from the index alone, then their rows: the chunks' text is read
+        # for the few that are returned, not for every chunk that holds a common word.
         if self.dialect == "postgresql":
-            tsquery = func.to_tsquery("english", " | ".join(words))
-            rank = func.ts_rank(literal_column("kb_chunks.search_tsv"), tsquery, 32)
-            stmt = (
-                select(*columns, rank)
-                .select_from(KbChunk)
-                .where(literal_column("kb_chunks.search_tsv").op("@@")(tsquery))
-                .order_by(rank.desc(), KbChunk.id)
+            chunks, average = await self._kb_stats()
+            scored = (
+                text(_BM25_PG)
+                .bindparams(words=" ".join(words), n=chunks, avgdl=average, limit=limit)
+                .columns(id=BigInteger, rank=Float)
+                .subquery()
             )
+            best = select(scored.c.id, scored.c.rank).subquery()
         else:
             # bm25() is lower for better matches; title and headings weigh more than the text
             bm25: ColumnElement[float] = literal_column("bm25(kb_fts, 4.0, 2.0, 1.0)")
-            stmt = (
-                select(*columns, -bm25)
-                .select_from(_FTS)
-                .join(KbChunk, KbChunk.id == _FTS.c.rowid)
-                .where(literal_column("kb_fts").op("MATCH")(" OR ".join(f'"{w}"' for w in words)))
-                .order_by(bm25, KbChunk.id)
+            match = " OR ".join(f'"{w}"' for w in words)
+            best = (
+                select(_FTS.c.rowid.label("id"), (-bm25).label("rank"))
+                .where(literal_column("kb_fts").op("MATCH")(match))
+                .order_by(bm25, _FTS.c.rowid)
+                .limit(limit)
+                .subquery()
             )
-        stmt = stmt.join(KbSource, KbSource.id == KbChunk.source_id).limit(limit)
+        stmt = (
+            select(*columns, best.c.rank)
+            .select_from(best)
+            .join(KbChunk, KbChunk.id == best.c.id)
+            .join(KbSource, KbSource.id == KbChunk.source_id)
+            .order_by(best.c.rank.desc(), KbChunk.id)
+        )
         async with self.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         hits: list[KnowledgeHit] = []
@@ -208,7 +272,7 @@ class Knowledge(Database):
             chunk_id, source, title, url, headings, chunk_text, n_tokens, raw = tuple(row)
             value = float(raw or 0.0)
             value = value if value > 0 else 0.0
-            score = value if self.dialect == "postgresql" else value / (1.0 + value)
+            score = value / (1.0 + value)
             hits.append(
                 KnowledgeHit(chunk_id, source, title, url, headings, chunk_text, n_tokens,
                              round(score, 6))

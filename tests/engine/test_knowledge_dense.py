@@ -102,7 +102,7 @@ def test_reciprocal_rank_fusion_prefers_what_both_rankings_hold() -> None:
 async def test_a_turn_answers_from_a_passage_found_by_paraphrase(
     make_settings, tmp_path: Path
 ) -> None:
-    cfg = make_settings(engine="fixed", embeddings="local")
+    cfg = make_settings(engine="fixed", embeddings="local", kb_rewrite=False)
     backend = PromptRecorder("Within 5 business days.")
     async with pipeline(cfg, backend) as p:
         for name, text in ARTICLES.items():
