@@ -58,22 +58,26 @@ def questions() -> list[tuple[str, str]]:
     return [(q["question"], q["source"]) for q in map(json.loads, lines) if q]
 
 
-async def quality(retriever: Retriever, mode: str) -> tuple[float, float, float]:
-    asked = questions()
-    at1 = at3 = 0
-    reciprocal = 0.0
+async def ranks(retriever: Retriever, mode: str, asked: list[tuple[str, str]]) -> list[int]:
+    """For each (question, source): where the source's first chunk ranks among the articles
+    found (1 is best), or 0 when it is not in the first 10 chunks."""
+    found = []
     for question, source in asked:
         ranked: list[str] = []
         for hit in await retriever.rank(question, mode, 10):
             if hit.source not in ranked:
                 ranked.append(hit.source)
-        if source in ranked:
-            rank = ranked.index(source) + 1
-            at1 += rank == 1
-            at3 += rank <= 3
-            reciprocal += 1 / rank
-    n = len(asked)
-    return at1 / n, at3 / n, reciprocal / n
+        found.append(ranked.index(source) + 1 if source in ranked else 0)
+    return found
+
+
+async def quality(retriever: Retriever, mode: str) -> tuple[float, float, float]:
+    """hit@1, hit@3 and MRR over the questions."""
+    found = await ranks(retriever, mode, questions())
+    n = len(found)
+    at1 = sum(r == 1 for r in found) / n
+    at3 = sum(0 < r <= 3 for r in found) / n
+    return at1, at3, sum(1 / r for r in found if r) / n
 
 
 def followups() -> list[tuple[str, str, str]]:
@@ -82,14 +86,8 @@ def followups() -> list[tuple[str, str, str]]:
 
 
 async def hit3(retriever: Retriever, mode: str, asked: list[tuple[str, str]]) -> float:
-    found = 0
-    for question, source in asked:
-        ranked: list[str] = []
-        for hit in await retriever.rank(question, mode, 10):
-            if hit.source not in ranked:
-                ranked.append(hit.source)
-        found += source in ranked[:3]
-    return found / len(asked)
+    found = await ranks(retriever, mode, asked)
+    return sum(0 < r <= 3 for r in found) / len(found)
 
 
 async def rewrites(retriever: Retriever) -> dict[str, dict[str, float]]:

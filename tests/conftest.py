@@ -100,6 +100,18 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await store.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def kb_store(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_fresh: str
+) -> AsyncIterator[Store]:
+    """A store of this test's own on each database: the knowledge base is global."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}" if request.param == "sqlite" else pg_fresh
+    store = Store(url)
+    await store.start(migrate=True)
+    yield store
+    await store.stop()
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     path = bundled_model_path()

@@ -54,18 +54,6 @@ def write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def kb_store(
-    request: pytest.FixtureRequest, tmp_path: Path, pg_fresh: str
-) -> AsyncIterator[Store]:
-    """A store of this test's own on each database: the knowledge base is global."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}" if request.param == "sqlite" else pg_fresh
-    store = Store(url)
-    await store.start(migrate=True)
-    yield store
-    await store.stop()
-
-
 def test_markdown_gives_its_title_url_and_heading_paths(tmp_path: Path) -> None:
     doc = open_document(write(tmp_path, "returns.md", RETURNS), "returns.md")
     assert (doc.title, doc.url) == ("Returning an item", "https://help.example.com/returns")

@@ -7,7 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +42,13 @@ def local() -> LocalEmbedder:
     return LocalEmbedder(packaged_model())
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, pg_fresh: str
-) -> AsyncIterator[Store]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}" if request.param == "sqlite" else pg_fresh
-    store = Store(url)
-    await store.start(migrate=True)
+@pytest.fixture
+async def store(kb_store: Store, tmp_path: Path) -> Store:
+    """The three articles, on each database (``kb_store``)."""
     for name, text in ARTICLES.items():
         write(tmp_path / "help", name, text)
-    await add_paths(store, [tmp_path / "help"])
-    yield store
-    await store.stop()
+    await add_paths(kb_store, [tmp_path / "help"])
+    return kb_store
 
 
 def settings(**values: object) -> Settings:

@@ -160,6 +160,44 @@ async def test_a_300_message_conversation_keeps_hitting_the_prefix_cache(
     assert queried > 0 and hit / queried >= 0.6
 
 
+async def test_with_retrieval_on_10_turns_keep_hitting_the_prefix_cache(
+    vllm: VLLMBackend, make_settings, tmp_path: Path
+) -> None:
+    """Passages go in the current user turn only, so the earlier turns' tokens stay put."""
+    from frontdesk.engine.knowledge.ingest import add_paths
+
+    help_centre = tmp_path / "help"
+    help_centre.mkdir()
+    (help_centre / "returns.md").write_text(
+        "# Returns\n\nSend shoes back within 30 days for a refund. Print the label from your "
+        "account and drop the parcel at a post office.\n"
+    )
+    (help_centre / "colours.md").write_text(
+        "# Colours\n\nOur shoes come in blue, red, green and black. Ask for a colour swap.\n"
+    )
+    settings = make_settings(engine="vllm", max_new_tokens=12, temperature=0.0, kb_strict=False)
+    async with pipeline(settings, vllm) as p:
+        await add_paths(p.store, [help_centre])
+        from frontdesk.storage import ReplyFigures
+
+        for n in range(30):  # a conversation under way (vLLM caches in blocks of 128 tokens)
+            recorded = await p.store.record_user_message(p.channel.message(f"Q{n}: a colour?"))
+            assert recorded is not None
+            await p.store.record_reply(
+                recorded.conversation_id, recorded.message_id, f"A{n}: blue.", ReplyFigures()
+            )
+        await p.channel.say("Which colours do your shoes come in?")
+        queries_before, hits_before = vllm.prefix_cache()
+        for n in range(10):
+            topic = "returns and refunds" if n % 2 else "colours"
+            reply = await p.channel.say(f"Question {n}: tell me about {topic}, please.")
+            assert reply is not None and reply.error is None
+            assert "Sources:" in reply.text
+    queries, hits = vllm.prefix_cache()
+    queried, hit = queries - queries_before, hits - hits_before
+    assert queried > 0 and hit / queried >= 0.6
+
+
 async def test_when_the_engine_core_dies_mid_turn_another_worker_answers_it_once(
     hf_model_dir: Path, make_settings, redis_url: str, queue_prefix: str, tmp_path: Path
 ) -> None:
