@@ -447,7 +447,9 @@ class Worker:
             return True
         messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
         previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
-        retrieval = await self.retriever.retrieve(messages[-1].content, previous)
+        retrieval = (
+            await self.retriever.retrieve(messages[-1].content, previous) if messages else None
+        )
         if retrieval is not None and retrieval.uncovered and self.retriever.strict:
             # nothing in the help centre fits: say so rather than let the model improvise
             await self.store.record_reply(
