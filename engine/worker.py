@@ -462,7 +462,7 @@ class Worker:
             await out.finish(text=texts.NOT_COVERED)
             return True
         try:
-            built, retrieval = await self._prompt(turn, history, retrieval)
+            built, retrieval = await self._prompt(turn, history, messages, retrieval)
         except PromptTooLong as exc:
             await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
             return True
@@ -505,7 +505,11 @@ class Worker:
         return True
 
     async def _prompt(
-        self, turn: Turn, history: list[TurnMessage], retrieval: Retrieval | None
+        self,
+        turn: Turn,
+        history: list[TurnMessage],
+        messages: list[ChatMessage],
+        retrieval: Retrieval | None,
     ) -> tuple[BuiltPrompt, Retrieval | None]:
         """The turn's prompt, the retrieved passages in the message being answered. When the
         message with its passages cannot fit, the weakest passages go, then all of them.
@@ -518,7 +522,6 @@ class Worker:
             offset = 0
             if len(history) >= limit:  # there may be more before what was read
                 offset = await self.store.messages_before(turn.conversation_id, history[0].id)
-            messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
             built, given = self._fitted(messages, retrieval, offset)
             if not offset or built.dropped > _first_anchor(messages, offset):
                 return built, given
@@ -526,6 +529,7 @@ class Worker:
             _existing, history = await self.store.turn_context(
                 turn.conversation_id, turn.message_id, limit=limit
             )
+            messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
 
     def _fitted(
         self, messages: list[ChatMessage], retrieval: Retrieval | None, offset: int

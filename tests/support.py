@@ -18,7 +18,7 @@ from frontdesk.engine.queue import TurnQueue, make_queue
 from frontdesk.engine.worker import Worker
 from frontdesk.errors import EngineDead
 from frontdesk.settings import Settings
-from frontdesk.storage import Store
+from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import InboundMessage, ReplyDelta
 
 
@@ -163,3 +163,14 @@ async def pipeline(
         await gateway.start()
         stack.push_async_callback(gateway.stop)
         yield Pipeline(gateway, channel, worker, queue, store)
+
+
+async def seed_conversation(p: Pipeline, pairs: int) -> None:
+    """``pairs`` answered questions stored already in the channel's chat: a conversation under
+    way, without asking the engine."""
+    for n in range(pairs):
+        recorded = await p.store.record_user_message(p.channel.message(f"Q{n}: a colour?"))
+        assert recorded is not None
+        await p.store.record_reply(
+            recorded.conversation_id, recorded.message_id, f"A{n}: blue.", ReplyFigures()
+        )

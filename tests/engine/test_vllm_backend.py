@@ -18,7 +18,7 @@ from frontdesk.engine.backends import GenerationParams
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.vllm import VLLMBackend
 from frontdesk.wire import ChatMessage
-from tests.support import pipeline
+from tests.support import pipeline, seed_conversation
 
 STORY = [ChatMessage("user", "Tell me a long story about a lighthouse keeper and the sea.")]
 
@@ -140,16 +140,9 @@ async def test_a_300_message_conversation_keeps_hitting_the_prefix_cache(
 ) -> None:
     """Past the 200 messages a prompt reads at first, its start is counted from stored
     positions, not from where the read began: vLLM's own counters say most prompt tokens hit."""
-    from frontdesk.storage import ReplyFigures
-
     settings = make_settings(engine="vllm", max_new_tokens=8, temperature=0.0)
     async with pipeline(settings, vllm) as p:
-        for n in range(145):  # 290 messages stored already
-            recorded = await p.store.record_user_message(p.channel.message(f"Q{n}: a colour?"))
-            assert recorded is not None
-            await p.store.record_reply(
-                recorded.conversation_id, recorded.message_id, f"A{n}: blue.", ReplyFigures()
-            )
+        await seed_conversation(p, 145)  # 290 messages stored already
         await p.channel.say("Warm-up: a colour, please.")
         queries_before, hits_before = vllm.prefix_cache()
         for n in range(10):
@@ -178,14 +171,7 @@ async def test_with_retrieval_on_10_turns_keep_hitting_the_prefix_cache(
     settings = make_settings(engine="vllm", max_new_tokens=12, temperature=0.0, kb_strict=False)
     async with pipeline(settings, vllm) as p:
         await add_paths(p.store, [help_centre])
-        from frontdesk.storage import ReplyFigures
-
-        for n in range(30):  # a conversation under way (vLLM caches in blocks of 128 tokens)
-            recorded = await p.store.record_user_message(p.channel.message(f"Q{n}: a colour?"))
-            assert recorded is not None
-            await p.store.record_reply(
-                recorded.conversation_id, recorded.message_id, f"A{n}: blue.", ReplyFigures()
-            )
+        await seed_conversation(p, 30)  # under way (vLLM caches in blocks of 128 tokens)
         await p.channel.say("Which colours do your shoes come in?")
         queries_before, hits_before = vllm.prefix_cache()
         for n in range(10):

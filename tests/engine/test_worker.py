@@ -17,7 +17,7 @@ from frontdesk.engine.worker import ATTEMPTS_PER_REQUEUE, Worker, sweep_revival
 from frontdesk.errors import QueueUnavailable
 from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn
-from tests.support import DiesMidway, Pipeline, RecordingChannel, pipeline, until
+from tests.support import DiesMidway, RecordingChannel, pipeline, seed_conversation, until
 
 
 class FailingBackend(FixedReplyBackend):
@@ -672,16 +672,6 @@ async def test_a_gateway_whose_id_another_process_took_stops_at_its_next_renewal
         assert "another process took gateway id gw-a" in str(failed)
         await p.gateway.stop()
         assert await p.queue.redis.get(lease) == "a take-over"  # stopping, it lets nobody's go
-
-
-async def seed_conversation(p: Pipeline, pairs: int) -> None:
-    """``pairs`` answered questions already stored in the channel's chat."""
-    for n in range(pairs):
-        recorded = await p.store.record_user_message(p.channel.message(f"Q{n}: a colour?"))
-        assert recorded is not None
-        await p.store.record_reply(
-            recorded.conversation_id, recorded.message_id, f"A{n}: blue.", ReplyFigures()
-        )
 
 
 async def test_past_the_read_limit_prompts_still_share_their_prefix_turn_after_turn(
