@@ -114,6 +114,10 @@ class KnowledgeHit:
 class Knowledge(Database):
     """The knowledge base's queries, on the ``Store``'s database."""
 
+    def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
+        super().__init__(url, pool_size=pool_size, echo=echo)
+        self._kb_stats_cache: tuple[int, float, float] | None = None  # chunks, avg length, at
+
     async def kb_sources(self) -> list[KnowledgeSource]:
         """Every article, by source name."""
         stmt = select(
@@ -201,7 +205,7 @@ class Knowledge(Database):
         """How many chunks there are and their average length, for BM25 on PostgreSQL (read
         at most every ``STATS_EVERY_S``: a count over every chunk is not free)."""
         now = time.monotonic()
-        cached = getattr(self, "_kb_stats_cache", None)
+        cached = self._kb_stats_cache
         if cached is not None and now - cached[2] < STATS_EVERY_S:
             return cached[0], cached[1]
         async with self.connect() as conn:
