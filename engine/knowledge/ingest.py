@@ -18,6 +18,8 @@ from frontdesk.storage import Store
 from .chunks import chunk_events
 from .documents import Unreadable, find_documents, open_document
 
+OPTIMIZE_FROM_CHUNKS = 1_000  # an add that writes this many chunks optimizes the search index
+
 
 @dataclass
 class Outcome:
@@ -60,6 +62,8 @@ async def add_paths(
             outcome.failed.append(str(exc))
         if on_file is not None:
             on_file(source, doc.n_bytes if doc is not None else 0)
+    if outcome.chunks >= OPTIMIZE_FROM_CHUNKS:
+        await store.kb_optimize()
     return outcome
 
 

@@ -156,6 +156,39 @@ async def test_search_ranks_the_answering_article_first_and_reads_operators_as_w
     assert len(await kb_store.kb_sources()) == 3
 
 
+async def test_bm25_weighs_a_rare_word_over_a_common_one_and_a_short_chunk_over_a_long_one(
+    kb_store: Store, tmp_path: Path
+) -> None:
+    """BM25's IDF and length normalisation, on both databases: "insoles" is in one article and
+    "shoes" in all, so the one with "insoles" comes first though others say "shoes" more; of
+    two articles that say "laces" once, the shorter comes first."""
+    folder = tmp_path / "help"
+    for n in range(4):
+        write(folder, f"shoes{n}.md", f"# Page {n}\n\nShoes, shoes and more shoes for you.\n")
+    write(folder, "insoles.md", "# Inserts\n\nOur insoles fit all shoes.\n")
+    write(folder, "laces-short.md", "# Cords\n\nSpare laces come free.\n")
+    filler = " ".join(f"word{n}" for n in range(120))
+    write(folder, "laces-long.md", f"# Strings\n\nSpare laces come free. {filler}\n")
+    await add_paths(kb_store, [folder])
+    assert (await kb_store.kb_search("shoes insoles"))[0].source == "insoles.md"
+    laces = [h.source for h in await kb_store.kb_search("laces")]
+    assert laces == ["laces-short.md", "laces-long.md"]
+
+
+async def test_optimizing_the_index_after_a_large_add_keeps_every_hit(
+    kb_store: Store, tmp_path: Path
+) -> None:
+    folder = tmp_path / "help"
+    write(folder, "returns.md", RETURNS)
+    write(folder, "shipping.md", "# Shipping\n\nParcels to Belgium take two days by bpost.\n")
+    await add_paths(kb_store, [folder])
+    query = "refund parcel belgium label"
+    before = [(h.chunk_id, h.score) for h in await kb_store.kb_search(query, limit=10)]
+    await kb_store.kb_optimize()  # what an add of 1,000 chunks or more ends with
+    assert [(h.chunk_id, h.score) for h in await kb_store.kb_search(query, limit=10)] == before
+    assert len(before) >= 2
+
+
 class PromptRecorder(FixedReplyBackend):
     """A fixed reply that records each prompt it is given."""
 
