@@ -92,6 +92,8 @@ async def test_a_changed_article_gets_new_vectors_and_the_index_follows(
 
 def test_reciprocal_rank_fusion_prefers_what_both_rankings_hold() -> None:
     assert fuse([[1, 2, 3], [3, 4, 1]]) == [1, 3, 2, 4]
+    # a weight counts that ranking's ranks more: the dense ranking's, in the worker
+    assert fuse([[1, 2], [2, 1]], weights=[1.0, 2.0]) == [2, 1]
 
 
 async def test_a_turn_answers_from_a_passage_found_by_paraphrase(
