@@ -13,7 +13,9 @@ and finds them.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +25,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Float,
+    bindparam,
     column,
     delete,
     func,
@@ -119,6 +122,15 @@ class Knowledge(Database):
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         super().__init__(url, pool_size=pool_size, echo=echo)
         self._kb_stats_cache: tuple[int, float, float] | None = None  # chunks, avg length, at
+        # PostgreSQL with pgvector (0010): vectors are searched in the database, see kb_nearest
+        self.kb_pgvector = False
+        self._kb_hnsw: set[str] = set()  # models whose HNSW index this process has made sure of
+
+    async def start(self, *, migrate: bool = False) -> None:
+        await super().start(migrate=migrate)
+        if self.dialect == "postgresql":
+            async with self.connect() as conn:
+                self.kb_pgvector = bool(await conn.scalar(_HAS_EMBEDDING))
 
     async def kb_sources(self) -> list[KnowledgeSource]:
         """Every article, by source name."""
@@ -319,15 +331,60 @@ class Knowledge(Database):
         return [(row[0], _embedded_text(row[1], row[2], row[3])) for row in rows]
 
     async def kb_put_vectors(self, model: str, vectors: Sequence[tuple[int, bytes]]) -> None:
-        """Store each chunk's vector under ``model`` (a chunk deleted meanwhile is skipped)."""
+        """Store each chunk's vector under ``model`` (a chunk deleted meanwhile is skipped);
+        with pgvector, in its ``embedding`` column too, under the model's HNSW index."""
         if not vectors:
             return
         ids = [chunk_id for chunk_id, _ in vectors]
         async with self.transaction() as conn:
             live = set((await conn.scalars(select(KbChunk.id).where(KbChunk.id.in_(ids)))).all())
             rows = [{"chunk_id": c, "model": model, "vector": v} for c, v in vectors if c in live]
-            if rows:
+            if not rows:
+                return
+            if not self.kb_pgvector:
                 await conn.execute(insert(KbVector), rows)
+                return
+            for row in rows:
+                row["embedding"] = _vector_literal(row["vector"])
+            await conn.execute(_INSERT_EMBEDDING, rows)
+            if model not in self._kb_hnsw:
+                dimensions = len(rows[0]["vector"]) // 4
+                await conn.execute(text(_hnsw_index(model, dimensions)))
+        self._kb_hnsw.add(model)
+
+    async def kb_nearest(
+        self, model: str, query: Sequence[float], limit: int
+    ) -> list[tuple[int, float]]:
+        """pgvector: the ``limit`` chunks nearest ``query`` under ``model``, through its HNSW
+        index (approximate: pgvector's ``ef_search`` 40 candidates): (chunk id, cosine)."""
+        dimensions = len(query)
+        distance = (
+            f"CAST(embedding AS vector({dimensions})) "
+            f"<=> CAST(CAST(:query AS text) AS vector({dimensions}))"
+        )
+        # the model as a literal: a partial index serves only a query whose WHERE names it
+        stmt = text(
+            f"SELECT chunk_id, 1 - ({distance}) AS cosine FROM kb_vectors "
+            f"WHERE model = {_sql_string(model)} ORDER BY {distance} LIMIT :limit"
+        ).bindparams(query=_vector_literal(query), limit=limit)
+        async with self.connect() as conn:
+            return [(int(c), float(cos)) for c, cos in (await conn.execute(stmt)).all()]
+
+    async def kb_cosines(
+        self, model: str, chunk_ids: Sequence[int], query: Sequence[float]
+    ) -> dict[int, float]:
+        """pgvector: the cosine of each of ``chunk_ids`` that has a vector, with ``query``."""
+        if not chunk_ids:
+            return {}
+        stmt = text(
+            "SELECT chunk_id, 1 - (embedding <=> CAST(CAST(:query AS text) AS vector)) "
+            "FROM kb_vectors WHERE model = :model AND chunk_id IN :ids"
+        ).bindparams(
+            bindparam("ids", expanding=True), query=_vector_literal(query), model=model,
+            ids=list(chunk_ids),
+        )  # fmt: skip
+        async with self.connect() as conn:
+            return {int(c): float(cos) for c, cos in (await conn.execute(stmt)).all()}
 
     async def kb_vectors(self, model: str) -> list[tuple[int, bytes]]:
         """Every chunk's vector under ``model``, by chunk id."""
@@ -365,6 +422,38 @@ class Knowledge(Database):
             row[0]: KnowledgeHit(row[0], row[1], row[2], row[3], row[4], row[5], row[6], 0.0)
             for row in rows
         }
+
+
+_HAS_EMBEDDING = text(
+    "SELECT 1 FROM information_schema.columns "
+    "WHERE table_name = 'kb_vectors' AND column_name = 'embedding' "
+    "AND table_schema = current_schema()"
+)
+_INSERT_EMBEDDING = text(
+    "INSERT INTO kb_vectors (chunk_id, model, vector, embedding) "
+    "VALUES (:chunk_id, :model, :vector, CAST(CAST(:embedding AS text) AS vector))"
+)
+
+
+def _vector_literal(vector: bytes | Sequence[float]) -> str:
+    """A vector in pgvector's text form, from float32 bytes or numbers."""
+    values = array("f", vector) if isinstance(vector, bytes) else vector
+    return "[" + ",".join(f"{float(x):.8g}" for x in values) + "]"
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _hnsw_index(model: str, dimensions: int) -> str:
+    """The HNSW index (cosine) of one model's vectors: partial, as the column holds any
+    dimension, and each model's vectors have one."""
+    name = "ix_kb_vectors_hnsw_" + hashlib.sha1(model.encode()).hexdigest()[:12]
+    return (
+        f"CREATE INDEX IF NOT EXISTS {name} ON kb_vectors USING hnsw "
+        f"((CAST(embedding AS vector({int(dimensions)}))) vector_cosine_ops) "
+        f"WHERE model = {_sql_string(model)}"
+    )
 
 
 def _embedded_text(title: str, headings: str, text: str) -> str:

@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -110,6 +111,29 @@ async def kb_store(
     await store.start(migrate=True)
     yield store
     await store.stop()
+
+
+@pytest.fixture(scope="session")
+def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A PostgreSQL with pgvector (the PyPI package pgserver bundles one), for the session."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgvector"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+async def pgvector_store(pgvector_server: Any) -> AsyncIterator[Store]:
+    """A store of this test's own on a PostgreSQL with pgvector, migrated."""
+    name = f"frontdesk_test_{uuid.uuid4().hex[:10]}"
+    pgvector_server.psql(f'CREATE DATABASE "{name}";')
+    url = pgvector_server.get_uri(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+    store = Store(url)
+    await store.start(migrate=True)
+    yield store
+    await store.stop()
+    pgvector_server.psql(f'DROP DATABASE "{name}" WITH (FORCE);')
 
 
 @pytest.fixture(scope="session")

@@ -209,6 +209,29 @@ class DenseIndex:
         return [(int(self._ids[i]), float(scores[i])) for i in best]
 
 
+class DatabaseIndex:
+    """The vectors searched where they are stored: pgvector's HNSW index, on a PostgreSQL
+    that has the extension (migration 0010). Nothing is held in memory, and a vector is found
+    as soon as it is written."""
+
+    def __init__(self, store: Store, model: str) -> None:
+        self.store, self.model = store, model
+
+    async def similarity(self, chunk_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
+        return await self.store.kb_cosines(self.model, chunk_ids, query.tolist())
+
+    def refresh_now(self) -> None:
+        pass
+
+    async def search(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        return await self.store.kb_nearest(self.model, query.tolist(), limit)
+
+
+def dense_index(store: Store, model: str) -> DenseIndex | DatabaseIndex:
+    """pgvector's index where the database has it, else every vector in memory."""
+    return DatabaseIndex(store, model) if store.kb_pgvector else DenseIndex(store, model)
+
+
 def _normalised(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms == 0, 1, norms)

@@ -110,11 +110,7 @@ class Retriever:
     def __init__(self, settings: Settings, store: Store, embedder: Any = None) -> None:
         self.settings, self.store = settings, store
         self.embedder = embedder
-        self._index: Any = None
-        if embedder is not None:
-            from .embeddings import DenseIndex
-
-            self._index = DenseIndex(store, embedder.model)
+        self._index: Any = None  # made at the first search: the store is started by then
         self._articles = 0
         self._checked_at = float("-inf")
 
@@ -174,6 +170,10 @@ class Retriever:
         except EngineUnavailable as exc:  # the turn is still answered, from BM25
             log.warning("embeddings unavailable, BM25 alone for this turn: %s", exc)
             return await self.store.kb_search(message, limit=limit), False
+        if self._index is None:
+            from .embeddings import dense_index
+
+            self._index = dense_index(self.store, self.embedder.model)
         dense = await self._index.search(query, CANDIDATES if mode == "hybrid" else limit)
         if mode == "dense":
             order = [chunk_id for chunk_id, _ in dense]

