@@ -15,6 +15,10 @@ Three rankings: BM25 alone, dense vectors alone (all-MiniLM-L6-v2, in process), 
 (reciprocal rank fusion of both). The filler's vectors are random: embedding 100,000 chunks on
 this CPU would take most of an hour, and search time does not depend on what a vector holds.
 
+Three databases: SQLite, PostgreSQL (vectors searched in the worker's memory), and PostgreSQL
+with pgvector (vectors searched through its HNSW index; a server that the PyPI package pgserver
+bundles, started in a temporary folder).
+
 Usage: python bench/knowledge.py [--chunks 100000] [--turns 300]
 Needs PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
@@ -126,7 +130,7 @@ def filler(words: list[str], count: int, seed: int) -> Iterator[ChunkIn]:
     for i in range(count):
         made_up = [f"w{rng.randrange(200_000)}" for _ in range(210)]
         text = " ".join(made_up + rng.choices(words, k=10))
-        yield ChunkIn(f"Filler {seed}", f"Part {i}", text, 290)
+        yield ChunkIn(f"Filler {seed}", f"x{seed}p{i}", text, 290)
 
 
 async def latency(retriever: Retriever, mode: str, repeat: int = 2) -> tuple[float, float]:
@@ -232,6 +236,7 @@ async def one_database(
                 n_bytes=0, chunks=filler(vocabulary, min(FILLER_PER_SOURCE, chunks - written), seed),
             )  # fmt: skip
             seed += 1
+        await store.kb_optimize()  # as `frontdesk kb add` does after a large add
         f["bulk"] = (written - outcome.chunks) / (time.perf_counter() - start)
         while pending := await store.kb_unembedded(embedder.model, limit=5_000):
             vectors = rng.standard_normal((len(pending), 384)).astype(np.float32)
@@ -268,6 +273,18 @@ async def main() -> None:
         results["postgresql"] = await one_database(
             "postgresql", url, args.chunks, args.turns, embedder
         )
+    with tempfile.TemporaryDirectory() as folder:  # PostgreSQL with pgvector, from pgserver
+        import pgserver
+
+        server = pgserver.get_server(folder, cleanup_mode="stop")
+        try:
+            server.psql("CREATE DATABASE kb;")
+            url = server.get_uri("kb").replace("postgresql://", "postgresql+asyncpg://", 1)
+            results["pgvector"] = await one_database(
+                "pgvector", url, args.chunks, args.turns, embedder
+            )
+        finally:
+            server.cleanup()
     print(f"\n{len(questions())} questions over the {results['sqlite']['articles']} chunks of 37 "
           "articles; hit@1 / hit@3 / MRR (a hit: a chunk of the right article)")  # fmt: skip
     print(f"{'database':>10} " + " ".join(f"{m:>20}" for m in MODES))
