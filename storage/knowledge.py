@@ -1,11 +1,12 @@
 """The knowledge base's SQL: help-centre articles (``kb_sources``) and their chunks
-(``kb_chunks``), written a whole article at a time, and BM25 search over the chunks on the
-database's own full-text index (migration 0007): FTS5's ``bm25()`` on SQLite, ``ts_rank`` over a
-weighted tsvector with a GIN index on PostgreSQL. A query means the same on both: its words
+(``kb_chunks``), written a whole article at a time, and BM25 search over the chunks: FTS5's
+``bm25()`` on SQLite (migration 0007), and on PostgreSQL BM25 over a postings table made from each
+chunk's weighted tsvector (0009). A query means the same on both: its words
 (letters and digits, stemmed, PostgreSQL's English stopwords left out, see ``search_words``),
 any of which a chunk may hold; nothing in it is an operator. Scores are in [0, 1), higher is
 better: ``s / (1 + s)`` of the database's own rank, so that one ``FRONTDESK_KB_MIN_SCORE`` reads
-alike on both.
+alike on both. The chunks' vectors (0008) are stored on both; on a PostgreSQL with pgvector
+(0010) they are searched here too (``kb_nearest``), elsewhere in the worker's memory.
 
 Reading files and cutting chunks is ``frontdesk.engine.knowledge``'s; this module only stores
 and finds them.
