@@ -44,26 +44,36 @@ from .search import search_words
 
 INSERT_BATCH = 500  # chunks per INSERT while an article is written
 STATS_EVERY_S = 30.0
+# A query word in more than half the chunks is left out of a search over this many chunks or
+# more, while another of its words is in fewer: BM25 reads every posting of every word, so such
+# a word made a query 10x slower at 100,000 chunks (a word in all of them: 15 -> 150 ms), for an
+# IDF below ln 2 (the classic Robertson-Sparck Jones weight of a word in over half the
+# documents is negative: it tells against a match). Smaller knowledge bases keep every word.
+COMMON_FROM_CHUNKS = 1_000
 # BM25 (k1 = 1.2, b = 0.75) over the postings of the query's lexemes (PostgreSQL, 0009): the
 # query is cut into lexemes by the same parser as the chunks; each lexeme's IDF from a count of
 # its postings, then its postings scored. Both lateral joins read the postings from the index
 # alone (OFFSET 0 keeps the planner from a hash join over every posting), and the arithmetic is
 # in float8: numeric, PostgreSQL's default for these literals, made a query 3× slower.
-# 1.2 * (0.25 + 0.75 * dl / avgdl) is bound as :norm_a + :norm_b * dl.
+# 1.2 * (0.25 + 0.75 * dl / avgdl) is bound as :norm_a + :norm_b * dl. A lexeme in more than
+# :common chunks is left out while another of the query's is in fewer (``_common_limit``).
 _BM25_PG = """
 WITH q AS (
     SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', :words))) AS lexeme
 ), w AS (
-    SELECT q.lexeme, ln(1 + (CAST(:n AS float8) - d.n + 0.5) / (d.n + 0.5)) AS idf
+    SELECT q.lexeme, d.n, ln(1 + (CAST(:n AS float8) - d.n + 0.5) / (d.n + 0.5)) AS idf
     FROM q CROSS JOIN LATERAL (
         SELECT count(*) AS n FROM kb_terms WHERE kb_terms.lexeme = q.lexeme
     ) AS d
+), kept AS (
+    SELECT lexeme, idf FROM w
+    WHERE w.n <= :common OR NOT EXISTS (SELECT 1 FROM w AS r WHERE r.n > 0 AND r.n <= :common)
 )
 SELECT t.chunk_id AS id,
-       sum(w.idf * t.tf * 2.2 / (t.tf + CAST(:norm_a AS float8) + CAST(:norm_b AS float8) * t.dl))
-           AS rank
-FROM w CROSS JOIN LATERAL (
-    SELECT chunk_id, tf, dl FROM kb_terms WHERE kb_terms.lexeme = w.lexeme OFFSET 0
+       sum(kept.idf * t.tf * 2.2
+           / (t.tf + CAST(:norm_a AS float8) + CAST(:norm_b AS float8) * t.dl)) AS rank
+FROM kept CROSS JOIN LATERAL (
+    SELECT chunk_id, tf, dl FROM kb_terms WHERE kb_terms.lexeme = kept.lexeme OFFSET 0
 ) AS t
 GROUP BY t.chunk_id
 ORDER BY rank DESC, t.chunk_id
@@ -123,6 +133,7 @@ class Knowledge(Database):
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         super().__init__(url, pool_size=pool_size, echo=echo)
         self._kb_stats_cache: tuple[int, float, float] | None = None  # chunks, avg length, at
+        self._kb_df: dict[str, int] = {}  # SQLite: chunks holding each word, since those stats
         # PostgreSQL with pgvector (0010): vectors are searched in the database, see kb_nearest
         self.kb_pgvector = False
         self._kb_hnsw: set[str] = set()  # models whose HNSW index this process has made sure of
@@ -229,6 +240,7 @@ class Knowledge(Database):
             ).one()
         stats = (int(count or 0), float(average or 1.0), now)
         self._kb_stats_cache = stats
+        self._kb_df = {}
         return stats[0], stats[1]
 
     async def kb_optimize(self) -> None:
@@ -269,13 +281,14 @@ class Knowledge(Database):
         )
         # The best ids first, from the index alone, then their rows: the chunks' text is read
         # for the few that are returned, not for every chunk that holds a common word.
+        chunks, average = await self._kb_stats()
         if self.dialect == "postgresql":
-            chunks, average = await self._kb_stats()
             scored = (
                 text(_BM25_PG)
                 .bindparams(
                     words=" ".join(words),
                     n=chunks,
+                    common=_common_limit(chunks),
                     norm_a=1.2 * 0.25,
                     norm_b=1.2 * 0.75 / average,
                     limit=limit,
@@ -287,6 +300,7 @@ class Knowledge(Database):
         else:
             # bm25() is lower for better matches; title and headings weigh more than the text
             bm25: ColumnElement[float] = literal_column("bm25(kb_fts, 4.0, 2.0, 1.0)")
+            words = await self._uncommon(words, _common_limit(chunks))
             match = " OR ".join(f'"{w}"' for w in words)
             best = (
                 select(_FTS.c.rowid.label("id"), (-bm25).label("rank"))
@@ -315,6 +329,28 @@ class Knowledge(Database):
                              round(score, 6))
             )  # fmt: skip
         return hits
+
+    async def _uncommon(self, words: list[str], common: int) -> list[str]:
+        """SQLite: ``words`` without those in more than ``common`` chunks, unless none of the
+        rest is in any (as PostgreSQL's ``kept``). Each word's count is read once per stats
+        period: counting a word's matches is cheap next to ranking them."""
+        if len(set(words)) < 2 or common == _NO_LIMIT:
+            return words
+        counts = {}
+        async with self.connect() as conn:
+            for word in set(words):
+                if word not in self._kb_df:
+                    self._kb_df[word] = int(
+                        await conn.scalar(
+                            select(func.count())
+                            .select_from(_FTS)
+                            .where(literal_column("kb_fts").op("MATCH")(f'"{word}"'))
+                        )
+                        or 0
+                    )
+                counts[word] = self._kb_df[word]
+        kept = [w for w in words if counts[w] <= common]
+        return kept if any(counts[w] for w in kept) else words
 
     # -- dense vectors ---------------------------------------------------------------------------
 
@@ -434,6 +470,14 @@ _INSERT_EMBEDDING = text(
     "INSERT INTO kb_vectors (chunk_id, model, vector, embedding) "
     "VALUES (:chunk_id, :model, :vector, CAST(CAST(:embedding AS text) AS vector))"
 )
+
+
+_NO_LIMIT = 2**62
+
+
+def _common_limit(chunks: int) -> int:
+    """How many chunks a query word may be in and still be searched (``COMMON_FROM_CHUNKS``)."""
+    return chunks // 2 if chunks >= COMMON_FROM_CHUNKS else _NO_LIMIT
 
 
 def _vector_literal(vector: bytes | Sequence[float]) -> str:

@@ -20,7 +20,7 @@ from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.knowledge.chunks import MAX_TOKENS, MIN_TOKENS, chunk_events
 from frontdesk.engine.knowledge.documents import Heading, open_document
 from frontdesk.engine.knowledge.ingest import add_paths, sync_folder
-from frontdesk.storage import Store
+from frontdesk.storage import ChunkIn, Store
 from frontdesk.wire import InboundMessage
 from tests.support import pipeline
 
@@ -187,6 +187,25 @@ async def test_optimizing_the_index_after_a_large_add_keeps_every_hit(
     await kb_store.kb_optimize()  # what an add of 1,000 chunks or more ends with
     assert [(h.chunk_id, h.score) for h in await kb_store.kb_search(query, limit=10)] == before
     assert len(before) >= 2
+
+
+async def test_a_word_in_most_chunks_of_a_large_knowledge_base_is_left_out_while_others_match(
+    kb_store: Store, tmp_path: Path
+) -> None:
+    """Past 1,000 chunks, a query word in more than half of them is not searched (it would
+    cost a ranking of every chunk for almost no weight) while another word of the query is in
+    some chunk; alone, or with words that match nothing, it is searched as before."""
+    filler = [
+        ChunkIn("Catalogue", f"x{i}", f"part number w{i} of the catalogue", 8) for i in range(1_200)
+    ]
+    await kb_store.kb_replace(
+        "catalogue.md", title="Catalogue", url=None, content_hash="c", n_bytes=0, chunks=filler
+    )
+    write(tmp_path / "help", "refunds.md", "# Refunds\n\nPart of a refund can go to a gift card.\n")
+    await add_paths(kb_store, [tmp_path / "help"])
+    assert [h.source for h in await kb_store.kb_search("part refund", limit=5)] == ["refunds.md"]
+    assert len(await kb_store.kb_search("part", limit=5)) == 5
+    assert len(await kb_store.kb_search("part zebra", limit=5)) == 5  # zebra: in no chunk
 
 
 class PromptRecorder(FixedReplyBackend):
