@@ -375,7 +375,9 @@ class Knowledge(Database):
         ids = [chunk_id for chunk_id, _ in vectors]
         async with self.transaction() as conn:
             live = set((await conn.scalars(select(KbChunk.id).where(KbChunk.id.in_(ids)))).all())
-            rows = [{"chunk_id": c, "model": model, "vector": v} for c, v in vectors if c in live]
+            rows: list[dict[str, Any]] = [
+                {"chunk_id": c, "model": model, "vector": v} for c, v in vectors if c in live
+            ]
             if not rows:
                 return
             if not self.kb_pgvector:
