@@ -133,7 +133,8 @@ class Knowledge(Database):
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         super().__init__(url, pool_size=pool_size, echo=echo)
         self._kb_stats_cache: tuple[int, float, float] | None = None  # chunks, avg length, at
-        self._kb_df: dict[str, int] = {}  # SQLite: chunks holding each word, since those stats
+        self._kb_df: dict[str, int] = {}  # SQLite: how many chunks hold each word, for
+        self._kb_version = (0, 0)  # the chunks as they were: (how many, the highest id)
         # PostgreSQL with pgvector (0010): vectors are searched in the database, see kb_nearest
         self.kb_pgvector = False
         self._kb_hnsw: set[str] = set()  # models whose HNSW index this process has made sure of
@@ -228,20 +229,25 @@ class Knowledge(Database):
         return count
 
     async def _kb_stats(self) -> tuple[int, float]:
-        """How many chunks there are and their average length, for BM25 on PostgreSQL (read
-        at most every ``STATS_EVERY_S``: a count over every chunk is not free)."""
+        """How many chunks there are and their average length, for BM25 (read at most every
+        ``STATS_EVERY_S``: a count over every chunk is not free). The words' counts of
+        ``_uncommon`` are forgotten when the chunks changed (a written chunk has a new id)."""
         now = time.monotonic()
         cached = self._kb_stats_cache
         if cached is not None and now - cached[2] < STATS_EVERY_S:
             return cached[0], cached[1]
         async with self.connect() as conn:
-            count, average = (
-                await conn.execute(select(func.count(), func.avg(KbChunk.n_tokens)))
+            count, average, highest = (
+                await conn.execute(
+                    select(func.count(), func.avg(KbChunk.n_tokens), func.max(KbChunk.id))
+                )
             ).one()
-        stats = (int(count or 0), float(average or 1.0), now)
-        self._kb_stats_cache = stats
-        self._kb_df = {}
-        return stats[0], stats[1]
+        version = (int(count or 0), int(highest or 0))
+        if version != self._kb_version:
+            self._kb_df = {}
+            self._kb_version = version
+        self._kb_stats_cache = (version[0], float(average or 1.0), now)
+        return version[0], self._kb_stats_cache[1]
 
     async def kb_optimize(self) -> None:
         """Bring the search index to its best after a large write. PostgreSQL: VACUUM ANALYZE
@@ -332,25 +338,25 @@ class Knowledge(Database):
 
     async def _uncommon(self, words: list[str], common: int) -> list[str]:
         """SQLite: ``words`` without those in more than ``common`` chunks, unless none of the
-        rest is in any (as PostgreSQL's ``kept``). Each word's count is read once per stats
-        period: counting a word's matches is cheap next to ranking them."""
+        rest is in any (as PostgreSQL's ``kept``). The words not counted yet are counted in one
+        query, and kept until the chunks change: counting a word's matches is cheap next to
+        ranking them, and most words recur."""
         if len(set(words)) < 2 or common == _NO_LIMIT:
             return words
-        counts = {}
-        async with self.connect() as conn:
-            for word in set(words):
-                if word not in self._kb_df:
-                    self._kb_df[word] = int(
-                        await conn.scalar(
-                            select(func.count())
-                            .select_from(_FTS)
-                            .where(literal_column("kb_fts").op("MATCH")(f'"{word}"'))
-                        )
-                        or 0
-                    )
-                counts[word] = self._kb_df[word]
-        kept = [w for w in words if counts[w] <= common]
-        return kept if any(counts[w] for w in kept) else words
+        new = sorted(set(words) - self._kb_df.keys())
+        if new:
+            counts = [
+                select(func.count())
+                .select_from(_FTS)
+                .where(literal_column("kb_fts").op("MATCH")(f'"{word}"'))
+                .scalar_subquery()
+                for word in new
+            ]
+            async with self.connect() as conn:
+                found = (await conn.execute(select(*counts))).one()
+            self._kb_df.update(zip(new, (int(n or 0) for n in found), strict=True))
+        kept = [w for w in words if self._kb_df[w] <= common]
+        return kept if any(self._kb_df[w] for w in kept) else words
 
     # -- dense vectors ---------------------------------------------------------------------------
 

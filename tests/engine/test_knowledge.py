@@ -189,6 +189,28 @@ async def test_optimizing_the_index_after_a_large_add_keeps_every_hit(
     assert len(before) >= 2
 
 
+async def test_an_add_of_1000_chunks_or_more_ends_by_optimizing_the_index(
+    kb_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    optimized: list[bool] = []
+    original = kb_store.kb_optimize
+
+    async def noted() -> None:
+        optimized.append(True)
+        await original()
+
+    monkeypatch.setattr(kb_store, "kb_optimize", noted)
+    write(tmp_path / "small", "shipping.md", "# Shipping\n\nParcels take two days.\n")
+    await add_paths(kb_store, [tmp_path / "small"])
+    assert optimized == []  # one chunk: the index is left to itself
+    sections = "".join(
+        f"## Part {n}\n\n" + "Insoles and laces. " * 220 + "\n\n" for n in range(1_000)
+    )
+    write(tmp_path / "large", "catalogue.md", f"# Catalogue\n\n{sections}")
+    outcome = await add_paths(kb_store, [tmp_path / "large"])
+    assert outcome.chunks >= 1_000 and optimized == [True]
+
+
 async def test_a_word_in_most_chunks_of_a_large_knowledge_base_is_left_out_while_others_match(
     kb_store: Store, tmp_path: Path
 ) -> None:
