@@ -124,16 +124,21 @@ def pgvector_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-async def pgvector_store(pgvector_server: Any) -> AsyncIterator[Store]:
-    """A store of this test's own on a PostgreSQL with pgvector, migrated."""
+def pgvector_url(pgvector_server: Any) -> Iterator[str]:
+    """A database of this test's own on the PostgreSQL with pgvector, empty; dropped after."""
     name = f"frontdesk_test_{uuid.uuid4().hex[:10]}"
     pgvector_server.psql(f'CREATE DATABASE "{name}";')
-    url = pgvector_server.get_uri(name).replace("postgresql://", "postgresql+asyncpg://", 1)
-    store = Store(url)
+    yield pgvector_server.get_uri(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+    pgvector_server.psql(f'DROP DATABASE "{name}" WITH (FORCE);')
+
+
+@pytest.fixture
+async def pgvector_store(pgvector_url: str) -> AsyncIterator[Store]:
+    """A store of this test's own on a PostgreSQL with pgvector, migrated."""
+    store = Store(pgvector_url)
     await store.start(migrate=True)
     yield store
     await store.stop()
-    pgvector_server.psql(f'DROP DATABASE "{name}" WITH (FORCE);')
 
 
 @pytest.fixture(scope="session")

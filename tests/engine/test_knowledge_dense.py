@@ -8,10 +8,8 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -230,21 +228,19 @@ async def test_with_pgvector_vectors_are_searched_in_the_database_through_hnsw(
 
 
 async def test_migrating_to_pgvector_fills_the_vectors_stored_before(
-    pgvector_server: Any, local: LocalEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pgvector_url: str, local: LocalEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A database whose vectors were written as bytes (before 0010) has them in pgvector's
     column after `frontdesk db upgrade`, and searched there."""
-    name = f"frontdesk_test_{uuid.uuid4().hex[:10]}"
-    pgvector_server.psql(f'CREATE DATABASE "{name}";')
-    url = pgvector_server.get_uri(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = pgvector_url
     engine = create_async_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: command.upgrade(migrations._config(sync), "0009"))
     await engine.dispose()
     store = Store(url)
     monkeypatch.setattr(migrations, "head_revision", lambda: "0009")  # frontdesk before 0010
-    for name_, text_ in ARTICLES.items():
-        write(tmp_path / "help", name_, text_)
+    for name, article in ARTICLES.items():
+        write(tmp_path / "help", name, article)
     try:
         await store.start()
         assert not store.kb_pgvector
@@ -261,4 +257,3 @@ async def test_migrating_to_pgvector_fills_the_vectors_stored_before(
         assert (await retriever.rank(PARAPHRASE, "dense", 1))[0].source == "refunds.md"
     finally:
         await store.stop()
-        pgvector_server.psql(f'DROP DATABASE "{name}" WITH (FORCE);')
