@@ -8,13 +8,16 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from alembic import command
 from sqlalchemy import text as sql
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from frontdesk import texts
@@ -255,5 +258,32 @@ async def test_migrating_to_pgvector_fills_the_vectors_stored_before(
         assert store.kb_pgvector
         retriever = Retriever(settings(embeddings="local"), store, local)
         assert (await retriever.rank(PARAPHRASE, "dense", 1))[0].source == "refunds.md"
+    finally:
+        await store.stop()
+
+
+async def test_a_role_that_may_not_create_pgvector_keeps_the_vectors_in_memory(
+    pgvector_server: Any, pgvector_url: str, local: LocalEmbedder, tmp_path: Path
+) -> None:
+    """`frontdesk db upgrade` by a role without the right to create extensions still upgrades;
+    the vectors are then searched in the worker's memory, as without pgvector."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    database = make_url(pgvector_url).database
+    pgvector_server.psql(
+        f'CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE "{database}" TO {role};'
+    )
+    pgvector_server.psql(f'\\c "{database}"\nGRANT ALL ON SCHEMA public TO {role};')
+    url = make_url(pgvector_url).set(username=role).render_as_string(hide_password=False)
+    store = Store(url)
+    await store.start(migrate=True)
+    try:
+        assert not store.kb_pgvector
+        for name, article in ARTICLES.items():
+            write(tmp_path / "help", name, article)
+        await add_paths(store, [tmp_path / "help"])
+        assert await embed_missing(store, local) == 3
+        retriever = Retriever(settings(embeddings="local"), store, local)
+        assert (await retriever.rank(PARAPHRASE, "dense", 1))[0].source == "refunds.md"
+        assert isinstance(retriever._index, DenseIndex)
     finally:
         await store.stop()
