@@ -210,9 +210,7 @@ class Worker:
             if leftover:
                 log.warning("handed %d unfinished turns back to the queue", len(leftover))
         await self.tasks.stop()
-        close = getattr(self.retriever.embedder, "close", None)
-        if close is not None:  # the embeddings server's connections
-            await close()
+        await self.retriever.stop()
 
     async def _run(self) -> None:
         backoff = Backoff()

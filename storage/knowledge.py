@@ -441,13 +441,16 @@ class Knowledge(Database):
         async with self.connect() as conn:
             return [(row[0], bytes(row[1])) for row in (await conn.execute(stmt)).all()]
 
-    async def kb_vectors_version(self, model: str) -> tuple[int, int]:
-        """How many vectors ``model`` has and the highest chunk id among them: a change in
-        either means the worker's index is stale."""
-        stmt = select(func.count(), func.max(KbVector.chunk_id)).where(KbVector.model == model)
+    async def kb_vectors_version(self, model: str) -> tuple[int, int, str]:
+        """What ``model``'s vectors are now, in a few values that change when they do: how
+        many there are, the highest chunk id among them, and when an article last changed (on
+        SQLite a changed article's new chunks can take the ids of its old ones: same count,
+        same highest id, other vectors)."""
+        vectors = select(func.count(), func.max(KbVector.chunk_id)).where(KbVector.model == model)
+        changed = select(func.max(KbSource.updated_at)).scalar_subquery()
         async with self.connect() as conn:
-            count, highest = (await conn.execute(stmt)).one()
-        return int(count or 0), int(highest or 0)
+            count, highest, latest = (await conn.execute(vectors.add_columns(changed))).one()
+        return int(count or 0), int(highest or 0), str(latest)
 
     async def kb_chunks(self, chunk_ids: Sequence[int]) -> dict[int, KnowledgeHit]:
         """The chunks by id (score 0: the caller scores them)."""

@@ -186,3 +186,6 @@ class KbVector(Base):
     )
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    # a model's vectors counted from the index alone (0011)
+    __table_args__ = (Index("ix_kb_vectors_model_chunk", "model", "chunk_id"),)

@@ -15,6 +15,7 @@ dimensions on one core.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from frontdesk.errors import ConfigError, EngineUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 
+log = logging.getLogger(__name__)
 EMBED_BATCH = 64  # chunks per embedding call while adding
 INDEX_CHECK_EVERY_S = 30.0
 
@@ -153,60 +155,97 @@ async def embed_missing(
 
 
 class DenseIndex:
-    """Every chunk's vector under one model, as a matrix in memory, reloaded when the stored
-    vectors change (looked at every ``INDEX_CHECK_EVERY_S``)."""
+    """Every chunk's vector under one model, as a matrix in memory. Loaded before the first
+    search; after that it is looked at every ``INDEX_CHECK_EVERY_S`` in the background and
+    reloaded when the stored vectors changed, so no search waits for the look or a reload
+    (0.2 s for 100,000 vectors): searches meanwhile use the vectors as they were."""
 
     def __init__(self, store: Store, model: str) -> None:
         self.store, self.model = store, model
         self._ids = np.zeros(0, dtype=np.int64)
         self._matrix = np.zeros((0, 0), dtype=np.float32)
-        self._version: tuple[int, int] | None = None
+        self._version: tuple[int, int, str] | None = None
+        self._stale = True  # the next search looks first (and waits for it)
         self._checked_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._checking: asyncio.Task[None] | None = None
 
     async def _fresh(self) -> None:
-        if time.monotonic() - self._checked_at < INDEX_CHECK_EVERY_S:
-            return
-        async with self._lock:
-            if time.monotonic() - self._checked_at < INDEX_CHECK_EVERY_S:
-                return
-            version = await self.store.kb_vectors_version(self.model)
-            if version != self._version:
-                rows = await self.store.kb_vectors(self.model)
-                self._ids = np.asarray([chunk_id for chunk_id, _ in rows], dtype=np.int64)
-                self._matrix = (
-                    np.vstack([np.frombuffer(blob, dtype=np.float32) for _, blob in rows])
-                    if rows
-                    else np.zeros((0, 0), dtype=np.float32)
+        if self._stale:
+            async with self._lock:
+                if self._stale:
+                    await self._check()
+        elif self._checking is None and (
+            time.monotonic() - self._checked_at >= INDEX_CHECK_EVERY_S
+        ):
+            self._checking = asyncio.create_task(self._check_in_background())
+
+    async def _check(self) -> None:
+        """Reload the vectors if they changed since they were loaded."""
+        version = await self.store.kb_vectors_version(self.model)
+        if version != self._version:
+            rows = await self.store.kb_vectors(self.model)
+            ids = np.fromiter((chunk_id for chunk_id, _ in rows), dtype=np.int64, count=len(rows))
+            matrix = (
+                np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(
+                    len(rows), -1
                 )
-                self._version = version
+                if rows
+                else np.zeros((0, 0), dtype=np.float32)
+            )
+            self._ids, self._matrix, self._version = ids, matrix, version  # all at once
+        self._stale = False
+        self._checked_at = time.monotonic()
+
+    async def _check_in_background(self) -> None:
+        try:
+            await self._check()
+        except Exception as exc:  # searched as they were; looked at again in a while
+            log.warning("cannot look for changed knowledge-base vectors: %r", exc)
             self._checked_at = time.monotonic()
+        finally:
+            self._checking = None
+
+    async def stop(self) -> None:
+        """Stop a look in the background, if one is under way."""
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.gather(self._checking, return_exceptions=True)
 
     async def similarity(self, chunk_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
         """The cosine of each of ``chunk_ids`` that has a vector, with ``query``."""
         await self._fresh()
-        if not len(self._ids):
+        ids, matrix = self._ids, self._matrix
+        if not len(ids):
             return {}
-        where = np.searchsorted(self._ids, np.asarray(chunk_ids, dtype=np.int64))
+        where = np.searchsorted(ids, np.asarray(chunk_ids, dtype=np.int64))
         found: dict[int, float] = {}
         for chunk_id, i in zip(chunk_ids, where, strict=True):
-            if i < len(self._ids) and self._ids[i] == chunk_id:
-                found[chunk_id] = float(self._matrix[i] @ query)
+            if i < len(ids) and ids[i] == chunk_id:
+                found[chunk_id] = float(matrix[i] @ query)
         return found
 
     def refresh_now(self) -> None:
-        self._checked_at = float("-inf")
+        """Make the next search look for changed vectors first, and wait for it."""
+        self._stale = True
 
     async def search(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
         """The ``limit`` chunks nearest ``query`` (normalised): (chunk id, cosine), best first."""
         await self._fresh()
-        if not len(self._ids):
+        ids, matrix = self._ids, self._matrix
+        if not len(ids):
             return []
-        scores = self._matrix @ query.astype(np.float32)
-        top = min(limit, len(scores))
-        best = np.argpartition(-scores, top - 1)[:top]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return [(int(self._ids[i]), float(scores[i])) for i in best]
+
+        def nearest() -> list[tuple[int, float]]:
+            scores = matrix @ query.astype(np.float32)
+            top = min(limit, len(scores))
+            best = np.argpartition(-scores, top - 1)[:top]
+            best = best[np.argsort(-scores[best], kind="stable")]
+            return [(int(ids[i]), float(scores[i])) for i in best]
+
+        # in a thread: a product over 100,000 vectors takes ~10 ms, which the event loop (and a
+        # BM25 search running meanwhile) need not wait out
+        return await asyncio.to_thread(nearest)
 
 
 class DatabaseIndex:
@@ -221,6 +260,9 @@ class DatabaseIndex:
         return await self.store.kb_cosines(self.model, chunk_ids, query.tolist())
 
     def refresh_now(self) -> None:
+        pass
+
+    async def stop(self) -> None:
         pass
 
     async def search(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:

@@ -114,6 +114,15 @@ class Retriever:
         self._articles = 0
         self._checked_at = float("-inf")
 
+    async def stop(self) -> None:
+        """Stop the dense index's look for changes, and close the embeddings server's
+        connections."""
+        if self._index is not None:
+            await self._index.stop()
+        close = getattr(self.embedder, "close", None)
+        if close is not None:
+            await close()
+
     @property
     def min_score(self) -> float:
         if self.settings.kb_min_score is not None:
