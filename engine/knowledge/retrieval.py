@@ -13,6 +13,7 @@ The engine never sees the database: the worker hands the backend a prompt, passa
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -174,21 +175,34 @@ class Retriever:
         rather than BM25's."""
         if mode == "bm25" or self.embedder is None:
             return await self.store.kb_search(message, limit=limit), False
+        # Hybrid: BM25 runs in the database while the query is embedded (on the CPU, in a
+        # thread) and searched, so a turn waits for the slower of the two, not for their sum
+        searching = (
+            asyncio.ensure_future(self.store.kb_search(message, limit=max(limit, CANDIDATES)))
+            if mode == "hybrid"
+            else None
+        )
         try:
             query = (await self.embedder.embed([message]))[0]
+            if self._index is None:
+                from .embeddings import dense_index
+
+                self._index = dense_index(self.store, self.embedder.model)
+            dense = await self._index.search(query, CANDIDATES if mode == "hybrid" else limit)
         except EngineUnavailable as exc:  # the turn is still answered, from BM25
             log.warning("embeddings unavailable, BM25 alone for this turn: %s", exc)
-            return await self.store.kb_search(message, limit=limit), False
-        if self._index is None:
-            from .embeddings import dense_index
-
-            self._index = dense_index(self.store, self.embedder.model)
-        dense = await self._index.search(query, CANDIDATES if mode == "hybrid" else limit)
-        if mode == "dense":
+            if searching is None:
+                return await self.store.kb_search(message, limit=limit), False
+            return (await searching)[:limit], False
+        except BaseException:
+            if searching is not None:
+                searching.cancel()
+            raise
+        if searching is None:
             order = [chunk_id for chunk_id, _ in dense]
             lexical: dict[int, KnowledgeHit] = {}
         else:
-            bm25 = await self.store.kb_search(message, limit=CANDIDATES)
+            bm25 = (await searching)[:CANDIDATES]
             lexical = {hit.chunk_id: hit for hit in bm25}
             order = fuse(
                 [[hit.chunk_id for hit in bm25], [chunk_id for chunk_id, _ in dense]],

@@ -8,6 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,34 @@ async def test_the_index_looks_for_changes_in_the_background_and_finds_a_changed
     [(found, cosine)] = await index.search(query, 1)
     assert found == wrapping.chunk_id and cosine > max(0.5, old_cosine + 0.2)
     await index.stop()
+
+
+async def test_hybrid_searches_bm25_while_the_query_is_embedded(
+    store: Store, local: LocalEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hybrid search waits for the slower of BM25 and the query's embedding, not their sum."""
+    await embed_missing(store, local)
+
+    class Slow:
+        model = local.model
+
+        async def embed(self, texts: list[str]) -> np.ndarray:
+            await asyncio.sleep(0.5)
+            return await local.embed(texts)
+
+    bm25 = store.kb_search
+
+    async def slow_bm25(query: str, limit: int = 5) -> list[Any]:
+        await asyncio.sleep(0.5)
+        return await bm25(query, limit)
+
+    monkeypatch.setattr(store, "kb_search", slow_bm25)
+    retriever = Retriever(settings(embeddings="local"), store, Slow())
+    await retriever.rank(PARAPHRASE, "dense", 3)  # the index loaded
+    started = time.perf_counter()
+    hits = await retriever.rank(PARAPHRASE, "hybrid", 3)
+    assert time.perf_counter() - started < 0.9
+    assert hits[0].source == "refunds.md"
 
 
 def test_reciprocal_rank_fusion_prefers_what_both_rankings_hold() -> None:
