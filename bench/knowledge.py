@@ -19,7 +19,7 @@ Three databases: SQLite, PostgreSQL (vectors searched in the worker's memory), a
 with pgvector (vectors searched through its HNSW index; a server that the PyPI package pgserver
 bundles, started in a temporary folder).
 
-Usage: python bench/knowledge.py [--chunks 100000] [--turns 300]
+Usage: python bench/knowledge.py [--chunks 100000] [--turns 300] [--databases sqlite,postgresql]
 Needs PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
 
@@ -33,7 +33,8 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -259,33 +260,58 @@ async def one_database(
     return f
 
 
+@asynccontextmanager
+async def sqlite() -> AsyncIterator[str]:
+    with tempfile.TemporaryDirectory() as folder:
+        yield f"sqlite+aiosqlite:///{folder}/kb.db"
+
+
+@asynccontextmanager
+async def postgresql() -> AsyncIterator[str]:
+    async with scratch_database(PG_ADMIN) as url:
+        yield url
+
+
+@asynccontextmanager
+async def pgvector() -> AsyncIterator[str]:
+    """PostgreSQL with pgvector: the server the PyPI package pgserver bundles."""
+    import pgserver
+
+    with tempfile.TemporaryDirectory() as folder:
+        server = pgserver.get_server(folder, cleanup_mode="stop")
+        try:
+            server.psql("CREATE DATABASE kb;")
+            yield server.get_uri("kb").replace("postgresql://", "postgresql+asyncpg://", 1)
+        finally:
+            server.cleanup()
+
+
+DATABASES: dict[str, Callable[[], AbstractAsyncContextManager[str]]] = {
+    "sqlite": sqlite,
+    "postgresql": postgresql,
+    "pgvector": pgvector,
+}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument(
+        "--databases", default=",".join(DATABASES),
+        help=f"which to measure, comma-separated (of {', '.join(DATABASES)})",
+    )  # fmt: skip
     args = parser.parse_args()
+    wanted = [name.strip() for name in args.databases.split(",") if name.strip()]
+    if not wanted or set(wanted) - set(DATABASES):
+        parser.error(f"--databases takes some of: {', '.join(DATABASES)}")
     embedder = LocalEmbedder(packaged_model())
     results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite+aiosqlite:///{folder}/kb.db"
-        results["sqlite"] = await one_database("sqlite", url, args.chunks, args.turns, embedder)
-    async with scratch_database(PG_ADMIN) as url:
-        results["postgresql"] = await one_database(
-            "postgresql", url, args.chunks, args.turns, embedder
-        )
-    with tempfile.TemporaryDirectory() as folder:  # PostgreSQL with pgvector, from pgserver
-        import pgserver
-
-        server = pgserver.get_server(folder, cleanup_mode="stop")
-        try:
-            server.psql("CREATE DATABASE kb;")
-            url = server.get_uri("kb").replace("postgresql://", "postgresql+asyncpg://", 1)
-            results["pgvector"] = await one_database(
-                "pgvector", url, args.chunks, args.turns, embedder
-            )
-        finally:
-            server.cleanup()
-    print(f"\n{len(questions())} questions over the {results['sqlite']['articles']} chunks of 37 "
+    for name in wanted:
+        async with DATABASES[name]() as url:
+            results[name] = await one_database(name, url, args.chunks, args.turns, embedder)
+    first = next(iter(results.values()))
+    print(f"\n{len(questions())} questions over the {first['articles']} chunks of 37 "
           "articles; hit@1 / hit@3 / MRR (a hit: a chunk of the right article)")  # fmt: skip
     print(f"{'database':>10} " + " ".join(f"{m:>20}" for m in MODES))
     for name, f in results.items():
