@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from frontdesk.clitools import err, fail, out, print_json, run, settings
+from frontdesk.errors import EngineUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 
@@ -54,16 +55,21 @@ def _ingest(
         progress.update(task, advance=n_bytes, description=source[-40:])
 
     async def main() -> Outcome:
-        async with _store(cfg) as store:
-            result: Outcome = await go(store, advance)
-            embedder = make_embedder(cfg)
-            if embedder is not None:  # vectors for the chunks just written
-                embedding = progress.add_task("embedding", total=None)
-                result.embedded = await embed_missing(
-                    store, embedder, lambda n: progress.update(embedding, advance=n)
-                )
-                await getattr(embedder, "close", _nothing)()
-            return result
+        embedder = make_embedder(cfg)  # a setting's mistake shows before anything is written
+        try:
+            async with _store(cfg) as store:
+                result: Outcome = await go(store, advance)
+                if embedder is not None:  # vectors for the chunks just written
+                    embedding = progress.add_task("embedding", total=None)
+                    try:
+                        result.embedded = await embed_missing(
+                            store, embedder, lambda n: progress.update(embedding, advance=n)
+                        )
+                    except EngineUnavailable as exc:  # the articles stay added
+                        result.unembedded = str(exc)
+                return result
+        finally:
+            await getattr(embedder, "close", _nothing)()
 
     try:
         with progress:
@@ -82,6 +88,11 @@ def _ingest(
         summary += f", {len(outcome.failed)} skipped"
     embedded = f", {outcome.embedded} embedded" if outcome.embedded else ""
     out.print(Text(f"{summary} ({outcome.chunks} chunks written{embedded})"))
+    if outcome.unembedded:
+        raise fail(
+            f"{outcome.unembedded}: the articles are stored, and some chunks have no vector yet "
+            "(BM25 finds them); run the same command again once the server answers"
+        )
 
 
 async def _nothing() -> None:

@@ -26,6 +26,7 @@ import aiohttp
 import numpy as np
 
 from frontdesk.errors import ConfigError, EngineUnavailable
+from frontdesk.secrets import hide_password
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 
@@ -92,7 +93,10 @@ class OpenAIEmbedder:
                     )
                 body: dict[str, Any] = await response.json()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise EngineUnavailable(f"cannot reach the embeddings server: {exc!r}") from exc
+            raise EngineUnavailable(
+                f"cannot reach the embeddings server at {hide_password(self._url)}: "
+                f"{exc or type(exc).__name__}"
+            ) from exc
         rows = sorted(body["data"], key=lambda item: item["index"])
         vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
         return _normalised(vectors)

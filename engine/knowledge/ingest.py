@@ -30,6 +30,7 @@ class Outcome:
     failed: list[str] = field(default_factory=list)  # one line each: the file, and why
     chunks: int = 0  # chunks written
     embedded: int = 0  # chunks given a vector
+    unembedded: str | None = None  # why some chunks have no vector yet (the embeddings server)
 
 
 async def add_paths(

@@ -5,6 +5,7 @@ pgvector (pgserver's), where the vectors are searched in the database."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from frontdesk.engine.knowledge.retrieval import Retriever, fuse
 from frontdesk.errors import EngineUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import Store, migrations
-from tests.engine.test_knowledge import PromptRecorder, write
+from tests.engine.test_knowledge import CLI, PromptRecorder, write
 from tests.support import free_port, pipeline
 
 ARTICLES = {
@@ -240,6 +241,39 @@ async def test_embeddings_through_vllms_own_server_match_the_local_model_and_ran
     finally:
         await served.close()
     await asyncio.sleep(0)
+
+
+def test_kb_add_with_the_embeddings_server_down_keeps_the_articles_and_says_so(
+    tmp_path: Path, vllm_embeddings: str
+) -> None:
+    """The articles are added (BM25 finds them), the command exits 1 with one line that says
+    what to do, and the same command run again once the server answers embeds them."""
+    env = {
+        "FRONTDESK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}",
+        "FRONTDESK_EMBEDDINGS": "openai",
+        "FRONTDESK_EMBEDDINGS_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "FRONTDESK_EMBEDDINGS_MODEL": "minilm",
+        "PATH": "",
+    }
+
+    def cli(*args: str, **more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], env={**env, **more}, capture_output=True, text=True, timeout=120,
+            cwd=tmp_path,
+        )  # fmt: skip
+
+    assert cli("db", "upgrade").returncode == 0
+    for name, text in ARTICLES.items():
+        write(tmp_path / "help", name, text)
+    down = cli("kb", "add", str(tmp_path / "help"))
+    assert down.returncode == 1 and "3 added" in down.stdout
+    [line] = down.stderr.strip().splitlines()
+    assert "cannot reach the embeddings server" in line and "run the same command again" in line
+    assert "Traceback" not in down.stderr and "Unclosed" not in down.stderr
+    [hit] = json.loads(cli("kb", "search", "parcels belgium", "--json", "--limit", "1").stdout)
+    assert hit["source"] == "shipping.md"
+    again = cli("kb", "add", str(tmp_path / "help"), FRONTDESK_EMBEDDINGS_URL=vllm_embeddings)
+    assert again.returncode == 0 and "3 unchanged (0 chunks written, 3 embedded)" in again.stdout
 
 
 async def test_with_pgvector_vectors_are_searched_in_the_database_through_hnsw(
