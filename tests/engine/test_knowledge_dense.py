@@ -33,7 +33,7 @@ from frontdesk.engine.knowledge.embeddings import (
     packaged_model,
 )
 from frontdesk.engine.knowledge.ingest import add_paths
-from frontdesk.engine.knowledge.retrieval import Retriever, fuse
+from frontdesk.engine.knowledge.retrieval import DENSE_WEIGHT, Retriever, fuse
 from frontdesk.errors import EngineUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import Store, migrations
@@ -158,6 +158,10 @@ def test_reciprocal_rank_fusion_prefers_what_both_rankings_hold() -> None:
     assert fuse([[1, 2, 3], [3, 4, 1]]) == [1, 3, 2, 4]
     # a weight counts that ranking's ranks more: the dense ranking's, in the worker
     assert fuse([[1, 2], [2, 1]], weights=[1.0, 2.0]) == [2, 1]
+    # of 20 candidates each, the top ranks decide: the dense ranking's first leads over a chunk
+    # both rankings hold sixth (with k = 60 that chunk led)
+    bm25, dense = [2, 4, 5, 6, 7, 3], [1, 8, 9, 10, 11, 3]
+    assert fuse([bm25, dense], weights=[1.0, DENSE_WEIGHT])[0] == 1
 
 
 async def test_a_turn_answers_from_a_passage_found_by_paraphrase(
