@@ -31,7 +31,7 @@ from frontdesk.backoff import Backoff
 from frontdesk.errors import ConfigError, NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
 from frontdesk.storage import AwaitingMessage, MessageStatus, RecordedMessage, Store
-from frontdesk.supervisor import Supervisor, TaskFailed
+from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn, turn_id_of
 
 from .channel import ReplyStream
@@ -52,6 +52,7 @@ FINISHED_OK = 1 << 30  # in ``_finished``: shown whole, so no revival opens it a
 FROM_STORAGE = 1 << 40  # the attempt of a resumed reply shown from storage: outranks any delta
 LEASE_MS = 10_000  # one process serves a gateway id; a dead one's lease lapses after this
 LEASE_WAIT_S = 60.0  # how long a starting gateway waits for its id's lease
+FOSTER_CLEANUP_S = 5.0  # at stop, a fostering's time to end by itself (see stop)
 RESUBMIT_FOR_S = 30.0  # how long a turn whose queueing failed is tried again (then: the sweep)
 
 
@@ -173,11 +174,17 @@ class Gateway:
                     "that runs their channel",
                     len(unfinished),
                 )
-        for task in (*self._deliveries, *self._resubmits, *self._fostered.values()):
+        for task in (*self._deliveries, *self._resubmits):
             task.cancel()
-        await asyncio.gather(
-            *self._deliveries, *self._resubmits, *self._fostered.values(), return_exceptions=True
-        )
+        await asyncio.gather(*self._deliveries, *self._resubmits, return_exceptions=True)
+        # A fostering ends with the replies it finishes (cancelled just above): it stops its
+        # helpers and lets the gone gateway's lease go, which a cancel now would cut short. It
+        # is cancelled only if it has not ended within FOSTER_CLEANUP_S.
+        if fostering := list(self._fostered.values()):
+            _done, going_on = await asyncio.wait(fostering, timeout=FOSTER_CLEANUP_S)
+            for task in going_on:
+                task.cancel()
+            await asyncio.gather(*going_on, return_exceptions=True)
         for channel in reversed(self.channels):
             await channel.stop()
         await self.tasks.stop()
@@ -643,9 +650,7 @@ class Gateway:
                 )
                 waiting[0].cancel()
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await cancel_and_wait(helpers)
             try:
                 if read_to != seen:  # so that ``other``, back, does not show these again
                     await self.queue.save_cursor(other, read_to)

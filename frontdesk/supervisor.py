@@ -15,11 +15,29 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from frontdesk.backoff import Backoff
 
 log = logging.getLogger(__name__)
+RECANCEL_AFTER_S = 0.5
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them all, cancelling again any that goes on. On Python
+    3.11 a cancel can be lost: ``asyncio.wait_for`` returns the result of an inner future that
+    finished in the same turn of the loop and drops the CancelledError (CPython gh-86296, fixed
+    in 3.12), and redis-py sends every command through it (its default ``socket_timeout``). A
+    loop that ends only on CancelledError (a lease's renewal, a stream's reader) then runs on,
+    and a plain gather on it never returns: a gateway's stop hung so in CI."""
+    waited = list(tasks)
+    pending = {task for task in waited if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER_S)
+    await asyncio.gather(*waited, return_exceptions=True)  # all done: their errors retrieved
 
 
 class TaskFailed(RuntimeError):
@@ -80,6 +98,4 @@ class Supervisor:
     async def stop(self, *names: str) -> None:
         """Cancel the named tasks (all when none is named) and wait for them."""
         chosen = [self._tasks.pop(n) for n in (names or list(self._tasks)) if n in self._tasks]
-        for task in chosen:
-            task.cancel()
-        await asyncio.gather(*chosen, return_exceptions=True)
+        await cancel_and_wait(chosen)

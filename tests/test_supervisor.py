@@ -37,3 +37,31 @@ async def test_a_task_that_keeps_failing_resolves_fatal() -> None:
     assert isinstance(failed, TaskFailed) and "broken keeps failing" in str(failed)
     assert not tasks.running("broken")
     await tasks.stop()
+
+
+async def test_stop_ends_a_task_whose_first_cancel_was_lost() -> None:
+    """On Python 3.11 ``asyncio.wait_for`` can drop a cancel (CPython gh-86296), and redis-py
+    sends every command through it: a renewal loop then goes on after its cancel. Stop cancels
+    such a task again, and returns."""
+    loops = 0
+
+    async def renewal() -> None:
+        nonlocal loops
+        lost = False
+        while True:
+            loops += 1
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True  # as gh-86296 does: the command's result, and no CancelledError
+
+    tasks = Supervisor()
+    tasks.spawn("renewal", renewal)
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(tasks.stop(), 5)
+    assert not tasks.running("renewal")
+    stopped_at = loops
+    await asyncio.sleep(0.05)
+    assert loops == stopped_at

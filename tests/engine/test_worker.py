@@ -660,6 +660,59 @@ async def test_a_gateway_whose_lease_lapsed_in_a_redis_outage_and_renews_is_not_
         await store.stop()
 
 
+class LosesACancel(RedisQueue):
+    """A queue whose renewals of gw-a's lease hang once ``stalled`` is set, and drop the first
+    cancel they get, returning as if the command had answered: what redis-py's commands do on
+    Python 3.11 when a cancel lands as the reply arrives (asyncio.wait_for, CPython gh-86296)."""
+
+    stalled: asyncio.Event | None = None
+    lost = False
+
+    async def hold_gateway(self, gateway_id: str, owner: str, ttl_ms: int) -> bool:
+        if self.stalled is None or gateway_id != "gw-a":
+            return await super().hold_gateway(gateway_id, owner, ttl_ms)
+        self.stalled.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if self.lost:
+                raise
+            self.lost = True
+        return True
+
+
+async def test_a_gateway_stops_while_it_fosters_a_gone_one_even_if_a_cancel_is_lost(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """gw-b finishes gone gw-a's reply, which no worker answers, so gw-b's stop cancels the
+    fostering; the fostering's lease renewal loses that cancel. The stop still returns, and
+    lets gw-a's lease go (CI hung here: a gather waited for the renewal loop forever)."""
+    common = {"redis_url": redis_url, "queue_prefix": queue_prefix, "shutdown_grace_s": 0.2}
+    settings_b = make_settings(gateway_id="gw-b", **common)
+    store = Store(settings_b.database_url)
+    await store.start(migrate=True)
+    queue = LosesACancel(redis_url, consumer="test", prefix=queue_prefix)
+    await queue.start()
+    channel = SharedRecordingChannel()
+    gw_b = Gateway(settings_b, queue, store, [channel])
+    await gw_b.start()
+    try:
+        route = channel.message("hello").route()
+        await queue.announce("gw-a", ["test"], ttl_s=20)
+        await queue.track("gw-a", "m-a", {"route": route, "after": "0-0", "posted": ["p1"]})
+        await gw_b._take_over_once()
+        await gw_b._take_over_once()
+        assert set(gw_b._fostered) == {"gw-a"}
+        queue.stalled = asyncio.Event()
+        await asyncio.wait_for(queue.stalled.wait(), 10)  # a renewal of gw-a's lease under way
+        await asyncio.wait_for(gw_b.stop(), 10)
+        assert queue.lost
+        assert await queue.redis.get(queue.lease_prefix + "gateway:gw-a") is None
+    finally:
+        await queue.stop()
+        await store.stop()
+
+
 async def test_a_gateway_whose_id_another_process_took_stops_at_its_next_renewal(
     make_settings, redis_url: str, queue_prefix: str
 ) -> None:
