@@ -134,6 +134,38 @@ def filler(words: list[str], count: int, seed: int) -> Iterator[ChunkIn]:
         yield ChunkIn(f"Filler {seed}", f"x{seed}p{i}", text, 290)
 
 
+async def add_filler(store: Store, written: int, chunks: int) -> int:
+    """Filler articles until the knowledge base holds ``chunks`` chunks (``written`` now):
+    made-up words, with a few of the help centre's own. How many chunks there are then."""
+    vocabulary = sorted(
+        {
+            word
+            for path in (HERE / "articles").rglob("*.md")
+            for word in re.findall(r"[a-z]{3,}", path.read_text().lower())
+        }
+    )
+    seed = 0
+    while written < chunks:
+        written += await store.kb_replace(
+            f"filler/{seed}.md", title=f"Filler {seed}", url=None, content_hash=str(seed),
+            n_bytes=0, chunks=filler(vocabulary, min(FILLER_PER_SOURCE, chunks - written), seed),
+        )  # fmt: skip
+        seed += 1
+    return written
+
+
+async def random_vectors(store: Store, model: str) -> None:
+    """A random unit vector under ``model`` for each chunk that has none (the filler's):
+    embedding 100,000 chunks here would take most of an hour."""
+    rng = np.random.default_rng(0)
+    while pending := await store.kb_unembedded(model, limit=5_000):
+        vectors = rng.standard_normal((len(pending), 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        await store.kb_put_vectors(
+            model, [(c, v.tobytes()) for (c, _), v in zip(pending, vectors, strict=True)]
+        )
+
+
 async def latency(retriever: Retriever, mode: str, repeat: int = 2) -> tuple[float, float]:
     took = []
     for _ in range(repeat):
@@ -220,32 +252,11 @@ async def one_database(
         f["rewrites"] = await rewrites(retriever)
         print(f"{name}: quality measured", flush=True)
 
-        vocabulary = sorted(
-            {
-                word
-                for path in (HERE / "articles").rglob("*.md")
-                for word in re.findall(r"[a-z]{3,}", path.read_text().lower())
-            }
-        )
-        rng = np.random.default_rng(0)
         start = time.perf_counter()
-        written = outcome.chunks
-        seed = 0
-        while written < chunks:
-            written += await store.kb_replace(
-                f"filler/{seed}.md", title=f"Filler {seed}", url=None, content_hash=str(seed),
-                n_bytes=0, chunks=filler(vocabulary, min(FILLER_PER_SOURCE, chunks - written), seed),
-            )  # fmt: skip
-            seed += 1
+        written = await add_filler(store, outcome.chunks, chunks)
         await store.kb_optimize()  # as `frontdesk kb add` does after a large add
         f["bulk"] = (written - outcome.chunks) / (time.perf_counter() - start)
-        while pending := await store.kb_unembedded(embedder.model, limit=5_000):
-            vectors = rng.standard_normal((len(pending), 384)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            await store.kb_put_vectors(
-                embedder.model,
-                [(c, v.tobytes()) for (c, _), v in zip(pending, vectors, strict=True)],
-            )
+        await random_vectors(store, embedder.model)
         f["chunks"] = written
         retriever = Retriever(settings, store, embedder)
         for mode in MODES:

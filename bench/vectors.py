@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from common import pct
-from knowledge import FILLER_PER_SOURCE, HERE, filler, questions
+from knowledge import HERE, add_filler, questions, random_vectors
 
 from frontdesk.engine.knowledge.embeddings import (
     DenseIndex,
@@ -49,27 +48,8 @@ async def fill(store: Store, embedder: LocalEmbedder, chunks: int) -> int:
     """The help centre, embedded, then filler chunks with random vectors up to ``chunks``."""
     outcome = await add_paths(store, [HERE / "articles"], url_base=None)
     await embed_missing(store, embedder)
-    vocabulary = sorted(
-        {
-            word
-            for path in (HERE / "articles").rglob("*.md")
-            for word in re.findall(r"[a-z]{3,}", path.read_text().lower())
-        }
-    )
-    written, seed = outcome.chunks, 0
-    while written < chunks:
-        written += await store.kb_replace(
-            f"filler/{seed}.md", title=f"Filler {seed}", url=None, content_hash=str(seed),
-            n_bytes=0, chunks=filler(vocabulary, min(FILLER_PER_SOURCE, chunks - written), seed),
-        )  # fmt: skip
-        seed += 1
-    rng = np.random.default_rng(0)
-    while pending := await store.kb_unembedded(embedder.model, limit=5_000):
-        vectors = rng.standard_normal((len(pending), 384)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        await store.kb_put_vectors(
-            embedder.model, [(c, v.tobytes()) for (c, _), v in zip(pending, vectors, strict=True)]
-        )
+    written = await add_filler(store, outcome.chunks, chunks)
+    await random_vectors(store, embedder.model)
     return written
 
 
