@@ -7,6 +7,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from frontdesk import texts
 from frontdesk.bots import Gateway, ReplyStream
@@ -624,26 +625,45 @@ async def _cursor_is(queue: RedisQueue, gateway: str, entry_id: str) -> bool:
     return await queue.cursor(gateway) == entry_id
 
 
+@asynccontextmanager
+async def gone_gateways_reply(
+    make_settings,
+    redis_url: str,
+    queue_prefix: str,
+    queue_type: type[RedisQueue] = RedisQueue,
+    **values: object,
+) -> AsyncIterator[tuple[Gateway, RedisQueue]]:
+    """gw-b running on Redis, and the record of a reply gw-a was showing on gw-b's platform when
+    it went (gw-a announced, its lease not held). Stops gw-b after, unless it stopped."""
+    settings = make_settings(
+        gateway_id="gw-b", redis_url=redis_url, queue_prefix=queue_prefix, **values
+    )
+    store = Store(settings.database_url)
+    await store.start(migrate=True)
+    queue = queue_type(redis_url, consumer="test", prefix=queue_prefix)
+    await queue.start()
+    channel = SharedRecordingChannel()
+    gw_b = Gateway(settings, queue, store, [channel])
+    await gw_b.start()
+    try:
+        route = channel.message("hello").route()
+        await queue.announce("gw-a", ["test"], ttl_s=20)
+        await queue.track("gw-a", "m-a", {"route": route, "after": "0-0", "posted": ["p1"]})
+        yield gw_b, queue
+    finally:
+        if gw_b.tasks.running("gateway-lease"):
+            await gw_b.stop()
+        await queue.stop()
+        await store.stop()
+
+
 async def test_a_gateway_whose_lease_lapsed_in_a_redis_outage_and_renews_is_not_taken_over(
     make_settings, redis_url: str, queue_prefix: str
 ) -> None:
     """No two gateways edit one reply: gw-a's lease lapsed (Redis was down longer than it), and
     gw-a renews it as soon as Redis is back, within a take-over round. gw-b, which saw it gone
     once, leaves it be; a gateway gone for two rounds in a row is taken over."""
-    common = {"redis_url": redis_url, "queue_prefix": queue_prefix}
-    settings_b = make_settings(gateway_id="gw-b", **common)
-    store = Store(settings_b.database_url)
-    await store.start(migrate=True)
-    queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
-    await queue.start()
-    channel = SharedRecordingChannel()
-    gw_b = Gateway(settings_b, queue, store, [channel])
-    await gw_b.start()
-    try:
-        route = channel.message("hello").route()
-        await queue.announce("gw-a", ["test"], ttl_s=20)
-        await queue.track("gw-a", "m-a", {"route": route, "after": "0-0", "posted": ["p1"]})
-
+    async with gone_gateways_reply(make_settings, redis_url, queue_prefix) as (gw_b, queue):
         await gw_b._take_over_once()  # gw-a's lease lapsed: seen gone once
         assert await queue.hold_gateway("gw-a", "gw-a's process", 10_000)  # Redis back: renewed
         await gw_b._take_over_once()
@@ -654,10 +674,6 @@ async def test_a_gateway_whose_lease_lapsed_in_a_redis_outage_and_renews_is_not_
         assert gw_b._fostered == {}  # once is not enough
         await gw_b._take_over_once()
         assert set(gw_b._fostered) == {"gw-a"}
-    finally:
-        await gw_b.stop()
-        await queue.stop()
-        await store.stop()
 
 
 class LosesACancel(RedisQueue):
@@ -687,19 +703,10 @@ async def test_a_gateway_stops_while_it_fosters_a_gone_one_even_if_a_cancel_is_l
     """gw-b finishes gone gw-a's reply, which no worker answers, so gw-b's stop cancels the
     fostering; the fostering's lease renewal loses that cancel. The stop still returns, and
     lets gw-a's lease go (CI hung here: a gather waited for the renewal loop forever)."""
-    common = {"redis_url": redis_url, "queue_prefix": queue_prefix, "shutdown_grace_s": 0.2}
-    settings_b = make_settings(gateway_id="gw-b", **common)
-    store = Store(settings_b.database_url)
-    await store.start(migrate=True)
-    queue = LosesACancel(redis_url, consumer="test", prefix=queue_prefix)
-    await queue.start()
-    channel = SharedRecordingChannel()
-    gw_b = Gateway(settings_b, queue, store, [channel])
-    await gw_b.start()
-    try:
-        route = channel.message("hello").route()
-        await queue.announce("gw-a", ["test"], ttl_s=20)
-        await queue.track("gw-a", "m-a", {"route": route, "after": "0-0", "posted": ["p1"]})
+    async with gone_gateways_reply(
+        make_settings, redis_url, queue_prefix, LosesACancel, shutdown_grace_s=0.2
+    ) as (gw_b, queue):
+        assert isinstance(queue, LosesACancel)
         await gw_b._take_over_once()
         await gw_b._take_over_once()
         assert set(gw_b._fostered) == {"gw-a"}
@@ -708,9 +715,6 @@ async def test_a_gateway_stops_while_it_fosters_a_gone_one_even_if_a_cancel_is_l
         await asyncio.wait_for(gw_b.stop(), 10)
         assert queue.lost
         assert await queue.redis.get(queue.lease_prefix + "gateway:gw-a") is None
-    finally:
-        await queue.stop()
-        await store.stop()
 
 
 async def test_a_gateway_whose_id_another_process_took_stops_at_its_next_renewal(
