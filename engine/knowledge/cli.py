@@ -116,7 +116,7 @@ def add(
 ) -> None:
     """Add articles (an unchanged one is left as it is; a changed one replaced)."""
     url_base = settings(ctx).kb_url_base
-    _ingest(ctx, lambda store, on: add_paths(store, paths, url_base=url_base, on_file=on), paths)
+    _ingest(ctx, lambda store, on: add_paths(store, paths, url_base=url_base, on_read=on), paths)
 
 
 @kb.command()
@@ -127,7 +127,7 @@ def sync(
     """Add what is new or changed in FOLDER, and remove what was added from it and is gone."""
     url_base = settings(ctx).kb_url_base
     _ingest(
-        ctx, lambda store, on: sync_folder(store, folder, url_base=url_base, on_file=on), [folder]
+        ctx, lambda store, on: sync_folder(store, folder, url_base=url_base, on_read=on), [folder]
     )
 
 

@@ -9,14 +9,14 @@ the articles added from that folder whose files are gone, and none other.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontdesk.storage import Store
+from frontdesk.storage import ChunkIn, Store
 
 from .chunks import chunk_events
-from .documents import Unreadable, find_documents, open_document
+from .documents import Event, Unreadable, find_documents, open_document
 
 OPTIMIZE_FROM_CHUNKS = 1_000  # an add that writes this many chunks optimizes the search index
 
@@ -38,34 +38,54 @@ async def add_paths(
     paths: Sequence[Path],
     *,
     url_base: str | None = None,
-    on_file: Callable[[str, int], None] | None = None,
+    on_read: Callable[[str, int], None] | None = None,
 ) -> Outcome:
-    """Add the files at ``paths`` (files, or folders of them). ``on_file(source, n_bytes)`` is
-    called after each, for a progress bar. Raises FileNotFoundError for a missing path, before
-    anything is written."""
+    """Add the files at ``paths`` (files, or folders of them). ``on_read(source, n_bytes)`` is
+    called as they are read (each chunk's bytes as it is written, a file's rest once it is
+    done), for a progress bar that moves within a large file too. Raises FileNotFoundError for a
+    missing path, before anything is written."""
     found = await asyncio.to_thread(find_documents, paths)
     outcome = Outcome()
+    read = on_read or (lambda _source, _n: None)
     for path, source, origin in found:
         doc = None
+        reading: _Reading | None = None
         try:
             doc = await asyncio.to_thread(open_document, path, source, url_base)
             before = await store.kb_hash(source)
             if before == doc.content_hash:
                 outcome.unchanged.append(source)
             else:
-                chunks = chunk_events(doc.title, doc.events())
+                reading = _Reading(source, doc.n_bytes, read)
                 outcome.chunks += await store.kb_replace(
                     source, title=doc.title, url=doc.url, content_hash=doc.content_hash,
-                    n_bytes=doc.n_bytes, chunks=chunks, origin=origin,
+                    n_bytes=doc.n_bytes, chunks=reading.chunks(doc.title, doc.events()),
+                    origin=origin,
                 )  # fmt: skip
                 (outcome.updated if before is not None else outcome.added).append(source)
         except Unreadable as exc:
             outcome.failed.append(str(exc))
-        if on_file is not None:
-            on_file(source, doc.n_bytes if doc is not None else 0)
+        left = (doc.n_bytes if doc is not None else 0) - (reading.done if reading else 0)
+        read(source, left)
     if outcome.chunks >= OPTIMIZE_FROM_CHUNKS:
         await store.kb_optimize()
     return outcome
+
+
+class _Reading:
+    """One file's chunks as they are written, each reported with its size (``read``), the
+    whole never more than the file's."""
+
+    def __init__(self, source: str, n_bytes: int, read: Callable[[str, int], None]) -> None:
+        self.source, self.n_bytes, self.read = source, n_bytes, read
+        self.done = 0
+
+    def chunks(self, title: str, events: Iterable[Event]) -> Iterator[ChunkIn]:
+        for chunk in chunk_events(title, events):
+            size = min(len(chunk.text.encode("utf-8")), self.n_bytes - self.done)
+            self.done += size
+            self.read(self.source, size)
+            yield chunk
 
 
 async def sync_folder(
@@ -73,12 +93,12 @@ async def sync_folder(
     folder: Path,
     *,
     url_base: str | None = None,
-    on_file: Callable[[str, int], None] | None = None,
+    on_read: Callable[[str, int], None] | None = None,
 ) -> Outcome:
     """Add what is new or changed in ``folder``; remove the articles added from it that are no
     longer there. A file that cannot be read now keeps its article as it was."""
     origin, _ = await asyncio.to_thread(_listing, folder)  # before anything is written
-    outcome = await add_paths(store, [folder], url_base=url_base, on_file=on_file)
+    outcome = await add_paths(store, [folder], url_base=url_base, on_read=on_read)
     _, present = await asyncio.to_thread(_listing, folder)
     for article in await store.kb_sources():
         if article.origin == origin and article.source not in present:

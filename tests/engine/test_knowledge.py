@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -348,6 +349,34 @@ def test_the_cli_adds_lists_searches_as_json_and_exits_2_on_a_missing_path(
     ]
     gone = cli("kb", "remove", "nope.md")
     assert gone.returncode == 3 and "Traceback" not in gone.stderr
+
+
+def test_kb_add_of_a_large_file_shows_a_progress_bar_that_moves_within_it(
+    tmp_path: Path,
+) -> None:
+    """Over 5 MB a bar shows how much is read, and moves while one large file is added; a
+    small add shows none. (TTY_COMPATIBLE: rich draws the bar as on a terminal.)"""
+    env = {
+        "FRONTDESK_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}",
+        "TTY_COMPATIBLE": "1",
+        "PATH": "",
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+
+    assert cli("db", "upgrade").returncode == 0
+    section = "## Part {}\n\n" + " ".join(["refund parcel label store boot"] * 16) + "\n\n"
+    write(tmp_path / "big", "big.md", "# Big\n\n" + "".join(map(section.format, range(11_000))))
+    added = cli("kb", "add", str(tmp_path / "big"))
+    assert added.returncode == 0 and "1 added" in added.stdout
+    shown = {float(x) for x in re.findall(r"([0-9.]+)/5\.[0-9] MB", added.stderr)}
+    assert any(0 < x < 5 for x in shown), shown  # part of the file read, while it was added
+    write(tmp_path / "small", "returns.md", RETURNS)
+    small = cli("kb", "add", str(tmp_path / "small"))
+    assert small.returncode == 0 and "MB" not in small.stderr
 
 
 async def test_the_console_shows_the_source_as_plain_text(make_settings, tmp_path: Path) -> None:
