@@ -132,7 +132,7 @@ class LlamaCppBackend:
                     yield item
             finally:
                 cancel.set()
-                await asyncio.shield(job)
+                await _outlive(job)
                 self._cancels.pop(params.request_id, None)
 
     def _generate(
@@ -187,3 +187,17 @@ class LlamaCppBackend:
         event = self._cancels.get(request_id)
         if event is not None:
             event.set()
+
+
+async def _outlive(job: asyncio.Future[None]) -> None:
+    """Wait for the generation thread to end, through any number of cancels (then raise one):
+    the thread reads the model, which ``close`` frees, so a stream that stopped waiting for it
+    (a second cancel of a stopping worker's turn) would free the model under it."""
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from typing import Any
 
 from frontdesk.engine.backends import GenerationParams
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
@@ -90,3 +92,37 @@ async def test_abandoned_stream_frees_the_backend(llama: LlamaCppBackend) -> Non
     ]
     assert chunks[-1].usage is not None
     assert time.perf_counter() - started < 5  # the abandoned 400-token generation was stopped
+
+
+async def test_a_stream_cancelled_again_as_it_stops_still_waits_for_its_thread(
+    llama: LlamaCppBackend, monkeypatch
+) -> None:
+    """A stopping worker cancels a turn again while it goes on (a first cancel can be lost);
+    the stream still waits for its generation thread, which reads the model that stopping the
+    backend frees: a segmentation fault otherwise."""
+    ended = threading.Event()
+    generate = llama._generate
+
+    def slow_to_end(*args: Any) -> None:
+        try:
+            generate(*args)
+        finally:
+            time.sleep(0.5)
+            ended.set()
+
+    monkeypatch.setattr(llama, "_generate", slow_to_end)
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        params = GenerationParams("t-twice", max_tokens=400, temperature=0.8)
+        async for _chunk in llama.stream(llama.render(PROMPT), params):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 30)
+    task.cancel()
+    await asyncio.sleep(0.1)
+    task.cancel()  # while the stream waits for its thread
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert ended.is_set()
