@@ -46,7 +46,7 @@ from frontdesk.errors import (
 )
 from frontdesk.settings import Settings
 from frontdesk.storage import AwaitingMessage, MessageStatus, ReplyFigures, Store, TurnMessage
-from frontdesk.supervisor import Supervisor, TaskFailed
+from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
@@ -202,9 +202,7 @@ class Worker:
         if self._drainers:
             _done, pending = await asyncio.wait(self._drainers, timeout=grace_s)
             leftover = [d for d in self._held.values() if d.entry_id not in self._fenced]
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)  # again, if a cancel was lost (gh-86296)
             for delivery in leftover:
                 await self._safely(self.queue.hand_back(delivery))
             if leftover:

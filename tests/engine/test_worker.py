@@ -366,6 +366,44 @@ async def test_stop_ends_a_reply_in_progress(
         assert nothing is not None and nothing.text == texts.NOTHING_TO_STOP
 
 
+class DropsACancel(Talkative):
+    """Talkative, but the first cancel its stream gets is lost, as one that lands in a Redis
+    command is on Python 3.11 (asyncio.wait_for, CPython gh-86296): it streams on."""
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        lost = False
+        produced = 0
+        for i in range(1000):
+            try:
+                await asyncio.sleep(0.02)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True
+            produced += 1
+            yield Chunk(f"w{i} ")
+        yield Chunk("", Usage(prompt.n_tokens, produced, "length"))
+
+
+async def test_a_stopping_worker_whose_turn_lost_its_cancel_still_stops_and_hands_it_back(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """Past its grace a stopping worker cancels the turns still answering; one that lost the
+    cancel is cancelled again, so the worker stops in about a second instead of streaming the
+    whole reply (20 s), and hands the turn back for another worker."""
+    settings = make_settings(redis_url=redis_url, queue_prefix=queue_prefix, max_new_tokens=2000)
+    async with pipeline(settings, DropsACancel()) as p:
+        task = await p.gateway.handle(p.channel.message("tell me everything"), p.channel)
+        assert task is not None and p.worker is not None
+        await asyncio.wait_for(p.channel.streaming.wait(), 10)  # the reply is on its way
+        started = time.monotonic()
+        await asyncio.wait_for(p.worker.stop(grace_s=0.2), 10)
+        assert time.monotonic() - started < 3
+        assert p.worker.turns_done == 0
+        assert isinstance(p.queue, RedisQueue)
+        assert (await p.queue.redis.xpending(p.queue.turns_key, GROUP))["pending"] == 1
+
+
 async def test_a_stale_attempt_that_finishes_late_does_not_cut_off_the_new_answer(
     make_settings,
 ) -> None:
