@@ -85,6 +85,37 @@ async def test_dense_and_hybrid_find_an_article_by_paraphrase_where_bm25_cannot(
     assert off_topic is not None and off_topic.uncovered  # nothing above 0.3: not covered
 
 
+async def test_the_local_model_runs_in_onnx_runtime_and_gives_sentence_transformers_vectors(
+    local: LocalEmbedder,
+) -> None:
+    """Queries, a text longer than the model's 256 word pieces (cut as sentence-transformers
+    cuts it) and an empty one, in one batch of mixed lengths: the vectors ONNX Runtime gives are
+    the ones PyTorch gives, to within float rounding."""
+    assert local._onnx is not None  # the extra brings onnxruntime: the fast path is taken
+    texts = [PARAPHRASE, "", "parcels to belgium?", " ".join(["refund policy words"] * 200)]
+    texts += [ARTICLES[name] for name in ARTICLES]
+    fast = await local.embed(texts)
+    slow = local._st.encode(texts, normalize_embeddings=True)
+    assert fast.shape == (7, 384) and fast.dtype == np.float32
+    assert np.allclose(fast, slow, atol=1e-5)
+
+
+def test_the_onnx_export_is_made_once_and_without_onnx_runtime_pytorch_embeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = LocalEmbedder(packaged_model())
+    [exported] = (tmp_path / "frontdesk" / "models" / "onnx").iterdir()
+    made = exported.stat().st_mtime_ns
+    again = LocalEmbedder(packaged_model())
+    assert again._onnx is not None and exported.stat().st_mtime_ns == made  # read, not made
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    torch_only = LocalEmbedder(packaged_model())
+    assert torch_only._onnx is None
+    vectors = [asyncio.run(e.embed([PARAPHRASE]))[0] for e in (first, torch_only)]
+    assert np.allclose(vectors[0], vectors[1], atol=1e-5)
+
+
 async def test_a_changed_article_gets_new_vectors_and_the_index_follows(
     store: Store, local: LocalEmbedder, tmp_path: Path
 ) -> None:
