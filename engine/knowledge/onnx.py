@@ -83,6 +83,8 @@ def onnx_encoder(st: Any, path: Path) -> OnnxEncoder | None:
             return None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # its warnings about unused initializers are not ours
+    # its threads sleep between runs rather than spin: the worker has other work for the cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
     return OnnxEncoder(session, st.tokenizer, int(st.max_seq_length))
 
