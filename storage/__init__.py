@@ -1,10 +1,11 @@
 """frontdesk's storage: conversation history in SQL. The only package that imports SQLAlchemy."""
 
-from .models import ConversationStatus, MessageStatus
+from .models import ConversationStatus, HandoffState, MessageStatus
 from .store import (
     AwaitingMessage,
     ChunkIn,
     ConversationSummary,
+    HandoffRecord,
     KnowledgeHit,
     KnowledgeSource,
     RecordedMessage,
@@ -19,6 +20,8 @@ __all__ = [
     "ChunkIn",
     "ConversationStatus",
     "ConversationSummary",
+    "HandoffRecord",
+    "HandoffState",
     "KnowledgeHit",
     "KnowledgeSource",
     "MessageStatus",

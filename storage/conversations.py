@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Text,
     bindparam,
     case,
     func,
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 class RecordedMessage:
     conversation_id: int
     message_id: int
+    # the conversation is in a handoff to a person: stored without a reply route, no turn is
+    # to be queued for it (``handoff_of`` says which)
+    handed_off: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +176,12 @@ class Conversations(Database):
             "created_at",
             "reply_route",
         ]
-        active = select(
-            Conversation.id, *(bindparam(c, type_=Message.__table__.c[c].type) for c in columns[1:])
-        ).where(
+        values: list[Any] = [bindparam(c, type_=Message.__table__.c[c].type) for c in columns[1:-1]]
+        # no reply route while a person has the conversation (handoff, 0012): nothing queues it
+        values.append(
+            case((Conversation.handoff_id.is_(None), bindparam("reply_route", type_=Text())))
+        )
+        active = select(Conversation.id, *values).where(
             Conversation.platform == bindparam("platform"),
             Conversation.external_key == bindparam("external_key"),
             Conversation.status == ConversationStatus.ACTIVE,
@@ -183,7 +190,7 @@ class Conversations(Database):
             insert(Message)
             .from_select(columns, active)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(Message.id, Message.conversation_id)
+            .returning(Message.id, Message.conversation_id, Message.reply_route)
         )
         # A reply to a message that has one: a stored failure is replaced (the turn was answered
         # afresh, e.g. re-queued from the dead letters), a good reply is kept.
@@ -231,7 +238,10 @@ class Conversations(Database):
                 )
             ).first()
             if found is not None:
-                return RecordedMessage(conversation_id=found[1], message_id=found[0])
+                # (the route itself comes back: SQLite's RETURNING says "reply_route IS NULL"
+                # is false of a NULL it just wrote)
+                handed_off = found[2] is None and reply_route is not None
+                return RecordedMessage(found[1], found[0], handed_off=handed_off)
             if await conn.scalar(_SELECT_DEDUPE, {"dedupe_key": msg.dedupe_key}) is not None:
                 return None
             # no active conversation (the INSERT … SELECT found none): open one straight away

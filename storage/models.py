@@ -82,6 +82,8 @@ class Conversation(Base):
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the handoff to a person it is in now (0012); NULL while the bot has it
+    handoff_id: Mapped[int | None] = mapped_column(BigId)
 
     __table_args__ = (
         Index("ix_conversations_last_activity", "last_activity_at"),
@@ -141,6 +143,44 @@ class Message(Base):
             sqlite_where=text("reply_route IS NOT NULL"),
             postgresql_where=text("reply_route IS NOT NULL"),
         ),
+    )
+
+
+class HandoffState(enum.StrEnum):
+    """Where a handoff to a person stands."""
+
+    WAITING = "waiting"
+    """Posted to the desk; no person has answered yet. The bot stays quiet."""
+    HUMAN = "human"
+    """A person claimed it or wrote to the customer; the bot stays quiet."""
+    RESOLVED = "resolved"
+    """Over: the bot has the conversation again."""
+
+
+class Handoff(Base):
+    """A customer handed to the desk (0012): why, where the customer's replies go, and the
+    desk's thread for it."""
+
+    __tablename__ = "handoffs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    reason: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=HandoffState.WAITING)
+    route: Mapped[str] = mapped_column(Text)  # the customer's InboundMessage.route, JSON
+    desk: Mapped[str] = mapped_column(String(300))  # "slack:C0DESK", "telegram:-100123"
+    desk_thread: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    agent_id: Mapped[str | None] = mapped_column(String(255))
+    first_human_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_handoffs_conversation", "conversation_id"),
+        Index("ix_handoffs_desk_thread", "desk", "desk_thread"),
     )
 
 

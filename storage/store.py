@@ -16,10 +16,11 @@ from .conversations import (
     StoredMessage,
     TurnMessage,
 )
+from .desk import HandoffRecord, Handoffs
 from .knowledge import ChunkIn, Knowledge, KnowledgeHit, KnowledgeSource
 
 
-class Store(Conversations, Knowledge):
+class Store(Conversations, Knowledge, Handoffs):
     """Conversation history on one database. ``async with Store(url) as store:`` or start()/stop()."""
 
 
@@ -27,6 +28,7 @@ __all__ = [
     "AwaitingMessage",
     "ChunkIn",
     "ConversationSummary",
+    "HandoffRecord",
     "KnowledgeHit",
     "KnowledgeSource",
     "RecordedMessage",

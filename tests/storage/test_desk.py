@@ -1,0 +1,65 @@
+"""Handoff state in SQL, on both databases: one open handoff per conversation however many ask at
+once, and a message from a customer a person has is stored without a reply route, so nothing
+(the gateway, the sweep) queues a turn for it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+from frontdesk.storage import HandoffState, Store
+from frontdesk.storage.models import utcnow
+from frontdesk.wire import InboundMessage
+
+
+def message(chat: str, text: str) -> InboundMessage:
+    return InboundMessage("telegram", chat, "u1", uuid.uuid4().hex, text, user_name="Alice")
+
+
+async def test_one_handoff_however_many_open_it_and_its_messages_queue_no_turn(
+    store: Store,
+) -> None:
+    chat = f"chat-{uuid.uuid4().hex[:8]}"
+    route = {**message(chat, "").route(), "gateway": "gw"}
+    first = await store.record_user_message(message(chat, "where is my parcel"), route)
+    assert first is not None and not first.handed_off
+    opened = await asyncio.gather(
+        *(
+            store.open_handoff(first.conversation_id, reason="asked", route={"n": i}, desk="d")
+            for i in range(5)
+        )
+    )
+    assert sum(new for _handoff, new in opened) == 1
+    assert len({handoff.id for handoff, _new in opened}) == 1
+    handoff = opened[0][0]
+    assert handoff.state == HandoffState.WAITING
+
+    during = await store.record_user_message(message(chat, "hello? anyone?"), route)
+    assert during is not None and during.handed_off
+    later = utcnow() + timedelta(hours=1)
+    awaiting = {m.message_id for m in await store.awaiting_replies(later, 100)}
+    assert during.message_id not in awaiting  # the sweep leaves it alone
+    assert first.message_id in awaiting  # (the first one was never answered: it would be)
+
+    await store.set_desk_thread(handoff.id, "1700000000.000100")
+    assert (await store.handoff_by_thread("d", "1700000000.000100")).id == handoff.id  # type: ignore[union-attr]
+    stored = await store.record_agent_message(
+        handoff, agent_id="U0AGENT", agent_name="Dana", text="On its way.", dedupe_key="d:1"
+    )
+    again = await store.record_agent_message(
+        handoff, agent_id="U0AGENT", agent_name="Dana", text="On its way.", dedupe_key="d:1"
+    )
+    assert stored is not None and again is None  # a retried desk event is stored once
+    assert (await store.handoff(handoff.id)).state == HandoffState.HUMAN  # type: ignore[union-attr]
+
+    resolved = await store.resolve_handoff(handoff.id)
+    assert resolved is not None and resolved.state == HandoffState.RESOLVED
+    assert await store.resolve_handoff(handoff.id) is None  # once
+    assert await store.handoff_of(first.conversation_id) is None
+    after = await store.record_user_message(message(chat, "thanks"), route)
+    assert after is not None and not after.handed_off  # the bot's again: a turn answers it
+    _conv, messages = await store.conversation(first.conversation_id)
+    assert [(m.role, m.content) for m in messages][-2:] == [
+        ("agent", "On its way."), ("user", "thanks"),
+    ]  # fmt: skip
