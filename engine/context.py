@@ -26,6 +26,18 @@ class BuiltPrompt:
 
 
 ANCHOR_EVERY = 64  # messages: a long conversation's cuts are counted from these positions
+AGENT_SAID = "(A person from our team answered here:)"
+
+
+def as_chat(role: str, content: str) -> ChatMessage:
+    """A stored message as the model sees it. What a person from the team wrote to the customer
+    during a handoff (role ``agent``) is an answer of the assistant's side, marked as a
+    person's: so after the handoff the model knows that a person answered, and what they said."""
+    if role == "agent":
+        return ChatMessage("assistant", f"{AGENT_SAID} {content}")
+    if role in ("user", "assistant", "system"):
+        return ChatMessage(role, content)  # type: ignore[arg-type]
+    raise ValueError(f"a stored message of unknown role {role!r}")
 
 
 def build_prompt(

@@ -50,7 +50,7 @@ from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
-from .context import ANCHOR_EVERY, BuiltPrompt, build_prompt
+from .context import ANCHOR_EVERY, BuiltPrompt, as_chat, build_prompt
 from .knowledge import Retrieval, Retriever
 from .knowledge.embeddings import make_embedder
 from .queue import Delivery, TurnQueue
@@ -444,7 +444,7 @@ class Worker:
             await out.finish(text=existing.content)  # a redelivery: the reply already stored
             await self.store.mark_answered(turn.message_id)
             return True
-        messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
+        messages = [as_chat(m.role, m.content) for m in history]
         previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
         retrieval = (
             await self.retriever.retrieve(messages[-1].content, previous) if messages else None
@@ -525,7 +525,7 @@ class Worker:
             _existing, history = await self.store.turn_context(
                 turn.conversation_id, turn.message_id, limit=limit
             )
-            messages = [ChatMessage(m.role, m.content) for m in history]  # type: ignore[arg-type]
+            messages = [as_chat(m.role, m.content) for m in history]
 
     def _fitted(
         self, messages: list[ChatMessage], retrieval: Retrieval | None, offset: int
