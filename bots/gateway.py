@@ -35,6 +35,7 @@ from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn, turn_id_of
 
 from .channel import ReplyStream
+from .desk import Desk, is_handoff_request
 from .http import HttpServer
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class Gateway:
         # the channels any gateway can post to: announced, and their turns carry their route
         self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
         self.http = HttpServer(settings.http_host, settings.http_port)
+        self.desk: Desk | None = None  # the handoff desk (FRONTDESK_DESK), made in start()
 
     @property
     def fatal(self) -> asyncio.Future[TaskFailed]:
@@ -125,6 +127,8 @@ class Gateway:
         it), resume the replies that were in progress, start the reply pump, the channels in
         order, and the HTTP server if one needs it. A start that fails halfway undoes what it
         began (in reverse) and raises."""
+        if self.settings.desk:
+            self.desk = Desk(self, self.store, self.settings.desk)
         await self._take_lease()
         await self._resume()
         self.tasks.spawn("gateway-replies", self._pump_replies)
@@ -297,6 +301,14 @@ class Gateway:
             return None
         return stored.content
 
+    def channel(self, name: str) -> Channel | None:
+        """The channel of platform ``name`` this gateway runs, if it runs one."""
+        return self._by_name.get(name)
+
+    async def deliver_now(self, channel: Channel, msg: InboundMessage, text: str) -> None:
+        """Say ``text`` in the chat ``msg`` came from (a person's answer, a notice)."""
+        await self._reply_now(channel, msg, text)
+
     @property
     def pending(self) -> int:
         """Replies not yet fully shown to their users."""
@@ -317,6 +329,8 @@ class Gateway:
             return self._reply_now(
                 channel, msg, texts.too_long(len(text), self.settings.max_message_chars)
             )
+        if self.desk is not None and is_handoff_request(text, self.settings.handoff_phrases):
+            return await self._handoff_command(channel, msg, "/human")
         anywhere = channel.name in self.shared
         reply_route = {**msg.route(), "gateway": self.id, "anywhere": anywhere}
         try:
@@ -332,6 +346,11 @@ class Gateway:
             return self._reply_now(channel, msg, texts.STORAGE_DOWN)
         if recorded is None:
             log.info("duplicate message %s dropped", msg.dedupe_key)
+            return None
+        if isinstance(recorded, RecordedMessage) and recorded.handed_off:
+            # a person has the conversation: no turn, the message goes to the desk's thread
+            if self.desk is not None:
+                await self.desk.customer_said(recorded.conversation_id, msg)
             return None
         turn = Turn(
             recorded.conversation_id,
@@ -403,7 +422,30 @@ class Gateway:
             return self._reply_now(channel, msg, texts.HELP)
         if command == "/stop":
             return await self._stop(channel, msg)
+        if command in ("/human", "/bot"):
+            return await self._handoff_command(channel, msg, command)
         return self._reply_now(channel, msg, texts.UNKNOWN_COMMAND)
+
+    async def _handoff_command(
+        self, channel: Channel, msg: InboundMessage, command: str
+    ) -> asyncio.Task[None] | None:
+        """/human (or a phrase that asks for a person): hand the conversation to the desk.
+        /bot: back to the bot. The message is stored (it is part of the conversation) without
+        a reply route, so no turn answers it."""
+        if self.desk is None:
+            return self._reply_now(channel, msg, texts.NOBODY_AVAILABLE)
+        try:
+            recorded = await self.store.record_user_message(msg)
+            if recorded is None:
+                return None  # the same event again: answered already
+            if command == "/bot":
+                back = await self.desk.give_back(recorded.conversation_id)
+                return None if back else self._reply_now(channel, msg, texts.NOT_HANDED_OVER)
+            said = await self.desk.hand_over(recorded.conversation_id, msg, reason="asked")
+        except StorageUnavailable as exc:
+            log.error("cannot hand %s over: %s", msg.dedupe_key, exc)
+            return self._reply_now(channel, msg, texts.STORAGE_DOWN)
+        return self._reply_now(channel, msg, said)
 
     async def reset(self, platform: str, conversation_key: str) -> str:
         """Start a new conversation for the chat; returns what to tell the user. Channels whose

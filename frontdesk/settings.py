@@ -126,6 +126,14 @@ class Settings(BaseSettings):
     kb_strict: bool | None = None
     kb_url_base: str | None = None  # a source's URL is this plus its path, unless it has its own
 
+    # handoff to a person: the desk where agents answer ("slack:<channel id>"), and what a
+    # customer writes to ask for one (besides /human, and "human" in a Slack DM); None: no desk
+    desk: str | None = Field(None, pattern=r"^slack:[A-Z0-9]{2,32}$")
+    handoff_phrases: Annotated[list[str], NoDecode] = [
+        "talk to a human", "speak to a human", "talk to a person", "speak to a person",
+        "real person", "human agent", "talk to someone",
+    ]  # fmt: skip
+
     greeting: str = "Hello! I'm an assistant. Ask me anything, or send /help."
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
@@ -159,6 +167,7 @@ class Settings(BaseSettings):
         "slack_allowed_channels",
         "slack_allowed_users",
         "openai_base_urls",
+        "handoff_phrases",
         mode="before",
     )
     @classmethod
@@ -182,6 +191,7 @@ class Settings(BaseSettings):
         "embeddings_model",
         "embeddings_url",
         "embeddings_api_key",
+        "desk",
         mode="before",
     )
     @classmethod

@@ -3,7 +3,8 @@ errors. One place, so every channel says the same thing."""
 
 HELP = (
     "I'm a chat assistant. Send me a message and I'll answer.\n"
-    "/reset starts a new conversation, /stop stops an answer in progress, /help shows this."
+    "/reset starts a new conversation, /stop stops an answer in progress, /human asks for a "
+    "person, /help shows this."
 )
 RESET = "Started a new conversation. Earlier messages no longer count."
 EMPTY_MESSAGE = "Your message is empty. Send me some text and I'll answer."
@@ -35,3 +36,11 @@ NOT_COVERED = (
     "Could you put it another way?"
 )
 SOURCES = "Sources"  # before the list of help-centre articles a reply was given
+
+# handoff to a person (bots/desk.py)
+HANDED_OVER = "I've asked a person from our team to take over. They'll answer you right here."
+HANDOFF_ALREADY = "A person from our team has your conversation; they'll answer you right here."
+NOBODY_AVAILABLE = "Sorry, nobody from our team is available right now. I'll keep helping you."
+BOT_IS_BACK = "You're back with the assistant. Ask me anything, or send /human for a person."
+NOT_HANDED_OVER = "You're talking with the assistant already."
+HANDOFF_OVER = "This handoff is resolved: the customer is back with the bot."

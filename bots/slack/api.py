@@ -10,7 +10,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -39,10 +39,13 @@ class SlackApi:
     _next_post: dict[str, float]  # channel -> earliest time of its next post
     _post_locks: defaultdict[str, asyncio.Lock]
 
-    async def post(self, channel: str, thread_ts: str, text: str) -> str:
-        """chat.postMessage in the thread; returns the message's ts. Posts to one channel go
-        one at a time, each a second after Slack answered the one before (so transit jitter
-        cannot put two in one second at Slack's end)."""
+    async def post(
+        self, channel: str, thread_ts: str, text: str, *, blocks: list[Any] | None = None
+    ) -> str:
+        """chat.postMessage in the thread (``thread_ts`` empty: a message of its own); returns
+        the message's ts. Posts to one channel go one at a time, each a second after Slack
+        answered the one before (so transit jitter cannot put two in one second at Slack's
+        end)."""
 
         async def paced() -> str:
             wait = self._next_post.get(channel, 0.0) - time.monotonic()
@@ -50,7 +53,11 @@ class SlackApi:
                 await asyncio.sleep(wait)
             try:
                 response = await self._api().chat_postMessage(
-                    channel=channel, thread_ts=thread_ts, text=text, unfurl_links=False
+                    channel=channel,
+                    thread_ts=thread_ts or None,
+                    text=text,
+                    blocks=blocks,
+                    unfurl_links=False,
                 )
                 return str(response["ts"])
             finally:
@@ -90,6 +97,21 @@ class SlackApi:
         except _StillLimited:
             raise FrontdeskError(f"could not update Slack message {ts}") from None
         return done is not None
+
+    async def replace_message(
+        self, channel: str, ts: str, text: str, blocks: list[Any] | None = None
+    ) -> None:
+        """chat.update outside a reply's budget (a handoff's card: rare), waiting out 429s; a
+        refusal is logged."""
+
+        async def once() -> bool:
+            await self._api().chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            return True
+
+        try:
+            await self._sent(f"chat.update of {ts}", once, refused_ok=True)
+        except _StillLimited:
+            log.warning("chat.update of %s: still rate-limited, message left as it was", ts)
 
     async def delete(self, channel: str, ts: str) -> None:
         """chat.delete, waiting out 429s; a refusal is logged (the message stays)."""

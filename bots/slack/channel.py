@@ -29,7 +29,7 @@ from frontdesk.settings import Settings
 from frontdesk.wire import InboundMessage
 
 from ..channel import ReplyStream
-from .api import SlackApi
+from .desk import CLAIM, RESOLVE, SlackDesk
 from .mrkdwn import to_mrkdwn
 from .names import NAME_BATCH_S, REMEMBERED, SlackNames
 from .reply import LiveReply, UpdateBudget
@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 SOCKET_CONNECT_S = 30.0
 # Words that act as commands when they are the whole message (Slack keeps "/" for its own)
-COMMAND_WORDS = {"reset": "/reset", "new": "/reset", "stop": "/stop", "help": "/help"}
+COMMAND_WORDS = {
+    "reset": "/reset", "new": "/reset", "stop": "/stop", "help": "/help", "human": "/human",
+    "bot": "/bot",
+}  # fmt: skip
 # Message subtypes a person produces; every other subtype (edits, deletions, joins, bots) is not
 # something to answer
 ANSWERED_SUBTYPES = {None, "file_share", "thread_broadcast"}
@@ -57,7 +60,7 @@ CHANNEL_RESET = (
 )
 
 
-class SlackChannel(SlackNames, SlackApi):
+class SlackChannel(SlackNames, SlackDesk):
     name = "slack"
     replies_from_any_gateway = True  # a channel and a thread ts are all a reply needs
     redelivers = True  # an event not acked (storage down) comes again: 1 min, then 5 min
@@ -171,6 +174,8 @@ class SlackChannel(SlackNames, SlackApi):
         app.event("app_mention")(self._on_mention)
         app.event("message")(self._on_message)
         app.command("/frontdesk")(self._on_command)
+        app.action(CLAIM)(self._on_desk_action)
+        app.action(RESOLVE)(self._on_desk_action)
         app.error(self._on_error)
         return app
 
@@ -225,6 +230,9 @@ class SlackChannel(SlackNames, SlackApi):
         direct = event.get("channel_type") == "im" or channel.startswith("D")
         root = event.get("thread_ts") or event.get("ts", "")
         text = self._without_mention(event.get("text") or "")
+        if self._in_desk(channel):  # agents at the handoff desk, not customers
+            await self._agent_message(event, text, self._known_name(user)[1])
+            return
         command = COMMAND_WORDS.get(text.strip().strip(".!").lower())
         msg = InboundMessage(
             platform=self.name,

@@ -26,6 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -288,6 +289,47 @@ class FakeSlack(FakeServer):
             headers["X-Slack-Retry-Reason"] = retry_reason
         status, _, took = await _post(url, body, headers)
         return status, took
+
+    async def press_button(
+        self, url: str, *, channel: str, message_ts: str, action_id: str,
+        user: str = "U0AGENT", signature: str | None = None,
+    ) -> int:  # fmt: skip
+        """A person presses a button of one of the bot's messages: Slack POSTs a signed form
+        whose ``payload`` is the block_actions JSON. The button must be on the message as
+        posted or last updated. Returns the HTTP status."""
+        post = self._bot_posts.get((channel, message_ts))
+        if post is None:
+            raise AssertionError(f"no bot message {message_ts} in {channel}")
+        buttons = [
+            element
+            for block in post.get("blocks") or []
+            if block.get("type") == "actions"
+            for element in block.get("elements", [])
+        ]
+        [button] = [b for b in buttons if b.get("action_id") == action_id] or [None]
+        if button is None:
+            raise AssertionError(f"message {message_ts} has no button {action_id}")
+        payload = {
+            "type": "block_actions", "team": {"id": self.team_id, "domain": "test"},
+            "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
+            "api_app_id": APP_ID, "token": "test-verification-token",
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel,
+                          "is_ephemeral": False},
+            "trigger_id": f"{int(time.time())}.{uuid.uuid4().hex[:8]}",
+            "channel": {"id": channel, "name": "desk"},
+            "message": {"type": "message", "ts": message_ts, "text": post["text"],
+                        "blocks": post.get("blocks"), "user": self.bot_user_id},
+            "response_url": f"{self.base_url}response/{uuid.uuid4().hex}",
+            "actions": [{"type": "button", "action_id": action_id,
+                         "block_id": button.get("block_id", "b"), "value": button.get("value"),
+                         "text": button.get("text"), "action_ts": self._new_ts()}],
+        }  # fmt: skip
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **self.sign(body)}
+        if signature is not None:
+            headers["X-Slack-Signature"] = signature
+        status, _, _took = await _post(url, body, headers)
+        return status
 
     async def url_verification(self, url: str) -> tuple[int, bool]:
         """Slack's endpoint check: (HTTP status, whether the app echoed the challenge)."""

@@ -1,0 +1,214 @@
+"""The handoff desk, platform-blind: a customer handed to a person, the person's answers relayed
+back, and the conversation given back to the bot.
+
+A conversation is the bot's, ``waiting`` (handed to the desk, nobody has answered yet) or
+``human`` (a person claimed it or wrote to the customer); the state is in SQL
+(``storage/desk.py``), so it survives restarts, and the gateway learns it in the statement that
+stores each customer message: while a person has the conversation, no turn is queued and the
+customer's messages go to the desk's thread instead.
+
+The desk is a place on one platform (``FRONTDESK_DESK=slack:<channel id>``), for customers from
+any channel: a Telegram customer can be answered from Slack. The platform's part, the thread
+per handoff and its buttons, is its channel's (``DeskSide``); this module decides what goes
+where. An agent's answer reaches the customer through the customer's own channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from frontdesk import texts
+from frontdesk.errors import ConfigError, FrontdeskError, StorageUnavailable
+from frontdesk.storage import HandoffRecord, Store
+from frontdesk.wire import InboundMessage
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+SUMMARY_LAST = 4  # the customer's last messages shown on a handoff's card
+SUMMARY_CHARS = 300  # of each message shown
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffCard:
+    """What the desk shows of a handoff: the thread's first message, and its buttons."""
+
+    handoff_id: int
+    conversation_id: int
+    platform: str  # the customer's
+    customer: str
+    reason: str
+    first_question: str
+    last_messages: list[tuple[str, str]]  # (role, text), oldest first
+    state: str = "waiting"
+    agent: str | None = None  # who has it, once claimed
+
+
+class DeskSide(Protocol):
+    """A channel that can be the desk: it opens a thread per handoff where agents see the
+    customer's messages and answer, and shows the handoff's state on the thread's first
+    message. It hands what agents do there to ``Desk``: ``agent_said``, ``claim``,
+    ``resolve``."""
+
+    name: str
+
+    async def open_desk_thread(self, place: str, card: HandoffCard) -> str: ...
+    async def post_to_desk_thread(self, place: str, thread: str, text: str) -> None: ...
+    async def show_handoff(self, place: str, thread: str, card: HandoffCard) -> None: ...
+
+
+class Desk:
+    """Hands customers to the desk in ``settings.desk`` and relays between them."""
+
+    def __init__(self, gateway: Gateway, store: Store, desk: str) -> None:
+        self.gateway, self.store = gateway, store
+        self.desk = desk
+        platform, _, self.place = desk.partition(":")
+        found = gateway.channel(platform)
+        if found is None or not hasattr(found, "open_desk_thread"):
+            raise ConfigError(
+                f"FRONTDESK_DESK={desk}: this gateway runs no {platform} channel to hold the desk"
+            )
+        self.side: DeskSide = found  # type: ignore[assignment]
+
+    def is_desk(self, platform: str, place: str) -> bool:
+        return platform == self.side.name and place == self.place
+
+    # -- the customer's side -------------------------------------------------------------------
+
+    async def hand_over(self, conversation_id: int, msg: InboundMessage, *, reason: str) -> str:
+        """Hand the conversation to the desk (once; asking again changes nothing) and say
+        what to tell the customer."""
+        route = msg.route()
+        try:
+            handoff, opened = await self.store.open_handoff(
+                conversation_id, reason=reason, route=route, desk=self.desk
+            )
+        except StorageUnavailable as exc:
+            log.error("cannot hand conversation %d over: %s", conversation_id, exc)
+            return texts.STORAGE_DOWN
+        if not opened:
+            return texts.HANDOFF_ALREADY
+        try:
+            card = await self._card(handoff, msg)
+            thread = await self.side.open_desk_thread(self.place, card)
+            await self.store.set_desk_thread(handoff.id, thread)
+        except (FrontdeskError, OSError) as exc:
+            log.error("cannot post handoff %d to the desk %s: %s", handoff.id, self.desk, exc)
+            await self.store.resolve_handoff(handoff.id)
+            return texts.NOBODY_AVAILABLE
+        log.info("conversation %d handed to the desk (%s)", conversation_id, reason)
+        return texts.HANDED_OVER
+
+    async def customer_said(self, conversation_id: int, msg: InboundMessage) -> None:
+        """A customer's message while a person has the conversation: into the desk's thread."""
+        handoff = await self.store.handoff_of(conversation_id)
+        if handoff is None or handoff.desk_thread is None:
+            log.warning(
+                "conversation %d: message in a handoff with no desk thread", conversation_id
+            )
+            return
+        who = msg.user_name or msg.user_id
+        await self.side.post_to_desk_thread(self.place, handoff.desk_thread, f"{who}: {msg.text}")
+
+    async def give_back(self, conversation_id: int) -> bool:
+        """The customer asks for the bot again (/bot): the handoff ends. False when the
+        conversation was the bot's."""
+        handoff = await self.store.handoff_of(conversation_id)
+        if handoff is None:
+            return False
+        await self._resolve(handoff, by="the customer")
+        return True
+
+    # -- the desk's side -----------------------------------------------------------------------
+
+    async def agent_said(
+        self, thread: str, *, agent_id: str, agent_name: str | None, text: str, event_id: str
+    ) -> str | None:
+        """An agent's message in a handoff's thread: stored (role ``agent``) and sent to the
+        customer, and the handoff is a person's from now on. Returns what to tell the agent
+        when it cannot go (the handoff is over), else None."""
+        handoff = await self.store.handoff_by_thread(self.desk, thread)
+        if handoff is None:
+            return None  # a thread that is no handoff's: not ours to answer
+        if not handoff.open:
+            return texts.HANDOFF_OVER
+        stored = await self.store.record_agent_message(
+            handoff, agent_id=agent_id, agent_name=agent_name, text=text,
+            dedupe_key=f"{self.desk}:{event_id}",
+        )  # fmt: skip
+        if stored is None:
+            return None  # the same event again: sent already
+        await self._to_customer(handoff, f"{agent_name or 'Support'}: {text}")
+        if handoff.state == "waiting":
+            await self._show(handoff, state="human", agent=agent_name or agent_id)
+        return None
+
+    async def claim(self, thread: str, agent_id: str, agent_name: str | None) -> str | None:
+        """An agent takes the handoff (the Claim button). What to tell the agent, if anything."""
+        handoff = await self.store.handoff_by_thread(self.desk, thread)
+        if handoff is None:
+            return None
+        if not await self.store.claim_handoff(handoff.id, agent_id):
+            return texts.HANDOFF_OVER
+        await self._show(handoff, state="human", agent=agent_name or agent_id)
+        return None
+
+    async def resolve(self, thread: str, agent_id: str) -> str | None:
+        """The handoff ends (the Resolve button): the bot has the conversation again."""
+        handoff = await self.store.handoff_by_thread(self.desk, thread)
+        if handoff is None:
+            return None
+        if not handoff.open:
+            return texts.HANDOFF_OVER
+        await self._resolve(handoff, by=agent_id)
+        return None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _resolve(self, handoff: HandoffRecord, *, by: str) -> None:
+        if await self.store.resolve_handoff(handoff.id) is None:
+            return  # resolved by someone else meanwhile
+        log.info("handoff %d resolved by %s", handoff.id, by)
+        await self._to_customer(handoff, texts.BOT_IS_BACK)
+        await self._show(handoff, state="resolved", agent=handoff.agent_id)
+
+    async def _to_customer(self, handoff: HandoffRecord, text: str) -> None:
+        msg = InboundMessage.from_route(handoff.route)
+        channel = self.gateway.channel(msg.platform)
+        if channel is None:
+            log.error("handoff %d: this gateway runs no %s channel for the customer",
+                      handoff.id, msg.platform)  # fmt: skip
+            return
+        await self.gateway.deliver_now(channel, msg, text)
+
+    async def _show(self, handoff: HandoffRecord, *, state: str, agent: str | None) -> None:
+        if handoff.desk_thread is None:
+            return
+        card = await self._card(handoff, InboundMessage.from_route(handoff.route))
+        card = dataclasses.replace(card, state=state, agent=agent)
+        try:
+            await self.side.show_handoff(self.place, handoff.desk_thread, card)
+        except (FrontdeskError, OSError) as exc:
+            log.warning("cannot show handoff %d's state: %s", handoff.id, exc)
+
+    async def _card(self, handoff: HandoffRecord, msg: InboundMessage) -> HandoffCard:
+        _conv, messages = await self.store.conversation(handoff.conversation_id)
+        said = [(m.role, m.content[:SUMMARY_CHARS]) for m in messages if m.role != "agent"]
+        first = next((text for role, text in said if role == "user"), "")
+        return HandoffCard(
+            handoff_id=handoff.id, conversation_id=handoff.conversation_id,
+            platform=msg.platform, customer=msg.user_name or msg.user_id,
+            reason=handoff.reason, first_question=first, last_messages=said[-SUMMARY_LAST:],
+            state=handoff.state, agent=handoff.agent_id,
+        )  # fmt: skip
+
+
+def is_handoff_request(text: str, phrases: list[str]) -> bool:
+    """Whether the customer asks for a person in so many words."""
+    said = " ".join(text.lower().split())
+    return any(phrase.lower() in said for phrase in phrases if phrase.strip())

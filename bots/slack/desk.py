@@ -1,0 +1,124 @@
+"""The Slack channel as the handoff desk (``FRONTDESK_DESK=slack:<channel id>``): a parent
+message per handoff in the desk channel, with the customer, the reason, a short summary and the
+conversation id, and Claim and Resolve buttons (Block Kit, whose presses come signed like events,
+through bolt's action handlers). Agents answer in its thread: each reply goes to the customer,
+except one that starts with ``note:``, which stays among the agents. The customer's messages
+appear in the thread. What it all means is ``frontdesk.bots.desk``'s."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..desk import HandoffCard
+from .api import SlackApi
+from .mrkdwn import to_mrkdwn
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+log = logging.getLogger(__name__)
+CLAIM, RESOLVE = "frontdesk_claim", "frontdesk_resolve"
+NOTE_PREFIX = "note:"  # an agent's reply in a handoff's thread that the customer does not get
+STATES = {
+    "waiting": ":hourglass_flowing_sand: Waiting for a person",
+    "human": ":raising_hand: With {agent}",
+    "resolved": ":white_check_mark: Resolved: back with the bot",
+}
+
+
+def _escaped(text: str) -> str:
+    """Text shown as it is in mrkdwn: Slack's three control characters escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def card_blocks(card: HandoffCard) -> tuple[str, list[dict[str, Any]]]:
+    """The parent message of a handoff: its fallback text and its blocks."""
+    agent = f"<@{card.agent}>" if card.agent and card.agent.startswith("U") else card.agent
+    state = STATES.get(card.state, card.state).format(agent=agent or "a person")
+    head = (
+        f"*Handoff #{card.handoff_id}*: {_escaped(card.customer)} on {card.platform} "
+        f"({card.reason})\n{state}"
+    )
+    lines = [f"*First question:* {_escaped(card.first_question) or '(none)'}"]
+    if card.last_messages:
+        lines.append("*Last messages:*")
+        lines += [f">{role}: {_escaped(text)}" for role, text in card.last_messages]
+    lines.append(
+        f"Conversation {card.conversation_id}: `frontdesk conversations show "
+        f"{card.conversation_id}`. Answer in this thread; start a reply with `note:` to keep it "
+        "among agents."
+    )
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": head}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:2900]}},
+    ]
+    if card.state != "resolved":
+        value = str(card.handoff_id)
+        buttons = [
+            {"type": "button", "action_id": RESOLVE, "value": value, "style": "primary",
+             "text": {"type": "plain_text", "text": "Resolve"}},
+        ]  # fmt: skip
+        if card.state == "waiting":
+            buttons.insert(0, {"type": "button", "action_id": CLAIM, "value": value,
+                               "text": {"type": "plain_text", "text": "Claim"}})  # fmt: skip
+        blocks.append({"type": "actions", "elements": buttons})
+    text = f"Handoff #{card.handoff_id}: {card.customer} on {card.platform} ({card.reason})"
+    return text, blocks
+
+
+class SlackDesk(SlackApi):
+    """The desk part of ``SlackChannel``, which sets these attributes."""
+
+    name: str
+    _gateway: Gateway | None
+
+    async def open_desk_thread(self, place: str, card: HandoffCard) -> str:
+        text, blocks = card_blocks(card)
+        return await self.post(place, "", text, blocks=blocks)
+
+    async def post_to_desk_thread(self, place: str, thread: str, text: str) -> None:
+        await self.post(place, thread, to_mrkdwn(text))
+
+    async def show_handoff(self, place: str, thread: str, card: HandoffCard) -> None:
+        text, blocks = card_blocks(card)
+        await self.replace_message(place, thread, text, blocks)
+
+    def _in_desk(self, channel: str) -> bool:
+        desk = self._gateway.desk if self._gateway is not None else None
+        return desk is not None and desk.is_desk(self.name, channel)
+
+    async def _agent_message(self, event: dict[str, Any], text: str, name: str | None) -> None:
+        """A person's message in the desk channel: a reply in a handoff's thread goes to its
+        customer (unless it is a note); anything else there is the agents' own talk."""
+        assert self._gateway is not None and self._gateway.desk is not None
+        thread, channel = event.get("thread_ts"), event.get("channel", "")
+        if not thread or thread == event.get("ts") or not text.strip():
+            return
+        if text.strip().lower().startswith(NOTE_PREFIX):
+            return
+        said = await self._gateway.desk.agent_said(
+            thread, agent_id=event.get("user", ""), agent_name=name, text=text,
+            event_id=event.get("ts", ""),
+        )  # fmt: skip
+        if said:
+            await self.post(channel, thread, to_mrkdwn(said))
+
+    async def _on_desk_action(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Claim or Resolve pressed on a handoff's message."""
+        await ack()
+        if self._gateway is None or self._gateway.desk is None:
+            return
+        desk = self._gateway.desk
+        thread = str((body.get("message") or {}).get("ts") or "")
+        channel = str((body.get("channel") or {}).get("id") or "")
+        user = body.get("user") or {}
+        agent = str(user.get("id") or "")
+        if not desk.is_desk(self.name, channel):
+            return
+        if action.get("action_id") == CLAIM:
+            said = await desk.claim(thread, agent, agent)
+        else:
+            said = await desk.resolve(thread, agent)
+        if said:
+            await self.post(channel, thread, to_mrkdwn(said))

@@ -1,0 +1,158 @@
+"""Handoff to a person: a Telegram customer answered by agents at a Slack desk, through the real
+python-telegram-bot and slack-bolt against both stand-ins, one gateway running both channels,
+Redis and a worker."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from frontdesk import texts
+from frontdesk.bots.slack import SlackChannel
+from frontdesk.bots.slack.desk import CLAIM, RESOLVE
+from frontdesk.bots.telegram import TelegramChannel
+from frontdesk.engine.context import AGENT_SAID
+from tests.bots.test_slack import RecordingBackend
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.telegram_api import FakeTelegram
+from tests.support import Pipeline, free_port, pipeline
+
+ALICE = 1001  # the Telegram customer
+DESK = "C0DESK"
+AGENT = "U0AGENT"
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+class Both:
+    """The running gateway as both platforms see it."""
+
+    def __init__(self, p: Pipeline, telegram: FakeTelegram, slack: FakeSlack, url: str) -> None:
+        self.p, self.telegram, self.slack, self.url = p, telegram, slack, url
+
+    async def customer_sees(self, count: int) -> list[str]:
+        await self.telegram.wait_for(
+            lambda f: len(f.messages_in(ALICE)) >= count and self.p.gateway.pending == 0
+        )
+        return [m["text"] for m in self.telegram.messages_in(ALICE)]
+
+    async def desk_card(self) -> dict[str, Any]:
+        await self.slack.wait_for(lambda f: any(not m["thread_ts"] for m in f.messages_in(DESK)))
+        [card] = [m for m in self.slack.messages_in(DESK) if not m["thread_ts"]]
+        return card
+
+    def thread(self, card: dict[str, Any]) -> list[str]:
+        return [m["text"] for m in self.slack.messages_in(DESK) if m["thread_ts"] == card["ts"]]
+
+    async def press(self, card: dict[str, Any], action_id: str) -> None:
+        status = await self.slack.press_button(
+            self.url, channel=DESK, message_ts=card["ts"], action_id=action_id, user=AGENT
+        )
+        assert status == 200
+
+    async def agent_replies(self, card: dict[str, Any], text: str) -> None:
+        envelope = self.slack.thread_reply(text, thread_ts=card["ts"], user=AGENT, channel=DESK)
+        status, _took = await self.slack.post_event(self.url, envelope)
+        assert status == 200
+
+
+@contextlib.asynccontextmanager
+async def running(  # type: ignore[no-untyped-def]
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, backend: RecordingBackend,
+    redis_url: str, queue_prefix: str,
+) -> AsyncIterator[Both]:  # fmt: skip
+    settings = make_settings(
+        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
+        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
+        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
+        desk=f"slack:{DESK}",
+    )  # fmt: skip
+    channels = [TelegramChannel(settings), SlackChannel(settings)]
+    async with pipeline(settings, backend, channels=channels) as p:
+        yield Both(p, telegram, slack, f"http://127.0.0.1:{p.gateway.http.port}/slack/events")
+
+
+async def test_a_telegram_customer_is_answered_by_a_person_at_the_slack_desk_and_back(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    backend = RecordingBackend("The bot's answer.")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        telegram.private_message("my parcel never arrived, order 1234")
+        assert await both.customer_sees(1) == ["The bot's answer."]
+        telegram.private_command("human")
+        assert (await both.customer_sees(2))[-1] == texts.HANDED_OVER
+
+        card = await both.desk_card()  # one parent message: who, why, what was asked
+        assert "Alice" in card["text"] and "telegram" in card["text"]
+        shown = str(card["blocks"])
+        assert "my parcel never arrived, order 1234" in shown and "conversations show" in shown
+        await both.press(card, CLAIM)
+        await slack.wait_for(lambda f: f"<@{AGENT}>" in str(both.slack.messages_in(DESK)[0]))
+
+        await both.agent_replies(card, "Sorry about that! I've sent a new parcel today.")
+        seen = await both.customer_sees(3)
+        assert seen[-1] == "Support: Sorry about that! I've sent a new parcel today."
+        await both.agent_replies(card, "note: customer is a regular, refund shipping")
+        prompts = len(backend.prompts)
+        telegram.private_message("thank you!")
+        telegram.private_message("will it come by friday?")
+        await slack.wait_for(lambda f: len(both.thread(card)) >= 2)
+        assert both.thread(card) == ["Alice: thank you!", "Alice: will it come by friday?"]
+        assert len(backend.prompts) == prompts  # the bot stayed silent: no turn reached it
+        assert len(telegram.messages_in(ALICE)) == 3  # and the note never reached the customer
+
+        await both.press(card, RESOLVE)
+        assert (await both.customer_sees(4))[-1] == texts.BOT_IS_BACK
+        await slack.wait_for(lambda f: "Resolved" in str(f.messages_in(DESK)[0]["blocks"]))
+        assert CLAIM not in str(slack.messages_in(DESK)[0]["blocks"])  # no buttons left
+
+        telegram.private_message("ok and how do i track it?")
+        assert (await both.customer_sees(5))[-1] == "The bot's answer."
+        asked = backend.prompts[-1]
+        person = [m for m in asked if m.content.startswith(AGENT_SAID)]
+        assert [(m.role, m.content) for m in person] == [
+            ("assistant", f"{AGENT_SAID} Sorry about that! I've sent a new parcel today.")
+        ]
+        convs = await both.p.store.list_conversations(limit=50)
+        [conv] = [c for c in convs if c.platform == "telegram"]
+        _c, stored = await both.p.store.conversation(conv.id)
+        agent = [m for m in stored if m.role == "agent"]
+        assert [(m.user_id, m.content) for m in agent] == [
+            (AGENT, "Sorry about that! I've sent a new parcel today.")
+        ]
+        assert await both.p.store.handoff_of(conv.id) is None  # the bot's again
+
+
+async def test_a_person_asked_for_in_words_and_a_desk_reply_after_resolve_is_refused(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    backend = RecordingBackend("The bot's answer.")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        telegram.private_message("can I talk to a human please")
+        assert await both.customer_sees(1) == [texts.HANDED_OVER]
+        telegram.private_command("human")  # asked again: still one handoff
+        assert (await both.customer_sees(2))[-1] == texts.HANDOFF_ALREADY
+        card = await both.desk_card()
+        await both.agent_replies(card, "Hi, Dana here.")  # writing takes it over
+        assert (await both.customer_sees(3))[-1] == "Support: Hi, Dana here."
+        await slack.wait_for(lambda f: f"<@{AGENT}>" in str(f.messages_in(DESK)[0]["blocks"]))
+        telegram.private_command("bot")  # the customer goes back to the bot
+        assert (await both.customer_sees(4))[-1] == texts.BOT_IS_BACK
+        await both.agent_replies(card, "are you still there?")
+        await slack.wait_for(lambda f: texts.HANDOFF_OVER in both.thread(card))
+        assert len(telegram.messages_in(ALICE)) == 4  # nothing more reached the customer
+        assert backend.prompts == []  # no turn reached the engine throughout
