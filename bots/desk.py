@@ -209,6 +209,9 @@ class Desk:
 
 
 def is_handoff_request(text: str, phrases: list[str]) -> bool:
-    """Whether the customer asks for a person in so many words."""
+    """Whether the customer asks for a person in so many words: the message is "human" (as
+    the bot's offer of a person says), or holds one of ``phrases``."""
     said = " ".join(text.lower().split())
+    if said.strip(" .!?\"'") == "human":
+        return True
     return any(phrase.lower() in said for phrase in phrases if phrase.strip())

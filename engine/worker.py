@@ -450,12 +450,14 @@ class Worker:
             await self.retriever.retrieve(messages[-1].content, previous) if messages else None
         )
         if retrieval is not None and retrieval.uncovered and self.retriever.strict:
-            # nothing in the help centre fits: say so rather than let the model improvise
+            # nothing in the help centre fits: say so rather than let the model improvise, and
+            # offer a person where there is a desk
+            said = texts.NOT_COVERED + (f" {texts.OFFER_PERSON}" if self.settings.desk else "")
             await self.store.record_reply(
-                turn.conversation_id, turn.message_id, texts.NOT_COVERED,
+                turn.conversation_id, turn.message_id, said,
                 ReplyFigures(latency_ms=_ms_since(turn.enqueued_at)),
             )  # fmt: skip
-            await out.finish(text=texts.NOT_COVERED)
+            await out.finish(text=said)
             return True
         try:
             built, retrieval = await self._prompt(turn, history, messages, retrieval)

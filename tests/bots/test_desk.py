@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,9 @@ from frontdesk.bots.slack import SlackChannel
 from frontdesk.bots.slack.desk import CLAIM, RESOLVE
 from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.context import AGENT_SAID
+from frontdesk.engine.knowledge.ingest import add_paths
 from tests.bots.test_slack import RecordingBackend
+from tests.engine.test_knowledge import RETURNS, write
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.support import Pipeline, free_port, pipeline
@@ -156,3 +159,39 @@ async def test_a_person_asked_for_in_words_and_a_desk_reply_after_resolve_is_ref
         await slack.wait_for(lambda f: texts.HANDOFF_OVER in both.thread(card))
         assert len(telegram.messages_in(ALICE)) == 4  # nothing more reached the customer
         assert backend.prompts == []  # no turn reached the engine throughout
+
+
+async def test_a_handoff_outlives_a_gateway_restart(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    """The state is in SQL: after a restart the customer's message still goes to the desk
+    (no bot answer), and the agent's reply still reaches the customer."""
+    backend = RecordingBackend("The bot's answer.")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        telegram.private_command("human")
+        assert await both.customer_sees(1) == [texts.HANDED_OVER]
+        card = await both.desk_card()
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        telegram.private_message("still there?")
+        await slack.wait_for(lambda f: both.thread(card) == ["Alice: still there?"])
+        await both.agent_replies(card, "Yes, looking into it now.")
+        assert (await both.customer_sees(2))[-1] == "Support: Yes, looking into it now."
+    assert backend.prompts == []  # the engine never answered
+
+
+async def test_a_question_the_help_centre_does_not_cover_offers_a_person(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    backend = RecordingBackend("an improvised answer")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        write(tmp_path / "help", "returns.md", RETURNS)
+        await add_paths(both.p.store, [tmp_path / "help"])
+        telegram.private_message("Can I pay with bitcoin?")
+        [said] = await both.customer_sees(1)
+        assert said == f"{texts.NOT_COVERED} {texts.OFFER_PERSON}"
+        telegram.private_message("human")  # as the offer says
+        assert (await both.customer_sees(2))[-1] == texts.HANDED_OVER
+        card = await both.desk_card()
+        assert "Can I pay with bitcoin?" in str(card["blocks"])
+    assert backend.prompts == []
