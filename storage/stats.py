@@ -1,6 +1,7 @@
 """Usage figures per platform over a time window: replies per day, active users, latency and time
-to first token (p50, p95), tokens in and out, and the error rate. The replies stream from a
-server-side cursor, so memory stays flat over any window."""
+to first token (p50, p95), tokens in and out, the error rate, and handoffs to a person (by
+reason, time to the first human answer, share resolved). The replies stream from a server-side
+cursor, so memory stays flat over any window."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy import (
 )
 
 from .filters import LogFilter, LogQueries
-from .models import Conversation, Message, MessageStatus
+from .models import Conversation, Handoff, HandoffState, Message, MessageStatus
 
 STATS_BATCH = 2_000  # replies read a round trip
 
@@ -34,6 +35,12 @@ class PlatformStats:
     tokens_out: int
     errors: int
     error_rate: float
+    # handoffs to a person opened in the window, by reason ("asked", ...); the time from each
+    # to its first human answer (p50, p95; those answered), and the share of them resolved
+    handoffs: dict[str, int]
+    first_human_p50_s: float | None
+    first_human_p95_s: float | None
+    handoffs_resolved: float | None
 
 
 class StatsQueries(LogQueries):
@@ -62,6 +69,18 @@ class StatsQueries(LogQueries):
             .where(Message.role == "user", *where)
             .group_by(Conversation.platform)
         )
+        handoffs = select(
+            Conversation.platform,
+            Handoff.reason,
+            Handoff.created_at,
+            Handoff.first_human_at,
+            Handoff.state,
+        ).join(Conversation, Conversation.id == Handoff.conversation_id)
+        handoffs = handoffs.where(*self._conversation_filters(filt))
+        if filt.since:
+            handoffs = handoffs.where(Handoff.created_at >= filt.since)
+        if filt.until:
+            handoffs = handoffs.where(Handoff.created_at < filt.until)
         per: dict[str, _Figures] = defaultdict(_Figures)
         async with self.store.snapshot() as conn:
             result = await conn.stream(replies.execution_options(yield_per=STATS_BATCH))
@@ -69,6 +88,8 @@ class StatsQueries(LogQueries):
                 for platform, at, latency, ttft, t_in, t_out, status in batch:
                     per[platform].add(at, latency, ttft, t_in, t_out, status)
             active = dict((await conn.execute(users)).all())
+            for platform, reason, opened, answered, state in await conn.execute(handoffs):
+                per[platform].add_handoff(reason, opened, answered, state)
         return [per[p].summary(p, active.get(p, 0)) for p in sorted(per.keys() | active.keys())]
 
 
@@ -80,6 +101,17 @@ class _Figures:
         self.latency: list[float] = []
         self.ttft: list[float] = []
         self.tokens_in = self.tokens_out = self.errors = self.turns = 0
+        self.handoffs: dict[str, int] = defaultdict(int)
+        self.first_human: list[float] = []
+        self.resolved = 0
+
+    def add_handoff(
+        self, reason: str, opened: datetime, answered: datetime | None, state: str
+    ) -> None:
+        self.handoffs[reason] += 1
+        if answered is not None:
+            self.first_human.append((answered - opened).total_seconds())
+        self.resolved += state == HandoffState.RESOLVED
 
     def add(
         self,
@@ -103,6 +135,8 @@ class _Figures:
     def summary(self, platform: str, active_users: int) -> PlatformStats:
         p50l, p95l = _percentiles(self.latency)
         p50t, p95t = _percentiles(self.ttft)
+        p50h, p95h = _percentiles(self.first_human)
+        opened = sum(self.handoffs.values())
         return PlatformStats(
             platform=platform,
             turns=self.turns,
@@ -116,6 +150,10 @@ class _Figures:
             tokens_out=self.tokens_out,
             errors=self.errors,
             error_rate=self.errors / self.turns if self.turns else 0.0,
+            handoffs=dict(sorted(self.handoffs.items())),
+            first_human_p50_s=p50h,
+            first_human_p95_s=p95h,
+            handoffs_resolved=self.resolved / opened if opened else None,
         )
 
 

@@ -117,7 +117,7 @@ def show_conversation(
         for m in messages:
             figures = _figures(m)
             lines.append(
-                f"**{m['role']}** · {when(m['created_at'])}" + (f" · {figures}" if figures else "")
+                f"**{_role(m)}** · {when(m['created_at'])}" + (f" · {figures}" if figures else "")
             )
             ok = m["status"] == MessageStatus.OK
             body = m["content"] if ok else f"*{m['status']}: {m['error'] or ''}*"
@@ -143,13 +143,20 @@ def show_conversation(
             text.append(f"\ngiven: {_given(m['sources'])}", style="dim")
         table.add_row(
             m["created_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            plain(m["role"]),
+            plain(_role(m)),
             text,
             f"{m['tokens_in']}/{m['tokens_out']}" if m["tokens_in"] is not None else "",
             f"{m['ttft_ms']:.0f}" if m["ttft_ms"] is not None else "",
             f"{m['latency_ms']:.0f}" if m["latency_ms"] is not None else "",
         )
     out.print(table)
+
+
+def _role(m: dict[str, Any]) -> str:
+    """A message's role; an agent's (a person, during a handoff) with who it was."""
+    if m["role"] == "agent":
+        return f"agent {m['user_name'] or m['user_id'] or ''}".strip()
+    return str(m["role"])
 
 
 def _given(sources: list[dict[str, Any]]) -> str:

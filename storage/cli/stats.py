@@ -1,4 +1,5 @@
-"""`frontdesk stats`: per platform, turns per day, active users, latency and time to first token, tokens and the error rate."""
+"""`frontdesk stats`: per platform, turns per day, active users, latency and time to first token,
+tokens, the error rate, and handoffs to a person."""
 
 from __future__ import annotations
 
@@ -66,6 +67,20 @@ def stats(
     for d in days:
         per_day.add_row(d, *(str(r.turns_per_day.get(d, 0)) for r in rows))
     out.print(per_day)
+    if any(r.handoffs for r in rows):
+        desk = Table(
+            "platform", "handoffs by reason", "first human answer p50/p95 s", "resolved",
+            title="handoffs to a person",
+        )  # fmt: skip
+        for r in rows:
+            if r.handoffs:
+                reasons = ", ".join(f"{k} {v}" for k, v in r.handoffs.items())
+                resolved = "" if r.handoffs_resolved is None else f"{r.handoffs_resolved:.0%}"
+                desk.add_row(
+                    plain(r.platform), plain(reasons),
+                    _pair(r.first_human_p50_s, r.first_human_p95_s), resolved,
+                )  # fmt: skip
+        out.print(desk)
 
 
 def _pair(a: float | None, b: float | None) -> str:

@@ -4,6 +4,7 @@ Redis and a worker."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.bots.test_slack import RecordingBackend
 from tests.engine.test_knowledge import RETURNS, write
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
+from tests.storage.test_logs_cli import as_json, invoke
 from tests.support import Pipeline, free_port, pipeline
 
 ALICE = 1001  # the Telegram customer
@@ -138,6 +140,16 @@ async def test_a_telegram_customer_is_answered_by_a_person_at_the_slack_desk_and
             (AGENT, "Sorry about that! I've sent a new parcel today.")
         ]
         assert await both.p.store.handoff_of(conv.id) is None  # the bot's again
+
+    # the admin CLI knows them: the agent's message in the transcript, the handoff in stats
+    url = both.p.store.url
+    shown = await asyncio.to_thread(invoke, url, "conversations", "show", str(conv.id))
+    assert shown.exit_code == 0 and f"agent {AGENT}" in shown.output
+    found = await asyncio.to_thread(as_json, url, "search", "new parcel")
+    assert [(hit["role"], hit["user_id"]) for hit in found] == [("agent", AGENT)]  # type: ignore[union-attr]
+    [row] = await asyncio.to_thread(as_json, url, "stats", "--platform", "telegram")
+    assert row["handoffs"] == {"asked": 1} and row["handoffs_resolved"] == 1.0
+    assert 0 <= row["first_human_p50_s"] < 60
 
 
 async def test_a_person_asked_for_in_words_and_a_desk_reply_after_resolve_is_refused(
