@@ -1,6 +1,6 @@
 """frontdesk's storage: conversation history in SQL. The only package that imports SQLAlchemy."""
 
-from .models import ConversationStatus, HandoffState, MessageStatus
+from .models import ConversationStatus, HandoffState, MessageStatus, Rating
 from .store import (
     AwaitingMessage,
     ChunkIn,
@@ -8,6 +8,8 @@ from .store import (
     HandoffRecord,
     KnowledgeHit,
     KnowledgeSource,
+    Rated,
+    RatedAnswer,
     RecordedMessage,
     ReplyFigures,
     Store,
@@ -25,6 +27,9 @@ __all__ = [
     "KnowledgeHit",
     "KnowledgeSource",
     "MessageStatus",
+    "Rated",
+    "RatedAnswer",
+    "Rating",
     "RecordedMessage",
     "ReplyFigures",
     "Store",

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -181,6 +182,30 @@ class Handoff(Base):
     __table_args__ = (
         Index("ix_handoffs_conversation", "conversation_id"),
         Index("ix_handoffs_desk_thread", "desk", "desk_thread"),
+    )
+
+
+class Rating(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class Feedback(Base):
+    """A user's rating of one of the bot's answers (0013): one per user and answer, changed in
+    place."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(BigId, ForeignKey("messages.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(255))
+    rating: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "user_id", name="uq_feedback_message_user"),
+        Index("ix_feedback_updated_at", "updated_at"),
     )
 
 

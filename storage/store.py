@@ -17,10 +17,11 @@ from .conversations import (
     TurnMessage,
 )
 from .desk import HandoffRecord, Handoffs
+from .feedback import FeedbackQueries, Rated, RatedAnswer
 from .knowledge import ChunkIn, Knowledge, KnowledgeHit, KnowledgeSource
 
 
-class Store(Conversations, Knowledge, Handoffs):
+class Store(Conversations, Knowledge, Handoffs, FeedbackQueries):
     """Conversation history on one database. ``async with Store(url) as store:`` or start()/stop()."""
 
 
@@ -31,6 +32,8 @@ __all__ = [
     "HandoffRecord",
     "KnowledgeHit",
     "KnowledgeSource",
+    "Rated",
+    "RatedAnswer",
     "RecordedMessage",
     "ReplyFigures",
     "Store",
