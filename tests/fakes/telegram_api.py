@@ -16,6 +16,7 @@ import json
 import math
 import re
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -212,6 +213,27 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
     return {k: _decode_param(k, v) for k, v in raw.items()}
 
 
+def _inline_keyboard(params: dict[str, Any]) -> dict[str, Any] | None:
+    """A message's reply_markup, when it is an inline keyboard, checked as Telegram checks it:
+    each button has a text and callback_data of 1 to 64 bytes."""
+    markup = params.get("reply_markup")
+    if markup is None:
+        return None
+    rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise ApiError(400, "Bad Request: can't parse inline keyboard button")
+    for row in rows:
+        for button in row:
+            data = str(button.get("callback_data") or "")
+            if not button.get("text"):
+                raise ApiError(
+                    400, "Bad Request: text buttons are unallowed in the inline keyboard"
+                )
+            if not 1 <= len(data.encode()) <= 64:
+                raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+    return markup
+
+
 def _chat_id(params: dict[str, Any]) -> int:
     value = params.get("chat_id")
     if value is None or value == "":
@@ -254,7 +276,10 @@ class FakeTelegram(FakeServer):
             "deletemessage": self._delete_message,
             "sendchataction": self._send_chat_action, "setmycommands": self._set_my_commands,
             "setwebhook": self._set_webhook, "deletewebhook": self._delete_webhook,
+            "editmessagereplymarkup": self._edit_reply_markup,
+            "answercallbackquery": self._answer_callback_query,
         }  # fmt: skip
+        self._callbacks: dict[str, dict[str, Any] | None] = {}  # query id -> its answer
 
     @property
     def base_url(self) -> str:
@@ -553,13 +578,16 @@ class FakeTelegram(FakeServer):
             message["entities"] = entities
         if replied is not None:
             message["reply_to_message"] = _without_reply(replied)
+        markup = _inline_keyboard(params)
+        if markup is not None:
+            message["reply_markup"] = markup
         self._note_accepted(chat_id)
         key = (chat_id, message["message_id"])
         self._messages[key] = message
         self._bot_messages[key] = {
             "message_id": key[1], "text": text, "parse_mode": params.get("parse_mode"),
             "entities": entities, "message_thread_id": message.get("message_thread_id"),
-            "texts": [text],
+            "texts": [text], "reply_markup": markup,
         }  # fmt: skip
         return message
 
@@ -572,12 +600,19 @@ class FakeTelegram(FakeServer):
         stored = self._bot_messages.get(key)
         if stored is None:
             raise ApiError(400, "Bad Request: message can't be edited")
-        # Telegram compares the resulting content, so plain "x" and HTML "x" are the same
-        if stored["text"] == text and stored["entities"] == entities:
+        markup = _inline_keyboard(params)
+        # Telegram compares the resulting content, so plain "x" and HTML "x" are the same; an
+        # edit without reply_markup removes the buttons
+        if (
+            stored["text"] == text
+            and stored["entities"] == entities
+            and (stored["reply_markup"] == markup)
+        ):
             raise ApiError(400, _NOT_MODIFIED)
         self._check_flood(chat_id)
         self._note_accepted(chat_id)
-        stored.update(text=text, entities=entities, parse_mode=params.get("parse_mode"))
+        stored.update(text=text, entities=entities, parse_mode=params.get("parse_mode"),
+                      reply_markup=markup)  # fmt: skip
         stored["texts"].append(text)
         message = {k: v for k, v in self._messages[key].items() if k != "entities"}
         message.update(
@@ -585,6 +620,61 @@ class FakeTelegram(FakeServer):
         )
         self._messages[key] = message
         return message
+
+    def _edit_reply_markup(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = _chat_id(params)
+        key = (chat_id, int(params.get("message_id") or 0))
+        stored = self._bot_messages.get(key)
+        if stored is None:
+            raise ApiError(400, "Bad Request: message to edit not found")
+        markup = _inline_keyboard(params)
+        if stored["reply_markup"] == markup:
+            raise ApiError(400, _NOT_MODIFIED)
+        self._check_flood(chat_id)
+        self._note_accepted(chat_id)
+        stored["reply_markup"] = markup
+        return self._messages[key]
+
+    def _answer_callback_query(self, params: dict[str, Any]) -> bool:
+        query_id = str(params.get("callback_query_id") or "")
+        if query_id not in self._callbacks:
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired")
+        if self._callbacks[query_id] is not None:
+            raise ApiError(400, "Bad Request: query ID is invalid")  # answered already
+        text = params.get("text")
+        if text is not None and len(str(text)) > 200:
+            raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
+        self._callbacks[query_id] = {"text": text, "show_alert": params.get("show_alert")}
+        return True
+
+    # -- inline keyboards ------------------------------------------------------------------------
+
+    def buttons_of(self, chat_id: int, message_id: int) -> list[dict[str, Any]]:
+        """The inline keyboard's buttons on one of the bot's messages, as it is now."""
+        markup = self._bot_messages[(chat_id, message_id)].get("reply_markup") or {}
+        return [button for row in markup.get("inline_keyboard", []) for button in row]
+
+    def press(
+        self, chat_id: int, message_id: int, data: str, *, user_id: int = 1001,
+        username: str = "alice", first_name: str = "Alice",
+    ) -> str:  # fmt: skip
+        """A user presses the inline button whose callback_data is ``data``: a callback_query
+        update. Returns the query's id, which the bot must answer (``answers``)."""
+        if data not in [b.get("callback_data") for b in self.buttons_of(chat_id, message_id)]:
+            raise AssertionError(f"message {message_id} has no button {data!r}")
+        query_id = str(uuid.uuid4().int % 10**18)
+        self._callbacks[query_id] = None
+        message = self._messages[(chat_id, message_id)]
+        query = {
+            "id": query_id, "from": _user(user_id, username, first_name),
+            "message": message, "chat_instance": str(chat_id), "data": data,
+        }  # fmt: skip
+        self._queue("callback_query", query)
+        return query_id
+
+    def answers(self) -> dict[str, dict[str, Any] | None]:
+        """Each callback query pressed, and the bot's answer to it (None: not answered)."""
+        return dict(self._callbacks)
 
     def _delete_message(self, params: dict[str, Any]) -> bool:
         chat_id = _chat_id(params)
