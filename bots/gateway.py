@@ -30,7 +30,7 @@ from frontdesk import texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import ConfigError, NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
-from frontdesk.storage import AwaitingMessage, MessageStatus, RecordedMessage, Store
+from frontdesk.storage import AwaitingMessage, MessageStatus, Rating, RecordedMessage, Store
 from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn, turn_id_of
 
@@ -308,6 +308,20 @@ class Gateway:
     async def deliver_now(self, channel: Channel, msg: InboundMessage, text: str) -> None:
         """Say ``text`` in the chat ``msg`` came from (a person's answer, a notice)."""
         await self._reply_now(channel, msg, text)
+
+    async def rate(self, platform: str, user_id: str, question_id: int, rating: Rating) -> str:
+        """A user's 👍 or 👎 on the answer to their message ``question_id``; what to tell
+        them (a toast)."""
+        try:
+            rated = await self.store.rate(question_id, f"{platform}:{user_id}", rating)
+        except StorageUnavailable as exc:
+            log.error("cannot store a rating: %s", exc)
+            return texts.STORAGE_DOWN
+        if rated is None:
+            return texts.RATING_GONE
+        if rating == Rating.DOWN and self.desk is not None:
+            return f"{texts.RATED} {texts.OFFER_PERSON}"
+        return texts.RATED
 
     @property
     def pending(self) -> int:

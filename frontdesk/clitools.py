@@ -101,7 +101,8 @@ def parse_when(value: str | None, option: str) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """What json.dumps cannot write itself: times as ISO 8601, dataclasses as objects."""
     if isinstance(value, datetime):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -111,4 +112,4 @@ def _default(value: Any) -> Any:
 
 def print_json(data: Any) -> None:
     """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
-    print(json.dumps(data, default=_default, ensure_ascii=False, indent=2))
+    print(json.dumps(data, default=json_default, ensure_ascii=False, indent=2))

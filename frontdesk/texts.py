@@ -45,3 +45,7 @@ BOT_IS_BACK = "You're back with the assistant. Ask me anything, or send /human f
 NOT_HANDED_OVER = "You're talking with the assistant already."
 OFFER_PERSON = 'Or write "human" to reach a person from our team.'
 HANDOFF_OVER = "This handoff is resolved: the customer is back with the bot."
+
+# ratings of answers (the 👍 and 👎 under each)
+RATED = "Thanks for the feedback!"
+RATING_GONE = "That answer is no longer available to rate."

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from telegram import BotCommand, Message, Update, User
+from telegram import BotCommand, CallbackQuery, Message, Update, User
 from telegram.constants import ChatType, MessageEntityType
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
@@ -30,14 +30,14 @@ if TYPE_CHECKING:
     from ..gateway import Gateway
 
 from .api import ChatRef, TelegramApi
-from .reply import LiveReply
+from .reply import LiveReply, parse_rating
 
 log = logging.getLogger(__name__)
 # With max_retries=0 the rate limiter hands each 429 straight back (api.py waits it out and logs it
 # in one line), but logs it first as an error with a traceback: that line is noise.
 logging.getLogger("telegram.ext.AIORateLimiter").setLevel(logging.CRITICAL)
 
-ALLOWED_UPDATES = ["message", "edited_message"]
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 COMMANDS = [
     BotCommand("start", "Say hello"),
     BotCommand("help", "What I can do"),
@@ -195,6 +195,9 @@ class TelegramChannel(TelegramApi):
             log.warning("telegram: storage is back; polling again")
 
     async def _take(self, update: Update) -> None:
+        if update.callback_query is not None:
+            await self._on_button(update.callback_query)
+            return
         msg = update.message  # edited messages, channel posts and the rest are ignored
         if msg is None or msg.from_user is None or msg.from_user.is_bot:
             return
@@ -211,6 +214,19 @@ class TelegramChannel(TelegramApi):
             return
         assert self._gateway is not None
         await self._gateway.handle(self._inbound(msg, self._without_mention(msg.text)), self)
+
+    async def _on_button(self, query: CallbackQuery) -> None:
+        """A 👍 or 👎 under an answer: the rating is stored (one per user and answer), and the
+        press is always answered, so the button stops spinning."""
+        assert self._gateway is not None
+        toast = None
+        rating = parse_rating(query.data or "")
+        if rating is not None:
+            toast = await self._gateway.rate(self.name, str(query.from_user.id), *rating)
+        try:
+            await query.answer(text=toast)
+        except TelegramError as exc:
+            log.warning("could not answer a button press: %s", exc)
 
     def _addressed(self, msg: Message) -> bool:
         """In a group: a reply to the bot, an @mention of it, or a /command for it."""

@@ -10,8 +10,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from chatgpt_md_converter import telegram_format
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import ChatAction, MessageLimit
 from telegram.error import TelegramError
+
+from frontdesk.storage import Rating
 
 from ..channel import ReplyStream
 from ..text import split_text, utf16_len
@@ -24,6 +27,24 @@ log = logging.getLogger(__name__)
 
 LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4096, counted after entity parsing
 TYPING_EVERY_S = 4.0  # a chat action shows for 5 s
+RATE_PREFIX = "rate"  # callback_data "rate:up:<message id>": 👍 on the answer to that message
+
+
+def rating_buttons(question_id: int) -> InlineKeyboardMarkup:
+    """👍 and 👎 under an answer, naming the message it answers (as its turn does)."""
+    return InlineKeyboardMarkup([[
+        InlineKeyboardButton("👍", callback_data=f"{RATE_PREFIX}:up:{question_id}"),
+        InlineKeyboardButton("👎", callback_data=f"{RATE_PREFIX}:down:{question_id}"),
+    ]])  # fmt: skip
+
+
+def parse_rating(data: str) -> tuple[int, Rating] | None:
+    """(message id, rating) from a rating button's callback_data; None for any other data."""
+    prefix, _, rest = data.partition(":")
+    rating, _, question = rest.partition(":")
+    if prefix != RATE_PREFIX or rating not in ("up", "down") or not question.isdigit():
+        return None
+    return int(question), Rating(rating)
 
 
 class LiveReply:
@@ -51,7 +72,10 @@ class LiveReply:
                     if delta.error:
                         text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error
                     typing.cancel()
-                    await self._show(text, final=True)
+                    # an answer of the bot's (not a notice, not an apology) can be rated
+                    rated = not delta.error and reply.turn_id.startswith("m") and text.strip()
+                    buttons = rating_buttons(int(reply.turn_id[1:])) if rated else None
+                    await self._show(text, final=True, buttons=buttons)
                     return
                 if text.strip():
                     typing.cancel()
@@ -60,6 +84,19 @@ class LiveReply:
                         last_show = time.monotonic()
         finally:
             typing.cancel()
+
+    async def _add_buttons(self, message_id: int, markup: InlineKeyboardMarkup) -> None:
+        bot = self.channel._bot
+
+        async def edit(**_text: Any) -> Any:
+            return await bot.edit_message_reply_markup(
+                chat_id=self.chat.id, message_id=message_id, reply_markup=markup
+            )
+
+        try:
+            await self.channel._call(self.chat, edit, None, "")
+        except TelegramError as exc:  # the answer stands without its buttons
+            log.warning("could not add rating buttons to message %s: %s", message_id, exc)
 
     async def _drop_beyond(self, count: int) -> None:
         bot = self.channel._bot
@@ -90,33 +127,43 @@ class LiveReply:
                 log.debug("chat action failed: %s", exc)
             await asyncio.sleep(TYPING_EVERY_S)
 
-    async def _show(self, text: str, *, final: bool = False) -> None:
+    async def _show(
+        self, text: str, *, final: bool = False, buttons: InlineKeyboardMarkup | None = None
+    ) -> None:
         """Bring the chat up to ``text``: edit messages whose part changed, send new parts. At the
-        end, messages beyond the text's parts go (a reply that started over came out shorter)."""
+        end, messages beyond the text's parts go (a reply that started over came out shorter),
+        and the last one gets ``buttons`` (in its last edit: no edit is spent on them alone
+        unless its text was shown whole already)."""
         bot = self.channel._bot
         parts = split_text(text, LIMIT, utf16_len)
         if final and len(self.shown) > len(parts):
             await self._drop_beyond(len(parts))
+        last = max((i for i, part in enumerate(parts) if part.strip()), default=-1)
         for index, part in enumerate(parts):
             if not part.strip():
                 continue
             html = telegram_format(part)
+            markup = buttons if index == last else None
             if index < len(self.shown):
                 message_id, shown = self.shown[index]
                 if html == shown:
+                    if markup is not None:
+                        await self._add_buttons(message_id, markup)
                     continue  # never an edit that changes nothing
 
-                async def edit(message_id: int = message_id, **kw: Any) -> Any:
+                async def edit(
+                    message_id: int = message_id, markup: Any = markup, **kw: Any
+                ) -> Any:
                     return await bot.edit_message_text(
-                        chat_id=self.chat.id, message_id=message_id, **kw
+                        chat_id=self.chat.id, message_id=message_id, reply_markup=markup, **kw
                     )
 
                 await self.channel._call(self.chat, edit, html, part)
                 self.shown[index] = (message_id, html)
             else:
 
-                async def send(**kw: Any) -> Any:
-                    return await bot.send_message(**self.chat.target, **kw)
+                async def send(markup: Any = markup, **kw: Any) -> Any:
+                    return await bot.send_message(**self.chat.target, reply_markup=markup, **kw)
 
                 sent = await self.channel._call(self.chat, send, html, part)
                 self.shown.append((sent.message_id, html))

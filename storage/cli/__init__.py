@@ -1,5 +1,5 @@
 """The operators' commands over stored conversations: `frontdesk conversations list|show|delete`,
-`search`, `export`, `purge`, `stats`, `tail`, and `frontdesk db upgrade`.
+`search`, `export`, `purge`, `stats`, `tail`, `feedback list|export`, and `frontdesk db upgrade`.
 
 Every read command prints a rich table for people and ``--json`` for scripts, takes the same
 filters (``--platform``, ``--user``, ``--since``, ``--until``, ``--status``, ``--limit``), and masks
@@ -15,6 +15,7 @@ import typer
 from .conversations import conversations
 from .db import db
 from .export import export
+from .feedback import feedback
 from .purge import purge
 from .search import search
 from .stats import stats
@@ -25,8 +26,9 @@ def register(app: typer.Typer) -> None:
     """Mount the log commands on the root app."""
     app.add_typer(conversations, name="conversations")
     app.add_typer(db, name="db")
+    app.add_typer(feedback, name="feedback")
     for command in (search, export, purge, stats, tail):
         app.command()(command)
 
 
-__all__ = ["conversations", "db", "register"]
+__all__ = ["conversations", "db", "feedback", "register"]
