@@ -190,6 +190,8 @@ class FakeSlack(FakeServer):
         self.bot_user_id, self.bot_id, self.rate_limits = bot_user_id, bot_id, rate_limits
         self.app_token = app_token
         super().__init__()
+        self._hooks: set[str] = set()  # response_urls handed out with button presses
+        self.responses: list[dict[str, Any]] = []  # what was posted to them
         self.calls: list[Call] = []
         # users.info lookups per user id, so tests can tell whether the app caches them
         self.user_lookups: Counter[str] = Counter()
@@ -230,6 +232,17 @@ class FakeSlack(FakeServer):
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/socket", self._socket)
+        app.router.add_post("/actions/{hook}", self._respond)
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        """A post to a response_url (the answer to a button press): kept, in order."""
+        if request.match_info["hook"] not in self._hooks:
+            return web.Response(status=404, text="no such response_url")
+        body = await request.json()
+        if not body.get("text") and not body.get("blocks"):
+            return web.Response(status=400, text="no_text")
+        self.responses.append(body)
+        return web.Response(text="ok")
 
     # -- test controls and queries ---------------------------------------------------------------
 
@@ -319,7 +332,7 @@ class FakeSlack(FakeServer):
             "channel": {"id": channel, "name": "desk"},
             "message": {"type": "message", "ts": message_ts, "text": post["text"],
                         "blocks": post.get("blocks"), "user": self.bot_user_id},
-            "response_url": f"{self.base_url}response/{uuid.uuid4().hex}",
+            "response_url": self._new_hook(),
             "actions": [{"type": "button", "action_id": action_id,
                          "block_id": button.get("block_id", "b"), "value": button.get("value"),
                          "text": button.get("text"), "action_ts": self._new_ts()}],
@@ -330,6 +343,11 @@ class FakeSlack(FakeServer):
             headers["X-Slack-Signature"] = signature
         status, _, _took = await _post(url, body, headers)
         return status
+
+    def _new_hook(self) -> str:
+        hook = uuid.uuid4().hex
+        self._hooks.add(hook)
+        return f"http://127.0.0.1:{self.port}/actions/{hook}"
 
     async def url_verification(self, url: str) -> tuple[int, bool]:
         """Slack's endpoint check: (HTTP status, whether the app echoed the challenge)."""
