@@ -74,14 +74,17 @@ class SlackApi:
         assert ts is not None  # a post is never refused quietly: its error was raised
         return ts
 
-    async def update(self, channel: str, ts: str, text: str, slot: list[float]) -> bool:
+    async def update(
+        self, channel: str, ts: str, text: str, slot: list[float], *,
+        blocks: list[Any] | None = None,
+    ) -> bool:  # fmt: skip
         """chat.update in a budget slot (stamped when Slack answers). False when Slack refused
         the update for good (the message was deleted, say)."""
         current = slot
 
         async def once() -> bool:
             try:
-                await self._api().chat_update(channel=channel, ts=ts, text=text)
+                await self._api().chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
                 return True
             finally:
                 current[0] = time.monotonic()

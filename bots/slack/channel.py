@@ -26,13 +26,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from frontdesk import texts
 from frontdesk.errors import ConfigError, FrontdeskError, NotAccepted
 from frontdesk.settings import Settings
+from frontdesk.storage import Rating
 from frontdesk.wire import InboundMessage
 
 from ..channel import ReplyStream
 from .desk import CLAIM, RESOLVE, SlackDesk
 from .mrkdwn import to_mrkdwn
 from .names import NAME_BATCH_S, REMEMBERED, SlackNames
-from .reply import LiveReply, UpdateBudget
+from .reply import RATE_DOWN, RATE_UP, LiveReply, UpdateBudget
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -176,6 +177,8 @@ class SlackChannel(SlackNames, SlackDesk):
         app.command("/frontdesk")(self._on_command)
         app.action(CLAIM)(self._on_desk_action)
         app.action(RESOLVE)(self._on_desk_action)
+        app.action(RATE_UP)(self._on_rating)
+        app.action(RATE_DOWN)(self._on_rating)
         app.error(self._on_error)
         return app
 
@@ -278,6 +281,24 @@ class SlackChannel(SlackNames, SlackDesk):
             await ack(await self._gateway.reset(self.name, f"{team}:{channel}"))
             return
         await ack(SLACK_HELP)
+
+    async def _on_rating(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any
+    ) -> None:
+        """👍 or 👎 under an answer: stored (one per user and answer), and said back to the one
+        who pressed it alone (an ephemeral message through the press's response_url)."""
+        await ack()
+        assert self._gateway is not None
+        value = str(action.get("value") or "")
+        user = str((body.get("user") or {}).get("id") or "")
+        if not value.isdigit() or not user:
+            return
+        rating = Rating.UP if action.get("action_id") == RATE_UP else Rating.DOWN
+        said = await self._gateway.rate(self.name, user, int(value), rating)
+        try:
+            await respond(text=said, response_type="ephemeral", replace_original=False)
+        except (aiohttp.ClientError, OSError, SlackApiError) as exc:
+            log.warning("could not answer a rating: %s", exc)
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
         if isinstance(error, NotAccepted):  # no ack: Slack sends the event again

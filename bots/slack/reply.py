@@ -9,7 +9,7 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from frontdesk import texts
 
@@ -21,6 +21,26 @@ if TYPE_CHECKING:
     from .channel import SlackChannel
 
 LIMIT = 4_000  # Slack truncates the display of longer text
+SECTION_LIMIT = 3_000  # of a section block's text
+RATE_UP, RATE_DOWN = "frontdesk_rate_up", "frontdesk_rate_down"
+
+
+def rated_blocks(text: str, question_id: int) -> list[dict[str, Any]]:
+    """An answer's last message as blocks: its text in sections, then 👍 and 👎 buttons that
+    name the message it answers."""
+    sections = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": piece}}
+        for piece in split_text(text, SECTION_LIMIT, mrkdwn_len)
+        if piece.strip()
+    ]
+    buttons = [
+        {"type": "button", "action_id": action, "value": str(question_id),
+         "text": {"type": "plain_text", "text": label, "emoji": True}}
+        for action, label in ((RATE_UP, "👍"), (RATE_DOWN, "👎"))
+    ]  # fmt: skip
+    return [*sections, {"type": "actions", "elements": buttons}]
+
+
 PLACEHOLDER = "_Thinking…_"
 PLACEHOLDER_AFTER_S = 0.3  # a reply complete by then is posted whole, with no placeholder
 WINDOW_S = 60.5  # chat.update's per-minute budget, with a margin for clock skew
@@ -97,6 +117,7 @@ class LiveReply:
         self.text = ""
         self.finished = asyncio.Event()
         self.changed = asyncio.Event()
+        self.error = False  # the reply ended in an apology
 
     async def run(self, reply: ReplyStream) -> None:
         self.reply = reply
@@ -129,6 +150,7 @@ class LiveReply:
             self.text = delta.text if delta.restart else self.text + delta.text
             if delta.done:
                 if delta.error:
+                    self.error = True
                     body = self.text.rstrip()
                     self.text = f"{body}\n\n{delta.error}" if body else delta.error
                 self.finished.set()
@@ -163,14 +185,26 @@ class LiveReply:
             del self.shown[len(parts) :]
             if extras:
                 await self._note_posted()
+        # the last message of an answer gets 👍 and 👎 with its final text: no update is spent
+        # on them while the answer streams
+        rated = (
+            final
+            and bool(self.text.strip())
+            and not self.error
+            and (self.reply is not None and self.reply.turn_id.startswith("m"))
+        )
         for index, part in enumerate(parts):
+            blocks = None
+            if rated and index == len(parts) - 1:
+                assert self.reply is not None
+                blocks = rated_blocks(part, int(self.reply.turn_id[1:]))
             if index >= len(self.shown):
-                ts = await self.slack.post(self.where, self.thread_ts, part)
+                ts = await self.slack.post(self.where, self.thread_ts, part, blocks=blocks)
                 self.shown.append(_Shown(ts, part))
                 await self._note_posted()
                 continue
             shown = self.shown[index]
-            if part == shown.text:
+            if part == shown.text and blocks is None:
                 continue
             complete = final or index < len(parts) - 1
             if complete:
@@ -185,6 +219,6 @@ class LiveReply:
             gap = shown.at + self.interval - time.monotonic()  # one update a second per message
             if gap > 0:
                 await asyncio.sleep(gap)
-            if await self.slack.update(self.where, shown.ts, part, slot):
+            if await self.slack.update(self.where, shown.ts, part, slot, blocks=blocks):
                 shown.text = part
             shown.at = time.monotonic()

@@ -1,6 +1,6 @@
-"""Ratings of answers on Telegram: 👍 and 👎 under each answer (an inline keyboard on its last
-message), every press answered, one rating per user and answer, and the evaluation set that
-`frontdesk feedback export` makes of them."""
+"""Ratings of answers: 👍 and 👎 under each answer (on Telegram an inline keyboard on its last
+message, on Slack Block Kit buttons with its final text), every press answered, one rating per
+user and answer, and the evaluation set that `frontdesk feedback export` makes of them."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from frontdesk import texts
+from frontdesk.bots.slack import SlackChannel
+from frontdesk.bots.slack.reply import RATE_DOWN, RATE_UP
 from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends.fixed import FixedReplyBackend
+from tests.bots.test_slack import DM, SlowBackend
+from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.storage.test_logs_cli import as_json, invoke
-from tests.support import pipeline
+from tests.support import free_port, pipeline
 
 ALICE = 1001
 
@@ -90,3 +94,52 @@ async def test_a_thumbs_down_is_stored_once_against_its_answer_changed_and_expor
         gone = fake.press(ALICE, second["message_id"], down)
         await fake.wait_for(lambda f: f.answers()[gone] is not None)
         assert fake.answers()[gone]["text"] == texts.RATING_GONE  # type: ignore[index]
+
+
+async def test_slack_answers_get_rating_buttons_with_their_final_text_only(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """The buttons come with the final text: no interim update carries them (none is spent on
+    them while the answer streams). A press is said back to its user alone, through the
+    response_url; pressed twice it counts once, and the other button replaces it."""
+    async with FakeSlack() as slack:
+        settings = make_settings(
+            slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
+            slack_api_url=slack.base_url, http_port=free_port(), redis_url=redis_url,
+            queue_prefix=queue_prefix,
+        )  # fmt: skip
+        backend = SlowBackend("Parcels take two days to Belgium, three to France.", gap_s=0.3)
+        async with pipeline(settings, backend, channels=[SlackChannel(settings)]) as p:
+            url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
+            status, _took = await slack.post_event(url, slack.dm("how long is shipping?"))
+            assert status == 200
+            await slack.wait_for(lambda f: len(f.messages_in(DM)) == 1 and p.gateway.pending == 0)
+            [answer] = slack.messages_in(DM)
+            updates = slack.calls_to("chat.update", DM)
+            assert len(updates) >= 2  # it streamed
+            assert all(not c.params.get("blocks") for c in updates[:-1])
+            actions = [b for b in answer["blocks"] if b["type"] == "actions"]
+            assert [e["text"]["text"] for e in actions[0]["elements"]] == ["👍", "👎"]
+            shown = " ".join(b["text"]["text"] for b in answer["blocks"] if b["type"] == "section")
+            assert shown == answer["text"]  # the blocks show the whole text
+
+            async def press(action_id: str) -> None:
+                status = await slack.press_button(
+                    url, channel=DM, message_ts=answer["ts"], action_id=action_id, user="U0ALICE"
+                )
+                assert status == 200
+
+            await press(RATE_DOWN)
+            await press(RATE_DOWN)  # again: still one rating
+            await slack.wait_for(lambda f: len(f.responses) == 2)
+            rows = await asyncio.to_thread(as_json, p.store.url, "feedback", "list")
+            assert [(r["question"], r["rating"]) for r in rows] == [  # type: ignore[index]
+                ("how long is shipping?", "down")
+            ]
+            await press(RATE_UP)
+            await slack.wait_for(lambda f: len(f.responses) == 3)
+            rows = await asyncio.to_thread(as_json, p.store.url, "feedback", "list")
+            assert [r["rating"] for r in rows] == ["up"]  # type: ignore[index]
+            assert {(r["text"], r["response_type"]) for r in slack.responses} == {
+                (texts.RATED, "ephemeral")
+            }
