@@ -277,9 +277,12 @@ class FakeTelegram(FakeServer):
             "sendchataction": self._send_chat_action, "setmycommands": self._set_my_commands,
             "setwebhook": self._set_webhook, "deletewebhook": self._delete_webhook,
             "editmessagereplymarkup": self._edit_reply_markup,
+            "createforumtopic": self._create_forum_topic,
             "answercallbackquery": self._answer_callback_query,
         }  # fmt: skip
         self._callbacks: dict[str, dict[str, Any] | None] = {}  # query id -> its answer
+        # forum supergroups (made by ``forum``): chat id -> {topic id: name}
+        self.topics: dict[int, dict[int, str]] = {}
 
     @property
     def base_url(self) -> str:
@@ -573,6 +576,8 @@ class FakeTelegram(FakeServer):
         }
         thread_id = params.get("message_thread_id")
         if thread_id is not None:
+            if chat_id in self.topics and int(thread_id) not in self.topics[chat_id]:
+                raise ApiError(400, "Bad Request: message thread not found")
             message["message_thread_id"] = int(thread_id)
         if entities:
             message["entities"] = entities
@@ -620,6 +625,29 @@ class FakeTelegram(FakeServer):
         )
         self._messages[key] = message
         return message
+
+    def forum(self, chat_id: int) -> None:
+        """Make ``chat_id`` a supergroup with topics, where the bot is an admin that may
+        manage them."""
+        self.topics.setdefault(chat_id, {})
+
+    def topic_messages(self, chat_id: int, thread: int) -> list[str]:
+        """The bot's messages in one forum topic, oldest first."""
+        return [
+            m["text"] for (chat, _id), m in sorted(self._bot_messages.items())
+            if chat == chat_id and m.get("message_thread_id") == thread
+        ]  # fmt: skip
+
+    def _create_forum_topic(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = _chat_id(params)
+        name = str(params.get("name") or "")
+        if chat_id not in self.topics:
+            raise ApiError(400, "Bad Request: the chat is not a forum")
+        if not 1 <= len(name) <= 128:
+            raise ApiError(400, "Bad Request: TOPIC_NAME_INVALID")
+        thread = self._new_message_id(chat_id)  # a topic's id is its creation message's
+        self.topics[chat_id][thread] = name
+        return {"message_thread_id": thread, "name": name, "icon_color": 7322096}
 
     def _edit_reply_markup(self, params: dict[str, Any]) -> dict[str, Any]:
         chat_id = _chat_id(params)
