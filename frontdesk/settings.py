@@ -126,9 +126,10 @@ class Settings(BaseSettings):
     kb_strict: bool | None = None
     kb_url_base: str | None = None  # a source's URL is this plus its path, unless it has its own
 
-    # handoff to a person: the desk where agents answer ("slack:<channel id>"), and what a
-    # customer writes to ask for one (besides /human, and "human" in a Slack DM); None: no desk
-    desk: str | None = Field(None, pattern=r"^slack:[A-Z0-9]{2,32}$")
+    # handoff to a person: the desk where agents answer ("slack:<channel id>" or
+    # "telegram:<supergroup id>"), and what a customer writes to ask for one (besides /human,
+    # and "human"); None: no desk
+    desk: str | None = Field(None, pattern=r"^(slack:[A-Z0-9]{2,32}|telegram:-\d{1,20})$")
     handoff_phrases: Annotated[list[str], NoDecode] = [
         "talk to a human", "speak to a human", "talk to a person", "speak to a person",
         "real person", "human agent", "talk to someone",

@@ -29,7 +29,8 @@ from ..channel import ReplyStream
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
-from .api import ChatRef, TelegramApi
+from .api import ChatRef
+from .desk import TelegramDesk
 from .reply import LiveReply, parse_rating
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ COMMANDS = [
 ]
 
 
-class TelegramChannel(TelegramApi):
+class TelegramChannel(TelegramDesk):
     name = "telegram"
     replies_from_any_gateway = True  # a chat id is all a reply needs
     # A message that cannot be stored is not acked: its webhook call gets a 503 (Telegram sends
@@ -200,6 +201,9 @@ class TelegramChannel(TelegramApi):
             return
         msg = update.message  # edited messages, channel posts and the rest are ignored
         if msg is None or msg.from_user is None or msg.from_user.is_bot:
+            return
+        if self._in_desk(msg.chat.id):  # agents at the handoff desk, not customers
+            await self._agent_message(msg)
             return
         private = msg.chat.type == ChatType.PRIVATE
         if not private and not self._addressed(msg):

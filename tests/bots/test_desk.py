@@ -18,6 +18,7 @@ from frontdesk.bots.slack.desk import CLAIM, RESOLVE
 from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.context import AGENT_SAID
 from frontdesk.engine.knowledge.ingest import add_paths
+from tests.bots.test_slack import DM as SLACK_DM
 from tests.bots.test_slack import RecordingBackend
 from tests.engine.test_knowledge import RETURNS, write
 from tests.fakes.slack_api import FakeSlack
@@ -207,3 +208,71 @@ async def test_a_question_the_help_centre_does_not_cover_offers_a_person(
         card = await both.desk_card()
         assert "Can I pay with bitcoin?" in str(card["blocks"])
     assert backend.prompts == []
+
+
+DESK_GROUP = -1009000  # the agents' Telegram supergroup, with topics
+DANA = 2001
+
+
+async def test_a_slack_customer_is_answered_by_a_person_in_a_telegram_desk_topic(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    telegram.forum(DESK_GROUP)
+    backend = RecordingBackend("The bot's answer.")
+    settings = make_settings(
+        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
+        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
+        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
+        desk=f"telegram:{DESK_GROUP}",
+    )  # fmt: skip
+    channels = [TelegramChannel(settings), SlackChannel(settings)]
+    async with pipeline(settings, backend, channels=channels) as p:
+        url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
+
+        async def customer(text: str) -> None:
+            status, _took = await slack.post_event(url, slack.dm(text))
+            assert status == 200
+
+        async def customer_sees(count: int) -> list[str]:
+            await slack.wait_for(
+                lambda f: len(f.messages_in(SLACK_DM)) >= count and p.gateway.pending == 0
+            )
+            return [m["text"] for m in slack.messages_in(SLACK_DM)]
+
+        def agent(text: str) -> None:
+            telegram.group_message(
+                text, chat_id=DESK_GROUP, user_id=DANA, username="dana", first_name="Dana",
+                message_thread_id=topic, is_topic_message=True,
+            )  # fmt: skip
+
+        await customer("my boots came in the wrong size")
+        assert await customer_sees(1) == ["The bot's answer."]
+        await customer("human")
+        assert (await customer_sees(2))[-1] == texts.HANDED_OVER
+        await telegram.wait_for(lambda f: bool(f.topics[DESK_GROUP]))
+        [(topic, name)] = telegram.topics[DESK_GROUP].items()
+        assert "slack" in name
+        await telegram.wait_for(lambda f: bool(f.topic_messages(DESK_GROUP, topic)))
+        [card] = telegram.topic_messages(DESK_GROUP, topic)
+        assert "my boots came in the wrong size" in card and "conversations show" in card
+
+        agent("Hi, Dana here: I'll send the next size up today.")
+        assert (await customer_sees(3))[
+            -1
+        ] == "Dana: Hi, Dana here: I'll send the next size up today."
+        agent("note: check stock first")
+        await customer("great, thanks!")
+        await telegram.wait_for(
+            lambda f: f.topic_messages(DESK_GROUP, topic)[-1].endswith(": great, thanks!")
+        )
+        assert len(slack.messages_in(SLACK_DM)) == 3  # no bot answer, and the note stayed
+        agent("/resolve")
+        assert (await customer_sees(4))[-1] == texts.BOT_IS_BACK
+        await telegram.wait_for(lambda f: "Resolved" in f.topic_messages(DESK_GROUP, topic)[-1])
+        agent("one more thing")  # too late: the agent is told, the customer gets nothing
+        await telegram.wait_for(
+            lambda f: f.topic_messages(DESK_GROUP, topic)[-1] == texts.HANDOFF_OVER
+        )
+        assert len(slack.messages_in(SLACK_DM)) == 4
+    assert len(backend.prompts) == 1  # only the first question reached the engine
