@@ -234,7 +234,10 @@ class SlackChannel(SlackNames, SlackDesk):
         root = event.get("thread_ts") or event.get("ts", "")
         text = self._without_mention(event.get("text") or "")
         if self._in_desk(channel):  # agents at the handoff desk, not customers
-            await self._agent_message(event, text, self._known_name(user)[1])
+            known, name = self._known_name(user)
+            await self._agent_message(event, text, name)
+            if not known:  # looked up after the ack: their later messages carry it
+                self._name_later(user)
             return
         command = COMMAND_WORDS.get(text.strip().strip(".!").lower())
         msg = InboundMessage(
@@ -264,9 +267,12 @@ class SlackChannel(SlackNames, SlackDesk):
         known, name = self._known_name(user)
         await self._gateway.handle(replace(msg, user_name=name), self)
         if not known:  # looked up after the ack, then filled in where it was stored
-            self._unnamed.add(user)
-            if self._namer is None or self._namer.done():
-                self._namer = asyncio.create_task(self._name_unnamed())
+            self._name_later(user)
+
+    def _name_later(self, user: str) -> None:
+        self._unnamed.add(user)
+        if self._namer is None or self._namer.done():
+            self._namer = asyncio.create_task(self._name_unnamed())
 
     async def _on_command(self, ack: Any, command: dict[str, Any]) -> None:
         """``/frontdesk reset`` (or ``help``), answered privately to whoever used it."""

@@ -24,7 +24,7 @@ from tests.engine.test_knowledge import RETURNS, write
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.storage.test_logs_cli import as_json, invoke
-from tests.support import Pipeline, free_port, pipeline
+from tests.support import Pipeline, free_port, pipeline, until
 
 ALICE = 1001  # the Telegram customer
 DESK = "C0DESK"
@@ -163,14 +163,19 @@ async def test_a_person_asked_for_in_words_and_a_desk_reply_after_resolve_is_ref
         telegram.private_command("human")  # asked again: still one handoff
         assert (await both.customer_sees(2))[-1] == texts.HANDOFF_ALREADY
         card = await both.desk_card()
+        slack.add_user(AGENT, "dana", "Dana")
         await both.agent_replies(card, "Hi, Dana here.")  # writing takes it over
-        assert (await both.customer_sees(3))[-1] == "Support: Hi, Dana here."
+        assert (await both.customer_sees(3))[-1] == "Support: Hi, Dana here."  # not looked up yet
         await slack.wait_for(lambda f: f"<@{AGENT}>" in str(f.messages_in(DESK)[0]["blocks"]))
+        desk_side = both.p.gateway.channel("slack")
+        await until(lambda: desk_side._known_name(AGENT) == (True, "Dana"))  # type: ignore[union-attr]
+        await both.agent_replies(card, "What size do you need?")
+        assert (await both.customer_sees(4))[-1] == "Dana: What size do you need?"
         telegram.private_command("bot")  # the customer goes back to the bot
-        assert (await both.customer_sees(4))[-1] == texts.BOT_IS_BACK
+        assert (await both.customer_sees(5))[-1] == texts.BOT_IS_BACK
         await both.agent_replies(card, "are you still there?")
         await slack.wait_for(lambda f: texts.HANDOFF_OVER in both.thread(card))
-        assert len(telegram.messages_in(ALICE)) == 4  # nothing more reached the customer
+        assert len(telegram.messages_in(ALICE)) == 5  # nothing more reached the customer
         assert backend.prompts == []  # no turn reached the engine throughout
 
 
