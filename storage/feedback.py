@@ -33,6 +33,21 @@ class Rated:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggedTurn:
+    """A user message that was answered, and the answer it got: what ``frontdesk replay``
+    answers again."""
+
+    conversation_id: int
+    question_id: int
+    question: str
+    answer: str
+    model: str | None
+    tokens_out: int | None
+    latency_ms: float | None
+    rating: str | None  # the asker's rating of the answer, if any
+
+
+@dataclass(frozen=True, slots=True)
 class RatedAnswer:
     """One row of the evaluation set."""
 
@@ -156,3 +171,47 @@ class FeedbackQueries(Database):
                     history=[{"role": r, "content": c} for r, c in reversed(earlier)],
                     agent_answer=agent,
                 )  # fmt: skip
+
+    async def logged_turns(
+        self, *, rating: Rating | None = None, since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[LoggedTurn]:  # fmt: skip
+        """Answered user messages, newest first: all of them, or those whose answer was rated
+        ``rating``."""
+        answer, question = aliased(Message), aliased(Message)
+        query = (
+            select(
+                answer.conversation_id,
+                question.id,
+                question.content,
+                answer.content,
+                answer.body_chars,
+                answer.model,
+                answer.tokens_out,
+                answer.latency_ms,
+                Feedback.rating,
+            )
+            .join(question, question.id == answer.reply_to_id)
+            .outerjoin(Feedback, Feedback.message_id == answer.id)
+            .where(answer.role == "assistant", answer.status == MessageStatus.OK)
+            .order_by(question.id.desc())
+        )
+        if rating is not None:
+            query = query.where(Feedback.rating == rating)
+        if since is not None:
+            query = query.where(question.created_at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        seen: set[int] = set()  # an answer rated by several users: replayed once
+        turns = []
+        for conv, qid, qtext, atext, body, model, t_out, latency, rated in rows:
+            if qid in seen:
+                continue
+            seen.add(qid)
+            turns.append(LoggedTurn(
+                conv, qid, qtext, atext[:body] if body is not None else atext, model, t_out,
+                latency, rated,
+            ))  # fmt: skip
+        return turns

@@ -17,7 +17,7 @@ from .conversations import (
     TurnMessage,
 )
 from .desk import HandoffRecord, Handoffs
-from .feedback import FeedbackQueries, Rated, RatedAnswer
+from .feedback import FeedbackQueries, LoggedTurn, Rated, RatedAnswer
 from .knowledge import ChunkIn, Knowledge, KnowledgeHit, KnowledgeSource
 
 
@@ -32,6 +32,7 @@ __all__ = [
     "HandoffRecord",
     "KnowledgeHit",
     "KnowledgeSource",
+    "LoggedTurn",
     "Rated",
     "RatedAnswer",
     "RecordedMessage",
