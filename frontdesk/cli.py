@@ -14,6 +14,7 @@ from rich.text import Text
 from frontdesk.clitools import err, fail, run, settings
 from frontdesk.engine.cli import queue
 from frontdesk.engine.knowledge.cli import kb
+from frontdesk.engine.replay import replay_command
 from frontdesk.errors import FrontdeskError
 from frontdesk.storage.cli import register as register_log_commands
 
@@ -121,6 +122,7 @@ def _root(
 register_log_commands(app)  # after the run commands, so --help lists those first
 app.add_typer(queue, name="queue")
 app.add_typer(kb, name="kb")
+app.command("replay")(replay_command)
 
 
 def _interactive() -> bool:
