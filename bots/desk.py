@@ -15,14 +15,16 @@ where. An agent's answer reaches the customer through the customer's own channel
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from frontdesk import texts
 from frontdesk.errors import ConfigError, FrontdeskError, StorageUnavailable
-from frontdesk.storage import HandoffRecord, Store
+from frontdesk.storage import HandoffRecord, HandoffState, Store
 from frontdesk.wire import InboundMessage
 
 if TYPE_CHECKING:
@@ -168,13 +170,41 @@ class Desk:
         await self._resolve(handoff, by=agent_id)
         return None
 
+    # -- timeouts ------------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Give the bot back what has waited too long: a handoff nobody claimed within
+        ``FRONTDESK_DESK_CLAIM_TIMEOUT_S`` (the customer is told nobody could take it), and one a
+        person has, idle for ``FRONTDESK_HANDOFF_IDLE_S``. Runs on every gateway with a desk;
+        each handoff is resolved once, so its customer is told once."""
+        settings = self.gateway.settings
+        shortest = min(settings.desk_claim_timeout_s, settings.handoff_idle_s)
+        every = max(0.2, min(30.0, shortest / 4))
+        while True:
+            await asyncio.sleep(every)
+            now = datetime.now(UTC)
+            overdue = await self.store.overdue_handoffs(
+                unclaimed_before=now - timedelta(seconds=settings.desk_claim_timeout_s),
+                idle_before=now - timedelta(seconds=settings.handoff_idle_s),
+            )
+            for handoff in overdue:
+                if handoff.desk != self.desk:
+                    continue  # another desk's (the setting changed): left to the bot's admin
+                unclaimed = handoff.state == HandoffState.WAITING
+                await self._resolve(
+                    handoff, by="nobody (timeout)" if unclaimed else "idle",
+                    tell=texts.NOBODY_CLAIMED if unclaimed else texts.BOT_IS_BACK,
+                )  # fmt: skip
+
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _resolve(self, handoff: HandoffRecord, *, by: str) -> None:
+    async def _resolve(
+        self, handoff: HandoffRecord, *, by: str, tell: str = texts.BOT_IS_BACK
+    ) -> None:
         if await self.store.resolve_handoff(handoff.id) is None:
             return  # resolved by someone else meanwhile
         log.info("handoff %d resolved by %s", handoff.id, by)
-        await self._to_customer(handoff, texts.BOT_IS_BACK)
+        await self._to_customer(handoff, tell)
         await self._show(handoff, state="resolved", agent=handoff.agent_id)
 
     async def _to_customer(self, handoff: HandoffRecord, text: str) -> None:

@@ -156,6 +156,8 @@ class Gateway:
         if self.shared:
             self.tasks.spawn("gateway-announce", self._announce)
             self.tasks.spawn("gateway-take-over", self._take_over)
+        if self.desk is not None:
+            self.tasks.spawn("gateway-desk", self.desk.watch)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking messages, give replies being shown ``grace_s`` (``shutdown_grace_s``) to

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     # "telegram:<supergroup id>"), and what a customer writes to ask for one (besides /human,
     # and "human"); None: no desk
     desk: str | None = Field(None, pattern=r"^(slack:[A-Z0-9]{2,32}|telegram:-\d{1,20})$")
+    # a handoff nobody claims (or answers) within this goes back to the bot, and the customer
+    # is told; one a person has, idle this long, goes back too
+    desk_claim_timeout_s: float = Field(900.0, gt=0)
+    handoff_idle_s: float = Field(86_400.0, gt=0)
     handoff_phrases: Annotated[list[str], NoDecode] = [
         "talk to a human", "speak to a human", "talk to a person", "speak to a person",
         "real person", "human agent", "talk to someone",

@@ -42,6 +42,10 @@ HANDED_OVER = "I've asked a person from our team to take over. They'll answer yo
 HANDOFF_ALREADY = "A person from our team has your conversation; they'll answer you right here."
 NOBODY_AVAILABLE = "Sorry, nobody from our team is available right now. I'll keep helping you."
 BOT_IS_BACK = "You're back with the assistant. Ask me anything, or send /human for a person."
+NOBODY_CLAIMED = (
+    "Sorry, nobody from our team could take your conversation in time. I'm back to help you; "
+    'write "human" to try again.'
+)
 NOT_HANDED_OVER = "You're talking with the assistant already."
 OFFER_PERSON = 'Or write "human" to reach a person from our team.'
 HANDOFF_OVER = "This handoff is resolved: the customer is back with the bot."

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 
 from .database import Database
 from .models import Conversation, Handoff, HandoffState, Message, MessageStatus, utcnow
@@ -193,6 +193,30 @@ class Handoffs(Database):
                 )
             )
         return message_id
+
+    async def overdue_handoffs(
+        self, *, unclaimed_before: datetime, idle_before: datetime, limit: int = 100
+    ) -> list[HandoffRecord]:
+        """Open handoffs that should go back to the bot: waiting since before
+        ``unclaimed_before`` (nobody claimed or answered them), or a person's with no message in
+        the conversation since ``idle_before``."""
+        query = (
+            select(*_COLUMNS)
+            .join(Conversation, Conversation.handoff_id == Handoff.id)
+            .where(
+                or_(
+                    and_(Handoff.state == HandoffState.WAITING,
+                         Handoff.created_at < unclaimed_before),
+                    and_(Handoff.state == HandoffState.HUMAN,
+                         Conversation.last_activity_at < idle_before),
+                )
+            )
+            .order_by(Handoff.id)
+            .limit(limit)
+        )  # fmt: skip
+        async with self.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(row) for row in rows]
 
     async def resolve_handoff(self, handoff_id: int) -> HandoffRecord | None:
         """End the handoff: the bot has the conversation again. None when it was over already."""

@@ -281,3 +281,54 @@ async def test_a_slack_customer_is_answered_by_a_person_in_a_telegram_desk_topic
         )
         assert len(slack.messages_in(SLACK_DM)) == 4
     assert len(backend.prompts) == 1  # only the first question reached the engine
+
+
+async def test_a_handoff_nobody_claims_in_time_goes_back_to_the_bot(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    backend = RecordingBackend("The bot's answer.")
+    settings = make_settings(
+        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
+        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
+        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
+        desk=f"slack:{DESK}", desk_claim_timeout_s=1.0,
+    )  # fmt: skip
+    channels = [TelegramChannel(settings), SlackChannel(settings)]
+    async with pipeline(settings, backend, channels=channels) as p:
+        url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
+        both = Both(p, telegram, slack, url)
+        telegram.private_command("human")
+        assert await both.customer_sees(1) == [texts.HANDED_OVER]
+        assert (await both.customer_sees(2))[-1] == texts.NOBODY_CLAIMED  # within a few seconds
+        card = await both.desk_card()
+        await slack.wait_for(lambda f: "Resolved" in str(f.messages_in(DESK)[0]["blocks"]))
+        telegram.private_message("so where is my parcel?")  # the bot answers again
+        assert (await both.customer_sees(3))[-1] == "The bot's answer."
+        await both.agent_replies(card, "sorry, I'm here now")  # too late for this handoff
+        await slack.wait_for(lambda f: texts.HANDOFF_OVER in both.thread(card))
+        assert len(telegram.messages_in(ALICE)) == 3
+
+
+async def test_a_handoff_left_idle_goes_back_to_the_bot(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    backend = RecordingBackend("The bot's answer.")
+    settings = make_settings(
+        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
+        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
+        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
+        desk=f"slack:{DESK}", handoff_idle_s=2.0,
+    )  # fmt: skip
+    channels = [TelegramChannel(settings), SlackChannel(settings)]
+    async with pipeline(settings, backend, channels=channels) as p:
+        url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
+        both = Both(p, telegram, slack, url)
+        telegram.private_command("human")
+        card = await both.desk_card()
+        await both.agent_replies(card, "Hello, how can I help?")
+        assert (await both.customer_sees(2))[-1] == "Support: Hello, how can I help?"
+        # then nobody writes: after the idle time the bot has the conversation again
+        assert (await both.customer_sees(3))[-1] == texts.BOT_IS_BACK
+        assert backend.prompts == []
