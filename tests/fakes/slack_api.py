@@ -210,8 +210,13 @@ class FakeSlack(FakeServer):
             "chat.update": self._update, "chat.delete": self._delete,
             "users.info": self._users_info,
             "conversations.replies": self._replies,
+            "conversations.info": self._conversation_info,
             "apps.connections.open": self._connections_open,
         }  # fmt: skip
+        # channels that do not exist (posts and lookups answer channel_not_found), and ones the
+        # bot is not in (posts answer not_in_channel); every other channel exists, bot in it
+        self.missing_channels: set[str] = set()
+        self.channels_without_bot: set[str] = set()
         # Socket Mode: tickets issued and not yet used, the connected sockets (newest last), the
         # acks received, and the deliveries still waiting for theirs: envelope_id -> waiter
         self.socket_acks: list[SocketAck] = []
@@ -663,8 +668,10 @@ class FakeSlack(FakeServer):
 
     def _post_message(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = str(params.get("channel") or "")
-        if not channel:
+        if not channel or channel in self.missing_channels:
             raise ApiError("channel_not_found")
+        if channel in self.channels_without_bot:
+            raise ApiError("not_in_channel")
         text, blocks = self._message_content(params)
         self._check_post_limit(channel)
         ts = self._new_ts()
@@ -719,6 +726,15 @@ class FakeSlack(FakeServer):
         del self._messages[channel][ts]
         del self._bot_posts[(channel, ts)]
         return {"channel": channel, "ts": ts}
+
+    def _conversation_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        if not channel or channel in self.missing_channels:
+            raise ApiError("channel_not_found")
+        return {"channel": {
+            "id": channel, "name": channel.lower(), "is_channel": channel.startswith("C"),
+            "is_im": channel.startswith("D"), "is_member": channel not in self.channels_without_bot,
+        }}  # fmt: skip
 
     def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         user_id = str(params.get("user") or "")

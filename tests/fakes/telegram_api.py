@@ -278,6 +278,7 @@ class FakeTelegram(FakeServer):
             "setwebhook": self._set_webhook, "deletewebhook": self._delete_webhook,
             "editmessagereplymarkup": self._edit_reply_markup,
             "createforumtopic": self._create_forum_topic,
+            "getchat": self._get_chat, "getchatmember": self._get_chat_member,
             "answercallbackquery": self._answer_callback_query,
         }  # fmt: skip
         self._callbacks: dict[str, dict[str, Any] | None] = {}  # query id -> its answer
@@ -637,6 +638,36 @@ class FakeTelegram(FakeServer):
             m["text"] for (chat, _id), m in sorted(self._bot_messages.items())
             if chat == chat_id and m.get("message_thread_id") == thread
         ]  # fmt: skip
+
+    def _get_chat(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = _chat_id(params)
+        kind = "private" if chat_id > 0 else "supergroup"
+        found: dict[str, Any] = {
+            "id": chat_id, "type": kind, "accent_color_id": 0, "max_reaction_count": 11,
+            "accepted_gift_types": {"unlimited_gifts": False, "limited_gifts": False,
+                                    "unique_gifts": False, "premium_subscription": False,
+                                    "gifts_from_channels": False},
+        }  # fmt: skip
+        if kind == "supergroup":
+            found["title"] = f"Group {chat_id}"
+            if chat_id in self.topics:
+                found["is_forum"] = True
+        return found
+
+    def _get_chat_member(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = _chat_id(params)
+        user_id = int(params.get("user_id") or 0)
+        if user_id != self.bot_id:
+            return {"status": "member", "user": _user(user_id, f"u{user_id}", "User")}
+        rights = {
+            "can_be_edited": False, "is_anonymous": False, "can_manage_chat": True,
+            "can_delete_messages": True, "can_manage_video_chats": False,
+            "can_restrict_members": False, "can_promote_members": False,
+            "can_change_info": False, "can_invite_users": True, "can_post_stories": False,
+            "can_edit_stories": False, "can_delete_stories": False,
+            "can_manage_topics": chat_id in self.topics,
+        }  # fmt: skip
+        return {"status": "administrator", "user": self._bot_user(), **rights}
 
     def _create_forum_topic(self, params: dict[str, Any]) -> dict[str, Any]:
         chat_id = _chat_id(params)
