@@ -115,7 +115,12 @@ class Desk:
             )
             return
         who = msg.user_name or msg.user_id
-        await self.side.post_to_desk_thread(self.place, handoff.desk_thread, f"{who}: {msg.text}")
+        try:
+            await self.side.post_to_desk_thread(
+                self.place, handoff.desk_thread, f"{who}: {msg.text}"
+            )
+        except (FrontdeskError, OSError) as exc:  # it is stored: the logs still show it
+            log.error("handoff %d: cannot show a customer message at the desk: %s", handoff.id, exc)
 
     async def give_back(self, conversation_id: int) -> bool:
         """The customer asks for the bot again (/bot): the handoff ends. False when the

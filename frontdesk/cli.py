@@ -90,7 +90,8 @@ def doctor(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Check the configured engine, Redis and the database, and say what was found."""
+    """Check the configured engine, Redis, the database and the handoff desk, and say what was
+    found."""
     from rich.table import Table
 
     from frontdesk.clitools import out, print_json

@@ -1,6 +1,7 @@
 """`frontdesk doctor`: checks each part the configuration names, the way the services will use it,
-and says what it found: the engine (started, and a prompt rendered and answered), Redis, and the
-database and its schema."""
+and says what it found: the engine (started, and a prompt rendered and answered), Redis, the
+database and its schema, and the handoff desk (its channel or supergroup, as the bot can use
+it)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,63 @@ class Check:
 
 
 async def diagnose(settings: Settings) -> list[Check]:
-    return [await _engine(settings), await _redis(settings), await _database(settings)]
+    checks = [await _engine(settings), await _redis(settings), await _database(settings)]
+    if settings.desk:
+        checks.append(await _desk(settings))
+    return checks
+
+
+async def _desk(settings: Settings) -> Check:
+    """The handoff desk: its channel exists and the bot is in it (Slack), or its supergroup has
+    topics and the bot may manage them (Telegram)."""
+    started = time.monotonic()
+    assert settings.desk is not None
+    platform, _, place = settings.desk.partition(":")
+    try:
+        detail = await (_slack_desk(settings, place) if platform == "slack"
+                        else _telegram_desk(settings, place))  # fmt: skip
+    except FrontdeskError as exc:
+        return Check("desk", False, f"{settings.desk}: {exc}", time.monotonic() - started)
+    return Check("desk", True, detail, time.monotonic() - started)
+
+
+async def _slack_desk(settings: Settings, channel: str) -> str:
+    from slack_sdk.errors import SlackApiError
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    if not settings.slack_bot_token:
+        raise FrontdeskError("a Slack desk needs FRONTDESK_SLACK_BOT_TOKEN")
+    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    try:
+        info = await client.conversations_info(channel=channel)
+    except SlackApiError as exc:
+        raise FrontdeskError(f"Slack says {exc.response.get('error')}") from None
+    except OSError as exc:
+        raise FrontdeskError(f"cannot reach the Slack Web API: {exc}") from None
+    found = info.get("channel") or {}
+    if not found.get("is_member"):
+        raise FrontdeskError(f"the bot is not in #{found.get('name', channel)}: invite it")
+    return f"Slack channel #{found.get('name', channel)}, the bot in it"
+
+
+async def _telegram_desk(settings: Settings, chat: str) -> str:
+    from telegram import Bot
+    from telegram.error import TelegramError
+
+    if not settings.telegram_token:
+        raise FrontdeskError("a Telegram desk needs FRONTDESK_TELEGRAM_TOKEN")
+    bot = Bot(settings.telegram_token, base_url=settings.telegram_api_url)
+    try:
+        async with bot:
+            found = await bot.get_chat(int(chat))
+            member = await bot.get_chat_member(int(chat), bot.id)
+    except TelegramError as exc:
+        raise FrontdeskError(f"Telegram says {exc}") from None
+    if not found.is_forum:
+        raise FrontdeskError(f"{found.title or chat} has no topics: turn them on")
+    if not getattr(member, "can_manage_topics", False):
+        raise FrontdeskError(f"the bot may not manage topics in {found.title or chat}")
+    return f"Telegram supergroup {found.title or chat}, with topics the bot may manage"
 
 
 async def _engine(settings: Settings) -> Check:

@@ -77,3 +77,39 @@ def test_doctor_on_an_embedded_database_behind_its_schema_says_the_first_run_upg
     )
     database = {c["part"]: c for c in json.loads(scaled.stdout)}["database"]
     assert not database["ok"] and "frontdesk db upgrade" in database["detail"]
+
+
+async def test_a_desk_the_bot_cannot_use_fails_with_the_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from tests.fakes.slack_api import FakeSlack
+    from tests.fakes.telegram_api import FakeTelegram
+
+    async with FakeSlack() as slack, FakeTelegram() as telegram:
+        telegram.forum(-1009000)
+        slack.missing_channels.add("C0GONE")
+        slack.channels_without_bot.add("C0OUTSIDE")
+        platforms = {
+            "FRONTDESK_SLACK_BOT_TOKEN": slack.bot_token,
+            "FRONTDESK_SLACK_SIGNING_SECRET": slack.signing_secret,
+            "FRONTDESK_SLACK_API_URL": slack.base_url,
+            "FRONTDESK_TELEGRAM_TOKEN": telegram.token,
+            "FRONTDESK_TELEGRAM_API_URL": telegram.base_url,
+        }
+
+        async def desk_check(desk: str) -> dict:  # type: ignore[type-arg]
+            result = await asyncio.to_thread(doctor, tmp_path, FRONTDESK_DESK=desk, **platforms)
+            checks = {c["part"]: c for c in json.loads(result.stdout)}
+            assert (result.exit_code == 0) == checks["desk"]["ok"], result.output
+            return checks["desk"]
+
+        assert (await desk_check("slack:C0DESK"))["ok"]
+        gone = await desk_check("slack:C0GONE")
+        assert not gone["ok"] and "channel_not_found" in gone["detail"]
+        outside = await desk_check("slack:C0OUTSIDE")
+        assert not outside["ok"] and "invite it" in outside["detail"]
+        assert (await desk_check("telegram:-1009000"))["ok"]
+        plain = await desk_check("telegram:-1001111")
+        assert not plain["ok"] and "no topics" in plain["detail"]
+        for check in (gone, outside, plain):
+            assert slack.bot_token not in check["detail"] and telegram.token not in check["detail"]

@@ -8,7 +8,13 @@ appear in the thread. What it all means is ``frontdesk.bots.desk``'s."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from slack_sdk.errors import SlackApiError
+
+from frontdesk.errors import FrontdeskError
 
 from ..desk import HandoffCard
 from .api import SlackApi
@@ -25,6 +31,16 @@ STATES = {
     "human": ":raising_hand: With {agent}",
     "resolved": ":white_check_mark: Resolved: back with the bot",
 }
+
+
+@contextmanager
+def _refusals(place: str) -> Iterator[None]:
+    """Slack refusing a desk post (no such channel, the bot not in it) as a FrontdeskError."""
+    try:
+        yield
+    except SlackApiError as exc:
+        raise FrontdeskError(f"Slack refused a post to the desk {place}: "
+                             f"{exc.response.get('error')}") from None  # fmt: skip
 
 
 def _escaped(text: str) -> str:
@@ -75,14 +91,17 @@ class SlackDesk(SlackApi):
 
     async def open_desk_thread(self, place: str, card: HandoffCard) -> str:
         text, blocks = card_blocks(card)
-        return await self.post(place, "", text, blocks=blocks)
+        with _refusals(place):
+            return await self.post(place, "", text, blocks=blocks)
 
     async def post_to_desk_thread(self, place: str, thread: str, text: str) -> None:
-        await self.post(place, thread, to_mrkdwn(text))
+        with _refusals(place):
+            await self.post(place, thread, to_mrkdwn(text))
 
     async def show_handoff(self, place: str, thread: str, card: HandoffCard) -> None:
         text, blocks = card_blocks(card)
-        await self.replace_message(place, thread, text, blocks)
+        with _refusals(place):
+            await self.replace_message(place, thread, text, blocks)
 
     def _in_desk(self, channel: str) -> bool:
         desk = self._gateway.desk if self._gateway is not None else None

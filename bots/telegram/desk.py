@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from telegram import Message
 from telegram.constants import ChatType
+from telegram.error import TelegramError
+
+from frontdesk.errors import FrontdeskError
 
 from ..desk import HandoffCard
 from .api import ChatRef, TelegramApi
@@ -53,7 +56,10 @@ class TelegramDesk(TelegramApi):
 
     async def open_desk_thread(self, place: str, card: HandoffCard) -> str:
         name = f"#{card.handoff_id} {card.customer} ({card.platform})"[:TOPIC_NAME_LIMIT]
-        topic = await self._bot.create_forum_topic(chat_id=int(place), name=name)
+        try:
+            topic = await self._bot.create_forum_topic(chat_id=int(place), name=name)
+        except TelegramError as exc:  # not a forum, the bot not an admin there
+            raise FrontdeskError(f"Telegram refused a topic in the desk {place}: {exc}") from None
         thread = topic.message_thread_id
         await self._in_topic(int(place), thread, card_text(card))
         return str(thread)
@@ -72,7 +78,10 @@ class TelegramDesk(TelegramApi):
         async def send(**kw: Any) -> Any:
             return await bot.send_message(chat_id=chat_id, message_thread_id=thread, **kw)
 
-        await self._call(ChatRef(chat_id, ChatType.SUPERGROUP, thread, None), send, None, text)
+        try:
+            await self._call(ChatRef(chat_id, ChatType.SUPERGROUP, thread, None), send, None, text)
+        except TelegramError as exc:
+            raise FrontdeskError(f"Telegram refused a post to the desk {chat_id}: {exc}") from None
 
     def _in_desk(self, chat_id: int) -> bool:
         desk = self._gateway.desk if self._gateway is not None else None

@@ -332,3 +332,15 @@ async def test_a_handoff_left_idle_goes_back_to_the_bot(
         # then nobody writes: after the idle time the bot has the conversation again
         assert (await both.customer_sees(3))[-1] == texts.BOT_IS_BACK
         assert backend.prompts == []
+
+
+async def test_a_desk_that_cannot_be_posted_to_tells_the_customer_nobody_is_available(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    slack.missing_channels.add(DESK)  # the desk channel was deleted, or mistyped
+    backend = RecordingBackend("The bot's answer.")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        telegram.private_command("human")
+        assert await both.customer_sees(1) == [texts.NOBODY_AVAILABLE]
+        telegram.private_message("ok, where is my parcel then?")  # still the bot's
+        assert (await both.customer_sees(2))[-1] == "The bot's answer."
