@@ -116,6 +116,8 @@ class Gateway:
         self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
         self.http = HttpServer(settings.http_host, settings.http_port)
         self.desk: Desk | None = None  # the handoff desk (FRONTDESK_DESK), made in start()
+        # (platform, conversation) -> its failed answers in a row, while there are any
+        self._failures: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     @property
     def fatal(self) -> asyncio.Future[TaskFailed]:
@@ -347,6 +349,11 @@ class Gateway:
             )
         if self.desk is not None and is_handoff_request(text, self.settings.handoff_phrases):
             return await self._handoff_command(channel, msg, "/human")
+        after = self.settings.handoff_after_failures
+        key = (msg.platform, msg.conversation_key)
+        if self.desk is not None and after and self._failures.get(key, 0) >= after:
+            del self._failures[key]  # answers kept failing: a person takes this message
+            return await self._handoff_command(channel, msg, "/human", reason="failures")
         anywhere = channel.name in self.shared
         reply_route = {**msg.route(), "gateway": self.id, "anywhere": anywhere}
         try:
@@ -443,7 +450,7 @@ class Gateway:
         return self._reply_now(channel, msg, texts.UNKNOWN_COMMAND)
 
     async def _handoff_command(
-        self, channel: Channel, msg: InboundMessage, command: str
+        self, channel: Channel, msg: InboundMessage, command: str, *, reason: str = "asked"
     ) -> asyncio.Task[None] | None:
         """/human (or a phrase that asks for a person): hand the conversation to the desk.
         /bot: back to the bot. The message is stored (it is part of the conversation) without
@@ -457,7 +464,7 @@ class Gateway:
             if command == "/bot":
                 back = await self.desk.give_back(recorded.conversation_id)
                 return None if back else self._reply_now(channel, msg, texts.NOT_HANDED_OVER)
-            said = await self.desk.hand_over(recorded.conversation_id, msg, reason="asked")
+            said = await self.desk.hand_over(recorded.conversation_id, msg, reason=reason)
         except StorageUnavailable as exc:
             log.error("cannot hand %s over: %s", msg.dedupe_key, exc)
             return self._reply_now(channel, msg, texts.STORAGE_DOWN)
@@ -754,8 +761,19 @@ class Gateway:
             # a reply shown whole is never opened again; one that ended in an apology (gave up,
             # timed out) is, by a later revival of its turn
             self._finished[delta.turn_id] = FINISHED_OK if delta.error is None else revival
+            self._count_failure(stream.inbound, failed=delta.error is not None)
             if len(self._finished) > FINISHED_KEPT:
                 self._finished.popitem(last=False)
+
+    def _count_failure(self, msg: InboundMessage, *, failed: bool) -> None:
+        """Failed answers in a row, per chat (``FRONTDESK_HANDOFF_AFTER_FAILURES``)."""
+        key = (msg.platform, msg.conversation_key)
+        if not failed:
+            self._failures.pop(key, None)
+            return
+        self._failures[key] = self._failures.pop(key, 0) + 1
+        if len(self._failures) > FINISHED_KEPT:
+            self._failures.popitem(last=False)
 
     def _adopt(
         self, delta: ReplyDelta, *, owner: str | None = None, after: str | None = None

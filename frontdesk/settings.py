@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # is told; one a person has, idle this long, goes back too
     desk_claim_timeout_s: float = Field(900.0, gt=0)
     handoff_idle_s: float = Field(86_400.0, gt=0)
+    # after this many failed answers in a row (apologies), the customer's next message goes to
+    # a person; 0: never
+    handoff_after_failures: int = Field(3, ge=0)
     handoff_phrases: Annotated[list[str], NoDecode] = [
         "talk to a human", "speak to a human", "talk to a person", "speak to a person",
         "real person", "human agent", "talk to someone",

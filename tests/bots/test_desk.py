@@ -16,6 +16,7 @@ from frontdesk import texts
 from frontdesk.bots.slack import SlackChannel
 from frontdesk.bots.slack.desk import CLAIM, RESOLVE
 from frontdesk.bots.telegram import TelegramChannel
+from frontdesk.engine.backends import Chunk, GenerationParams, Prompt
 from frontdesk.engine.context import AGENT_SAID
 from frontdesk.engine.knowledge.ingest import add_paths
 from tests.bots.test_slack import DM as SLACK_DM
@@ -344,3 +345,33 @@ async def test_a_desk_that_cannot_be_posted_to_tells_the_customer_nobody_is_avai
         assert await both.customer_sees(1) == [texts.NOBODY_AVAILABLE]
         telegram.private_message("ok, where is my parcel then?")  # still the bot's
         assert (await both.customer_sees(2))[-1] == "The bot's answer."
+
+
+class Breaks(RecordingBackend):
+    """Starts each answer, then fails: the customer gets an apology every time."""
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        yield Chunk("Let me check ")
+        raise RuntimeError("the engine broke")
+
+
+async def test_after_failed_answers_in_a_row_the_next_message_goes_to_a_person(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(
+        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
+        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
+        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
+        desk=f"slack:{DESK}", handoff_after_failures=2,
+    )  # fmt: skip
+    channels = [TelegramChannel(settings), SlackChannel(settings)]
+    async with pipeline(settings, Breaks(""), channels=channels) as p:
+        both = Both(p, telegram, slack, f"http://127.0.0.1:{p.gateway.http.port}/slack/events")
+        for n in (1, 2):
+            telegram.private_message(f"where is order {n}?")
+            assert texts.ENGINE_FAILED in (await both.customer_sees(n))[-1]
+        telegram.private_message("this is useless, where is my order?")
+        assert (await both.customer_sees(3))[-1] == texts.HANDED_OVER
+        card = await both.desk_card()
+        assert "(failures)" in card["text"]
