@@ -27,6 +27,8 @@ from frontdesk.errors import ConfigError, FrontdeskError, StorageUnavailable
 from frontdesk.storage import HandoffRecord, HandoffState, Store
 from frontdesk.wire import InboundMessage
 
+from .hours import DeskHours
+
 if TYPE_CHECKING:
     from .gateway import Gateway
 
@@ -76,6 +78,12 @@ class Desk:
                 f"FRONTDESK_DESK={desk}: this gateway runs no {platform} channel to hold the desk"
             )
         self.side: DeskSide = found  # type: ignore[assignment]
+        settings = gateway.settings
+        self.hours = (
+            DeskHours.parse(settings.desk_hours, settings.desk_timezone)
+            if settings.desk_hours
+            else None
+        )
 
     def is_desk(self, platform: str, place: str) -> bool:
         return platform == self.side.name and place == self.place
@@ -104,6 +112,8 @@ class Desk:
             await self.store.resolve_handoff(handoff.id)
             return texts.NOBODY_AVAILABLE
         log.info("conversation %d handed to the desk (%s)", conversation_id, reason)
+        if self.hours is not None and self.hours.opened_at(datetime.now(UTC)) is None:
+            return texts.handed_over_after_hours(self.hours.text)
         return texts.HANDED_OVER
 
     async def customer_said(self, conversation_id: int, msg: InboundMessage) -> None:
@@ -189,7 +199,7 @@ class Desk:
             await asyncio.sleep(every)
             now = datetime.now(UTC)
             overdue = await self.store.overdue_handoffs(
-                unclaimed_before=now - timedelta(seconds=settings.desk_claim_timeout_s),
+                unclaimed_before=self._unclaimed_before(now),
                 idle_before=now - timedelta(seconds=settings.handoff_idle_s),
             )
             for handoff in overdue:
@@ -200,6 +210,17 @@ class Desk:
                     handoff, by="nobody (timeout)" if unclaimed else "idle",
                     tell=texts.NOBODY_CLAIMED if unclaimed else texts.BOT_IS_BACK,
                 )  # fmt: skip
+
+    def _unclaimed_before(self, now: datetime) -> datetime:
+        """Waiting handoffs opened before this have waited out the claim timeout. Outside desk
+        hours none has; inside them, the time counts from the desk's opening."""
+        cutoff = now - timedelta(seconds=self.gateway.settings.desk_claim_timeout_s)
+        if self.hours is None:
+            return cutoff
+        opened = self.hours.opened_at(now)
+        if opened is None or cutoff < opened:
+            return datetime.min.replace(tzinfo=UTC)  # none: closed, or not open long enough
+        return cutoff
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     # a handoff nobody claims (or answers) within this goes back to the bot, and the customer
     # is told; one a person has, idle this long, goes back too
     desk_claim_timeout_s: float = Field(900.0, gt=0)
+    # when people are at the desk ("Mon-Fri 09:00-17:00", in desk_timezone); None: always
+    desk_hours: str | None = None
+    desk_timezone: str = "UTC"
     handoff_idle_s: float = Field(86_400.0, gt=0)
     # after this many failed answers in a row (apologies), the customer's next message goes to
     # a person; 0: never
@@ -200,6 +203,7 @@ class Settings(BaseSettings):
         "embeddings_url",
         "embeddings_api_key",
         "desk",
+        "desk_hours",
         mode="before",
     )
     @classmethod

@@ -39,6 +39,15 @@ SOURCES = "Sources"  # before the list of help-centre articles a reply was given
 
 # handoff to a person (bots/desk.py)
 HANDED_OVER = "I've asked a person from our team to take over. They'll answer you right here."
+
+
+def handed_over_after_hours(hours: str) -> str:
+    return (
+        f"I've asked a person from our team to take over. Our team is here {hours}: someone "
+        "will answer you right here then."
+    )
+
+
 HANDOFF_ALREADY = "A person from our team has your conversation; they'll answer you right here."
 NOBODY_AVAILABLE = "Sorry, nobody from our team is available right now. I'll keep helping you."
 BOT_IS_BACK = "You're back with the assistant. Ask me anything, or send /human for a person."

@@ -375,3 +375,32 @@ async def test_after_failed_answers_in_a_row_the_next_message_goes_to_a_person(
         assert (await both.customer_sees(3))[-1] == texts.HANDED_OVER
         card = await both.desk_card()
         assert "(failures)" in card["text"]
+
+
+async def test_outside_desk_hours_the_customer_is_told_when_and_the_claim_clock_waits(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from frontdesk.bots.hours import DAYS
+
+    closed_day = DAYS[(datetime.now(UTC).weekday() + 2) % 7].title()  # not today, not tomorrow
+    hours = f"{closed_day} 09:00-17:00"
+    settings = make_settings(
+        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
+        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
+        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
+        desk=f"slack:{DESK}", desk_hours=hours, desk_claim_timeout_s=0.5,
+    )  # fmt: skip
+    channels = [TelegramChannel(settings), SlackChannel(settings)]
+    async with pipeline(settings, RecordingBackend("x"), channels=channels) as p:
+        both = Both(p, telegram, slack, f"http://127.0.0.1:{p.gateway.http.port}/slack/events")
+        telegram.private_command("human")
+        [said] = await both.customer_sees(1)
+        assert said == texts.handed_over_after_hours(f"{hours} (UTC)")
+        card = await both.desk_card()
+        await asyncio.sleep(2.0)  # four claim timeouts: none counts while the desk is closed
+        assert len(telegram.messages_in(ALICE)) == 1
+        await both.agent_replies(card, "Morning! Sorry for the wait.")
+        assert (await both.customer_sees(2))[-1] == "Support: Morning! Sorry for the wait."
