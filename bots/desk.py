@@ -90,9 +90,13 @@ class Desk:
 
     # -- the customer's side -------------------------------------------------------------------
 
-    async def hand_over(self, conversation_id: int, msg: InboundMessage, *, reason: str) -> str:
-        """Hand the conversation to the desk (once; asking again changes nothing) and say
-        what to tell the customer."""
+    async def hand_over(
+        self, conversation_id: int, msg: InboundMessage, *, reason: str, message_id: int
+    ) -> str:
+        """Hand the conversation to the desk (once; asking again only shows the message at the
+        desk) and say what to tell the customer. ``message_id``: the stored message that asked;
+        what the customer writes after it, while the desk's thread is being opened, is shown
+        there once it is."""
         route = msg.route()
         try:
             handoff, opened = await self.store.open_handoff(
@@ -102,6 +106,7 @@ class Desk:
             log.error("cannot hand conversation %d over: %s", conversation_id, exc)
             return texts.STORAGE_DOWN
         if not opened:
+            await self.customer_said(conversation_id, msg)
             return texts.HANDOFF_ALREADY
         try:
             card = await self._card(handoff, msg)
@@ -111,6 +116,13 @@ class Desk:
             log.error("cannot post handoff %d to the desk %s: %s", handoff.id, self.desk, exc)
             await self.store.resolve_handoff(handoff.id)
             return texts.NOBODY_AVAILABLE
+        # what the customer wrote while the thread was being opened (the first post waits its
+        # turn in the desk channel's pace), found no thread to go to: it goes now
+        _conv, stored = await self.store.conversation(conversation_id)
+        for earlier in stored:
+            if earlier.id > message_id and earlier.role == "user":
+                who = earlier.user_name or earlier.user_id or msg.user_id
+                await self._post(thread, f"{who}: {earlier.content}", handoff.id)
         log.info("conversation %d handed to the desk (%s)", conversation_id, reason)
         if self.hours is not None and self.hours.opened_at(datetime.now(UTC)) is None:
             return texts.handed_over_after_hours(self.hours.text)
@@ -119,26 +131,28 @@ class Desk:
     async def customer_said(self, conversation_id: int, msg: InboundMessage) -> None:
         """A customer's message while a person has the conversation: into the desk's thread."""
         handoff = await self.store.handoff_of(conversation_id)
+        if handoff is not None and handoff.desk != self.desk:
+            return  # a person answering in the customer's own thread: they see it there
         if handoff is None or handoff.desk_thread is None:
-            log.warning(
-                "conversation %d: message in a handoff with no desk thread", conversation_id
-            )
-            return
-        who = msg.user_name or msg.user_id
-        try:
-            await self.side.post_to_desk_thread(
-                self.place, handoff.desk_thread, f"{who}: {msg.text}"
-            )
-        except (FrontdeskError, OSError) as exc:  # it is stored: the logs still show it
-            log.error("handoff %d: cannot show a customer message at the desk: %s", handoff.id, exc)
+            return  # the thread is being opened: hand_over shows the message once it is
+        await self._post(handoff.desk_thread, f"{msg.user_name or msg.user_id}: {msg.text}",
+                         handoff.id)  # fmt: skip
 
-    async def give_back(self, conversation_id: int) -> bool:
-        """The customer asks for the bot again (/bot): the handoff ends. False when the
-        conversation was the bot's."""
+    async def _post(self, thread: str, text: str, handoff_id: int) -> None:
+        try:
+            await self.side.post_to_desk_thread(self.place, thread, text)
+        except (FrontdeskError, OSError) as exc:  # it is stored: the logs still show it
+            log.error("handoff %d: cannot show a customer message at the desk: %s", handoff_id, exc)
+
+    async def give_back(
+        self, conversation_id: int, *, tell: str | None = texts.BOT_IS_BACK
+    ) -> bool:
+        """The customer asks for the bot again (/bot), or starts over (/reset): the handoff
+        ends, and the customer is told ``tell``. False when the conversation was the bot's."""
         handoff = await self.store.handoff_of(conversation_id)
         if handoff is None:
             return False
-        await self._resolve(handoff, by="the customer")
+        await self._resolve(handoff, by="the customer", tell=tell)
         return True
 
     # -- the desk's side -----------------------------------------------------------------------
@@ -172,7 +186,10 @@ class Desk:
             return None
         if not await self.store.claim_handoff(handoff.id, agent_id):
             return texts.HANDOFF_OVER
-        await self._show(handoff, state="human", agent=agent_name or agent_id)
+        claimed = await self.store.handoff(handoff.id)  # the first to claim keeps it
+        holder = claimed.agent_id if claimed is not None else None
+        await self._show(handoff, state="human",
+                         agent=agent_name if holder in (None, agent_id) else holder)  # fmt: skip
         return None
 
     async def resolve(self, thread: str, agent_id: str) -> str | None:
@@ -198,13 +215,15 @@ class Desk:
         while True:
             await asyncio.sleep(every)
             now = datetime.now(UTC)
-            overdue = await self.store.overdue_handoffs(
-                unclaimed_before=self._unclaimed_before(now),
-                idle_before=now - timedelta(seconds=settings.handoff_idle_s),
-            )
+            try:
+                overdue = await self.store.overdue_handoffs(
+                    self.desk, unclaimed_before=self._unclaimed_before(now),
+                    idle_before=now - timedelta(seconds=settings.handoff_idle_s),
+                )  # fmt: skip
+            except StorageUnavailable as exc:  # looked at again in a while
+                log.warning("cannot look for overdue handoffs: %s", exc)
+                continue
             for handoff in overdue:
-                if handoff.desk != self.desk:
-                    continue  # another desk's (the setting changed): left to the bot's admin
                 unclaimed = handoff.state == HandoffState.WAITING
                 await self._resolve(
                     handoff, by="nobody (timeout)" if unclaimed else "idle",
@@ -225,12 +244,13 @@ class Desk:
     # -- helpers -------------------------------------------------------------------------------
 
     async def _resolve(
-        self, handoff: HandoffRecord, *, by: str, tell: str = texts.BOT_IS_BACK
+        self, handoff: HandoffRecord, *, by: str, tell: str | None = texts.BOT_IS_BACK
     ) -> None:
         if await self.store.resolve_handoff(handoff.id) is None:
             return  # resolved by someone else meanwhile
         log.info("handoff %d resolved by %s", handoff.id, by)
-        await self._to_customer(handoff, tell)
+        if tell is not None:
+            await self._to_customer(handoff, tell)
         await self._show(handoff, state="resolved", agent=handoff.agent_id)
 
     async def _to_customer(self, handoff: HandoffRecord, text: str) -> None:

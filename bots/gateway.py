@@ -23,6 +23,7 @@ import re
 import socket
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -464,7 +465,9 @@ class Gateway:
             if command == "/bot":
                 back = await self.desk.give_back(recorded.conversation_id)
                 return None if back else self._reply_now(channel, msg, texts.NOT_HANDED_OVER)
-            said = await self.desk.hand_over(recorded.conversation_id, msg, reason=reason)
+            said = await self.desk.hand_over(
+                recorded.conversation_id, msg, reason=reason, message_id=recorded.message_id
+            )
         except StorageUnavailable as exc:
             log.error("cannot hand %s over: %s", msg.dedupe_key, exc)
             return self._reply_now(channel, msg, texts.STORAGE_DOWN)
@@ -474,21 +477,62 @@ class Gateway:
         """Start a new conversation for the chat; returns what to tell the user. Channels whose
         platform has its own command route (Slack's slash commands) call this directly."""
         try:
+            found = await self.store.chat_customer(platform, conversation_key)
+            if found is not None and found[2] is not None:  # a person has it: that ends too
+                if self.desk is not None:
+                    await self.desk.give_back(found[0], tell=None)
+                else:
+                    await self.store.resolve_handoff(found[2])
             await self.store.reset_conversation(platform, conversation_key)
         except StorageUnavailable as exc:
             log.error("cannot reset %s: %s", conversation_key, exc)
             return texts.STORAGE_DOWN
         return texts.RESET
 
-    async def continues_conversation(self, platform: str, conversation_key: str) -> bool:
-        """Whether a message that does not address the bot belongs to a conversation it is in
-        (a follow-up in a Slack thread). When storage cannot tell, raises ``NotAccepted``: the
-        platform sends the message again."""
+    async def thread_customer(self, platform: str, conversation_key: str) -> str | None:
+        """Whose conversation a thread the bot is in is (the customer's user id); None when
+        the bot is in no conversation there. When storage cannot tell, raises ``NotAccepted``:
+        the platform sends the message again."""
         try:
-            return await self.store.has_active_conversation(platform, conversation_key)
+            found = await self.store.chat_customer(platform, conversation_key)
         except StorageUnavailable as exc:
             log.error("cannot look up conversation %s: %s", conversation_key, exc)
             raise NotAccepted(f"cannot tell whether {conversation_key} is a conversation") from exc
+        return None if found is None else (found[1] or "")
+
+    async def person_in_thread(
+        self, msg: InboundMessage, show_takeover: Callable[[int], Awaitable[None]]
+    ) -> None:
+        """Someone other than the customer wrote in the customer's thread: a person from the
+        team answering there. They take the conversation over at once (no turn is queued for
+        the customer's messages until Resolve), and what they write is stored as an agent's.
+        ``show_takeover(handoff id)`` tells the thread, once per takeover."""
+        try:
+            found = await self.store.chat_customer(msg.platform, msg.conversation_key)
+            if found is None:
+                return
+            conversation_id, _customer, open_id = found
+            handoff = await self.store.handoff(open_id) if open_id is not None else None
+            opened = False
+            if handoff is None:
+                handoff, opened = await self.store.open_handoff(
+                    conversation_id, reason="agent", route=msg.route(),
+                    desk=f"{msg.platform}-thread",
+                )  # fmt: skip
+            await self.store.record_agent_message(
+                handoff, agent_id=msg.user_id, agent_name=msg.user_name, text=msg.text,
+                dedupe_key=msg.dedupe_key,
+            )  # fmt: skip
+        except StorageUnavailable as exc:
+            log.error("cannot record a person answering in %s: %s", msg.conversation_key, exc)
+            raise NotAccepted(f"message {msg.dedupe_key} not stored: {exc}") from exc
+        if opened:
+            await show_takeover(handoff.id)
+
+    async def resolve_in_thread(self, handoff_id: int) -> bool:
+        """The Resolve of a takeover in a customer's thread: the bot answers there again.
+        False when it was resolved already."""
+        return await self.store.resolve_handoff(handoff_id) is not None
 
     async def name_users(self, platform: str, names: dict[str, str]) -> None:
         """Record display names (user id -> name) a channel learnt after the users' messages

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 
@@ -144,8 +145,10 @@ def replay_command(
         changes["system_prompt"] = system_prompt
     try:
         cfg = Settings.model_validate({**base.model_dump(), **changes})
-    except ValueError as exc:
-        raise fail(f"bad option: {str(exc).splitlines()[-1].strip()}", 2) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
     rows: list[Replayed] = []
     sink = out_file.open("w", encoding="utf-8") if out_file is not None else None
 

@@ -67,7 +67,7 @@ async def _slack_desk(settings: Settings, channel: str) -> str:
 
 async def _telegram_desk(settings: Settings, chat: str) -> str:
     from telegram import Bot
-    from telegram.error import TelegramError
+    from telegram.error import InvalidToken, TelegramError
 
     if not settings.telegram_token:
         raise FrontdeskError("a Telegram desk needs FRONTDESK_TELEGRAM_TOKEN")
@@ -76,8 +76,11 @@ async def _telegram_desk(settings: Settings, chat: str) -> str:
         async with bot:
             found = await bot.get_chat(int(chat))
             member = await bot.get_chat_member(int(chat), bot.id)
+    except InvalidToken:  # its text holds the token
+        raise FrontdeskError("Telegram refused FRONTDESK_TELEGRAM_TOKEN") from None
     except TelegramError as exc:
-        raise FrontdeskError(f"Telegram says {exc}") from None
+        said = str(exc).replace(settings.telegram_token, "***")
+        raise FrontdeskError(f"Telegram says {said}") from None
     if not found.is_forum:
         raise FrontdeskError(f"{found.title or chat} has no topics: turn them on")
     if not getattr(member, "can_manage_topics", False):

@@ -57,6 +57,8 @@ NOBODY_CLAIMED = (
 )
 NOT_HANDED_OVER = "You're talking with the assistant already."
 OFFER_PERSON = 'Or write "human" to reach a person from our team.'
+TAKEN_OVER = "A person from our team is answering here now; I'll stay quiet until they resolve it."
+TAKEOVER_RESOLVED = "Resolved: the assistant answers in this thread again."
 HANDOFF_OVER = "This handoff is resolved: the customer is back with the bot."
 
 # ratings of answers (the 👍 and 👎 under each)

@@ -338,19 +338,6 @@ class Conversations(Database):
                 .values(user_name=case(names, value=Message.user_id))
             )
 
-    async def has_active_conversation(self, platform: str, external_key: str) -> bool:
-        """Whether the chat (or thread) has an open conversation: a channel uses it to decide if
-        a message that does not address the bot continues a conversation the bot is in."""
-        async with self.connect() as conn:
-            found = await conn.scalar(
-                select(Conversation.id).where(
-                    Conversation.platform == platform,
-                    Conversation.external_key == external_key,
-                    Conversation.status == ConversationStatus.ACTIVE,
-                )
-            )
-        return found is not None
-
     # -- the worker's reads and writes ---------------------------------------------------------
 
     async def turn_context(

@@ -17,8 +17,16 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 
-from .database import Database
-from .models import Conversation, Handoff, HandoffState, Message, MessageStatus, utcnow
+from .database import Database, dialect_insert
+from .models import (
+    Conversation,
+    ConversationStatus,
+    Handoff,
+    HandoffState,
+    Message,
+    MessageStatus,
+    utcnow,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +77,20 @@ class _InOneAlready(Exception):
     pass
 
 
+class _Resolved(Exception):
+    pass
+
+
 class Handoffs(Database):
     """The queries of handoffs."""
+
+    def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
+        super().__init__(url, pool_size=pool_size, echo=echo)
+        self._insert_agent_message = (
+            dialect_insert(self.dialect)(Message)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Message.id)
+        )
 
     async def open_handoff(
         self, conversation_id: int, *, reason: str, route: dict[str, Any], desk: str
@@ -110,6 +130,20 @@ class Handoffs(Database):
         opened = await self.handoff(handoff_id)
         assert opened is not None
         return opened, True
+
+    async def chat_customer(
+        self, platform: str, external_key: str
+    ) -> tuple[int, str | None, int | None] | None:
+        """The chat's (or thread's) active conversation: its id, the customer's user id, and
+        its open handoff if a person has it; None when there is none."""
+        query = select(Conversation.id, Conversation.user_id, Conversation.handoff_id).where(
+            Conversation.platform == platform,
+            Conversation.external_key == external_key,
+            Conversation.status == ConversationStatus.ACTIVE,
+        )
+        async with self.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (row[0], row[1], row[2]) if row is not None else None
 
     async def handoff(self, handoff_id: int) -> HandoffRecord | None:
         async with self.connect() as conn:
@@ -161,41 +195,44 @@ class Handoffs(Database):
         dedupe_key: str,
     ) -> int | None:  # fmt: skip
         """Store what an agent wrote to the customer (role ``agent``), and mark the handoff a
-        person's: None, and nothing written, when the same desk event was stored before."""
+        person's: None, and nothing written, when the same desk event was stored before or the
+        handoff is resolved (a reply racing a Resolve or a timeout does not bring it back)."""
         now = utcnow()
-        async with self.transaction() as conn:
-            exists = await conn.scalar(select(Message.id).where(Message.dedupe_key == dedupe_key))
-            if exists is not None:
-                return None
-            message_id = await conn.scalar(
-                insert(Message)
-                .values(
-                    conversation_id=handoff.conversation_id,
-                    role="agent",
-                    content=text,
-                    platform=handoff.desk.partition(":")[0],
-                    dedupe_key=dedupe_key,
-                    user_id=agent_id,
-                    user_name=agent_name,
-                    status=MessageStatus.OK,
-                    created_at=now,
+        try:
+            async with self.transaction() as conn:
+                taken = await conn.execute(
+                    update(Handoff)
+                    .where(Handoff.id == handoff.id, Handoff.state != HandoffState.RESOLVED)
+                    .values(
+                        state=HandoffState.HUMAN,
+                        first_human_at=func.coalesce(Handoff.first_human_at, now),
+                        claimed_at=func.coalesce(Handoff.claimed_at, now),
+                        agent_id=func.coalesce(Handoff.agent_id, agent_id),
+                    )
                 )
-                .returning(Message.id)
-            )
-            await conn.execute(
-                update(Handoff)
-                .where(Handoff.id == handoff.id)
-                .values(
-                    state=HandoffState.HUMAN,
-                    first_human_at=func.coalesce(Handoff.first_human_at, now),
-                    claimed_at=func.coalesce(Handoff.claimed_at, now),
-                    agent_id=func.coalesce(Handoff.agent_id, agent_id),
+                if taken.rowcount != 1:
+                    raise _Resolved  # resolved meanwhile: nothing goes to the customer
+                message_id = await conn.scalar(
+                    self._insert_agent_message.values(
+                        conversation_id=handoff.conversation_id,
+                        role="agent",
+                        content=text,
+                        platform=handoff.desk.partition(":")[0],
+                        dedupe_key=dedupe_key,
+                        user_id=agent_id,
+                        user_name=agent_name,
+                        status=MessageStatus.OK,
+                        created_at=now,
+                    )
                 )
-            )
+                if message_id is None:
+                    raise _Resolved  # the same desk event again: stored already
+        except _Resolved:
+            return None
         return message_id
 
     async def overdue_handoffs(
-        self, *, unclaimed_before: datetime, idle_before: datetime, limit: int = 100
+        self, desk: str, *, unclaimed_before: datetime, idle_before: datetime, limit: int = 100
     ) -> list[HandoffRecord]:
         """Open handoffs that should go back to the bot: waiting since before
         ``unclaimed_before`` (nobody claimed or answered them), or a person's with no message in
@@ -203,6 +240,7 @@ class Handoffs(Database):
         query = (
             select(*_COLUMNS)
             .join(Conversation, Conversation.handoff_id == Handoff.id)
+            .where(Handoff.desk == desk)
             .where(
                 or_(
                     and_(Handoff.state == HandoffState.WAITING,

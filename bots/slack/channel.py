@@ -30,7 +30,7 @@ from frontdesk.storage import Rating
 from frontdesk.wire import InboundMessage
 
 from ..channel import ReplyStream
-from .desk import CLAIM, RESOLVE, SlackDesk
+from .desk import CLAIM, RESOLVE, RESOLVE_THREAD, SlackDesk
 from .mrkdwn import to_mrkdwn
 from .names import NAME_BATCH_S, REMEMBERED, SlackNames
 from .reply import RATE_DOWN, RATE_UP, LiveReply, UpdateBudget
@@ -177,6 +177,7 @@ class SlackChannel(SlackNames, SlackDesk):
         app.command("/frontdesk")(self._on_command)
         app.action(CLAIM)(self._on_desk_action)
         app.action(RESOLVE)(self._on_desk_action)
+        app.action(RESOLVE_THREAD)(self._on_thread_resolve)
         app.action(RATE_UP)(self._on_rating)
         app.action(RATE_DOWN)(self._on_rating)
         app.error(self._on_error)
@@ -254,7 +255,17 @@ class SlackChannel(SlackNames, SlackDesk):
             # thread the bot is in; one with a mention comes again as app_mention.
             if self._mentions_me(event.get("text") or "") or not event.get("thread_ts"):
                 return
-            if not await self._gateway.continues_conversation(self.name, msg.conversation_key):
+            customer = await self._gateway.thread_customer(self.name, msg.conversation_key)
+            if customer is None:
+                return
+            if customer and customer != user:  # a person from the team answers the customer
+                known, name = self._known_name(user)
+                await self._gateway.person_in_thread(
+                    replace(msg, user_name=name),
+                    lambda handoff_id: self.show_takeover(channel, root, handoff_id),
+                )
+                if not known:
+                    self._name_later(user)
                 return
         if not await self._allowed(user, channel, direct, root):
             return

@@ -8,12 +8,14 @@ appear in the thread. What it all means is ``frontdesk.bots.desk``'s."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 
+from frontdesk import texts
 from frontdesk.errors import FrontdeskError
 
 from ..desk import HandoffCard
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CLAIM, RESOLVE = "frontdesk_claim", "frontdesk_resolve"
+RESOLVE_THREAD = "frontdesk_resolve_thread"  # a takeover in the customer's own thread
 NOTE_PREFIX = "note:"  # an agent's reply in a handoff's thread that the customer does not get
 STATES = {
     "waiting": ":hourglass_flowing_sand: Waiting for a person",
@@ -41,6 +44,23 @@ def _refusals(place: str) -> Iterator[None]:
     except SlackApiError as exc:
         raise FrontdeskError(f"Slack refused a post to the desk {place}: "
                              f"{exc.response.get('error')}") from None  # fmt: skip
+
+
+_LINK = re.compile(r"<([^<>|]+)(?:\|([^<>]*))?>")
+
+
+def plain_text(mrkdwn: str) -> str:
+    """What an agent wrote in Slack, as another platform shows it: links as "label (url)",
+    mentions as "@name", Slack's escapes undone."""
+
+    def unlinked(found: re.Match[str]) -> str:
+        target, label = found[1], found[2]
+        if target.startswith(("@", "#", "!")):  # a mention, a channel, a special mention
+            return f"@{label}" if label and target.startswith("@") else (label or target)
+        return f"{label} ({target})" if label and label != target else target
+
+    text = _LINK.sub(unlinked, mrkdwn)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _escaped(text: str) -> str:
@@ -95,8 +115,9 @@ class SlackDesk(SlackApi):
             return await self.post(place, "", text, blocks=blocks)
 
     async def post_to_desk_thread(self, place: str, thread: str, text: str) -> None:
+        # shown as written: a customer's "<!channel>" or "@here" pings nobody at the desk
         with _refusals(place):
-            await self.post(place, thread, to_mrkdwn(text))
+            await self.post(place, thread, _escaped(text))
 
     async def show_handoff(self, place: str, thread: str, card: HandoffCard) -> None:
         text, blocks = card_blocks(card)
@@ -117,7 +138,7 @@ class SlackDesk(SlackApi):
         if text.strip().lower().startswith(NOTE_PREFIX):
             return
         said = await self._gateway.desk.agent_said(
-            thread, agent_id=event.get("user", ""), agent_name=name, text=text,
+            thread, agent_id=event.get("user", ""), agent_name=name, text=plain_text(text),
             event_id=event.get("ts", ""),
         )  # fmt: skip
         if said:
@@ -141,3 +162,38 @@ class SlackDesk(SlackApi):
             said = await desk.resolve(thread, agent)
         if said:
             await self.post(channel, thread, to_mrkdwn(said))
+
+    # -- a person answering in the customer's own thread ----------------------------------------
+
+    async def show_takeover(self, channel: str, thread: str, handoff_id: int) -> None:
+        """Say in the thread that a person has it now, with the Resolve button that gives it
+        back to the bot."""
+        blocks = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": texts.TAKEN_OVER}},
+            {"type": "actions", "elements": [
+                {"type": "button", "action_id": RESOLVE_THREAD, "value": str(handoff_id),
+                 "text": {"type": "plain_text", "text": "Resolve"}},
+            ]},
+        ]  # fmt: skip
+        try:
+            await self.post(channel, thread, texts.TAKEN_OVER, blocks=blocks)
+        except (FrontdeskError, SlackApiError) as exc:  # the takeover stands; only unsaid
+            log.warning("cannot say in %s that a person took over: %s", thread, exc)
+
+    async def _on_thread_resolve(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
+        """Resolve pressed under a takeover's notice: the bot answers in the thread again."""
+        await ack()
+        value = str(action.get("value") or "")
+        if self._gateway is None or not value.isdigit():
+            return
+        message = body.get("message") or {}
+        channel = str((body.get("channel") or {}).get("id") or "")
+        ts, thread = str(message.get("ts") or ""), str(message.get("thread_ts") or "")
+        if not await self._gateway.resolve_in_thread(int(value)):
+            return  # resolved already (a second press)
+        done = [{"type": "section", "text": {"type": "mrkdwn", "text": texts.TAKEOVER_RESOLVED}}]
+        with _refusals(channel):
+            await self.replace_message(channel, ts, texts.TAKEOVER_RESOLVED, done)
+            await self.post(channel, thread or ts, to_mrkdwn(texts.BOT_IS_BACK))

@@ -5,6 +5,8 @@ the rating, and what a person answered next when the customer was handed over)."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -15,7 +17,7 @@ from frontdesk.clitools import err, json_default, out, parse_when, print_json, r
 
 from ..feedback import RatedAnswer
 from ..models import Rating
-from .common import JsonOpt, SinceOpt, opened_logs, plain, shorten, when
+from .common import JsonOpt, RedactOpt, SinceOpt, masker, opened_logs, plain, shorten, when
 
 feedback = typer.Typer(
     help="Ratings of the bot's answers: list them, or export them as an evaluation set.",
@@ -25,16 +27,27 @@ RatingOpt = Annotated[Rating | None, typer.Option(help="Only ðŸ‘ (up) or only ð
 
 
 def _rated(
-    ctx: typer.Context, rating: Rating | None, since: str | None, limit: int | None
-) -> list[RatedAnswer]:
+    ctx: typer.Context, rating: Rating | None, since: str | None, limit: int | None,
+    redact: bool | None,
+) -> list[RatedAnswer]:  # fmt: skip
     after = parse_when(since, "--since")
+    shown = masker(ctx, redact)
 
     async def go() -> list[RatedAnswer]:
         async with opened_logs(settings(ctx)) as logs:
             found = logs.store.rated_answers(rating=rating, since=after, limit=limit)
             return [row async for row in found]
 
-    return run(go())
+    return [_masked(row, shown) for row in run(go())]
+
+
+def _masked(row: RatedAnswer, shown: Callable[[str], str]) -> RatedAnswer:
+    """The row with its texts masked as ``--redact`` says (e-mails, phone and card numbers)."""
+    return replace(
+        row, user_id=shown(row.user_id), question=shown(row.question), answer=shown(row.answer),
+        history=[{**m, "content": shown(m["content"])} for m in row.history],
+        agent_answer=shown(row.agent_answer) if row.agent_answer is not None else None,
+    )  # fmt: skip
 
 
 @feedback.command("list")
@@ -44,9 +57,10 @@ def list_ratings(
     since: SinceOpt = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
     as_json: JsonOpt = False,
+    redact: RedactOpt = None,
 ) -> None:
     """The rated answers, newest rating first."""
-    rows = _rated(ctx, rating, since, limit)
+    rows = _rated(ctx, rating, since, limit, redact)
     if as_json:
         print_json(rows)
         return
@@ -67,8 +81,9 @@ def export_ratings(
     ctx: typer.Context,
     rating: RatingOpt = None,
     since: SinceOpt = None,
+    redact: RedactOpt = None,
 ) -> None:
     """Every rated answer as one JSON line: an evaluation set (for `frontdesk replay`, or any
     other tool)."""
-    for row in _rated(ctx, rating, since, None):
+    for row in _rated(ctx, rating, since, None, redact):
         print(json.dumps(row, default=json_default, ensure_ascii=False))

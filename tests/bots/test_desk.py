@@ -14,7 +14,7 @@ import pytest
 
 from frontdesk import texts
 from frontdesk.bots.slack import SlackChannel
-from frontdesk.bots.slack.desk import CLAIM, RESOLVE
+from frontdesk.bots.slack.desk import CLAIM, RESOLVE, RESOLVE_THREAD
 from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt
 from frontdesk.engine.context import AGENT_SAID
@@ -404,3 +404,60 @@ async def test_outside_desk_hours_the_customer_is_told_when_and_the_claim_clock_
         assert len(telegram.messages_in(ALICE)) == 1
         await both.agent_replies(card, "Morning! Sorry for the wait.")
         assert (await both.customer_sees(2))[-1] == "Support: Morning! Sorry for the wait."
+
+
+async def test_a_person_who_replies_in_a_customers_slack_thread_takes_it_over_until_resolve(
+    make_settings, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    """No desk needed: the bot stays quiet in the thread while a person answers there."""
+    support = "C0SUPPORT"
+    backend = RecordingBackend("The bot's answer.")
+    settings = make_settings(
+        slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
+        slack_api_url=slack.base_url, http_port=free_port(), redis_url=redis_url,
+        queue_prefix=queue_prefix,
+    )  # fmt: skip
+    async with pipeline(settings, backend, channels=[SlackChannel(settings)]) as p:
+        url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
+
+        async def post(envelope: dict[str, Any]) -> None:
+            status, _took = await slack.post_event(url, envelope)
+            assert status == 200
+
+        async def bot_posts(count: int) -> list[dict[str, Any]]:
+            await slack.wait_for(
+                lambda f: len(f.messages_in(support)) >= count and p.gateway.pending == 0
+            )
+            return slack.messages_in(support)
+
+        mention = slack.mention("where is my order 77?", channel=support)
+        root = mention["event"]["ts"]
+        await post(mention)
+        assert [m["text"] for m in await bot_posts(1)] == ["The bot's answer."]
+
+        await post(slack.thread_reply("I'll take this one: it ships today.", thread_ts=root,
+                                      user=AGENT, channel=support))  # fmt: skip
+        notice = (await bot_posts(2))[-1]
+        assert notice["text"] == texts.TAKEN_OVER and notice["thread_ts"] == root
+        asked = len(backend.prompts)
+        await post(slack.thread_reply("great, thank you!", thread_ts=root, channel=support))
+        await post(slack.thread_reply("I'll keep an eye on it", thread_ts=root, user=AGENT,
+                                      channel=support))  # fmt: skip
+        await asyncio.sleep(1.0)  # time enough for an answer, which must not come
+        assert len(slack.messages_in(support)) == 2 and len(backend.prompts) == asked
+
+        status = await slack.press_button(
+            url, channel=support, message_ts=notice["ts"], action_id=RESOLVE_THREAD, user=AGENT
+        )
+        assert status == 200
+        posts = await bot_posts(3)
+        assert posts[-1]["text"] == texts.BOT_IS_BACK
+        assert posts[1]["text"] == texts.TAKEOVER_RESOLVED  # the notice lost its button
+        await post(slack.thread_reply("one more: can I change the address?", thread_ts=root,
+                                      channel=support))  # fmt: skip
+        assert (await bot_posts(4))[-1]["text"] == "The bot's answer."
+        person = [m.content for m in backend.prompts[-1] if m.content.startswith(AGENT_SAID)]
+        assert person == [
+            f"{AGENT_SAID} I'll take this one: it ships today.",
+            f"{AGENT_SAID} I'll keep an eye on it",
+        ]

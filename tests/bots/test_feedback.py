@@ -50,7 +50,7 @@ async def test_a_thumbs_down_is_stored_once_against_its_answer_changed_and_expor
 
         fake.private_message("how long does shipping take?")
         [first] = await answered(1)
-        fake.private_message("and to belgium?")
+        fake.private_message("and to belgium? mail me at jo@example.com")
         second = (await answered(2))[-1]
         fake.private_command("help")  # a notice of the bot's own: nothing to rate
         help_message = (await answered(3))[-1]
@@ -70,7 +70,8 @@ async def test_a_thumbs_down_is_stored_once_against_its_answer_changed_and_expor
         url = p.store.url
         rows = await asyncio.to_thread(as_json, url, "feedback", "list")
         assert [(r["question"], r["rating"]) for r in rows] == [  # type: ignore[index]
-            ("how long does shipping take?", "up"), ("and to belgium?", "down"),
+            ("how long does shipping take?", "up"),
+            ("and to belgium? mail me at jo@example.com", "down"),
         ]  # fmt: skip
         presses.append(fake.press(ALICE, second["message_id"], up))  # a change of mind
         await fake.wait_for(lambda f: all(f.answers()[q] for q in presses))
@@ -79,11 +80,14 @@ async def test_a_thumbs_down_is_stored_once_against_its_answer_changed_and_expor
         exported = await asyncio.to_thread(invoke, url, "feedback", "export")
         lines = [json.loads(line) for line in exported.stdout.splitlines()]
         assert len(lines) == 2 and {line["rating"] for line in lines} == {"up"}
-        [belgium] = [line for line in lines if line["question"] == "and to belgium?"]
+        [belgium] = [line for line in lines if line["question"].startswith("and to belgium?")]
         assert belgium["answer"] == "Parcels take two days."
         assert [m["content"] for m in belgium["history"]] == [
             "how long does shipping take?", "Parcels take two days.",
         ]  # fmt: skip
+
+        masked = await asyncio.to_thread(invoke, url, "feedback", "export", "--redact")
+        assert "jo@example.com" not in masked.stdout and "and to belgium?" in masked.stdout
 
         # the answer purged, its buttons still on screen: a polite toast, nothing stored
         [conv] = [c for c in await p.store.list_conversations(limit=50) if c.platform == "telegram"]

@@ -62,6 +62,8 @@ async def test_replay_on_the_fixed_engine_writes_one_row_per_turn_and_stores_not
     assert await count_messages(url) == before  # nothing stored
     bad = await asyncio.to_thread(invoke, url, "replay", "--engine", "gpt-17")
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+    [line] = bad.output.strip().splitlines()
+    assert "--engine" in line and "llamacpp" in line  # which option, and what it takes
 
 
 async def test_replay_on_llama_cpp_answers_each_turn_anew(make_settings) -> None:
