@@ -161,7 +161,7 @@ async def test_webhook_blocks_polling_and_posts(bot: Bot, fake: FakeTelegram) ->
 
 async def test_unknown_method_and_wrong_token(fake: FakeTelegram) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{fake.base_url}{TOKEN}/getChat") as response:
+        async with session.post(f"{fake.base_url}{TOKEN}/getChatAdministrators") as response:
             assert response.status == 404
             assert (await response.json())["description"] == "Not Found: method not found"
         async with session.post(f"{fake.base_url}1:bad/getMe") as response:
