@@ -597,14 +597,15 @@ class Worker:
             log.warning("turn %s gave up, and nobody can be told: %r", turn.turn_id, exc)
             gateway, route = turn.gateway, None
         attempt = turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries
-        gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, attempt, route)
-        await self._safely(self._sender(gateway)(gave_up))
+        # stored first: once the user sees the apology, the logs show the failure too
         figures = ReplyFigures(latency_ms=_ms_since(turn.enqueued_at), model=self.backend.model)
         await self._safely(
             self.store.record_reply(
                 turn.conversation_id, turn.message_id, "", figures, error=reason
             )
         )
+        gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, attempt, route)
+        await self._safely(self._sender(gateway)(gave_up))
 
     async def _destination(self, turn: Turn) -> tuple[str, dict[str, Any] | None]:
         """The gateway a turn's reply goes to, and the route its first delta carries. A revived
