@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC
@@ -40,15 +42,23 @@ def tail(
     shown = masker(ctx, redact)
 
     async def go() -> None:
+        # Ctrl-C (or SIGTERM) ends the loop between polls: a flag, not a cancel, which a
+        # database call under way could swallow (Python 3.11's wait_for, gh-86296) and leave
+        # tail running
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         async with opened_logs(settings(ctx)) as logs:
             after = await logs.tail_start(lines, filt)
-            while True:
+            while not stop.is_set():
                 batch = await logs.messages_after(after, filt)
                 for m in batch:
                     _print_tail(m, shown, as_json)
                     after = m.id
                 if len(batch) < (filt.limit or 0):
-                    await asyncio.sleep(interval)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), interval)
 
     try:
         run(go())
