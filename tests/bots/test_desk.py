@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt
 from frontdesk.engine.context import AGENT_SAID
 from frontdesk.engine.knowledge.ingest import add_paths
+from frontdesk.storage import Rating
 from tests.bots.test_slack import DM as SLACK_DM
 from tests.bots.test_slack import RecordingBackend
 from tests.engine.test_knowledge import RETURNS, write
@@ -142,6 +144,8 @@ async def test_a_telegram_customer_is_answered_by_a_person_at_the_slack_desk_and
             (AGENT, "Sorry about that! I've sent a new parcel today.")
         ]
         assert await both.p.store.handoff_of(conv.id) is None  # the bot's again
+        first_question = next(m.id for m in stored if m.role == "user")
+        assert await both.p.store.rate(first_question, "telegram:1001", Rating.DOWN)
 
     # the admin CLI knows them: the agent's message in the transcript, the handoff in stats
     url = both.p.store.url
@@ -152,6 +156,10 @@ async def test_a_telegram_customer_is_answered_by_a_person_at_the_slack_desk_and
     [row] = await asyncio.to_thread(as_json, url, "stats", "--platform", "telegram")
     assert row["handoffs"] == {"asked": 1} and row["handoffs_resolved"] == 1.0
     assert 0 <= row["first_human_p50_s"] < 60
+    exported = await asyncio.to_thread(invoke, url, "feedback", "export")
+    [rated] = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert (rated["question"], rated["rating"]) == ("my parcel never arrived, order 1234", "down")
+    assert rated["agent_answer"] == "Sorry about that! I've sent a new parcel today."
 
 
 async def test_a_person_asked_for_in_words_and_a_desk_reply_after_resolve_is_refused(
@@ -461,3 +469,20 @@ async def test_a_person_who_replies_in_a_customers_slack_thread_takes_it_over_un
             f"{AGENT_SAID} I'll take this one: it ships today.",
             f"{AGENT_SAID} I'll keep an eye on it",
         ]
+
+
+async def test_a_reset_ends_the_handoff_with_the_conversation(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    backend = RecordingBackend("The bot's answer.")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        telegram.private_command("human")
+        assert await both.customer_sees(1) == [texts.HANDED_OVER]
+        card = await both.desk_card()
+        telegram.private_command("reset")
+        assert (await both.customer_sees(2))[-1] == texts.RESET
+        await slack.wait_for(lambda f: "Resolved" in str(f.messages_in(DESK)[0]["blocks"]))
+        await both.agent_replies(card, "hello?")  # too late: nothing reaches the customer
+        await slack.wait_for(lambda f: texts.HANDOFF_OVER in both.thread(card))
+        telegram.private_message("new question")
+        assert (await both.customer_sees(3))[-1] == "The bot's answer."
