@@ -81,15 +81,16 @@ class Both:
 @contextlib.asynccontextmanager
 async def running(  # type: ignore[no-untyped-def]
     make_settings, telegram: FakeTelegram, slack: FakeSlack, backend: RecordingBackend,
-    redis_url: str, queue_prefix: str,
+    redis_url: str, queue_prefix: str, **values: object,
 ) -> AsyncIterator[Both]:  # fmt: skip
-    settings = make_settings(
-        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
-        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
-        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
-        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
-        desk=f"slack:{DESK}",
-    )  # fmt: skip
+    """One gateway running both channels, with the Slack desk unless ``values`` say else."""
+    settings = make_settings(**{
+        "telegram_token": telegram.token, "telegram_api_url": telegram.base_url,
+        "telegram_edit_interval": 0.5, "slack_bot_token": slack.bot_token,
+        "slack_signing_secret": slack.signing_secret, "slack_api_url": slack.base_url,
+        "http_port": free_port(), "redis_url": redis_url, "queue_prefix": queue_prefix,
+        "desk": f"slack:{DESK}", **values,
+    })  # fmt: skip
     channels = [TelegramChannel(settings), SlackChannel(settings)]
     async with pipeline(settings, backend, channels=channels) as p:
         yield Both(p, telegram, slack, f"http://127.0.0.1:{p.gateway.http.port}/slack/events")
@@ -296,17 +297,9 @@ async def test_a_handoff_nobody_claims_in_time_goes_back_to_the_bot(
     make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
 ) -> None:
     backend = RecordingBackend("The bot's answer.")
-    settings = make_settings(
-        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
-        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
-        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
-        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
-        desk=f"slack:{DESK}", desk_claim_timeout_s=1.0,
-    )  # fmt: skip
-    channels = [TelegramChannel(settings), SlackChannel(settings)]
-    async with pipeline(settings, backend, channels=channels) as p:
-        url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
-        both = Both(p, telegram, slack, url)
+    async with running(
+        make_settings, telegram, slack, backend, redis_url, queue_prefix, desk_claim_timeout_s=1.0
+    ) as both:
         telegram.private_command("human")
         assert await both.customer_sees(1) == [texts.HANDED_OVER]
         assert (await both.customer_sees(2))[-1] == texts.NOBODY_CLAIMED  # within a few seconds
@@ -323,17 +316,9 @@ async def test_a_handoff_left_idle_goes_back_to_the_bot(
     make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
 ) -> None:
     backend = RecordingBackend("The bot's answer.")
-    settings = make_settings(
-        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
-        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
-        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
-        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
-        desk=f"slack:{DESK}", handoff_idle_s=2.0,
-    )  # fmt: skip
-    channels = [TelegramChannel(settings), SlackChannel(settings)]
-    async with pipeline(settings, backend, channels=channels) as p:
-        url = f"http://127.0.0.1:{p.gateway.http.port}/slack/events"
-        both = Both(p, telegram, slack, url)
+    async with running(
+        make_settings, telegram, slack, backend, redis_url, queue_prefix, handoff_idle_s=2.0
+    ) as both:
         telegram.private_command("human")
         card = await both.desk_card()
         await both.agent_replies(card, "Hello, how can I help?")
@@ -366,16 +351,15 @@ class Breaks(RecordingBackend):
 async def test_after_failed_answers_in_a_row_the_next_message_goes_to_a_person(
     make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
 ) -> None:
-    settings = make_settings(
-        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
-        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
-        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
-        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
-        desk=f"slack:{DESK}", handoff_after_failures=2,
-    )  # fmt: skip
-    channels = [TelegramChannel(settings), SlackChannel(settings)]
-    async with pipeline(settings, Breaks(""), channels=channels) as p:
-        both = Both(p, telegram, slack, f"http://127.0.0.1:{p.gateway.http.port}/slack/events")
+    async with running(
+        make_settings,
+        telegram,
+        slack,
+        Breaks(""),
+        redis_url,
+        queue_prefix,
+        handoff_after_failures=2,
+    ) as both:
         for n in (1, 2):
             telegram.private_message(f"where is order {n}?")
             assert texts.ENGINE_FAILED in (await both.customer_sees(n))[-1]
@@ -394,16 +378,16 @@ async def test_outside_desk_hours_the_customer_is_told_when_and_the_claim_clock_
 
     closed_day = DAYS[(datetime.now(UTC).weekday() + 2) % 7].title()  # not today, not tomorrow
     hours = f"{closed_day} 09:00-17:00"
-    settings = make_settings(
-        telegram_token=telegram.token, telegram_api_url=telegram.base_url,
-        telegram_edit_interval=0.5, slack_bot_token=slack.bot_token,
-        slack_signing_secret=slack.signing_secret, slack_api_url=slack.base_url,
-        http_port=free_port(), redis_url=redis_url, queue_prefix=queue_prefix,
-        desk=f"slack:{DESK}", desk_hours=hours, desk_claim_timeout_s=0.5,
-    )  # fmt: skip
-    channels = [TelegramChannel(settings), SlackChannel(settings)]
-    async with pipeline(settings, RecordingBackend("x"), channels=channels) as p:
-        both = Both(p, telegram, slack, f"http://127.0.0.1:{p.gateway.http.port}/slack/events")
+    async with running(
+        make_settings,
+        telegram,
+        slack,
+        RecordingBackend("x"),
+        redis_url,
+        queue_prefix,
+        desk_hours=hours,
+        desk_claim_timeout_s=0.5,
+    ) as both:
         telegram.private_command("human")
         [said] = await both.customer_sees(1)
         assert said == texts.handed_over_after_hours(f"{hours} (UTC)")
