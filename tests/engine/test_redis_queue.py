@@ -163,19 +163,20 @@ async def test_a_message_is_queued_once_while_its_turn_is_live(
 async def test_a_conversation_lease_is_held_by_one_worker_and_released_only_by_it(
     redis_url: str, queue_prefix: str
 ) -> None:
+    ttl = 1500  # wide enough that a busy CI machine cannot let a renewed lease lapse
     a = await open_queue(redis_url, queue_prefix, "a")
     b = await open_queue(redis_url, queue_prefix, "b")
-    assert await a.lease(9, ttl_ms=300)
-    assert not await b.lease(9, ttl_ms=300)
+    assert await a.lease(9, ttl_ms=ttl)
+    assert not await b.lease(9, ttl_ms=ttl)
     await b.unlease(9)  # not b's to release
-    assert not await b.lease(9, ttl_ms=300)
-    await asyncio.sleep(0.2)
-    assert await a.renew([9], ttl_ms=300) == set()
-    await asyncio.sleep(0.2)
-    assert not await b.lease(9, ttl_ms=300)  # renewed: still a's
-    await asyncio.sleep(0.4)
-    assert await b.lease(9, ttl_ms=300)  # lapsed: b takes it
-    assert await a.renew([9], ttl_ms=300) == {9}  # and a learns that it lost it
+    assert not await b.lease(9, ttl_ms=ttl)
+    await asyncio.sleep(1.0)
+    assert await a.renew([9], ttl_ms=ttl) == set()
+    await asyncio.sleep(1.0)
+    assert not await b.lease(9, ttl_ms=ttl)  # renewed: still a's
+    await asyncio.sleep(2.0)
+    assert await b.lease(9, ttl_ms=ttl)  # lapsed: b takes it
+    assert await a.renew([9], ttl_ms=ttl) == {9}  # and a learns that it lost it
     for q in (a, b):
         await q.stop()
 
