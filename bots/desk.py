@@ -8,9 +8,12 @@ stores each customer message: while a person has the conversation, no turn is qu
 customer's messages go to the desk's thread instead.
 
 The desk is a place on one platform (``FRONTDESK_DESK=slack:<channel id>``), for customers from
-any channel: a Telegram customer can be answered from Slack. The platform's part, the thread
-per handoff and its buttons, is its channel's (``DeskSide``); this module decides what goes
-where. An agent's answer reaches the customer through the customer's own channel.
+any channel: a Telegram customer can be answered from Slack. Several places
+(``slack:C1,slack:C2``) share the handoffs out, a conversation to the same one each time: one
+Slack channel takes about one post a second, which a busy desk's customers outrun. The platform's
+part, the thread per handoff and its buttons, is its channel's (``DeskSide``); this module
+decides what goes where. An agent's answer reaches the customer through the customer's own
+channel.
 """
 
 from __future__ import annotations
@@ -66,18 +69,20 @@ class DeskSide(Protocol):
 
 
 class Desk:
-    """Hands customers to the desk in ``settings.desk`` and relays between them."""
+    """Hands customers to the desk places in ``desks`` (``settings.desks``) and relays between
+    them."""
 
-    def __init__(self, gateway: Gateway, store: Store, desk: str) -> None:
+    def __init__(self, gateway: Gateway, store: Store, desks: list[str]) -> None:
         self.gateway, self.store = gateway, store
-        self.desk = desk
-        platform, _, self.place = desk.partition(":")
-        found = gateway.channel(platform)
-        if found is None or not hasattr(found, "open_desk_thread"):
-            raise ConfigError(
-                f"FRONTDESK_DESK={desk}: this gateway runs no {platform} channel to hold the desk"
-            )
-        self.side: DeskSide = found  # type: ignore[assignment]
+        self.desks = desks
+        self._sides: dict[str, DeskSide] = {}
+        for desk in desks:
+            platform = desk.partition(":")[0]
+            found = gateway.channel(platform)
+            if found is None or not hasattr(found, "open_desk_thread"):
+                raise ConfigError(f"FRONTDESK_DESK={desk}: this gateway runs no {platform} "
+                                  "channel to hold the desk")  # fmt: skip
+            self._sides[platform] = found  # type: ignore[assignment]
         settings = gateway.settings
         self.hours = (
             DeskHours.parse(settings.desk_hours, settings.desk_timezone)
@@ -86,7 +91,16 @@ class Desk:
         )
 
     def is_desk(self, platform: str, place: str) -> bool:
-        return platform == self.side.name and place == self.place
+        return f"{platform}:{place}" in self.desks
+
+    def _at(self, desk: str) -> tuple[DeskSide, str] | None:
+        """The channel that holds ``desk``, and the place there; None for a handoff that is not
+        at one of ``desks`` (a person answering in the customer's own thread, or a place
+        taken out of the setting since)."""
+        if desk not in self.desks:
+            return None
+        platform, _, place = desk.partition(":")
+        return self._sides[platform], place
 
     # -- the customer's side -------------------------------------------------------------------
 
@@ -98,9 +112,10 @@ class Desk:
         what the customer writes after it, while the desk's thread is being opened, is shown
         there once it is."""
         route = msg.route()
+        desk = self.desks[conversation_id % len(self.desks)]  # the same place each time
         try:
             handoff, opened = await self.store.open_handoff(
-                conversation_id, reason=reason, route=route, desk=self.desk
+                conversation_id, reason=reason, route=route, desk=desk
             )
         except StorageUnavailable as exc:
             log.error("cannot hand conversation %d over: %s", conversation_id, exc)
@@ -110,10 +125,14 @@ class Desk:
             return texts.HANDOFF_ALREADY
         try:
             card = await self._card(handoff, msg)
-            thread = await self.side.open_desk_thread(self.place, card)
+            at = self._at(desk)
+            assert at is not None, "__init__ found a channel for every place"
+            side, place = at
+            thread = await side.open_desk_thread(place, card)
             await self.store.set_desk_thread(handoff.id, thread)
+            handoff = dataclasses.replace(handoff, desk_thread=thread)
         except (FrontdeskError, OSError) as exc:
-            log.error("cannot post handoff %d to the desk %s: %s", handoff.id, self.desk, exc)
+            log.error("cannot post handoff %d to the desk %s: %s", handoff.id, handoff.desk, exc)
             await self.store.resolve_handoff(handoff.id)
             return texts.NOBODY_AVAILABLE
         # what the customer wrote while the thread was being opened (the first post waits its
@@ -122,7 +141,7 @@ class Desk:
         for earlier in stored:
             if earlier.id > message_id and earlier.role == "user":
                 who = earlier.user_name or earlier.user_id or msg.user_id
-                await self._post(thread, f"{who}: {earlier.content}", handoff.id)
+                await self._post(handoff, f"{who}: {earlier.content}")
         log.info("conversation %d handed to the desk (%s)", conversation_id, reason)
         if self.hours is not None and self.hours.opened_at(datetime.now(UTC)) is None:
             return texts.handed_over_after_hours(self.hours.text)
@@ -131,18 +150,21 @@ class Desk:
     async def customer_said(self, conversation_id: int, msg: InboundMessage) -> None:
         """A customer's message while a person has the conversation: into the desk's thread."""
         handoff = await self.store.handoff_of(conversation_id)
-        if handoff is not None and handoff.desk != self.desk:
-            return  # a person answering in the customer's own thread: they see it there
-        if handoff is None or handoff.desk_thread is None:
+        if handoff is None or self._at(handoff.desk) is None:
+            return  # e.g. a person answering in the customer's own thread: they see it there
+        if handoff.desk_thread is None:
             return  # the thread is being opened: hand_over shows the message once it is
-        await self._post(handoff.desk_thread, f"{msg.user_name or msg.user_id}: {msg.text}",
-                         handoff.id)  # fmt: skip
+        await self._post(handoff, f"{msg.user_name or msg.user_id}: {msg.text}")
 
-    async def _post(self, thread: str, text: str, handoff_id: int) -> None:
+    async def _post(self, handoff: HandoffRecord, text: str) -> None:
+        at = self._at(handoff.desk)
+        if at is None or handoff.desk_thread is None:
+            return
+        side, place = at
         try:
-            await self.side.post_to_desk_thread(self.place, thread, text)
+            await side.post_to_desk_thread(place, handoff.desk_thread, text)
         except (FrontdeskError, OSError) as exc:  # it is stored: the logs still show it
-            log.error("handoff %d: cannot show a customer message at the desk: %s", handoff_id, exc)
+            log.error("handoff %d: cannot show a customer message at the desk: %s", handoff.id, exc)
 
     async def give_back(
         self, conversation_id: int, *, tell: str | None = texts.BOT_IS_BACK
@@ -158,19 +180,26 @@ class Desk:
     # -- the desk's side -----------------------------------------------------------------------
 
     async def agent_said(
-        self, thread: str, *, agent_id: str, agent_name: str | None, text: str, event_id: str
+        self,
+        desk: str,
+        thread: str,
+        *,
+        agent_id: str,
+        agent_name: str | None,
+        text: str,
+        event_id: str,
     ) -> str | None:
-        """An agent's message in a handoff's thread: stored (role ``agent``) and sent to the
-        customer, and the handoff is a person's from now on. Returns what to tell the agent
-        when it cannot go (the handoff is over), else None."""
-        handoff = await self.store.handoff_by_thread(self.desk, thread)
+        """An agent's message in a handoff's thread at ``desk`` (one of ``desks``): stored (role
+        ``agent``) and sent to the customer, and the handoff is a person's from now on. Returns
+        what to tell the agent when it cannot go (the handoff is over), else None."""
+        handoff = await self.store.handoff_by_thread(desk, thread)
         if handoff is None:
             return None  # a thread that is no handoff's: not ours to answer
         if not handoff.open:
             return texts.HANDOFF_OVER
         stored = await self.store.record_agent_message(
             handoff, agent_id=agent_id, agent_name=agent_name, text=text,
-            dedupe_key=f"{self.desk}:{event_id}",
+            dedupe_key=f"{desk}:{event_id}",
         )  # fmt: skip
         if stored is None:
             return None  # the same event again: sent already
@@ -179,9 +208,11 @@ class Desk:
             await self._show(handoff, state="human", agent=agent_name or agent_id)
         return None
 
-    async def claim(self, thread: str, agent_id: str, agent_name: str | None) -> str | None:
+    async def claim(
+        self, desk: str, thread: str, agent_id: str, agent_name: str | None
+    ) -> str | None:
         """An agent takes the handoff (the Claim button). What to tell the agent, if anything."""
-        handoff = await self.store.handoff_by_thread(self.desk, thread)
+        handoff = await self.store.handoff_by_thread(desk, thread)
         if handoff is None:
             return None
         if not await self.store.claim_handoff(handoff.id, agent_id):
@@ -192,9 +223,9 @@ class Desk:
                          agent=agent_name if holder in (None, agent_id) else holder)  # fmt: skip
         return None
 
-    async def resolve(self, thread: str, agent_id: str) -> str | None:
+    async def resolve(self, desk: str, thread: str, agent_id: str) -> str | None:
         """The handoff ends (the Resolve button): the bot has the conversation again."""
-        handoff = await self.store.handoff_by_thread(self.desk, thread)
+        handoff = await self.store.handoff_by_thread(desk, thread)
         if handoff is None:
             return None
         if not handoff.open:
@@ -217,7 +248,7 @@ class Desk:
             now = datetime.now(UTC)
             try:
                 overdue = await self.store.overdue_handoffs(
-                    self.desk, unclaimed_before=self._unclaimed_before(now),
+                    self.desks, unclaimed_before=self._unclaimed_before(now),
                     idle_before=now - timedelta(seconds=settings.handoff_idle_s),
                 )  # fmt: skip
             except StorageUnavailable as exc:  # looked at again in a while
@@ -263,12 +294,14 @@ class Desk:
         await self.gateway.deliver_now(channel, msg, text)
 
     async def _show(self, handoff: HandoffRecord, *, state: str, agent: str | None) -> None:
-        if handoff.desk_thread is None:
+        at = self._at(handoff.desk)
+        if at is None or handoff.desk_thread is None:
             return
+        side, place = at
         card = await self._card(handoff, InboundMessage.from_route(handoff.route))
         card = dataclasses.replace(card, state=state, agent=agent)
         try:
-            await self.side.show_handoff(self.place, handoff.desk_thread, card)
+            await side.show_handoff(place, handoff.desk_thread, card)
         except (FrontdeskError, OSError) as exc:
             log.warning("cannot show handoff %d's state: %s", handoff.id, exc)
 

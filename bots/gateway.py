@@ -131,7 +131,7 @@ class Gateway:
         order, and the HTTP server if one needs it. A start that fails halfway undoes what it
         began (in reverse) and raises."""
         if self.settings.desk:
-            self.desk = Desk(self, self.store, self.settings.desk)
+            self.desk = Desk(self, self.store, self.settings.desks)
         await self._take_lease()
         await self._resume()
         self.tasks.spawn("gateway-replies", self._pump_replies)

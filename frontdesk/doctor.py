@@ -27,22 +27,20 @@ class Check:
 
 async def diagnose(settings: Settings) -> list[Check]:
     checks = [await _engine(settings), await _redis(settings), await _database(settings)]
-    if settings.desk:
-        checks.append(await _desk(settings))
+    checks.extend([await _desk(settings, desk) for desk in settings.desks])
     return checks
 
 
-async def _desk(settings: Settings) -> Check:
-    """The handoff desk: its channel exists and the bot is in it (Slack), or its supergroup has
-    topics and the bot may manage them (Telegram)."""
+async def _desk(settings: Settings, desk: str) -> Check:
+    """A place of the handoff desk: its channel exists and the bot is in it (Slack), or its
+    supergroup has topics and the bot may manage them (Telegram)."""
     started = time.monotonic()
-    assert settings.desk is not None
-    platform, _, place = settings.desk.partition(":")
+    platform, _, place = desk.partition(":")
     try:
         detail = await (_slack_desk(settings, place) if platform == "slack"
                         else _telegram_desk(settings, place))  # fmt: skip
     except FrontdeskError as exc:
-        return Check("desk", False, f"{settings.desk}: {exc}", time.monotonic() - started)
+        return Check("desk", False, f"{desk}: {exc}", time.monotonic() - started)
     return Check("desk", True, detail, time.monotonic() - started)
 
 

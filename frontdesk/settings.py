@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant."
+_DESK = r"(slack:[A-Z0-9]{2,32}|telegram:-\d{1,20})"  # one place of FRONTDESK_DESK
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -127,9 +128,9 @@ class Settings(BaseSettings):
     kb_url_base: str | None = None  # a source's URL is this plus its path, unless it has its own
 
     # handoff to a person: the desk where agents answer ("slack:<channel id>" or
-    # "telegram:<supergroup id>"), and what a customer writes to ask for one (besides /human,
-    # and "human"); None: no desk
-    desk: str | None = Field(None, pattern=r"^(slack:[A-Z0-9]{2,32}|telegram:-\d{1,20})$")
+    # "telegram:<supergroup id>"; several, comma-separated, share the handoffs out), and what a
+    # customer writes to ask for one (besides /human, and "human"); None: no desk
+    desk: str | None = Field(None, pattern=rf"^{_DESK}(\s*,\s*{_DESK})*$")
     # a handoff nobody claims (or answers) within this goes back to the bot, and the customer
     # is told; one a person has, idle this long, goes back too
     desk_claim_timeout_s: float = Field(900.0, gt=0)
@@ -227,6 +228,11 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no Redis is configured: gateway and worker share one process and queue."""
         return self.redis_url is None
+
+    @property
+    def desks(self) -> list[str]:
+        """The places of ``FRONTDESK_DESK`` ("slack:C…"), in order, each once; [] for none."""
+        return list(dict.fromkeys(d.strip() for d in (self.desk or "").split(",") if d.strip()))
 
     def model_path(self) -> Path | None:
         """The configured model, or the bundled SmolLM2 GGUF when none is set."""

@@ -232,7 +232,12 @@ class Handoffs(Database):
         return message_id
 
     async def overdue_handoffs(
-        self, desk: str, *, unclaimed_before: datetime, idle_before: datetime, limit: int = 100
+        self,
+        desks: list[str],
+        *,
+        unclaimed_before: datetime,
+        idle_before: datetime,
+        limit: int = 100,
     ) -> list[HandoffRecord]:
         """Open handoffs that should go back to the bot: waiting since before
         ``unclaimed_before`` (nobody claimed or answered them), or a person's with no message in
@@ -240,7 +245,7 @@ class Handoffs(Database):
         query = (
             select(*_COLUMNS)
             .join(Conversation, Conversation.handoff_id == Handoff.id)
-            .where(Handoff.desk == desk)
+            .where(Handoff.desk.in_(desks))
             .where(
                 or_(
                     and_(Handoff.state == HandoffState.WAITING,

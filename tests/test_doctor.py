@@ -113,3 +113,14 @@ async def test_a_desk_the_bot_cannot_use_fails_with_the_reason(tmp_path) -> None
         assert not plain["ok"] and "no topics" in plain["detail"]
         for check in (gone, outside, plain):
             assert slack.bot_token not in check["detail"] and telegram.token not in check["detail"]
+
+        # several places: each is checked, and one the bot cannot use fails the doctor
+        result = await asyncio.to_thread(
+            doctor, tmp_path, FRONTDESK_DESK="slack:C0DESK, slack:C0OUTSIDE", **platforms
+        )
+        desks = [c for c in json.loads(result.stdout) if c["part"] == "desk"]
+        assert [c["ok"] for c in desks] == [True, False] and result.exit_code == 1
+        assert "slack:C0OUTSIDE" in desks[1]["detail"] and "invite it" in desks[1]["detail"]
+        typo = await asyncio.to_thread(doctor, tmp_path, FRONTDESK_DESK="slack:C0DESK;C0OTHER")
+        assert typo.exit_code == 2 and "FRONTDESK_DESK" in typo.output
+        assert len(typo.output.strip().splitlines()) == 1  # one line, no traceback

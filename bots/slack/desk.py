@@ -138,8 +138,8 @@ class SlackDesk(SlackApi):
         if text.strip().lower().startswith(NOTE_PREFIX):
             return
         said = await self._gateway.desk.agent_said(
-            thread, agent_id=event.get("user", ""), agent_name=name, text=plain_text(text),
-            event_id=event.get("ts", ""),
+            f"{self.name}:{channel}", thread, agent_id=event.get("user", ""), agent_name=name,
+            text=plain_text(text), event_id=event.get("ts", ""),
         )  # fmt: skip
         if said:
             await self.post(channel, thread, to_mrkdwn(said))
@@ -157,9 +157,9 @@ class SlackDesk(SlackApi):
         if not desk.is_desk(self.name, channel):
             return
         if action.get("action_id") == CLAIM:
-            said = await desk.claim(thread, agent, agent)
+            said = await desk.claim(f"{self.name}:{channel}", thread, agent, agent)
         else:
-            said = await desk.resolve(thread, agent)
+            said = await desk.resolve(f"{self.name}:{channel}", thread, agent)
         if said:
             await self.post(channel, thread, to_mrkdwn(said))
 

@@ -98,12 +98,12 @@ class TelegramDesk(TelegramApi):
         thread = str(msg.message_thread_id)
         agent = str(user.id)
         if text.split("@")[0].lower() in ("/resolve", "/bot"):
-            said = await desk.resolve(thread, agent)
+            said = await desk.resolve(f"{self.name}:{msg.chat.id}", thread, agent)
         elif text.lower().startswith(NOTE_PREFIX) or text.startswith("/"):
             return
         else:
             said = await desk.agent_said(
-                thread, agent_id=agent, agent_name=user.full_name or user.username, text=text,
+                f"{self.name}:{msg.chat.id}", thread, agent_id=agent, agent_name=user.full_name or user.username, text=text,
                 event_id=f"{msg.chat.id}:{msg.message_id}",
             )  # fmt: skip
         if said:

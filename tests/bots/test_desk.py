@@ -189,6 +189,53 @@ async def test_a_person_asked_for_in_words_and_a_desk_reply_after_resolve_is_ref
         assert backend.prompts == []  # no turn reached the engine throughout
 
 
+async def test_several_desk_channels_share_the_handoffs_and_each_thread_reaches_its_customer(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    """FRONTDESK_DESK with two Slack channels: two customers' handoffs go one to each (a
+    channel takes one post a second), and what agents do in each reaches the right customer."""
+    backend = RecordingBackend("The bot's answer.")
+    other_desk, bob = "C0DESK2", 1002
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix,
+                       desk=f"slack:{DESK}, slack:{other_desk}") as both:  # fmt: skip
+        telegram.private_command("human")
+        assert await both.customer_sees(1) == [texts.HANDED_OVER]
+        telegram.private_command("human", user_id=bob, username="bob", first_name="Bob")
+        await telegram.wait_for(lambda f: f.messages_in(bob) and both.p.gateway.pending == 0)
+
+        def card_in(channel: str) -> dict[str, Any]:
+            [card] = [m for m in slack.messages_in(channel) if not m["thread_ts"]]
+            return card
+
+        await slack.wait_for(lambda f: all(len(f.messages_in(c)) == 1 for c in (DESK, other_desk)))
+        cards = {
+            card_in(c)["text"].split(": ", 1)[1].split(" on ")[0]: c for c in (DESK, other_desk)
+        }
+        assert sorted(cards) == ["Alice", "Bob"]  # one handoff in each channel
+        for name, customer in (("Alice", ALICE), ("Bob", bob)):
+            channel = cards[name]
+            reply = slack.thread_reply(f"Hello {name}", thread_ts=card_in(channel)["ts"],
+                                       user=AGENT, channel=channel)  # fmt: skip
+            assert (await slack.post_event(both.url, reply))[0] == 200
+            await telegram.wait_for(lambda f, c=customer: len(f.messages_in(c)) == 2)
+            assert telegram.messages_in(customer)[-1]["text"] == f"Support: Hello {name}"
+
+        # Resolve in Bob's channel ends Bob's handoff only: Alice still has a person
+        bob_channel = cards["Bob"]
+        status = await slack.press_button(both.url, channel=bob_channel,
+                                          message_ts=card_in(bob_channel)["ts"],
+                                          action_id=RESOLVE, user=AGENT)  # fmt: skip
+        assert status == 200
+        await telegram.wait_for(lambda f: len(f.messages_in(bob)) == 3)
+        assert telegram.messages_in(bob)[-1]["text"] == texts.BOT_IS_BACK
+        telegram.private_message("are you there?")
+        await slack.wait_for(
+            lambda f: "Alice: are you there?" in str(f.messages_in(cards["Alice"]))
+        )
+        assert len(telegram.messages_in(ALICE)) == 2  # no bot answer: still a person's
+        assert backend.prompts == []
+
+
 async def test_a_handoff_outlives_a_gateway_restart(
     make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
 ) -> None:
