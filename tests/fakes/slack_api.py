@@ -342,6 +342,13 @@ class FakeSlack(FakeServer):
                          "block_id": button.get("block_id", "b"), "value": button.get("value"),
                          "text": button.get("text"), "action_ts": self._new_ts()}],
         }  # fmt: skip
+        return await self.post_interaction(url, payload, signature=signature)
+
+    async def post_interaction(
+        self, url: str, payload: dict[str, Any], *, signature: str | None = None
+    ) -> int:
+        """POST an interaction as Slack does (a signed form whose ``payload`` is the JSON):
+        a button press, a shortcut, a legacy attachment action. Returns the HTTP status."""
         body = urlencode({"payload": json.dumps(payload)}).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded", **self.sign(body)}
         if signature is not None:
@@ -549,6 +556,10 @@ class FakeSlack(FakeServer):
         if ts is None or ts not in stored:
             raise AssertionError(f"no message {ts or f'from {user}'} in {channel} to change")
         return stored[ts]
+
+    def event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The Events API envelope Slack wraps ``event`` in (any type, as given)."""
+        return self._envelope(event)
 
     def _envelope(self, event: dict[str, Any]) -> dict[str, Any]:
         event_id = f"Ev{self._next_event:04d}"
