@@ -16,6 +16,8 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -61,6 +63,25 @@ CHANNEL_RESET = (
 )
 
 
+# the events that say this app may no longer act in the workspace
+GONE_EVENTS = frozenset({"tokens_revoked", "app_uninstalled"})
+
+
+class _AckingApp(AsyncApp):
+    """Bolt, acking what it has no listener for. Bolt answers a signed request no listener
+    matched (an event type frontdesk does not handle, a shortcut, a legacy attachment action)
+    with 404; Slack sends a non-2xx again, and turns an app's events off when more than 5% of
+    its deliveries fail within an hour. A request whose signature fails is still refused (401,
+    before any listener)."""
+
+    async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
+        response = await super().async_dispatch(req)
+        if response.status == 404:
+            log.debug("slack request of a kind frontdesk does not handle: acked and dropped")
+            return BoltResponse(status=200, body="")
+        return response
+
+
 class SlackChannel(SlackNames, SlackDesk):
     name = "slack"
     replies_from_any_gateway = True  # a channel and a thread ts are all a reply needs
@@ -82,6 +103,8 @@ class SlackChannel(SlackNames, SlackDesk):
         self._gateway: Gateway | None = None
         self._session: aiohttp.ClientSession | None = None
         self._socket: AsyncSocketModeHandler | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.revoked = False  # tokens_revoked or app_uninstalled: nothing more is taken or sent
         self.client: AsyncWebClient | None = None
         self.app: AsyncApp | None = None
         self.team_id = self.bot_user_id = self.bot_id = ""
@@ -164,7 +187,7 @@ class SlackChannel(SlackNames, SlackDesk):
             ) from None
 
     def _build_app(self) -> AsyncApp:
-        app = AsyncApp(
+        app = _AckingApp(
             client=self.client,
             signing_secret=self.settings.slack_signing_secret,
             # Socket Mode requests come over an authenticated socket and carry no signature
@@ -180,13 +203,14 @@ class SlackChannel(SlackNames, SlackDesk):
         app.action(RESOLVE_THREAD)(self._on_thread_resolve)
         app.action(RATE_UP)(self._on_rating)
         app.action(RATE_DOWN)(self._on_rating)
+        app.event(re.compile(".*"))(self._on_other_event)  # after the ones above: the rest
         app.error(self._on_error)
         return app
 
     async def stop(self) -> None:
-        socket, self._socket = self._socket, None
-        if socket is not None:
-            await socket.close_async()
+        await self._close_socket()
+        if self._closing:
+            await asyncio.wait(self._closing)
         if self._namer is not None:  # names being filled in: a moment, then let them go
             await asyncio.wait([self._namer], timeout=NAME_BATCH_S + 2.0)
             self._namer.cancel()
@@ -203,6 +227,32 @@ class SlackChannel(SlackNames, SlackDesk):
         response = await self.app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
 
+    async def _on_other_event(self, event: dict[str, Any]) -> None:
+        """An event frontdesk does not answer (a reaction, a join, App Home opened): acked and
+        dropped. One saying that this app's bot token is revoked, or the app uninstalled, stops
+        the channel: nothing it could post would go through."""
+        kind = str(event.get("type") or "")
+        if kind not in GONE_EVENTS:
+            log.debug("slack %s event dropped", kind or "untyped")
+            return
+        bots = (event.get("tokens") or {}).get("bot") if kind == "tokens_revoked" else None
+        if isinstance(bots, list) and self.bot_user_id and self.bot_user_id not in bots:
+            log.info("slack: tokens of other users revoked; this bot's stands")
+            return
+        log.warning("slack: %s: this app's token no longer works; the Slack channel stops "
+                    "(reinstall the app and restart the gateway)", kind)  # fmt: skip
+        self.revoked = True
+        if self._socket is not None:  # closed once this event is acked
+            task = asyncio.create_task(self._close_socket(after_s=1.0))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_socket(self, after_s: float = 0.0) -> None:
+        await asyncio.sleep(after_s)
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.close_async()
+
     async def _on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         await self._on_event(body, event, mentioned=True)
 
@@ -211,6 +261,8 @@ class SlackChannel(SlackNames, SlackDesk):
 
     async def _on_event(self, body: dict[str, Any], event: dict[str, Any], *, mentioned: bool):
         event_id = body.get("event_id")
+        if self.revoked:
+            return  # acked and dropped: no reply could be posted
         if event_id and event_id in self._seen_events:
             log.info("slack event %s delivered again; dropped", event_id)
             return  # a retry of an event this gateway already took
@@ -347,6 +399,9 @@ class SlackChannel(SlackNames, SlackDesk):
     # -- outbound -------------------------------------------------------------------------------
 
     async def deliver(self, reply: ReplyStream) -> None:
+        if self.revoked:
+            log.warning("slack: turn %s not shown: this app's token was revoked", reply.turn_id)
+            return
         meta = reply.inbound.meta
         await LiveReply(self, meta["channel"], meta["thread_ts"]).run(reply)
 

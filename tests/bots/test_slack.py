@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import signal
 import sys
@@ -546,3 +547,90 @@ async def test_a_reply_from_the_knowledge_base_links_its_source(
     assert message["text"] == (
         f"Within 30 days.\n\n{texts.SOURCES}: <https://help.example.com/returns|Returning an item>"
     )
+
+
+# -- what Slack sends that frontdesk does not answer -------------------------------------------
+# Every signed event and interaction is acked with 200 (Slack sends a non-2xx again, and turns an
+# app's events off when more than 5% of its deliveries fail within an hour), and a revoked token
+# or an uninstall stops the Slack channel.
+
+BOT_USER = "U0BOT"  # the stand-in's bot user
+
+# events a workspace sends to an app subscribed to more than messages
+UNHANDLED_EVENTS: list[dict[str, Any]] = [
+    {"type": "reaction_added", "user": "U0ALICE", "reaction": "thumbsup",
+     "item": {"type": "message", "channel": DM, "ts": "1.000001"}, "event_ts": "2.000001"},
+    {"type": "member_joined_channel", "user": "U0BOB", "channel": "C0GENERAL",
+     "channel_type": "C", "team": "T0TEST", "event_ts": "2.000002"},
+    {"type": "app_home_opened", "user": "U0ALICE", "channel": DM, "tab": "home",
+     "event_ts": "2.000003"},
+    {"type": "channel_created", "channel": {"id": "C0NEW", "name": "new", "created": 1},
+     "event_ts": "2.000004"},
+    {"type": "user_change", "user": {"id": "U0ALICE", "name": "alice"}, "event_ts": "2.000005"},
+]  # fmt: skip
+
+
+def legacy_attachment_action() -> dict[str, Any]:
+    """A button of a legacy message attachment, pressed (``interactive_message``)."""
+    return {
+        "type": "interactive_message", "callback_id": "old_survey",
+        "actions": [{"name": "answer", "type": "button", "value": "yes"}],
+        "team": {"id": "T0TEST", "domain": "test"}, "channel": {"id": DM, "name": "dm"},
+        "user": {"id": "U0ALICE", "name": "alice"}, "action_ts": f"{time.time():.6f}",
+        "message_ts": "1.000001", "attachment_id": "1", "token": "test-verification-token",
+        "response_url": "http://127.0.0.1:9/none", "trigger_id": "1.2.3",
+    }  # fmt: skip
+
+
+async def test_every_signed_event_and_interaction_is_acked_and_the_next_message_answered(
+    fake: FakeSlack, slack_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(fake, slack_settings(), FixedReplyBackend("Hi!")) as slack:
+        with caplog.at_level(logging.WARNING):
+            for event in UNHANDLED_EVENTS:
+                assert await slack.send(fake.event(event)) == 200, event["type"]
+            shortcut = {"type": "shortcut", "callback_id": "open_ticket", "trigger_id": "1.2.3",
+                        "user": {"id": "U0ALICE"}, "team": {"id": "T0TEST"}}  # fmt: skip
+            for payload in (legacy_attachment_action(), shortcut):
+                assert await fake.post_interaction(slack.url, payload) == 200, payload["type"]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert fake.messages_in(DM) == []  # none of them is answered
+        # a bad signature is still refused, whatever the kind
+        bad = await fake.post_interaction(slack.url, legacy_attachment_action(), signature="v0=0")
+        assert bad == 401
+        assert await slack.send(fake.event(UNHANDLED_EVENTS[0]), signature="v0=00") == 401
+        assert await slack.send(fake.dm("still there?")) == 200
+        assert [m["text"] for m in await slack.settled(DM)] == ["Hi!"]
+
+
+@pytest.mark.parametrize(
+    "gone",
+    [
+        {"type": "tokens_revoked", "tokens": {"oauth": ["U0ADMIN"], "bot": [BOT_USER]}},
+        {"type": "app_uninstalled"},
+    ],
+    ids=["tokens_revoked", "app_uninstalled"],
+)
+async def test_a_revoked_token_or_an_uninstall_stops_the_slack_channel(
+    fake: FakeSlack, slack_settings, caplog: pytest.LogCaptureFixture, gone: dict[str, Any]
+) -> None:
+    async with running(fake, slack_settings(), FixedReplyBackend("Hi!")) as slack:
+        assert slack.channel.bot_user_id == BOT_USER
+        # another user's tokens revoked: the bot's own still stands
+        others = {"type": "tokens_revoked", "tokens": {"oauth": ["U0ADMIN"], "bot": []}}
+        assert await slack.send(fake.event(others)) == 200
+        assert await slack.send(fake.dm("first")) == 200
+        assert [m["text"] for m in await slack.settled(DM)] == ["Hi!"]
+
+        with caplog.at_level(logging.WARNING):
+            assert await slack.send(fake.event(gone)) == 200
+        [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert gone["type"] in warning.getMessage() and "stops" in warning.getMessage()
+        assert fake.bot_token not in caplog.text
+
+        calls = len(fake.calls)
+        assert await slack.send(fake.dm("second")) == 200  # acked, and dropped
+        await asyncio.sleep(1.0)  # time for a reply, were one coming
+        assert [m["text"] for m in fake.messages_in(DM)] == ["Hi!"]
+        posted = [c.method for c in fake.calls[calls:] if c.method.startswith("chat.")]
+        assert posted == []  # nothing more was posted to Slack
