@@ -7,14 +7,14 @@ Fifty customers send /human at once: fifty parent messages at the desk (the open
 at Slack's one post a second per channel). Then, over ``--minutes``, each customer writes
 ``--messages`` messages and each agent answers as many times, each at a random moment (uniform
 over the window): the customers' messages share the desk channels' one post a second each. Run
-for each desk size in ``--desks`` (1,3: one channel, then FRONTDESK_DESK listing three), with the
+for each desk size in ``--desks`` (1,4: one channel, then FRONTDESK_DESK listing four), with the
 same customers and moments. Prints, for each:
 - the opening burst: how long the fifty threads took to be posted;
 - customer message -> its line in the desk thread, p50 and p99 (target p99 <= 1.5 s);
 - agent reply -> the customer's chat, p50 and p99 (target p99 <= 1.5 s);
 - the 429s each platform answered (target 0).
 
-Usage: python bench/handoff.py [--customers 50] [--messages 2] [--minutes 2] [--desks 1,3]
+Usage: python bench/handoff.py [--customers 50] [--messages 2] [--minutes 2] [--desks 1,4]
 Run from the repository root (it imports the stand-ins from tests/).
 """
 
@@ -153,7 +153,7 @@ async def main() -> None:
     parser.add_argument("--customers", type=int, default=50)
     parser.add_argument("--messages", type=int, default=2, help="each way, per handoff")
     parser.add_argument("--minutes", type=float, default=2.0)
-    parser.add_argument("--desks", default="1,3", help="desk channels, one run per size")
+    parser.add_argument("--desks", default="1,4", help="desk channels, one run per size")
     args = parser.parse_args()
     sizes = [int(n) for n in args.desks.split(",")]
 
