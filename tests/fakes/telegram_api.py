@@ -447,6 +447,8 @@ class FakeTelegram(FakeServer):
             params = await _read_params(request)
         except ValueError:
             params = {}
+        except ConnectionResetError:  # the client gave up on the call (a cancelled send)
+            return web.Response(status=499)
         try:
             if request.match_info["token"] != self.token:
                 raise ApiError(401, "Unauthorized")
