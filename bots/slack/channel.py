@@ -23,6 +23,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from frontdesk import texts
@@ -35,6 +36,7 @@ from ..channel import ReplyStream
 from .desk import CLAIM, RESOLVE, RESOLVE_THREAD, SlackDesk
 from .mrkdwn import to_mrkdwn
 from .names import NAME_BATCH_S, REMEMBERED, SlackNames
+from .payloads import handled, readable
 from .reply import RATE_DOWN, RATE_UP, LiveReply, UpdateBudget
 
 if TYPE_CHECKING:
@@ -68,16 +70,42 @@ GONE_EVENTS = frozenset({"tokens_revoked", "app_uninstalled"})
 
 
 class _AckingApp(AsyncApp):
-    """Bolt, acking what it has no listener for. Bolt answers a signed request no listener
-    matched (an event type frontdesk does not handle, a shortcut, a legacy attachment action)
-    with 404; Slack sends a non-2xx again, and turns an app's events off when more than 5% of
-    its deliveries fail within an hour. A request whose signature fails is still refused (401,
-    before any listener)."""
+    """Bolt, acking what frontdesk does not read. Bolt answers a signed request no listener
+    matched (an event type frontdesk does not handle) with 404, and one whose fields are not of
+    the types it assumes with a 500 (its matchers raise); Slack sends a non-2xx again, and turns
+    an app's events off when more than 5% of its deliveries fail within an hour. So a signed
+    request of a kind frontdesk has no listener for, or of a shape Slack never sends, is acked
+    here and dropped before bolt reads it (``payloads``), and a 404 becomes a 200. A request
+    whose signature fails is refused (401) all the same."""
+
+    def __init__(self, *, signing_secret: str | None, **kwargs: Any) -> None:
+        super().__init__(signing_secret=signing_secret, **kwargs)
+        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
+
+    def _signed(self, req: AsyncBoltRequest) -> bool:
+        if req.mode == "socket_mode":  # over an authenticated socket, with no signature
+            return True
+        if self._verifier is None:
+            return False
+        stamp = next(iter(req.headers.get("x-slack-request-timestamp") or ()), None)
+        signature = next(iter(req.headers.get("x-slack-signature") or ()), None)
+        try:
+            return self._verifier.is_valid(req.raw_body, stamp, signature)
+        except ValueError:  # a timestamp that is no number
+            return False
 
     async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
+        body = req.body
+        if not readable(body) or not handled(body):
+            if not self._signed(req):
+                return BoltResponse(status=401, body="")
+            if not readable(body):
+                log.warning("slack: a signed request that cannot be read; acked and dropped")
+            else:
+                log.debug("slack request of a kind frontdesk does not handle: acked and dropped")
+            return BoltResponse(status=200, body="")
         response = await super().async_dispatch(req)
-        if response.status == 404:
-            log.debug("slack request of a kind frontdesk does not handle: acked and dropped")
+        if response.status == 404:  # no listener matched (an action id of another app's)
             return BoltResponse(status=200, body="")
         return response
 
@@ -224,7 +252,15 @@ class SlackChannel(SlackNames, SlackDesk):
     async def _on_http(self, request: web.Request) -> web.Response:
         if self.app is None:
             return web.Response(status=503)
-        response = await self.app.async_dispatch(await to_bolt_request(request))
+        try:
+            bolt_request = await to_bolt_request(request)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            # bolt reads the body's team, user and channel before it checks the signature:
+            # a body of another shape (no JSON object) is no request of Slack's
+            log.warning("slack: a request that cannot be read (%s); refused",
+                        type(exc).__name__)  # fmt: skip
+            return web.Response(status=400, text="not a Slack request")
+        response = await self.app.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)
 
     async def _on_other_event(self, event: dict[str, Any]) -> None:
@@ -364,16 +400,20 @@ class SlackChannel(SlackNames, SlackDesk):
             return
         rating = Rating.UP if action.get("action_id") == RATE_UP else Rating.DOWN
         said = await self._gateway.rate(self.name, user, int(value), rating)
+        if not isinstance(body.get("response_url"), str):
+            return  # a press always has one; nowhere to say it otherwise
         try:
             await respond(text=said, response_type="ephemeral", replace_original=False)
         except (aiohttp.ClientError, OSError, SlackApiError) as exc:
             log.warning("could not answer a rating: %s", exc)
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
+        event_id = body.get("event_id") if isinstance(body, dict) else None
+        event_id = event_id if isinstance(event_id, str) else "?"  # never the body's content
         if isinstance(error, NotAccepted):  # no ack: Slack sends the event again
-            log.error("slack event %s not taken (%s)", body.get("event_id"), error)
+            log.error("slack event %s not taken (%s)", event_id, error)
             return
-        log.error("slack event %s failed", body.get("event_id"), exc_info=error)
+        log.error("slack event %s failed", event_id, exc_info=error)
 
     def _mentions_me(self, text: str) -> bool:
         return f"<@{self.bot_user_id}" in text

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 from .api import ChatRef
 from .desk import TelegramDesk
+from .payloads import ALLOWED_UPDATES, readable
 from .reply import LiveReply, parse_rating
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 # in one line), but logs it first as an error with a traceback: that line is noise.
 logging.getLogger("telegram.ext.AIORateLimiter").setLevel(logging.CRITICAL)
 
-ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 COMMANDS = [
     BotCommand("start", "Say hello"),
     BotCommand("help", "What I can do"),
@@ -149,9 +149,16 @@ class TelegramChannel(TelegramDesk):
         if self.app is None:
             return web.Response(status=503)
         try:
-            update = Update.de_json(await request.json(), self.app.bot)
+            data = await request.json()
         except ValueError:
-            return web.Response(status=400, text="not a JSON update")
+            return web.Response(status=400, text="not JSON")
+        try:  # python-telegram-bot reads the fields frontdesk does not look at
+            update = Update.de_json(data, self.app.bot) if readable(data) else None
+        except (AttributeError, KeyError, TypeError, ValueError):
+            update = None
+        if update is None:  # acked: sent again, it would hold up the updates after it
+            log.warning("telegram webhook: an update that cannot be read; dropped")
+            return web.Response()
         # Stored and queued before the 200 goes back: Telegram retries what is not acked.
         await self.app.process_update(update)
         if update.update_id in self._not_accepted:
