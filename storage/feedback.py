@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, exists, literal, select
 from sqlalchemy.orm import aliased
 
 from .database import Database, dialect_insert
@@ -177,8 +177,16 @@ class FeedbackQueries(Database):
         limit: int | None = None,
     ) -> list[LoggedTurn]:  # fmt: skip
         """Answered user messages, newest first: all of them, or those whose answer was rated
-        ``rating``."""
+        ``rating`` (by anyone). Each once, however many rated it, so ``limit`` counts turns;
+        a turn's rating is ``rating``, or else the latest one given."""
         answer, question = aliased(Message), aliased(Message)
+        if rating is not None:
+            rated: Any = literal(rating.value)
+        else:
+            rated = (
+                select(Feedback.rating).where(Feedback.message_id == answer.id)
+                .order_by(Feedback.id.desc()).limit(1).scalar_subquery()
+            )  # fmt: skip
         query = (
             select(
                 answer.conversation_id,
@@ -189,22 +197,23 @@ class FeedbackQueries(Database):
                 answer.model,
                 answer.tokens_out,
                 answer.latency_ms,
-                Feedback.rating,
+                rated,
             )
             .join(question, question.id == answer.reply_to_id)
-            .outerjoin(Feedback, Feedback.message_id == answer.id)
             .where(answer.role == "assistant", answer.status == MessageStatus.OK)
             .order_by(question.id.desc())
         )
         if rating is not None:
-            query = query.where(Feedback.rating == rating)
+            query = query.where(
+                exists().where(Feedback.message_id == answer.id, Feedback.rating == rating)
+            )
         if since is not None:
             query = query.where(question.created_at >= since)
         if limit is not None:
             query = query.limit(limit)
         async with self.connect() as conn:
             rows = (await conn.execute(query)).all()
-        seen: set[int] = set()  # an answer rated by several users: replayed once
+        seen: set[int] = set()  # a question answered twice (a revived turn): replayed once
         turns = []
         for conv, qid, qtext, atext, body, model, t_out, latency, rated in rows:
             if qid in seen:
@@ -212,6 +221,6 @@ class FeedbackQueries(Database):
             seen.add(qid)
             turns.append(LoggedTurn(
                 conv, qid, qtext, atext[:body] if body is not None else atext, model, t_out,
-                latency, rated,
+                latency, Rating(rated) if rated is not None else None,
             ))  # fmt: skip
         return turns
