@@ -35,6 +35,7 @@ from frontdesk.storage import AwaitingMessage, MessageStatus, Rating, RecordedMe
 from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn, turn_id_of
 
+from .admission import Admission
 from .channel import ReplyStream
 from .desk import Desk, is_handoff_request
 from .http import HttpServer
@@ -117,6 +118,7 @@ class Gateway:
         self.shared = [c.name for c in channels if getattr(c, "replies_from_any_gateway", False)]
         self.http = HttpServer(settings.http_host, settings.http_port)
         self.desk: Desk | None = None  # the handoff desk (FRONTDESK_DESK), made in start()
+        self.admission = Admission(settings, queue)  # FRONTDESK_USER_RATE, FRONTDESK_MAX_BACKLOG
         # (platform, conversation) -> its failed answers in a row, while there are any
         self._failures: OrderedDict[tuple[str, str], int] = OrderedDict()
 
@@ -355,11 +357,13 @@ class Gateway:
         if self.desk is not None and after and self._failures.get(key, 0) >= after:
             del self._failures[key]  # answers kept failing: a person takes this message
             return await self._handoff_command(channel, msg, "/human", reason="failures")
+        refusal = await self.admission.refusal(msg) if self.admission.active else None
         anywhere = channel.name in self.shared
         reply_route = {**msg.route(), "gateway": self.id, "anywhere": anywhere}
         try:
             recorded: RecordedMessage | AwaitingMessage | None
-            recorded = await self.store.record_user_message(msg, reply_route)
+            # a refused message is stored with no reply route: no turn, no sweep answers it
+            recorded = await self.store.record_user_message(msg, None if refusal else reply_route)
             retried = recorded is None
             if recorded is None:  # seen before: answered, unless its turn was lost
                 recorded = await self.store.awaiting_reply(msg.dedupe_key)
@@ -376,6 +380,8 @@ class Gateway:
             if self.desk is not None:
                 await self.desk.customer_said(recorded.conversation_id, msg)
             return None
+        if refusal is not None:
+            return self._reply_now(channel, msg, refusal)
         turn = Turn(
             recorded.conversation_id,
             recorded.message_id,

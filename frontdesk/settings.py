@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     openai_connect_timeout_s: float = Field(5.0, gt=0)
     openai_read_timeout_s: float = Field(60.0, gt=0)
     max_message_chars: int = Field(16000, ge=1)
+    # admission: how many messages a user may send ("10/min", "2/s", "100/hour"), and how many
+    # turns may wait for a worker before new messages are told to come back later; None: no limit
+    user_rate: str | None = Field(
+        None, pattern=r"^\s*\d+\s*/\s*(s|sec|second|min|minute|h|hour)\s*$"
+    )
+    max_backlog: int | None = Field(None, ge=1)
 
     queue_prefix: str = "frontdesk"
     queue_maxlen: int = Field(100_000, ge=100)
@@ -205,6 +211,7 @@ class Settings(BaseSettings):
         "embeddings_api_key",
         "desk",
         "desk_hours",
+        "user_rate",
         mode="before",
     )
     @classmethod
@@ -228,6 +235,15 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no Redis is configured: gateway and worker share one process and queue."""
         return self.redis_url is None
+
+    @property
+    def user_rate_limit(self) -> tuple[int, float] | None:
+        """``user_rate`` as (messages, per seconds); None for no limit."""
+        if self.user_rate is None:
+            return None
+        count, _, unit = self.user_rate.partition("/")
+        seconds = {"s": 1.0, "m": 60.0, "h": 3600.0}[unit.strip()[0]]
+        return int(count), seconds
 
     @property
     def desks(self) -> list[str]:

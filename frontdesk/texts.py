@@ -1,6 +1,8 @@
 """What frontdesk itself says in a chat: greetings, help, and the polite sentences that stand in for
 errors. One place, so every channel says the same thing."""
 
+import math
+
 HELP = (
     "I'm a chat assistant. Send me a message and I'll answer.\n"
     "/reset starts a new conversation, /stop stops an answer in progress, /human asks for a "
@@ -21,6 +23,16 @@ ENGINE_FAILED = "Sorry, something went wrong while I was answering. Please try a
 GAVE_UP = "Sorry, I couldn't answer that message after several tries. Please try again later."
 EMPTY_REPLY = "Sorry, I have no answer to that. Could you rephrase it?"
 TIMED_OUT = "Sorry, I took too long to answer. Please try again."
+
+
+BUSY = "We're busy right now, please try again in a minute."
+
+
+def slow_down(wait_s: float) -> str:
+    """A user over ``FRONTDESK_USER_RATE``: when they can go on."""
+    seconds = max(1, math.ceil(wait_s))
+    when = f"{seconds} seconds" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
+    return f"You're sending messages faster than I can answer. Please send that again in {when}."
 
 
 def too_long(length: int, limit: int) -> str:

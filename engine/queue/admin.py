@@ -57,6 +57,9 @@ class QueueStatus:
     consumers: tuple[ConsumerStatus, ...] = ()
     oldest_pending_id: str | None = None
     oldest_pending_idle_ms: int | None = None
+    # messages admission control refused, by every gateway: over a user's rate, backlog full
+    refused_rate: int = 0
+    refused_busy: int = 0
 
 
 class QueueAdmin:
@@ -66,6 +69,7 @@ class QueueAdmin:
     redis: aioredis.Redis
     turns_key: str
     dead_key: str
+    admission_key: str
     maxlen: int
 
     async def status(self) -> QueueStatus:
@@ -79,18 +83,22 @@ class QueueAdmin:
                 pipe.xpending(self.turns_key, GROUP)
                 pipe.xpending_range(self.turns_key, GROUP, min="-", max="+", count=1)
                 pipe.xinfo_consumers(self.turns_key, GROUP)
+                pipe.hgetall(self.admission_key)
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(
                 f"cannot read the queue status from Redis at {hide_password(self.url)}: {exc}"
             ) from exc
-        length, dead, groups, pending, oldest, consumers = (
+        length, dead, groups, pending, oldest, consumers, refused = (
             self._unless_missing(result) for result in results
         )
+        refused = refused if isinstance(refused, dict) else {}
+        rate, busy = int(refused.get("rate", 0)), int(refused.get("busy", 0))
         group = next((g for g in groups or () if g["name"] == GROUP), None)
         if group is None or pending is None:
             # No worker has started: a worker creates the group at id 0, so all of it is lag.
-            return QueueStatus(self.turns_key, length, dead, False, lag=length, entries_read=0)
+            return QueueStatus(self.turns_key, length, dead, False, lag=length, entries_read=0,
+                               refused_rate=rate, refused_busy=busy)  # fmt: skip
         return QueueStatus(
             stream=self.turns_key,
             length=length,
@@ -106,6 +114,8 @@ class QueueAdmin:
             ),
             oldest_pending_id=oldest[0]["message_id"] if oldest else None,
             oldest_pending_idle_ms=oldest[0]["time_since_delivered"] if oldest else None,
+            refused_rate=rate,
+            refused_busy=busy,
         )
 
     def _unless_missing(self, result: Any) -> Any:

@@ -16,6 +16,7 @@ from frontdesk.wire import ReplyDelta, Turn, encode
 from .base import Delivery
 
 log = logging.getLogger(__name__)
+BUCKETS_KEPT = 100_000  # users whose message rate is counted (FRONTDESK_USER_RATE)
 
 
 class LocalQueue:
@@ -37,6 +38,7 @@ class LocalQueue:
         self._cursors: dict[str, str] = {}
         self._held_ids: set[str] = set()  # gateway ids served in this process
         self.dead: list[tuple[Delivery, str]] = []
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when counted)
 
     async def start(self) -> None:
         pass
@@ -127,6 +129,29 @@ class LocalQueue:
 
     async def touch(self, deliveries: Iterable[Delivery]) -> set[str]:
         return set()
+
+    async def take(self, key: str, count: int, per_s: float) -> float:
+        """A token from bucket ``key`` (``count`` tokens, refilled over ``per_s`` seconds): 0
+        when taken, else the seconds until one is there."""
+        now = time.monotonic()
+        tokens, at = self._buckets.pop(key, (float(count), now))  # back in as the newest
+        tokens = min(float(count), tokens + (now - at) * count / per_s)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) * per_s / count
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > BUCKETS_KEPT:  # the least recent user's: full again, or nearly
+            del self._buckets[next(iter(self._buckets))]
+        return wait
+
+    async def note_refusal(self, reason: str) -> None:
+        pass  # one process: the gateway's own counts (Admission.refused) are all of them
+
+    async def backlog(self) -> int:
+        """Turns queued that the worker has not taken yet."""
+        return self._turns.qsize()
 
     async def lease(self, conversation_id: int, ttl_ms: int) -> bool:
         return True  # one worker: its own per-conversation order is enough

@@ -91,6 +91,24 @@ for i = 3, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
 return 1
 """
 
+# A token bucket (KEYS[1], a hash) holding at most ARGV[1] tokens, refilled at ARGV[2] a
+# millisecond, on Redis's clock: takes a token and returns 0, or returns how many milliseconds
+# until one is there (taking none). One round trip, whichever process asks.
+_TAKE = """
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+local burst, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+local held = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(held[1]) or burst
+local at = tonumber(held[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+return wait
+"""
+
 
 @contextlib.asynccontextmanager
 async def _unavailable(doing: str) -> AsyncIterator[None]:
@@ -126,6 +144,8 @@ class RedisQueue(QueueAdmin):
         self.lease_prefix = f"{prefix}:lease:"  # conversation id (or gateway:<id>) -> owner
         self.deliveries_prefix = f"{prefix}:deliveries:"  # a hash a gateway: turn id -> record
         self.cursor_prefix = f"{prefix}:replies-read:"  # how far a gateway read its replies
+        self.limit_prefix = f"{prefix}:limit:"  # token buckets: admission's per-user rates
+        self.admission_key = f"{prefix}:admission"  # a hash: refusal reason -> messages refused
         self.maxlen = maxlen
         self.claim_idle_ms = claim_idle_ms
         # A bounded pool, opened in full at start: a burst of commands then waits a moment for a
@@ -145,6 +165,7 @@ class RedisQueue(QueueAdmin):
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._forget = self.redis.register_script(_FORGET)
+        self._take = self.redis.register_script(_TAKE)
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
@@ -439,6 +460,32 @@ class RedisQueue(QueueAdmin):
             return set()
         lost = await self._touch(keys=[self.turns_key], args=[GROUP, self.consumer, *ids])
         return set(lost)
+
+    async def take(self, key: str, count: int, per_s: float) -> float:
+        """A token from bucket ``key`` (``count`` tokens, refilled over ``per_s`` seconds), shared
+        by every process: 0 when taken, else the seconds until one is there."""
+        async with _unavailable("count a rate"):
+            wait_ms = await self._take(keys=[self.limit_prefix + key],
+                                       args=[count, count / (per_s * 1000)])  # fmt: skip
+        return int(wait_ms) / 1000
+
+    async def note_refusal(self, reason: str) -> None:
+        """Count a message admission control refused (``queue status`` shows the counts)."""
+        async with _unavailable("count a refusal"):
+            await self.redis.hincrby(self.admission_key, reason, 1)
+
+    async def backlog(self) -> int:
+        """Turns queued that no worker has taken yet (the group's lag)."""
+        async with _unavailable("read the backlog"):
+            try:
+                groups = await self.redis.xinfo_groups(self.turns_key)
+            except ResponseError:  # no stream yet
+                return 0
+            group = next((g for g in groups if g["name"] == GROUP), None)
+            if group is None:  # no worker has started: all of it waits
+                return int(await self.redis.xlen(self.turns_key))
+        lag = group.get("lag")
+        return int(lag) if lag is not None else 0
 
     async def lease(self, conversation_id: int, ttl_ms: int) -> bool:
         """Take the conversation's lease (one worker answers it at a time) unless another holds

@@ -1,0 +1,97 @@
+"""Admission control: FRONTDESK_USER_RATE and FRONTDESK_MAX_BACKLOG, counted in Redis (scaled
+mode) and in process (embedded): a refused user is told when to go on, other users are not
+touched, and a refused message is stored but never answered."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from frontdesk import texts
+from frontdesk.engine.backends.fixed import FixedReplyBackend
+from frontdesk.engine.queue import make_queue
+from frontdesk.engine.worker import Worker
+from tests.support import Pipeline, pipeline
+
+
+async def stored_user_messages(p: Pipeline) -> list[str]:
+    said = []
+    for conv in await p.store.list_conversations(limit=50):
+        _c, messages = await p.store.conversation(conv.id)
+        said += [m.content for m in messages if m.role == "user"]
+    return sorted(said)
+
+
+@pytest.mark.parametrize("scaled", [True, False], ids=["redis", "embedded"])
+async def test_a_user_over_the_rate_is_told_when_to_go_on_and_others_are_not_touched(
+    make_settings, redis_url: str, queue_prefix: str, scaled: bool
+) -> None:
+    redis = {"redis_url": redis_url, "queue_prefix": queue_prefix} if scaled else {}
+    settings = make_settings(user_rate="3/min", **redis)
+    async with pipeline(settings, FixedReplyBackend("Answered.")) as p:
+        said = [await p.channel.say(f"question {n}", chat="alice") for n in range(5)]
+        assert [r.text for r in said[:3] if r] == ["Answered."] * 3  # three at once
+        refused = [r.text for r in said[3:] if r]
+        assert len(refused) == 2 and all(t.startswith("You're sending messages") for t in refused)
+        assert "in 20 seconds" in refused[0] or "in 19 seconds" in refused[0]  # 60 s / 3
+        bob = await p.channel.say("hello", chat="bob")
+        assert bob is not None and bob.text == "Answered."  # his own bucket
+        # every message is stored; the refused ones are not answered (no turn, no sweep)
+        assert await stored_user_messages(p) == sorted(
+            ["hello", *(f"question {n}" for n in range(5))]
+        )
+        assert (
+            await p.store.awaiting_replies(
+                older_than=datetime.now(UTC) + timedelta(days=1), limit=10
+            )
+            == []
+        )
+        assert p.gateway.admission.refused == {"rate": 2, "busy": 0}
+        if scaled:  # `frontdesk queue status` shows what every gateway refused
+            status = await p.queue.status()  # type: ignore[attr-defined]
+            assert (status.refused_rate, status.refused_busy) == (2, 0)
+
+
+async def test_a_users_rate_refills_and_is_shared_by_every_gateway(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """Two queues (two gateway processes) count the same user in one bucket, on Redis's
+    clock; a token comes back after period/count."""
+    queues = [make_queue(redis_url, consumer=f"g{n}", prefix=queue_prefix) for n in (1, 2)]
+    for q in queues:
+        await q.start()
+    try:
+        assert await queues[0].take("user:test:alice", 2, 1.0) == 0
+        assert await queues[1].take("user:test:alice", 2, 1.0) == 0
+        wait = await queues[0].take("user:test:alice", 2, 1.0)
+        assert 0 < wait <= 0.5  # one token every half second
+        assert await queues[1].take("user:test:bob", 2, 1.0) == 0
+        await asyncio.sleep(wait + 0.05)
+        assert await queues[1].take("user:test:alice", 2, 1.0) == 0
+    finally:
+        for q in queues:
+            await q.stop()
+
+
+async def test_past_the_backlog_new_messages_are_told_we_are_busy_and_nothing_accepted_drops(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(redis_url=redis_url, queue_prefix=queue_prefix, max_backlog=2)
+    async with pipeline(settings, None) as p:  # no worker yet: turns wait
+        first = [await p.gateway.handle(p.channel.message(f"q{n}", chat=f"c{n}"), p.channel)
+                 for n in range(2)]  # fmt: skip
+        await asyncio.sleep(0.6)  # the backlog is read at most every half second
+        busy = await p.channel.say("one more", chat="c9")
+        assert busy is not None and busy.text == texts.BUSY
+        assert await p.queue.backlog() == 2  # the two accepted still wait
+        worker = Worker(settings, p.queue, p.store, FixedReplyBackend("Answered."))
+        await worker.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(t for t in first if t)), 60)
+            assert [r.text for r in p.channel.delivered[-2:]] == ["Answered."] * 2
+        finally:
+            await worker.stop()
+        assert "one more" in await stored_user_messages(p)
+        assert p.gateway.admission.refused["busy"] == 1
