@@ -3,6 +3,9 @@
 - ``FRONTDESK_USER_RATE`` ("10/min"): each user's messages, counted in a token bucket (in Redis in
   scaled mode, so every gateway counts the same user together): a user may send that many at
   once, then one each period/count. A message over it is told when the user can go on.
+- ``FRONTDESK_USER_DAILY_TOKENS``: the tokens (prompt and reply) a user's turns may spend in a
+  UTC day, counted by the worker after each answer. Past it, the user is told when the budget
+  starts again (midnight UTC).
 - ``FRONTDESK_MAX_BACKLOG``: turns waiting for a worker. Past it, a new message is told "we're
   busy" instead of joining a queue that grows without bound.
 
@@ -15,6 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 
 from frontdesk import texts
 from frontdesk.engine.queue import TurnQueue
@@ -31,12 +37,16 @@ class Admission:
         self.queue = queue
         self.rate = settings.user_rate_limit
         self.max_backlog = settings.max_backlog
+        self.daily_tokens = settings.user_daily_tokens
         self._backlog = (0, float("-inf"))  # (turns waiting, when read)
-        self.refused = {"rate": 0, "busy": 0}  # by this process, since it started
+        self.refused = {"rate": 0, "busy": 0, "budget": 0}  # by this process, since it started
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # whose day it is
 
     @property
     def active(self) -> bool:
-        return self.rate is not None or self.max_backlog is not None
+        return (
+            self.rate is not None or self.max_backlog is not None or self.daily_tokens is not None
+        )
 
     async def refusal(self, msg: InboundMessage) -> str | None:
         """What to tell the user instead of answering ``msg``; None: it is admitted."""
@@ -46,6 +56,16 @@ class Admission:
                 log.warning("backlog of %d turns or more: message %s refused",
                             self.max_backlog, msg.dedupe_key)  # fmt: skip
                 return texts.BUSY
+            if self.daily_tokens is not None:
+                now = self.clock()
+                user = f"{msg.platform}:{msg.user_id}"
+                if await self.queue.tokens_spent(user, now.date()) >= self.daily_tokens:
+                    await self._refused("budget")
+                    log.info("user %s past FRONTDESK_USER_DAILY_TOKENS: message %s refused",
+                             user, msg.dedupe_key)  # fmt: skip
+                    midnight = datetime.combine(now.date() + timedelta(days=1), dt_time(),
+                                                tzinfo=UTC)  # fmt: skip
+                    return texts.out_of_budget((midnight - now).total_seconds())
             if self.rate is not None:
                 count, per_s = self.rate
                 wait = await self.queue.take(f"user:{msg.platform}:{msg.user_id}", count, per_s)

@@ -388,6 +388,7 @@ class Gateway:
             gateway=self.id,
             turn_id=turn_id_of(recorded.message_id),
             route=msg.route() if anywhere else None,
+            user=f"{msg.platform}:{msg.user_id}",
         )
         if turn.turn_id in self._pending:
             return None  # a retry of a message whose reply is on its way here

@@ -127,6 +127,7 @@ def _print_figures(s: QueueStatus) -> None:
     table.add_row("dead letters", f"[red]{s.dead}[/]" if s.dead else "0")
     table.add_row("refused: a user over FRONTDESK_USER_RATE", str(s.refused_rate))
     table.add_row("refused: backlog at FRONTDESK_MAX_BACKLOG", str(s.refused_busy))
+    table.add_row("refused: a user past FRONTDESK_USER_DAILY_TOKENS", str(s.refused_budget))
     out.print(table)
 
 

@@ -481,6 +481,7 @@ class Worker:
             latency_ms=_ms_since(turn.enqueued_at),
             model=self.backend.model,
         )
+        await self._spend(turn, figures)
         note = texts.STOPPED if gen.stopped else None
         if not gen.text.strip():
             reason = "stopped by the user" if gen.stopped else "empty reply"
@@ -501,6 +502,17 @@ class Worker:
             await self.store.record_reply(turn.conversation_id, turn.message_id, gen.text, figures)
         await out.finish(error=note)
         return True
+
+    async def _spend(self, turn: Turn, figures: ReplyFigures) -> None:
+        """Count what the turn's generation cost against its user's daily token budget
+        (``FRONTDESK_USER_DAILY_TOKENS``; the gateway refuses a user past it)."""
+        if self.settings.user_daily_tokens is None or turn.user is None:
+            return
+        tokens = (figures.tokens_in or 0) + (figures.tokens_out or 0)
+        try:
+            await self.queue.spend_tokens(turn.user, datetime.now(UTC).date(), tokens)
+        except QueueUnavailable as exc:  # the answer goes out all the same
+            log.warning("cannot count the tokens of turn %s: %s", turn.turn_id, exc)
 
     async def _prompt(
         self,

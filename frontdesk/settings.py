@@ -97,6 +97,8 @@ class Settings(BaseSettings):
         None, pattern=r"^\s*\d+\s*/\s*(s|sec|second|min|minute|h|hour)\s*$"
     )
     max_backlog: int | None = Field(None, ge=1)
+    # tokens (prompt and reply) a user's turns may spend in a UTC day; None: no budget
+    user_daily_tokens: int | None = Field(None, ge=1)
 
     queue_prefix: str = "frontdesk"
     queue_maxlen: int = Field(100_000, ge=100)

@@ -35,6 +35,16 @@ def slow_down(wait_s: float) -> str:
     return f"You're sending messages faster than I can answer. Please send that again in {when}."
 
 
+def out_of_budget(seconds: float) -> str:
+    """A user past ``FRONTDESK_USER_DAILY_TOKENS``: when the budget starts again."""
+    hours = int(seconds // 3600)
+    when = f"{hours} hours" if hours > 1 else f"{max(1, math.ceil(seconds / 60))} minutes"
+    return (
+        "You've reached today's limit for answers. It starts again at midnight UTC, "
+        f"in about {when}."
+    )
+
+
 def too_long(length: int, limit: int) -> str:
     return (
         f"Your message is too long for me ({length:,} characters; I can read {limit:,}). "

@@ -97,6 +97,9 @@ class Turn:
     # how often it was re-queued from the dead letters: its gateway may be long gone, so the reply
     # goes to one that runs its channel now (the route on its first delta says which revival)
     revived: int = 0
+    # "platform:user id" of the message's author, whose tokens the turn spends
+    # (FRONTDESK_USER_DAILY_TOKENS); None for a turn the sweep queued again
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

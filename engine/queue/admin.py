@@ -57,9 +57,11 @@ class QueueStatus:
     consumers: tuple[ConsumerStatus, ...] = ()
     oldest_pending_id: str | None = None
     oldest_pending_idle_ms: int | None = None
-    # messages admission control refused, by every gateway: over a user's rate, backlog full
+    # messages admission control refused, by every gateway: over a user's rate, backlog full,
+    # a user's daily tokens spent
     refused_rate: int = 0
     refused_busy: int = 0
+    refused_budget: int = 0
 
 
 class QueueAdmin:
@@ -93,12 +95,13 @@ class QueueAdmin:
             self._unless_missing(result) for result in results
         )
         refused = refused if isinstance(refused, dict) else {}
-        rate, busy = int(refused.get("rate", 0)), int(refused.get("busy", 0))
+        rate, busy, budget = (int(refused.get(k, 0)) for k in ("rate", "busy", "budget"))
         group = next((g for g in groups or () if g["name"] == GROUP), None)
         if group is None or pending is None:
             # No worker has started: a worker creates the group at id 0, so all of it is lag.
             return QueueStatus(self.turns_key, length, dead, False, lag=length, entries_read=0,
-                               refused_rate=rate, refused_busy=busy)  # fmt: skip
+                               refused_rate=rate, refused_busy=busy,
+                               refused_budget=budget)  # fmt: skip
         return QueueStatus(
             stream=self.turns_key,
             length=length,
@@ -116,6 +119,7 @@ class QueueAdmin:
             oldest_pending_idle_ms=oldest[0]["time_since_delivered"] if oldest else None,
             refused_rate=rate,
             refused_busy=busy,
+            refused_budget=budget,
         )
 
     def _unless_missing(self, result: Any) -> Any:

@@ -9,6 +9,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
+from datetime import date, timedelta
 from typing import Any
 
 from frontdesk.wire import ReplyDelta, Turn, encode
@@ -39,6 +40,7 @@ class LocalQueue:
         self._held_ids: set[str] = set()  # gateway ids served in this process
         self.dead: list[tuple[Delivery, str]] = []
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when counted)
+        self._spent: dict[date, dict[str, int]] = {}  # UTC day -> user -> tokens spent
 
     async def start(self) -> None:
         pass
@@ -148,6 +150,15 @@ class LocalQueue:
 
     async def note_refusal(self, reason: str) -> None:
         pass  # one process: the gateway's own counts (Admission.refused) are all of them
+
+    async def spend_tokens(self, user: str, day: date, tokens: int) -> None:
+        spent = self._spent.setdefault(day, {})
+        spent[user] = spent.get(user, 0) + tokens
+        for over in [d for d in self._spent if d < day - timedelta(days=1)]:
+            del self._spent[over]
+
+    async def tokens_spent(self, user: str, day: date) -> int:
+        return self._spent.get(day, {}).get(user, 0)
 
     async def backlog(self) -> int:
         """Turns queued that the worker has not taken yet."""

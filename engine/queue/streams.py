@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from datetime import date
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -146,6 +147,7 @@ class RedisQueue(QueueAdmin):
         self.cursor_prefix = f"{prefix}:replies-read:"  # how far a gateway read its replies
         self.limit_prefix = f"{prefix}:limit:"  # token buckets: admission's per-user rates
         self.admission_key = f"{prefix}:admission"  # a hash: refusal reason -> messages refused
+        self.budget_prefix = f"{prefix}:tokens:"  # <UTC day>:<platform:user> -> tokens spent
         self.maxlen = maxlen
         self.claim_idle_ms = claim_idle_ms
         # A bounded pool, opened in full at start: a burst of commands then waits a moment for a
@@ -473,6 +475,19 @@ class RedisQueue(QueueAdmin):
         """Count a message admission control refused (``queue status`` shows the counts)."""
         async with _unavailable("count a refusal"):
             await self.redis.hincrby(self.admission_key, reason, 1)
+
+    async def spend_tokens(self, user: str, day: date, tokens: int) -> None:
+        """Count ``tokens`` against ``user``'s budget of ``day`` (UTC), kept two days."""
+        key = f"{self.budget_prefix}{day.isoformat()}:{user}"
+        async with _unavailable("count tokens"), self.redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, tokens)
+            pipe.expire(key, 2 * 86_400)
+            await pipe.execute()
+
+    async def tokens_spent(self, user: str, day: date) -> int:
+        async with _unavailable("read a token budget"):
+            spent = await self.redis.get(f"{self.budget_prefix}{day.isoformat()}:{user}")
+        return int(spent or 0)
 
     async def backlog(self) -> int:
         """Turns queued that no worker has taken yet (the group's lag)."""

@@ -48,7 +48,7 @@ async def test_a_user_over_the_rate_is_told_when_to_go_on_and_others_are_not_tou
             )
             == []
         )
-        assert p.gateway.admission.refused == {"rate": 2, "busy": 0}
+        assert p.gateway.admission.refused == {"rate": 2, "busy": 0, "budget": 0}
         if scaled:  # `frontdesk queue status` shows what every gateway refused
             status = await p.queue.status()  # type: ignore[attr-defined]
             assert (status.refused_rate, status.refused_busy) == (2, 0)
@@ -95,3 +95,38 @@ async def test_past_the_backlog_new_messages_are_told_we_are_busy_and_nothing_ac
             await worker.stop()
         assert "one more" in await stored_user_messages(p)
         assert p.gateway.admission.refused["busy"] == 1
+
+
+@pytest.mark.parametrize("scaled", [True, False], ids=["redis", "embedded"])
+async def test_a_user_past_the_daily_token_budget_is_told_when_it_starts_again(
+    make_settings, redis_url: str, queue_prefix: str, scaled: bool
+) -> None:
+    """The worker counts each turn's tokens (prompt and reply) against its user's UTC day; past
+    the budget the gateway refuses, and the budget of another day (or user) is untouched."""
+    redis = {"redis_url": redis_url, "queue_prefix": queue_prefix} if scaled else {}
+    settings = make_settings(user_daily_tokens=30, **redis)
+    async with pipeline(settings, FixedReplyBackend("Answered.")) as p:
+        today = datetime.now(UTC).date()
+        alice = f"test:user-{p.channel.chat}"  # the RecordingChannel's user of its own chat
+        first = await p.channel.say("how do returns work?")
+        assert first is not None and first.text == "Answered."
+        spent = await p.queue.tokens_spent(alice, today)
+        assert spent > 0  # the prompt and the reply
+        while spent < 30:  # answered until the budget is spent
+            reply = await p.channel.say("and then?")
+            assert reply is not None and reply.text == "Answered."
+            spent = await p.queue.tokens_spent(alice, today)
+        refused = await p.channel.say("one more?")
+        assert refused is not None
+        assert refused.text.startswith("You've reached today's limit") and "midnight UTC" in (
+            refused.text
+        )
+        assert await p.queue.tokens_spent(alice, today) == spent  # the refusal spent nothing
+        bob = await p.channel.say("hi", chat="bob")
+        assert bob is not None and bob.text == "Answered."
+        assert p.gateway.admission.refused["budget"] == 1
+        # the next UTC day: what was spent the day before does not count
+        tomorrow = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+        p.gateway.admission.clock = lambda: tomorrow + timedelta(seconds=1)
+        again = await p.channel.say("good morning")
+        assert again is not None and again.text == "Answered."
