@@ -9,9 +9,11 @@
 - ``FRONTDESK_MAX_BACKLOG``: turns waiting for a worker. Past it, a new message is told "we're
   busy" instead of joining a queue that grows without bound.
 
-A refused message is still stored (the logs show what the user wrote), with no reply route, so
-no turn and no sweep answers it; nothing already accepted is dropped. When Redis cannot be
-reached the message is let through: storing and queueing it deal with the outage.
+Checked once a new message is stored (a platform's retry of an admitted one is not counted
+again, and a conversation a person has is not the engine's to refuse). A refused message stays
+stored (the logs show what the user wrote) awaiting no reply, so no turn and no sweep answers
+it; nothing already accepted is dropped. When Redis cannot be reached the message is let
+through: queueing it deals with the outage.
 """
 
 from __future__ import annotations

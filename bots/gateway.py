@@ -357,13 +357,11 @@ class Gateway:
         if self.desk is not None and after and self._failures.get(key, 0) >= after:
             del self._failures[key]  # answers kept failing: a person takes this message
             return await self._handoff_command(channel, msg, "/human", reason="failures")
-        refusal = await self.admission.refusal(msg) if self.admission.active else None
         anywhere = channel.name in self.shared
         reply_route = {**msg.route(), "gateway": self.id, "anywhere": anywhere}
         try:
             recorded: RecordedMessage | AwaitingMessage | None
-            # a refused message is stored with no reply route: no turn, no sweep answers it
-            recorded = await self.store.record_user_message(msg, None if refusal else reply_route)
+            recorded = await self.store.record_user_message(msg, reply_route)
             retried = recorded is None
             if recorded is None:  # seen before: answered, unless its turn was lost
                 recorded = await self.store.awaiting_reply(msg.dedupe_key)
@@ -380,8 +378,11 @@ class Gateway:
             if self.desk is not None:
                 await self.desk.customer_said(recorded.conversation_id, msg)
             return None
-        if refusal is not None:
-            return self._reply_now(channel, msg, refusal)
+        if not retried and self.admission.active:  # a new message (a retry was admitted)
+            refusal = await self.admission.refusal(msg)
+            if refusal is not None:
+                await self._unanswered(recorded.message_id)
+                return self._reply_now(channel, msg, refusal)
         turn = Turn(
             recorded.conversation_id,
             recorded.message_id,
@@ -414,6 +415,14 @@ class Gateway:
             self._resubmits.add(task)
             task.add_done_callback(self._resubmits.discard)
         return delivery
+
+    async def _unanswered(self, message_id: int) -> None:
+        """A message admission refused stays stored, awaiting nothing: no turn, and no sweep,
+        answers it."""
+        try:
+            await self.store.mark_answered(message_id)
+        except StorageUnavailable as exc:  # the sweep answers it later: nothing is lost
+            log.warning("cannot mark refused message %d: %s", message_id, exc)
 
     async def _close(self, turn_id: str) -> None:
         """Close a reply opened for nothing (its message is answered elsewhere)."""

@@ -130,3 +130,17 @@ async def test_a_user_past_the_daily_token_budget_is_told_when_it_starts_again(
         p.gateway.admission.clock = lambda: tomorrow + timedelta(seconds=1)
         again = await p.channel.say("good morning")
         assert again is not None and again.text == "Answered."
+
+
+async def test_a_platforms_retry_of_an_admitted_message_is_not_counted_or_refused(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    settings = make_settings(user_rate="1/min", redis_url=redis_url, queue_prefix=queue_prefix)
+    async with pipeline(settings, FixedReplyBackend("Answered.")) as p:
+        first = await p.channel.say("where is my parcel?", message_id="m-1")
+        assert first is not None and first.text == "Answered."
+        assert await p.channel.say("where is my parcel?", message_id="m-1") is None  # answered
+        assert p.gateway.admission.refused["rate"] == 0
+        second = await p.channel.say("hello?", message_id="m-2")  # a new one: over the rate
+        assert second is not None and second.text.startswith("You're sending messages")
+        assert [r.text for r in p.channel.delivered] == ["Answered.", second.text]
