@@ -319,13 +319,17 @@ class FakeTelegram(FakeServer):
         found = sorted((mid, m) for (chat, mid), m in self._bot_messages.items() if chat == chat_id)
         return [{**m, "texts": list(m["texts"])} for _, m in found]
 
-    async def post_webhook(self, update: dict[str, Any], *, secret: str | None) -> int:
+    async def post_webhook(
+        self, update: dict[str, Any], *, secret: str | None, url: str | None = None
+    ) -> int:
+        """POST the update as Telegram does, to the webhook set (or to ``url``: one of several
+        gateways behind a load balancer). Returns the HTTP status."""
         if self.webhook is None:
             raise AssertionError("no webhook is set; the bot never called setWebhook")
         headers = {} if secret is None else {"X-Telegram-Bot-Api-Secret-Token": secret}
         async with (
             aiohttp.ClientSession() as session,
-            session.post(self.webhook.url, json=update, headers=headers) as response,
+            session.post(url or self.webhook.url, json=update, headers=headers) as response,
         ):
             return response.status
 
