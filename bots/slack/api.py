@@ -1,6 +1,7 @@
 """The Slack channel's calls to the Web API: ``chat.postMessage``, ``chat.update`` and
 ``chat.delete``, the only code that sends to Slack. Posts to one channel go one at a time, a second
-apart, counted from Slack's answer to the one before; updates take slots of the app-wide
+apart, counted from Slack's answer to the one before (and, with several gateways, 1.1 s apart
+among all of them, through Redis); updates take slots of the app-wide
 ``UpdateBudget``; a 429 is waited out for its ``Retry-After`` and the call tried again."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from frontdesk.errors import FrontdeskError
+from frontdesk.errors import FrontdeskError, QueueUnavailable
 
 from .reply import UpdateBudget
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POST_GAP_S = 1.0  # chat.postMessage: about one message a second per channel
+# between two gateways' posts to one channel: the second's transit may be shorter than the first's
+SHARED_POST_GAP_S = 1.1
 SEND_ATTEMPTS = 8
 
 
@@ -38,6 +41,9 @@ class SlackApi:
     retries_after_429: int
     _next_post: dict[str, float]  # channel -> earliest time of its next post
     _post_locks: defaultdict[str, asyncio.Lock]
+    team_id: str
+    # scaled mode: reserves a place's next moment among every gateway's calls (TurnQueue.slot)
+    shared_slot: Callable[[str, float], Awaitable[float]] | None = None
 
     async def post(
         self, channel: str, thread_ts: str, text: str, *, blocks: list[Any] | None = None
@@ -51,6 +57,7 @@ class SlackApi:
             wait = self._next_post.get(channel, 0.0) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+            await self._shared_pace(f"slack:post:{self.team_id}:{channel}", SHARED_POST_GAP_S)
             try:
                 response = await self._api().chat_postMessage(
                     channel=channel,
@@ -73,6 +80,19 @@ class SlackApi:
                 raise FrontdeskError(f"could not post to Slack channel {channel}") from None
         assert ts is not None  # a post is never refused quietly: its error was raised
         return ts
+
+    async def _shared_pace(self, place: str, gap_s: float) -> None:
+        """With several gateways, wait for ``place``'s next moment among all their calls (one
+        Redis round trip); Redis away: this process's own pacing alone."""
+        if self.shared_slot is None:
+            return
+        try:
+            wait = await self.shared_slot(place, gap_s)
+        except QueueUnavailable as exc:
+            log.warning("cannot pace %s with the other gateways: %s", place, exc)
+            return
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def update(
         self, channel: str, ts: str, text: str, slot: list[float], *,

@@ -157,6 +157,8 @@ class SlackChannel(SlackNames, SlackDesk):
 
     async def start(self, gateway: Gateway) -> None:
         self._gateway = gateway
+        if gateway.queue.shared_by_workers:  # other gateways may post to the same channels
+            self.shared_slot = gateway.queue.slot
         self._session = aiohttp.ClientSession()
         self.client = AsyncWebClient(
             token=self.settings.slack_bot_token,

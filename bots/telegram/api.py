@@ -18,7 +18,7 @@ from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import Application
 from telegram.warnings import PTBDeprecationWarning
 
-from frontdesk.errors import FrontdeskError
+from frontdesk.errors import FrontdeskError, QueueUnavailable
 
 if TYPE_CHECKING:
     pass
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 PRIVATE_GAP_S = 1.0  # least time between two messages or edits in a private chat…
 GROUP_GAP_S = 3.0  # …and in a group (20 a minute)
+# between two gateways' calls to one chat: the second's transit may be shorter than the first's
+SHARED_MARGIN_S = 0.1
 SEND_ATTEMPTS = 8
 
 
@@ -55,6 +57,8 @@ class TelegramApi:
     app: Application[Any, Any, Any, Any, Any, Any] | None
     retries_after_429: int
     _last_call: dict[int, float]  # chat id -> when it was last sent to
+    # scaled mode: reserves a place's next moment among every gateway's calls (TurnQueue.slot)
+    shared_slot: Callable[[str, float], Awaitable[float]] | None = None
 
     @property
     def _bot(self) -> Any:
@@ -111,6 +115,14 @@ class TelegramApi:
         self._last_call[chat.id] = max(now, ready)  # reserve the slot before sleeping
         if ready > now:
             await asyncio.sleep(ready - now)
+        if self.shared_slot is not None:  # and among every gateway's calls to the chat
+            try:
+                wait = await self.shared_slot(f"telegram:chat:{chat.id}", gap + SHARED_MARGIN_S)
+            except QueueUnavailable as exc:
+                log.warning("cannot pace chat %s with the other gateways: %s", chat.id, exc)
+                wait = 0.0
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     def _answered(self, chat: ChatRef) -> None:
         self._last_call[chat.id] = max(self._last_call.get(chat.id, 0.0), time.monotonic())

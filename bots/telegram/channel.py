@@ -85,6 +85,8 @@ class TelegramChannel(TelegramDesk):
 
     async def start(self, gateway: Gateway) -> None:
         self._gateway = gateway
+        if gateway.queue.shared_by_workers:  # other gateways may send to the same chats
+            self.shared_slot = gateway.queue.slot
         builder = (
             ApplicationBuilder()
             .token(self._token)

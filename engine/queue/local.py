@@ -148,6 +148,9 @@ class LocalQueue:
             del self._buckets[next(iter(self._buckets))]
         return wait
 
+    async def slot(self, place: str, gap_s: float) -> float:
+        return 0.0  # one gateway: its channels pace their own calls
+
     async def note_refusal(self, reason: str) -> None:
         pass  # one process: the gateway's own counts (Admission.refused) are all of them
 

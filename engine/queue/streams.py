@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import date
@@ -110,6 +111,18 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return wait
 """
 
+# The next free moment of a place (KEYS[1]: a Slack channel's posts, a Telegram chat's sends),
+# shared by every gateway: reserves the first free one and returns how many milliseconds away it
+# is; the one after it is ARGV[1] milliseconds later. Redis's clock.
+_SLOT = """
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+local gap = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], at + gap, 'PX', at + gap - now + 1000)
+return at - now
+"""
+
 
 @contextlib.asynccontextmanager
 async def _unavailable(doing: str) -> AsyncIterator[None]:
@@ -168,6 +181,7 @@ class RedisQueue(QueueAdmin):
         self._release = self.redis.register_script(_RELEASE)
         self._forget = self.redis.register_script(_FORGET)
         self._take = self.redis.register_script(_TAKE)
+        self._slot = self.redis.register_script(_SLOT)
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
@@ -469,6 +483,14 @@ class RedisQueue(QueueAdmin):
         async with _unavailable("count a rate"):
             wait_ms = await self._take(keys=[self.limit_prefix + key],
                                        args=[count, count / (per_s * 1000)])  # fmt: skip
+        return int(wait_ms) / 1000
+
+    async def slot(self, place: str, gap_s: float) -> float:
+        """Reserve ``place``'s next free moment, ``gap_s`` after the one reserved before it by
+        any gateway: the seconds to wait for it."""
+        async with _unavailable("reserve a slot"):
+            wait_ms = await self._slot(keys=[self.limit_prefix + place],
+                                       args=[math.ceil(gap_s * 1000)])  # fmt: skip
         return int(wait_ms) / 1000
 
     async def note_refusal(self, reason: str) -> None:
