@@ -11,8 +11,8 @@ from typing import Any
 # the kinds of update the channel asks Telegram for (getUpdates' and setWebhook's allowed_updates)
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 
-# field -> its type, or the shape of the object it holds ([shape]: a list of them); the fields
-# listed first in REQUIRED must be there
+# field -> its type, or the shape of the object it holds ([shape]: a list of them); a field that
+# is there must have its type, and the fields REQUIRED names for a shape must be there
 Shape = dict[str, Any]
 USER: Shape = {"id": int, "is_bot": bool, "first_name": str, "last_name": str, "username": str,
                "language_code": str}  # fmt: skip
