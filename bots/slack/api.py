@@ -1,7 +1,7 @@
 """The Slack channel's calls to the Web API: ``chat.postMessage``, ``chat.update`` and
 ``chat.delete``, the only code that sends to Slack. Posts to one channel go one at a time, a second
-apart, counted from Slack's answer to the one before (and, with several gateways, 1.1 s apart
-among all of them, through Redis); updates take slots of the app-wide
+apart, counted from Slack's answer to the one before (and, with several gateways, a second
+apart among all of them, 1.1 s between two gateways' posts, through Redis); updates take slots of the app-wide
 ``UpdateBudget``; a 429 is waited out for its ``Retry-After`` and the call tried again."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POST_GAP_S = 1.0  # chat.postMessage: about one message a second per channel
-# between two gateways' posts to one channel: the second's transit may be shorter than the first's
-SHARED_POST_GAP_S = 1.1
+# more between two gateways' posts to one channel: the second's transit may be the shorter
+SHARED_MARGIN_S = 0.1
 SEND_ATTEMPTS = 8
 
 
@@ -43,7 +43,7 @@ class SlackApi:
     _post_locks: defaultdict[str, asyncio.Lock]
     team_id: str
     # scaled mode: reserves a place's next moment among every gateway's calls (TurnQueue.slot)
-    shared_slot: Callable[[str, float], Awaitable[float]] | None = None
+    shared_slot: Callable[[str, float, float], Awaitable[float]] | None = None
 
     async def post(
         self, channel: str, thread_ts: str, text: str, *, blocks: list[Any] | None = None
@@ -57,7 +57,7 @@ class SlackApi:
             wait = self._next_post.get(channel, 0.0) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self._shared_pace(f"slack:post:{self.team_id}:{channel}", SHARED_POST_GAP_S)
+            await self._shared_pace(f"slack:post:{self.team_id}:{channel}", POST_GAP_S)
             try:
                 response = await self._api().chat_postMessage(
                     channel=channel,
@@ -87,7 +87,7 @@ class SlackApi:
         if self.shared_slot is None:
             return
         try:
-            wait = await self.shared_slot(place, gap_s)
+            wait = await self.shared_slot(place, gap_s, SHARED_MARGIN_S)
         except QueueUnavailable as exc:
             log.warning("cannot pace %s with the other gateways: %s", place, exc)
             return

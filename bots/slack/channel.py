@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections import OrderedDict, defaultdict
@@ -158,7 +159,7 @@ class SlackChannel(SlackNames, SlackDesk):
     async def start(self, gateway: Gateway) -> None:
         self._gateway = gateway
         if gateway.queue.shared_by_workers:  # other gateways may post to the same channels
-            self.shared_slot = gateway.queue.slot
+            self.shared_slot = functools.partial(gateway.queue.slot, owner=gateway.id)
         self._session = aiohttp.ClientSession()
         self.client = AsyncWebClient(
             token=self.settings.slack_bot_token,

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 PRIVATE_GAP_S = 1.0  # least time between two messages or edits in a private chat…
 GROUP_GAP_S = 3.0  # …and in a group (20 a minute)
-# between two gateways' calls to one chat: the second's transit may be shorter than the first's
+# more between two gateways' calls to one chat: the second's transit may be the shorter
 SHARED_MARGIN_S = 0.1
 SEND_ATTEMPTS = 8
 
@@ -58,7 +58,7 @@ class TelegramApi:
     retries_after_429: int
     _last_call: dict[int, float]  # chat id -> when it was last sent to
     # scaled mode: reserves a place's next moment among every gateway's calls (TurnQueue.slot)
-    shared_slot: Callable[[str, float], Awaitable[float]] | None = None
+    shared_slot: Callable[[str, float, float], Awaitable[float]] | None = None
 
     @property
     def _bot(self) -> Any:
@@ -117,7 +117,7 @@ class TelegramApi:
             await asyncio.sleep(ready - now)
         if self.shared_slot is not None:  # and among every gateway's calls to the chat
             try:
-                wait = await self.shared_slot(f"telegram:chat:{chat.id}", gap + SHARED_MARGIN_S)
+                wait = await self.shared_slot(f"telegram:chat:{chat.id}", gap, SHARED_MARGIN_S)
             except QueueUnavailable as exc:
                 log.warning("cannot pace chat %s with the other gateways: %s", chat.id, exc)
                 wait = 0.0

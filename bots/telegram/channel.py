@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -86,7 +87,7 @@ class TelegramChannel(TelegramDesk):
     async def start(self, gateway: Gateway) -> None:
         self._gateway = gateway
         if gateway.queue.shared_by_workers:  # other gateways may send to the same chats
-            self.shared_slot = gateway.queue.slot
+            self.shared_slot = functools.partial(gateway.queue.slot, owner=gateway.id)
         builder = (
             ApplicationBuilder()
             .token(self._token)

@@ -148,7 +148,7 @@ class LocalQueue:
             del self._buckets[next(iter(self._buckets))]
         return wait
 
-    async def slot(self, place: str, gap_s: float) -> float:
+    async def slot(self, place: str, gap_s: float, margin_s: float, owner: str) -> float:
         return 0.0  # one gateway: its channels pace their own calls
 
     async def note_refusal(self, reason: str) -> None:

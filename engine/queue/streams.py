@@ -111,15 +111,20 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return wait
 """
 
-# The next free moment of a place (KEYS[1]: a Slack channel's posts, a Telegram chat's sends),
-# shared by every gateway: reserves the first free one and returns how many milliseconds away it
-# is; the one after it is ARGV[1] milliseconds later. Redis's clock.
+# The next free moment of a place (KEYS[1], a hash: a Slack channel's posts, a Telegram chat's
+# sends), shared by every gateway: reserves the first free one for caller ARGV[3] and returns how
+# many milliseconds away it is. The one after it is ARGV[1] ms later, ARGV[2] ms more when another
+# caller takes it (one gateway's call may travel faster than another's). Redis's clock.
 _SLOT = """
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
-local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+local held = redis.call('HMGET', KEYS[1], 'next', 'by')
+local free = tonumber(held[1]) or 0
+if held[2] and held[2] ~= ARGV[3] then free = free + tonumber(ARGV[2]) end
+local at = math.max(now, free)
 local gap = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], at + gap, 'PX', at + gap - now + 1000)
+redis.call('HSET', KEYS[1], 'next', at + gap, 'by', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], at + gap - now + 1000)
 return at - now
 """
 
@@ -485,12 +490,13 @@ class RedisQueue(QueueAdmin):
                                        args=[count, count / (per_s * 1000)])  # fmt: skip
         return int(wait_ms) / 1000
 
-    async def slot(self, place: str, gap_s: float) -> float:
-        """Reserve ``place``'s next free moment, ``gap_s`` after the one reserved before it by
-        any gateway: the seconds to wait for it."""
+    async def slot(self, place: str, gap_s: float, margin_s: float, owner: str) -> float:
+        """Reserve ``place``'s next free moment for ``owner`` (a gateway), ``gap_s`` after the
+        one reserved before it, ``margin_s`` more when another owner reserved that: the seconds
+        to wait for it."""
+        args: list[str | int] = [math.ceil(gap_s * 1000), math.ceil(margin_s * 1000), owner]
         async with _unavailable("reserve a slot"):
-            wait_ms = await self._slot(keys=[self.limit_prefix + place],
-                                       args=[math.ceil(gap_s * 1000)])  # fmt: skip
+            wait_ms = await self._slot(keys=[self.limit_prefix + place], args=args)
         return int(wait_ms) / 1000
 
     async def note_refusal(self, reason: str) -> None:
