@@ -10,9 +10,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from frontdesk import texts
+from frontdesk.bots.admission import Admission
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import make_queue
 from frontdesk.engine.worker import Worker
+from frontdesk.errors import QueueUnavailable
+from frontdesk.wire import InboundMessage
 from tests.support import Pipeline, pipeline
 
 
@@ -144,3 +147,24 @@ async def test_a_platforms_retry_of_an_admitted_message_is_not_counted_or_refuse
         second = await p.channel.say("hello?", message_id="m-2")  # a new one: over the rate
         assert second is not None and second.text.startswith("You're sending messages")
         assert [r.text for r in p.channel.delivered] == ["Answered.", second.text]
+
+
+class UnreachableRedis:
+    """A queue whose Redis cannot be reached: every admission count fails."""
+
+    async def backlog(self) -> int:
+        raise QueueUnavailable("cannot read the backlog on Redis: connection refused")
+
+    async def take(self, key: str, count: int, per_s: float) -> float:
+        raise QueueUnavailable("cannot count a rate on Redis: connection refused")
+
+    async def tokens_spent(self, user: str, day: object) -> int:
+        raise QueueUnavailable("cannot read a token budget on Redis: connection refused")
+
+
+async def test_when_redis_cannot_be_reached_a_message_is_let_through(make_settings) -> None:
+    settings = make_settings(user_rate="1/min", max_backlog=1, user_daily_tokens=1)
+    admission = Admission(settings, UnreachableRedis())  # type: ignore[arg-type]
+    msg = InboundMessage(platform="test", chat_id="c", user_id="u", message_id="1", text="hi")
+    assert admission.active and await admission.refusal(msg) is None
+    assert admission.refused == {"rate": 0, "busy": 0, "budget": 0}

@@ -236,6 +236,25 @@ async def test_several_desk_channels_share_the_handoffs_and_each_thread_reaches_
         assert backend.prompts == []
 
 
+async def test_a_customer_a_person_has_is_not_refused_by_the_user_rate(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    """Admission limits guard the engine: a customer talking to a person is never told to slow
+    down, and every message reaches the desk's thread."""
+    backend = RecordingBackend("The bot's answer.")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix,
+                       user_rate="1/min") as both:  # fmt: skip
+        telegram.private_command("human")
+        assert await both.customer_sees(1) == [texts.HANDED_OVER]
+        card = await both.desk_card()
+        for text in ("first", "second", "third"):
+            telegram.private_message(text)
+        await slack.wait_for(lambda f: len(both.thread(card)) == 3)
+        assert both.thread(card) == ["Alice: first", "Alice: second", "Alice: third"]
+        assert [m["text"] for m in telegram.messages_in(ALICE)] == [texts.HANDED_OVER]
+        assert both.p.gateway.admission.refused["rate"] == 0
+
+
 async def test_a_handoff_outlives_a_gateway_restart(
     make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
 ) -> None:
