@@ -6,105 +6,22 @@ stand-in that streams slowly enough to strike while a reply is being written."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from frontdesk import texts
 from frontdesk.engine.queue import RedisQueue
+from tests.e2e.processes import CLI, Processes, gateway_up, shows, telegram_env
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.support import free_port, until
 
 ALICE = 1001
-CLI = [sys.executable, "-m", "frontdesk.cli"]
 LONG_REPLY = " ".join(f"word{i}" for i in range(40))
-
-
-class Processes:
-    """The frontdesk processes of one test, each logging to a file of its own."""
-
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
-        self.env, self.folder = env, folder
-        self.running: dict[str, asyncio.subprocess.Process] = {}
-        self.logs: list[Path] = []
-
-    async def start(self, name: str, role: str, **env: str) -> asyncio.subprocess.Process:
-        log = self.folder / f"{name}-{len(self.logs)}.log"
-        self.logs.append(log)
-        proc = await asyncio.create_subprocess_exec(
-            *CLI, role, env={**self.env, **env}, stderr=log.open("wb")
-        )
-        self.running[name] = proc
-        return proc
-
-    async def kill(self, name: str) -> None:
-        proc = self.running.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
-
-    async def stop_all(self) -> list[int]:
-        procs = list(self.running.values())
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        return [await asyncio.wait_for(p.wait(), 30) for p in procs]
-
-    def tracebacks(self) -> list[str]:
-        return [log.name for log in self.logs if "Traceback" in log.read_text()]
-
-
-@pytest.fixture
-async def env(redis_url: str, queue_prefix: str, pg_fresh: str) -> AsyncIterator[dict[str, str]]:
-    values = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")},
-        "FRONTDESK_REDIS_URL": redis_url,
-        "FRONTDESK_QUEUE_PREFIX": queue_prefix,
-        "FRONTDESK_DATABASE_URL": pg_fresh,
-        "FRONTDESK_ENGINE": "openai",
-        "FRONTDESK_QUEUE_CLAIM_IDLE_MS": "1500",
-        "FRONTDESK_SWEEP_EVERY_S": "1",
-        "FRONTDESK_SWEEP_AFTER_S": "3",
-        "FRONTDESK_SHUTDOWN_GRACE_S": "1",
-        "FRONTDESK_STREAM_FLUSH_MS": "50",
-    }
-    done = await asyncio.to_thread(
-        subprocess.run, [*CLI, "db", "upgrade"], env=values, capture_output=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    yield values
-
-
-async def shows(fake: FakeTelegram | FakeSlack, chat: Any, text: str) -> None:
-    """Wait until the bot's first message in ``chat`` shows ``text`` (all of it, or within)."""
-
-    def showing(f: Any) -> bool:
-        messages = f.messages_in(chat)
-        return bool(messages) and text in messages[0]["text"]
-
-    await fake.wait_for(showing, timeout=60)
-
-
-async def gateway_up(queue: RedisQueue, platform: str) -> None:
-    await until(lambda: queue.gateway_for(platform), within=30)
-
-
-def telegram_env(env: dict[str, str], telegram: FakeTelegram, engine: FakeOpenAI) -> dict[str, str]:
-    return {
-        **env,
-        "FRONTDESK_TELEGRAM_TOKEN": telegram.token,
-        "FRONTDESK_TELEGRAM_API_URL": telegram.base_url,
-        "FRONTDESK_TELEGRAM_EDIT_INTERVAL": "0.3",
-        "FRONTDESK_OPENAI_BASE_URLS": engine.base_url,
-    }
 
 
 async def test_a_gateway_killed_mid_reply_completes_the_same_telegram_message_after_restart(
