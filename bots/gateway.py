@@ -335,6 +335,11 @@ class Gateway:
         """Replies not yet fully shown to their users."""
         return len(self._deliveries)
 
+    @property
+    def owner(self) -> str:
+        """This process, as the holder of leases (unique, unlike the gateway id)."""
+        return self._owner
+
     async def handle(self, msg: InboundMessage, channel: Channel) -> asyncio.Task[None] | None:
         """Take one message from ``channel``. Returns the task delivering its reply, or None when
         the message gets no reply of its own (a duplicate, or a /stop that ended another reply)."""

@@ -111,7 +111,7 @@ class SlackApi:
 
         async def waited(wait: float) -> None:  # a 429 holds the whole budget, then a new slot
             nonlocal current
-            self.budget.hold(wait)
+            await self.budget.hold(wait)
             await asyncio.sleep(wait)
             current = await self.budget.final()
 

@@ -38,7 +38,7 @@ from .desk import CLAIM, RESOLVE, RESOLVE_THREAD, SlackDesk
 from .mrkdwn import to_mrkdwn
 from .names import NAME_BATCH_S, REMEMBERED, SlackNames
 from .payloads import handled, readable
-from .reply import RATE_DOWN, RATE_UP, LiveReply, UpdateBudget
+from .reply import RATE_DOWN, RATE_UP, LiveReply, SharedUpdateBudget, UpdateBudget
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -172,6 +172,11 @@ class SlackChannel(SlackNames, SlackDesk):
         )
         try:
             await self._identify()
+            if gateway.queue.shared_by_workers:  # the workspace's update budget is theirs too
+                self.budget = SharedUpdateBudget(
+                    self.settings.slack_updates_per_minute, gateway.queue,
+                    f"slack:updates:{self.team_id}", gateway.owner,
+                )  # fmt: skip
             self.app = self._build_app()
             if self.socket_mode:
                 self._socket = AsyncSocketModeHandler(

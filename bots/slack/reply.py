@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from frontdesk import texts
+from frontdesk.errors import QueueUnavailable
 
 from ..channel import ReplyStream
 from ..text import split_text
 from .mrkdwn import mrkdwn_len, to_mrkdwn
 
 if TYPE_CHECKING:
+    from frontdesk.engine.queue import TurnQueue
+
     from .channel import SlackChannel
 
 LIMIT = 4_000  # Slack truncates the display of longer text
@@ -70,7 +73,7 @@ class UpdateBudget:
         now = time.monotonic()
         return now >= self._held_until and self._room(now) > self.streaming
 
-    def try_interim(self) -> list[float] | None:
+    async def try_interim(self) -> list[float] | None:
         """A slot for an interim update, or None. The caller stamps the slot when answered."""
         if not self.interim_room():
             return None
@@ -91,8 +94,57 @@ class UpdateBudget:
                 wait = self._sent[0][0] + WINDOW_S - now
             await asyncio.sleep(max(wait, 0.01))
 
-    def hold(self, seconds: float) -> None:
+    async def hold(self, seconds: float) -> None:
         self._held_until = max(self._held_until, time.monotonic() + seconds)
+
+
+class SharedUpdateBudget(UpdateBudget):
+    """The same budget kept in Redis (``TurnQueue.budget``) for every gateway of a workspace:
+    each call is granted there, in one round trip, and the finals owed are every gateway's.
+    With Redis out of reach, this gateway's own count decides, as with one gateway."""
+
+    REFUSED_FOR_S = 0.25  # after a refused interim update, none is asked for this long
+
+    def __init__(self, per_minute: int, queue: TurnQueue, place: str, owner: str) -> None:
+        super().__init__(per_minute)
+        self.queue, self.place, self.owner = queue, place, owner
+        self._refused_until = 0.0
+
+    def interim_room(self) -> bool:
+        now = time.monotonic()
+        return now >= self._held_until and now >= self._refused_until
+
+    async def _ask(self, final: bool) -> float | None:
+        return await self.queue.budget(
+            self.place, self.limit, WINDOW_S, self.owner, self.streaming, final=final
+        )
+
+    async def try_interim(self) -> list[float] | None:
+        if not self.interim_room():
+            return None
+        try:
+            wait = await self._ask(final=False)
+        except QueueUnavailable:
+            return await super().try_interim()
+        if wait is None:
+            self._refused_until = time.monotonic() + self.REFUSED_FOR_S
+            return None
+        return [time.monotonic()]
+
+    async def final(self) -> list[float]:
+        while True:
+            try:
+                wait = await self._ask(final=True)
+            except QueueUnavailable:
+                return await super().final()
+            if not wait:
+                return [time.monotonic()]
+            await asyncio.sleep(wait)
+
+    async def hold(self, seconds: float) -> None:
+        await super().hold(seconds)
+        with contextlib.suppress(QueueUnavailable):
+            await self.queue.hold_budget(self.place, seconds, WINDOW_S)
 
 
 @dataclass
@@ -212,7 +264,7 @@ class LiveReply:
             elif time.monotonic() - shown.at < self.interval:
                 continue
             else:
-                interim = self.slack.budget.try_interim()
+                interim = await self.slack.budget.try_interim()
                 if interim is None:
                     continue  # the budget is kept for final updates
                 slot = interim

@@ -31,6 +31,9 @@ GROUP_GAP_S = 3.0  # …and in a group (20 a minute)
 # more between two gateways' calls to one chat: the second's transit may be the shorter
 SHARED_MARGIN_S = 0.1
 SEND_ATTEMPTS = 8
+# sends and edits over all chats: Telegram's 30 a second for a bot, spaced evenly (a burst of
+# 30 then 30 a second would put more than 30 in one second), a little under it for transit
+BOT_GAP_S = 1 / 28
 
 
 class ChatRef:
@@ -59,6 +62,7 @@ class TelegramApi:
     _last_call: dict[int, float]  # chat id -> when it was last sent to
     # scaled mode: reserves a place's next moment among every gateway's calls (TurnQueue.slot)
     shared_slot: Callable[[str, float, float], Awaitable[float]] | None = None
+    bot_id: int
 
     @property
     def _bot(self) -> Any:
@@ -115,14 +119,23 @@ class TelegramApi:
         self._last_call[chat.id] = max(now, ready)  # reserve the slot before sleeping
         if ready > now:
             await asyncio.sleep(ready - now)
-        if self.shared_slot is not None:  # and among every gateway's calls to the chat
-            try:
-                wait = await self.shared_slot(f"telegram:chat:{chat.id}", gap, SHARED_MARGIN_S)
-            except QueueUnavailable as exc:
-                log.warning("cannot pace chat %s with the other gateways: %s", chat.id, exc)
-                wait = 0.0
+        if self.shared_slot is not None:  # among every gateway's calls: the chat's, the bot's
+            wait = await self._shared_pace(f"telegram:chat:{chat.id}", gap, SHARED_MARGIN_S)
             if wait > 0:
                 await asyncio.sleep(wait)
+            wait = await self._shared_pace(f"telegram:bot:{self.bot_id}", BOT_GAP_S, 0.0)
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _shared_pace(self, place: str, gap: float, margin: float) -> float:
+        """The seconds to ``place``'s next moment among every gateway's calls (Redis out of
+        reach: 0, and this gateway's own pacing alone)."""
+        assert self.shared_slot is not None
+        try:
+            return await self.shared_slot(place, gap, margin)
+        except QueueUnavailable as exc:
+            log.warning("cannot pace %s with the other gateways: %s", place, exc)
+            return 0.0
 
     def _answered(self, chat: ChatRef) -> None:
         self._last_call[chat.id] = max(self._last_call.get(chat.id, 0.0), time.monotonic())

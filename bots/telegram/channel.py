@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -21,8 +22,9 @@ from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, Contex
 
 from frontdesk import texts
 from frontdesk.backoff import Backoff
-from frontdesk.errors import ConfigError, FrontdeskError, NotAccepted
+from frontdesk.errors import ConfigError, FrontdeskError, NotAccepted, QueueUnavailable
 from frontdesk.settings import Settings
+from frontdesk.supervisor import cancel_and_wait
 from frontdesk.wire import InboundMessage
 
 from ..channel import ReplyStream
@@ -36,6 +38,9 @@ from .payloads import ALLOWED_UPDATES, readable
 from .reply import LiveReply, parse_rating
 
 log = logging.getLogger(__name__)
+POLL_LEASE_MS = 6_000  # a dead poller's lease lapses after this (see _poll)…
+POLL_RENEW_S = 1.5  # …renewed this often by the poller, and tried this often by the others
+POLL_TIMEOUT_S = 10  # getUpdates' long poll
 # With max_retries=0 the rate limiter hands each 429 straight back (api.py waits it out and logs it
 # in one line), but logs it first as an error with a traceback: that line is noise.
 logging.getLogger("telegram.ext.AIORateLimiter").setLevel(logging.CRITICAL)
@@ -52,7 +57,7 @@ class TelegramChannel(TelegramDesk):
     name = "telegram"
     replies_from_any_gateway = True  # a chat id is all a reply needs
     # A message that cannot be stored is not acked: its webhook call gets a 503 (Telegram sends
-    # it again), and polling stops taking updates until it is stored
+    # it again), and polling takes no later update until it is stored
     redelivers = True
 
     def __init__(self, settings: Settings) -> None:
@@ -75,8 +80,9 @@ class TelegramChannel(TelegramDesk):
         self.username = ""
         self.retries_after_429 = 0
         self._not_accepted: set[int] = set()  # webhook updates refused (storage down)
-        self._held: list[Update] = []  # polled updates that wait for storage, in order
-        self._holding: asyncio.Task[None] | None = None
+        self._polling: asyncio.Task[None] | None = None
+        self._offset: int | None = None  # polling: the next update to take
+        self._lease_trouble = False  # the poller lease could not be reached (logged once)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TelegramChannel | None:
@@ -88,20 +94,19 @@ class TelegramChannel(TelegramDesk):
         self._gateway = gateway
         if gateway.queue.shared_by_workers:  # other gateways may send to the same chats
             self.shared_slot = functools.partial(gateway.queue.slot, owner=gateway.id)
-        builder = (
+        app = (
             ApplicationBuilder()
             .token(self._token)
             .base_url(self.settings.telegram_api_url)
             # overall 30/s and 20/min per group; a 429 comes back to _call, which waits it out
             .rate_limiter(AIORateLimiter(max_retries=0))
+            .updater(None)  # polling is the channel's own (_poll): see its docstring
+            .build()
         )
-        webhook = self.settings.telegram_webhook_url
-        if webhook:
-            builder = builder.updater(None)
-        app = builder.build()
         app.add_handler(TypeHandler(Update, self._on_update))
         app.add_error_handler(self._on_error)
         self.app = app  # from here on, stop() undoes what was begun
+        webhook = self.settings.telegram_webhook_url
         try:
             await app.initialize()  # getMe: checks the token and the API URL
             await app.bot.set_my_commands(COMMANDS)
@@ -110,9 +115,6 @@ class TelegramChannel(TelegramDesk):
                 await app.bot.set_webhook(
                     webhook, secret_token=self._secret, allowed_updates=ALLOWED_UPDATES
                 )
-            else:
-                assert app.updater is not None
-                await app.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
             await app.start()
         except BaseException as exc:
             try:
@@ -129,19 +131,143 @@ class TelegramChannel(TelegramDesk):
                 ) from exc
             raise
         self.bot_id, self.username = app.bot.id, app.bot.username
+        if not webhook:
+            self._polling = asyncio.create_task(self._poll(gateway))
 
     async def stop(self) -> None:
-        if self._holding is not None:
-            self._holding.cancel()
-            await asyncio.gather(self._holding, return_exceptions=True)
+        if self._polling is not None:
+            await cancel_and_wait([self._polling])
+            self._polling = None
         app, self.app = self.app, None
         if app is None:
             return
-        if app.updater is not None and app.updater.running:
-            await app.updater.stop()
         if app.running:
             await app.stop()
         await app.shutdown()
+
+    # -- polling --------------------------------------------------------------------------------
+
+    async def _poll(self, gateway: Gateway) -> None:
+        """Long polling, by one gateway of all that run this bot: the one holding the bot's
+        poller role in the queue (Redis; embedded, the one process). Its lease is renewed every
+        ``POLL_RENEW_S`` and lapses ``POLL_LEASE_MS`` after the last renewal, so when the poller
+        dies another gateway, trying as often, polls within ``POLL_LEASE_MS`` + ``POLL_RENEW_S``.
+        Two pollers would get Telegram's 409 "terminated by other getUpdates request".
+
+        Each term has its fencing token: a poller that cannot renew its lease (another took it,
+        or Redis was out of reach for the lease's whole life) stops before its next call."""
+        role = f"telegram:poller:{self.bot_id}"
+        try:
+            while True:
+                token = await self._hold(role, gateway.owner)
+                if token <= 0:
+                    await asyncio.sleep(POLL_RENEW_S)
+                    continue
+                log.warning("telegram: this gateway polls for updates now (term %d)", token)
+                if not await self._poll_term(role, gateway.owner, token):
+                    return
+        finally:
+            await self._let_go(role, gateway.owner)
+
+    async def _poll_term(self, role: str, owner: str, token: int) -> bool:
+        """Poll while the lease with ``token`` holds. Returns when it is lost (True: try for
+        another term) or when polling cannot go on at all (False)."""
+        fetching = asyncio.create_task(self._fetch())
+        held_until = time.monotonic() + POLL_LEASE_MS / 1000
+        try:
+            while True:
+                done, _ = await asyncio.wait({fetching}, timeout=POLL_RENEW_S)
+                if done:
+                    return False  # _fetch ends only when the token is refused
+                asked = time.monotonic()
+                held = await self._hold(role, owner)
+                if held == token:
+                    held_until = asked + POLL_LEASE_MS / 1000
+                elif held >= 0 or time.monotonic() >= held_until - POLL_RENEW_S:
+                    # another holds it, or it may lapse before Redis answers again
+                    log.warning("telegram: this gateway's polling term %d is over", token)
+                    return True
+        except asyncio.CancelledError:  # the gateway stops
+            await cancel_and_wait([fetching])
+            if time.monotonic() < held_until - POLL_RENEW_S:
+                await self._confirm()
+            raise
+        finally:
+            await cancel_and_wait([fetching])
+
+    async def _confirm(self) -> None:
+        """Confirm the updates taken, so the next poller does not get them again (it would
+        drop them by their dedupe keys, but that is work)."""
+        if self._offset is None:
+            return
+        try:
+            async with asyncio.timeout(2):
+                await self._bot.get_updates(offset=self._offset, timeout=0, limit=1)
+        except (TelegramError, TimeoutError) as exc:
+            log.warning("telegram: could not confirm the updates taken: %s", exc)
+
+    async def _hold(self, role: str, owner: str) -> int:
+        """The role's fencing token, or 0 when another holds it; -1 when Redis cannot say."""
+        assert self._gateway is not None
+        try:
+            token = await self._gateway.queue.hold_role(role, owner, POLL_LEASE_MS)
+        except QueueUnavailable as exc:
+            if not self._lease_trouble:  # once, not every try
+                log.warning("telegram: cannot take or renew the poller lease: %s", exc)
+            self._lease_trouble = True
+            return -1
+        self._lease_trouble = False
+        return token
+
+    async def _let_go(self, role: str, owner: str) -> None:
+        assert self._gateway is not None
+        try:  # so another gateway polls at once, not when the lease lapses
+            await self._gateway.queue.let_role_go(role, owner)
+        except QueueUnavailable as exc:
+            log.warning("telegram: cannot give up the poller lease: %s", exc)
+
+    async def _fetch(self) -> None:
+        """getUpdates, and each update taken (stored and queued) in order before the offset
+        moves past it: Telegram drops an update only when a later call confirms it, so a
+        gateway killed at any moment loses nothing, and the next poller gets again what was not
+        confirmed (the message's dedupe key drops what was stored already)."""
+        bot = self._bot
+        self._offset = None
+        cleared = False
+        backoff = Backoff(first_s=0.5, cap_s=10.0)
+        while True:
+            try:
+                if not cleared:  # a webhook and getUpdates exclude each other
+                    cleared = await bot.delete_webhook()
+                updates = await bot.get_updates(
+                    offset=self._offset, timeout=POLL_TIMEOUT_S, allowed_updates=ALLOWED_UPDATES
+                )
+            except InvalidToken:
+                log.error("telegram refused the bot token (revoked?): polling stops")
+                return
+            except TelegramError as exc:  # 409 (a webhook, another poller), network, 5xx
+                log.warning("telegram: getUpdates failed (%s); trying again", exc)
+                await backoff.wait()
+                continue
+            backoff.reset()
+            for update in updates:
+                await self._take_polled(update)
+                self._offset = update.update_id + 1
+
+    async def _take_polled(self, update: Update) -> None:
+        """Take one polled update, waiting for storage while it is down (Telegram keeps what
+        is not confirmed, and the updates after it wait in order)."""
+        backoff = Backoff(first_s=0.5, cap_s=5.0)
+        while True:
+            try:
+                await self._take(update)
+                return
+            except NotAccepted as exc:
+                log.error("telegram update %s not taken (%s); trying again", update.update_id, exc)
+                await backoff.wait()
+            except Exception as exc:  # this update cannot be taken at all: on to the next
+                log.error("telegram update %s failed", self._describe(update), exc_info=exc)
+                return
 
     # -- inbound --------------------------------------------------------------------------------
 
@@ -170,40 +296,12 @@ class TelegramChannel(TelegramDesk):
         return web.Response()
 
     async def _on_update(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        if self._held:  # polling waits for storage: keep the order
-            self._held.append(update)
-            return
+        """A webhook's update (polled ones go to ``_take_polled``)."""
         try:
             await self._take(update)
         except NotAccepted as exc:
             log.error("telegram update %s not taken (%s)", update.update_id, exc)
-            if self.settings.telegram_webhook_url:
-                self._not_accepted.add(update.update_id)
-                return
-            self._held.append(update)
-            self._holding = asyncio.create_task(self._hold_polling())
-
-    async def _hold_polling(self) -> None:
-        """Storage is down: stop taking updates, and take the held ones again, in order, once
-        it is back; then poll again. (Telegram keeps what was not fetched.)"""
-        app = self.app
-        if app is not None and app.updater is not None and app.updater.running:
-            await app.updater.stop()
-        backoff = Backoff(first_s=0.5, cap_s=5.0)
-        while self._held:
-            await backoff.wait()
-            try:
-                await self._take(self._held[0])
-            except NotAccepted:
-                continue
-            except Exception:  # this update cannot be taken at all: on to the next
-                log.exception("telegram update %s failed", self._held[0].update_id)
-            self._held.pop(0)
-            backoff.reset()
-        app = self.app
-        if app is not None and app.updater is not None and not app.updater.running:
-            await app.updater.start_polling(allowed_updates=ALLOWED_UPDATES)
-            log.warning("telegram: storage is back; polling again")
+            self._not_accepted.add(update.update_id)
 
     async def _take(self, update: Update) -> None:
         if update.callback_query is not None:
@@ -291,13 +389,15 @@ class TelegramChannel(TelegramDesk):
         await self._call(chat, lambda **kw: self._bot.send_message(**chat.target, **kw), None, text)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        # by id and kind: an update holds what the user wrote, which no log line carries
+        log.error("telegram update %s failed", self._describe(update), exc_info=context.error)
+
+    @staticmethod
+    def _describe(update: object) -> str:
+        """An update by id and kind: it holds what the user wrote, which no log line carries."""
         if isinstance(update, Update):
             kind = next((k for k in Update.ALL_TYPES if getattr(update, k, None)), "unknown")
-            what = f"{update.update_id} ({kind})"
-        else:
-            what = type(update).__name__
-        log.error("telegram update %s failed", what, exc_info=context.error)
+            return f"{update.update_id} ({kind})"
+        return type(update).__name__
 
     # -- outbound -------------------------------------------------------------------------------
 

@@ -86,6 +86,12 @@ class LocalQueue:
     async def let_gateway_go(self, gateway: str, owner: str) -> None:
         self._held_ids.discard(gateway)
 
+    async def hold_role(self, role: str, owner: str, ttl_ms: int) -> int:
+        return 1  # one process: it plays every role
+
+    async def let_role_go(self, role: str, owner: str) -> None:
+        pass
+
     async def gateway_ids(self, platform: str) -> set[str]:
         return set(self._gateways.get(platform, {}))
 
@@ -150,6 +156,14 @@ class LocalQueue:
 
     async def slot(self, place: str, gap_s: float, margin_s: float, owner: str) -> float:
         return 0.0  # one gateway: its channels pace their own calls
+
+    async def budget(
+        self, place: str, limit: int, window_s: float, owner: str, owed: int, *, final: bool
+    ) -> float | None:
+        return 0.0  # one gateway: its channels keep their own budgets
+
+    async def hold_budget(self, place: str, seconds: float, window_s: float) -> None:
+        pass
 
     async def note_refusal(self, reason: str) -> None:
         pass  # one process: the gateway's own counts (Admission.refused) are all of them

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -93,6 +94,27 @@ for i = 3, #KEYS do redis.call('SREM', KEYS[i], ARGV[1]) end
 return 1
 """
 
+# A role only one process plays at a time (KEYS[1], a hash: owner and fencing token), taken or
+# renewed by owner ARGV[1] for ARGV[2] ms. A new holder gets the next number of KEYS[2], so a
+# later holder's token is always the larger. Returns the holder's token, or 0 when another holds
+# the role.
+_HOLD_ROLE = """
+local held = redis.call('HMGET', KEYS[1], 'owner', 'token')
+if held[1] == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(held[2])
+end
+if held[1] then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return token
+"""
+_LET_ROLE_GO = """
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # A token bucket (KEYS[1], a hash) holding at most ARGV[1] tokens, refilled at ARGV[2] a
 # millisecond, on Redis's clock: takes a token and returns 0, or returns how many milliseconds
 # until one is there (taking none). One round trip, whichever process asks.
@@ -126,6 +148,62 @@ local gap = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'next', at + gap, 'by', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], at + gap - now + 1000)
 return at - now
+"""
+
+
+# A budget of ARGV[1] calls in any ARGV[2] ms (Slack's Tier 3 chat.update), shared by every
+# gateway: KEYS[1] a sorted set of the calls granted in the window (score: ms), KEYS[2] a hash of
+# each owner's calls still owed ("<count>:<ms it holds until>") and 'held', the ms every call
+# waits for after a 429. Owner ARGV[3] owes ARGV[4] final calls; ARGV[5] is 1 for a final call,
+# which is granted while there is room, else 0 for an interim one, granted only while the room
+# left covers what every owner owes. Returns 0 (granted, counted as ARGV[6]), the ms to wait
+# (a final call), or -1 (an interim call refused).
+_BUDGET = """
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4] .. ':' .. (now + window))
+local result
+local held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
+local room = limit - redis.call('ZCARD', KEYS[1])
+if ARGV[5] == '1' then
+  if held > now then
+    result = held - now
+  elseif room > 0 then
+    result = 0
+  else
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    result = math.max(1, tonumber(oldest[2]) + window - now)
+  end
+else
+  local owed = 0
+  local owners = redis.call('HGETALL', KEYS[2])
+  for i = 1, #owners, 2 do
+    if owners[i] ~= 'held' then
+      local count, fresh = string.match(owners[i + 1], '(%d+):(%d+)')
+      if tonumber(fresh) < now then
+        redis.call('HDEL', KEYS[2], owners[i])
+      else
+        owed = owed + tonumber(count)
+      end
+    end
+  end
+  result = -1
+  if held <= now and room > owed then result = 0 end
+end
+if result == 0 then redis.call('ZADD', KEYS[1], now, ARGV[6]) end
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('PEXPIRE', KEYS[2], 2 * window)
+return result
+"""
+_BUDGET_HOLD = """
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
+if now + tonumber(ARGV[1]) > held then redis.call('HSET', KEYS[1], 'held', now + ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), tonumber(ARGV[1])))
+return 0
 """
 
 
@@ -187,6 +265,11 @@ class RedisQueue(QueueAdmin):
         self._forget = self.redis.register_script(_FORGET)
         self._take = self.redis.register_script(_TAKE)
         self._slot = self.redis.register_script(_SLOT)
+        self._hold_role = self.redis.register_script(_HOLD_ROLE)
+        self._budget = self.redis.register_script(_BUDGET)
+        self._budget_hold = self.redis.register_script(_BUDGET_HOLD)
+        self._budget_calls = itertools.count()
+        self._let_role_go = self.redis.register_script(_LET_ROLE_GO)
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
@@ -309,6 +392,19 @@ class RedisQueue(QueueAdmin):
     async def let_gateway_go(self, gateway: str, owner: str) -> None:
         async with _unavailable("release the gateway id"):
             await self._release(keys=[self.lease_prefix + "gateway:" + gateway], args=[owner])
+
+    async def hold_role(self, role: str, owner: str, ttl_ms: int) -> int:
+        """Take or renew ``role`` (e.g. the one Telegram poller of a bot) for ``owner``: its
+        fencing token, larger than any earlier holder's, or 0 while another process holds it.
+        Held ``ttl_ms`` past the last call."""
+        key = self.lease_prefix + "role:" + role
+        async with _unavailable("hold a role"):
+            token = await self._hold_role(keys=[key, key + ":fence"], args=[owner, ttl_ms])
+        return int(token)
+
+    async def let_role_go(self, role: str, owner: str) -> None:
+        async with _unavailable("let a role go"):
+            await self._let_role_go(keys=[self.lease_prefix + "role:" + role], args=[owner])
 
     async def gateway_alive(self, gateway: str) -> bool:
         """Whether a process serves gateway id ``gateway`` now (its lease is held)."""
@@ -498,6 +594,26 @@ class RedisQueue(QueueAdmin):
         async with _unavailable("reserve a slot"):
             wait_ms = await self._slot(keys=[self.limit_prefix + place], args=args)
         return int(wait_ms) / 1000
+
+    async def budget(
+        self, place: str, limit: int, window_s: float, owner: str, owed: int, *, final: bool
+    ) -> float | None:
+        """A call of ``place``'s budget (``limit`` in any ``window_s``), shared by every
+        gateway: 0 when granted; else, for a ``final`` call, the seconds until there is room,
+        and for an interim one None (refused: the room is kept for the finals every owner
+        ``owed``)."""
+        keys = [self.limit_prefix + place, self.limit_prefix + place + ":owed"]
+        call = f"{owner}:{next(self._budget_calls)}"
+        args: list[str | int] = [limit, math.ceil(window_s * 1000), owner, owed, int(final), call]
+        async with _unavailable("take from a budget"):
+            wait_ms = int(await self._budget(keys=keys, args=args))
+        return None if wait_ms < 0 else wait_ms / 1000
+
+    async def hold_budget(self, place: str, seconds: float, window_s: float) -> None:
+        """Every call of ``place``'s budget waits ``seconds`` (the platform answered a 429)."""
+        args = [math.ceil(seconds * 1000), math.ceil(2 * window_s * 1000)]
+        async with _unavailable("hold a budget"):
+            await self._budget_hold(keys=[self.limit_prefix + place + ":owed"], args=args)
 
     async def note_refusal(self, reason: str) -> None:
         """Count a message admission control refused (``queue status`` shows the counts)."""

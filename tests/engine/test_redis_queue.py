@@ -181,6 +181,28 @@ async def test_a_conversation_lease_is_held_by_one_worker_and_released_only_by_i
         await q.stop()
 
 
+async def test_a_role_has_one_holder_and_each_new_holder_a_larger_fencing_token(
+    redis_url: str, queue_prefix: str
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    ttl = 1500
+    first = await q.hold_role("telegram:poller:1", "a", ttl)
+    assert first > 0
+    assert await q.hold_role("telegram:poller:1", "b", ttl) == 0  # a holds it
+    assert await q.hold_role("telegram:poller:1", "a", ttl) == first  # renewed: same term
+    await q.let_role_go("telegram:poller:1", "b")  # not b's to give up
+    assert await q.hold_role("telegram:poller:1", "b", ttl) == 0
+    await q.let_role_go("telegram:poller:1", "a")
+    second = await q.hold_role("telegram:poller:1", "b", ttl)
+    assert second > first
+    await asyncio.sleep(2.0)  # b stops renewing: the lease lapses
+    third = await q.hold_role("telegram:poller:1", "a", ttl)
+    assert third > second
+    assert await q.hold_role("telegram:poller:1", "b", ttl) == 0  # b learns it lost the role
+    assert await q.hold_role("telegram:poller:2", "b", ttl) > 0  # another bot, another role
+    await q.stop()
+
+
 async def test_a_gone_gateway_is_forgotten_only_once_it_left_no_reply_in_progress(
     redis_url: str, queue_prefix: str
 ) -> None:

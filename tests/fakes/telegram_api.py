@@ -28,6 +28,7 @@ from aiohttp import web
 from ._server import FakeServer
 
 MAX_TEXT_UTF16 = 4096
+BOT_PER_SECOND = 30  # sends and edits a bot may make a second, over all its chats
 # Form fields that are strings even when they look like JSON ("123", "true"), since PTB sends
 # strings unquoted and only JSON-encodes the other types.
 _STRING_FIELDS = {"text", "parse_mode", "action", "url", "secret_token", "caption", "ip_address"}
@@ -268,8 +269,13 @@ class FakeTelegram(FakeServer):
         # The bot's own messages: current text, parse mode, entities and every text they had
         self._bot_messages: dict[tuple[int, int], dict[str, Any]] = {}
         self._accepted_at: dict[int, deque[float]] = {}
+        self._bot_wide: deque[float] = deque()  # every chat's accepted calls, the last second
         self._wakeup = asyncio.Event()
         self._closing = False
+        # The getUpdates call waiting now, if any: a second call ends it with a 409, as Telegram
+        # does ("terminated by other getUpdates request"); ``conflicts`` counts those
+        self._long_poll: dict[str, bool] | None = None
+        self.conflicts = 0
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getme": self._get_me, "getupdates": self._get_updates,
             "sendmessage": self._send_message, "editmessagetext": self._edit_message_text,
@@ -466,6 +472,11 @@ class FakeTelegram(FakeServer):
             result = body
         if status == 429:
             self._answered_429 += 1
+        if status == 409 and method.lower() == "getupdates":
+            if request.transport is None or request.transport.is_closing():
+                status = 499  # a caller that is gone (killed) sees no conflict
+            else:
+                self.conflicts += 1
         self.calls.append(Call(method, params, at, status, result))
         return web.json_response(body, status=status)
 
@@ -513,12 +524,17 @@ class FakeTelegram(FakeServer):
         waits = [accepted[-1] + 1 - now] if accepted and now - accepted[-1] < 1 else []
         if chat_id < 0 and len(accepted) >= 20:
             waits.append(accepted[-20] + 60 - now)
+        while self._bot_wide and now - self._bot_wide[0] >= 1:
+            self._bot_wide.popleft()
+        if len(self._bot_wide) >= BOT_PER_SECOND:  # the bot's 30 a second, over all chats
+            waits.append(self._bot_wide[0] + 1 - now)
         if waits:
             raise _too_many(max(1, math.ceil(max(waits))))
 
     def _note_accepted(self, chat_id: int) -> None:
         if self.rate_limits:
             self._accepted_at.setdefault(chat_id, deque()).append(time.monotonic())
+            self._bot_wide.append(time.monotonic())
 
     # -- Bot API methods -------------------------------------------------------------------------
 
@@ -536,16 +552,34 @@ class FakeTelegram(FakeServer):
         offset = int(params.get("offset") or 0)
         limit = min(max(int(params.get("limit") or 100), 1), 100)
         deadline = time.monotonic() + max(float(params.get("timeout") or 0), 0.0)
-        while True:
-            if offset < 0:
-                self._updates = self._updates[offset:]
-            elif offset > 0:
-                self._updates = [u for u in self._updates if u["update_id"] >= offset]
-            remaining = deadline - time.monotonic()
-            if self._updates or remaining <= 0 or self._closing:
-                return self._updates[:limit]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        if self._long_poll is not None:  # another caller is waiting: its call ends
+            self._long_poll["terminated"] = True
+            self._wake()
+        me = self._long_poll = {"terminated": False}
+        try:
+            while True:
+                if me["terminated"]:
+                    # A caller that gave up on this call (cancelled it, then asked again on
+                    # another connection) closes it: a moment lets that close arrive, so
+                    # _handle can tell an abandoned call from a second poller
+                    await asyncio.sleep(0.05)
+                    raise ApiError(
+                        409,
+                        "Conflict: terminated by other getUpdates request; make sure that only"
+                        " one bot instance is running",
+                    )
+                if offset < 0:
+                    self._updates = self._updates[offset:]
+                elif offset > 0:
+                    self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                remaining = deadline - time.monotonic()
+                if self._updates or remaining <= 0 or self._closing:
+                    return self._updates[:limit]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+        finally:
+            if self._long_poll is me:
+                self._long_poll = None
 
     def _message_text(self, params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         text, parse_mode = str(params.get("text") or ""), params.get("parse_mode")

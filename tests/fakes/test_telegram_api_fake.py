@@ -149,6 +149,24 @@ async def test_long_poll_wakes_on_injected_update(bot: Bot, fake: FakeTelegram) 
     assert updates[0].message.text == "/start"
 
 
+async def test_a_second_get_updates_ends_the_waiting_one_with_409(
+    bot: Bot, fake: FakeTelegram
+) -> None:
+    other = Bot(TOKEN, base_url=fake.base_url)  # a second process polling the same bot
+    await other.initialize()
+    try:
+        first = asyncio.create_task(bot.get_updates(timeout=10))
+        await asyncio.sleep(0.2)
+        second = asyncio.create_task(other.get_updates(timeout=10))
+        with pytest.raises(Conflict, match="terminated by other getUpdates request"):
+            await asyncio.wait_for(first, 2)
+        fake.private_message("hello")
+        assert [u.update_id for u in await asyncio.wait_for(second, 2)] == [1]
+    finally:
+        await other.shutdown()
+    assert fake.conflicts == 1
+
+
 async def test_webhook_blocks_polling_and_posts(bot: Bot, fake: FakeTelegram) -> None:
     await bot.set_webhook(f"{fake.base_url[:-4]}/hook", secret_token="s3cret")
     assert fake.webhook is not None and fake.webhook.secret_token == "s3cret"

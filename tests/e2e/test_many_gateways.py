@@ -1,0 +1,125 @@
+"""Many gateways, one Telegram bot, as real processes (`frontdesk gateway`, `frontdesk worker`)
+against real Redis and PostgreSQL and the stand-ins: one gateway polls at a time (a lease in
+Redis), another takes over within 10 s of a kill -9, and no update is lost or answered twice, even
+when the poller dies between Telegram's answer to getUpdates and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.e2e.processes import Processes, telegram_env
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.telegram_api import Call, FakeTelegram
+from tests.support import free_port, until
+
+ANSWER = "Happy to help."
+TAKEOVER_S = 10.0  # the issue's bound on a failover
+POLLING = "polls for updates now"
+
+
+def pollers(procs: Processes) -> list[str]:
+    """The processes that began polling, in the order their logs were opened."""
+    return [log.stem.rsplit("-", 1)[0] for log in procs.logs if POLLING in log.read_text()]
+
+
+def answered(telegram: FakeTelegram, users: list[int]) -> bool:
+    return all([m["text"] for m in telegram.messages_in(u)] == [ANSWER] for u in users)
+
+
+async def gateways(procs: Processes, count: int) -> None:
+    await procs.start("worker", "worker")
+    for n in range(count):
+        port = str(free_port())
+        await procs.start(f"gw-{n}", "gateway", FRONTDESK_GATEWAY_ID=f"gw-{n}",
+                          FRONTDESK_HTTP_PORT=port)  # fmt: skip
+    await until(lambda: pollers(procs), within=30)
+
+
+def ask(telegram: FakeTelegram, users: list[int]) -> None:
+    for user in users:
+        telegram.private_message("hello", user_id=user, username=f"user{user}")
+
+
+def exactly_once(telegram: FakeTelegram, engine: FakeOpenAI, users: list[int]) -> None:
+    assert answered(telegram, users)
+    for user in users:
+        assert len(telegram.calls_to("sendMessage", user)) == 1
+    assert len(engine.completions()) == len(users)
+
+
+async def test_three_gateways_poll_one_at_a_time_and_another_takes_over_a_killed_poller(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    before, after = [2001, 2002, 2003], [2004, 2005, 2006]
+    async with FakeTelegram() as telegram, FakeOpenAI(ANSWER, failing=None) as engine:
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        try:
+            await gateways(procs, 3)
+            ask(telegram, before)
+            await telegram.wait_for(lambda f: answered(f, before), timeout=30)
+            await asyncio.sleep(3)  # two lease periods: a second poller would have begun
+            [first] = pollers(procs)
+
+            killed_at = time.monotonic()
+            await procs.kill(first)
+            ask(telegram, after)
+            await telegram.wait_for(lambda f: answered(f, after), timeout=30)
+            await asyncio.sleep(1.5)  # a second answer would show by now
+            terms = pollers(procs)  # (at the stop, each gateway stopping hands on the lease)
+        finally:
+            codes = await procs.stop_all()
+        resumed = min(c.at for c in telegram.calls_to("getUpdates") if c.at > killed_at)
+        assert resumed - killed_at <= TAKEOVER_S
+        assert len(terms) == 2 and terms[0] == first
+        assert telegram.conflicts == 0  # never two getUpdates calls at once
+        exactly_once(telegram, engine, before + after)
+    assert codes == [0, 0, 0]
+    assert procs.tracebacks() == []
+
+
+def returned(call: Call, update_id: int) -> bool:
+    result: Any = call.result_or_error
+    return call.status == 200 and any(u["update_id"] == update_id for u in result)
+
+
+async def test_a_poller_killed_between_telegram_answering_and_the_store_loses_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The stored copy is the only safe one: a poller that confirmed the update to Telegram
+    (by asking for the next) before storing it would lose it here."""
+    dsn = env["FRONTDESK_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
+    async with FakeTelegram() as telegram, FakeOpenAI(ANSWER, failing=None) as engine:
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        try:
+            await gateways(procs, 2)
+            [poller] = pollers(procs)
+            blocker = await asyncpg.connect(dsn)
+            try:
+                async with blocker.transaction():  # the store waits on this lock
+                    await blocker.execute("LOCK TABLE conversations, messages")
+                    update = telegram.private_message("hello", user_id=2001)["update_id"]
+                    await telegram.wait_for(
+                        lambda f: any(returned(c, update) for c in f.calls_to("getUpdates")),
+                        timeout=10,
+                    )
+                    await asyncio.sleep(0.5)  # the poller is at the store now
+                    killed_at = time.monotonic()
+                    await procs.kill(poller)
+            finally:
+                await blocker.close()
+            await telegram.wait_for(lambda f: answered(f, [2001]), timeout=30)
+            await asyncio.sleep(1.5)
+            terms = pollers(procs)
+        finally:
+            codes = await procs.stop_all()
+        [sent] = telegram.calls_to("sendMessage", 2001)
+        assert killed_at < sent.at  # answered after the failover, by the next poller
+        assert len(terms) == 2 and terms[0] == poller
+        exactly_once(telegram, engine, [2001])
+    assert codes == [0, 0]
+    assert procs.tracebacks() == []
