@@ -1,19 +1,24 @@
-"""Many gateways, one Telegram bot, as real processes (`frontdesk gateway`, `frontdesk worker`)
-against real Redis and PostgreSQL and the stand-ins: one gateway polls at a time (a lease in
+"""Many gateways, one bot, as real processes (`frontdesk gateway`, `frontdesk worker`) against
+real Redis and PostgreSQL and the stand-ins: one gateway polls Telegram at a time (a lease in
 Redis), another takes over within 10 s of a kill -9, and no update is lost or answered twice, even
-when the poller dies between Telegram's answer to getUpdates and the store."""
+when the poller dies between Telegram's answer to getUpdates and the store; and three gateways
+keep the budgets that are the whole app's or bot's (Slack's Tier 3 updates, Telegram's 30 a
+second) together, with no 429."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from frontdesk.engine.queue import RedisQueue
 from tests.e2e.processes import Processes, telegram_env
 from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import Call, FakeTelegram
 from tests.support import free_port, until
 
@@ -122,4 +127,101 @@ async def test_a_poller_killed_between_telegram_answering_and_the_store_loses_no
         assert len(terms) == 2 and terms[0] == poller
         exactly_once(telegram, engine, [2001])
     assert codes == [0, 0]
+    assert procs.tracebacks() == []
+
+
+STORY = " ".join(f"part{i}" for i in range(12))  # streams for about a second and a half
+CROWD = 50
+
+
+async def announced(queue: RedisQueue, platform: str, count: int) -> bool:
+    live = await queue.redis.zrangebyscore(queue.gateways_prefix + platform, "-inf", "+inf")
+    return len(live) == count
+
+
+async def test_three_gateways_streaming_fifty_slack_replies_keep_the_app_s_update_budget(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    """Tier 3 allows the app 50 chat.update calls a minute, whichever gateway makes them: each
+    gateway keeping its own count of 50 would make up to three times that."""
+    ports = [free_port() for _ in range(3)]
+    async with (
+        FakeSlack() as slack,
+        FakeOpenAI(STORY, failing=None, word_delay_s=0.12) as engine,
+    ):
+        procs = Processes({
+            **env,
+            "FRONTDESK_SLACK_BOT_TOKEN": slack.bot_token,
+            "FRONTDESK_SLACK_SIGNING_SECRET": slack.signing_secret,
+            "FRONTDESK_SLACK_API_URL": slack.base_url,
+            "FRONTDESK_OPENAI_BASE_URLS": engine.base_url,
+        }, tmp_path)  # fmt: skip
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        dms = [f"D0USER{n}" for n in range(CROWD)]
+        try:
+            await procs.start("worker", "worker")
+            for n, port in enumerate(ports):
+                await procs.start(f"gw-{n}", "gateway", FRONTDESK_GATEWAY_ID=f"gw-{n}",
+                                  FRONTDESK_HTTP_PORT=str(port))  # fmt: skip
+            await until(lambda: announced(queue, "slack", 3), within=30)
+            statuses = await asyncio.gather(*(
+                slack.post_event(f"http://127.0.0.1:{ports[n % 3]}/slack/events",
+                                 slack.dm("tell me", user=f"U0USER{n}", channel=dm))
+                for n, dm in enumerate(dms)
+            ))  # fmt: skip
+            assert [status for status, _took in statuses] == [200] * CROWD
+
+            def whole(f: FakeSlack) -> bool:
+                return all([m["text"] for m in f.messages_in(dm)] == [STORY] for dm in dms)
+
+            await slack.wait_for(whole, timeout=150)
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        assert slack.count_429() == 0
+        assert len(slack.calls_to("chat.update")) >= CROWD  # each placeholder got its text
+    assert codes == [0, 0, 0, 0]
+    assert procs.tracebacks() == []
+
+
+async def test_three_gateways_answering_fifty_telegram_chats_keep_the_bot_s_thirty_a_second(
+    env: dict[str, str], redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    """Webhook mode, so that each gateway answers a third of the chats: Telegram allows a bot
+    30 messages a second over all its chats, whichever gateway sends them."""
+    ports = [free_port() for _ in range(3)]
+    users = [3001 + n for n in range(CROWD)]
+    async with (
+        FakeTelegram() as telegram,
+        FakeOpenAI(STORY, failing=None, word_delay_s=0.12) as engine,
+    ):
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
+        hooks = [f"http://127.0.0.1:{port}/hook" for port in ports]
+        try:
+            await procs.start("worker", "worker")
+            for n, port in enumerate(ports):
+                await procs.start(f"gw-{n}", "gateway", FRONTDESK_GATEWAY_ID=f"gw-{n}",
+                                  FRONTDESK_HTTP_PORT=str(port),
+                                  FRONTDESK_TELEGRAM_WEBHOOK_URL=hooks[n])  # fmt: skip
+            await until(lambda: announced(queue, "telegram", 3), within=30)
+            secret = hashlib.sha256(telegram.token.encode()).hexdigest()
+            updates = [telegram.private_message("tell me", user_id=u, username=f"u{u}")
+                       for u in users]  # fmt: skip
+            statuses = await asyncio.gather(*(
+                telegram.post_webhook(update, secret=secret, url=hooks[n % 3])
+                for n, update in enumerate(updates)
+            ))  # fmt: skip
+            assert statuses == [200] * CROWD
+
+            def whole(f: FakeTelegram) -> bool:
+                return all([m["text"] for m in f.messages_in(u)] == [STORY] for u in users)
+
+            await telegram.wait_for(whole, timeout=120)
+        finally:
+            codes = await procs.stop_all()
+            await queue.stop()
+        assert telegram.count_429() == 0
+        assert len(telegram.calls_to("editMessageText")) >= CROWD  # the replies streamed
+    assert codes == [0, 0, 0, 0]
     assert procs.tracebacks() == []
