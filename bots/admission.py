@@ -11,8 +11,9 @@
 
 Checked once a new message is stored (a platform's retry of an admitted one is not counted
 again, and a conversation a person has is not the engine's to refuse). A refused message stays
-stored (the logs show what the user wrote) awaiting no reply, so no turn and no sweep answers
-it; nothing already accepted is dropped. When Redis cannot be reached the message is let
+stored (the logs show what the user wrote), with what the user was told stored as its failed
+reply (error "refused: <reason>"): no turn and no sweep answers it, ``frontdesk stats`` counts it,
+and nothing already accepted is dropped. When Redis cannot be reached the message is let
 through: queueing it deals with the outage.
 """
 
@@ -50,14 +51,15 @@ class Admission:
             self.rate is not None or self.max_backlog is not None or self.daily_tokens is not None
         )
 
-    async def refusal(self, msg: InboundMessage) -> str | None:
-        """What to tell the user instead of answering ``msg``; None: it is admitted."""
+    async def refusal(self, msg: InboundMessage) -> tuple[str, str] | None:
+        """Why ``msg`` is refused ("busy", "budget" or "rate") and what to tell the user instead
+        of answering it; None: it is admitted."""
         try:
             if self.max_backlog is not None and await self._waiting() >= self.max_backlog:
                 await self._refused("busy")
                 log.warning("backlog of %d turns or more: message %s refused",
                             self.max_backlog, msg.dedupe_key)  # fmt: skip
-                return texts.BUSY
+                return "busy", texts.BUSY
             if self.daily_tokens is not None:
                 now = self.clock()
                 user = f"{msg.platform}:{msg.user_id}"
@@ -67,7 +69,7 @@ class Admission:
                              user, msg.dedupe_key)  # fmt: skip
                     midnight = datetime.combine(now.date() + timedelta(days=1), dt_time(),
                                                 tzinfo=UTC)  # fmt: skip
-                    return texts.out_of_budget((midnight - now).total_seconds())
+                    return "budget", texts.out_of_budget((midnight - now).total_seconds())
             if self.rate is not None:
                 count, per_s = self.rate
                 wait = await self.queue.take(f"user:{msg.platform}:{msg.user_id}", count, per_s)
@@ -75,7 +77,7 @@ class Admission:
                     await self._refused("rate")
                     log.info("user %s:%s over FRONTDESK_USER_RATE: message %s refused",
                              msg.platform, msg.user_id, msg.dedupe_key)  # fmt: skip
-                    return texts.slow_down(wait)
+                    return "rate", texts.slow_down(wait)
         except QueueUnavailable as exc:
             log.warning("cannot count admission (%s); message %s let through", exc,
                         msg.dedupe_key)  # fmt: skip

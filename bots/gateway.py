@@ -31,7 +31,15 @@ from frontdesk import texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import ConfigError, NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
-from frontdesk.storage import AwaitingMessage, MessageStatus, Rating, RecordedMessage, Store
+from frontdesk.storage import (
+    REFUSED,
+    AwaitingMessage,
+    MessageStatus,
+    Rating,
+    RecordedMessage,
+    ReplyFigures,
+    Store,
+)
 from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import InboundMessage, ReplyDelta, Turn, turn_id_of
 
@@ -386,8 +394,9 @@ class Gateway:
         if not retried and self.admission.active:  # a new message (a retry was admitted)
             refusal = await self.admission.refusal(msg)
             if refusal is not None:
-                await self._unanswered(recorded.message_id)
-                return self._reply_now(channel, msg, refusal)
+                reason, said = refusal
+                await self._refused(recorded.conversation_id, recorded.message_id, reason, said)
+                return self._reply_now(channel, msg, said)
         turn = Turn(
             recorded.conversation_id,
             recorded.message_id,
@@ -421,11 +430,13 @@ class Gateway:
             task.add_done_callback(self._resubmits.discard)
         return delivery
 
-    async def _unanswered(self, message_id: int) -> None:
-        """A message admission refused stays stored, awaiting nothing: no turn, and no sweep,
-        answers it."""
+    async def _refused(self, conversation_id: int, message_id: int, reason: str, said: str) -> None:
+        """A message admission refused stays stored, with what the user was told as its failed
+        reply: it awaits nothing, so no turn and no sweep answers it, and stats count it."""
         try:
-            await self.store.mark_answered(message_id)
+            await self.store.record_reply(
+                conversation_id, message_id, said, ReplyFigures(), error=f"{REFUSED}{reason}"
+            )
         except StorageUnavailable as exc:  # the sweep answers it later: nothing is lost
             log.warning("cannot mark refused message %d: %s", message_id, exc)
 

@@ -1,6 +1,6 @@
 """frontdesk's storage: conversation history in SQL. The only package that imports SQLAlchemy."""
 
-from .models import ConversationStatus, HandoffState, MessageStatus, Rating
+from .models import REFUSED, ConversationStatus, HandoffState, MessageStatus, Rating
 from .store import (
     AwaitingMessage,
     ChunkIn,
@@ -19,6 +19,7 @@ from .store import (
 )
 
 __all__ = [
+    "REFUSED",
     "AwaitingMessage",
     "ChunkIn",
     "ConversationStatus",

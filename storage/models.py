@@ -67,6 +67,12 @@ class MessageStatus(enum.StrEnum):
     replaces it: a stored failure is not a reply."""
 
 
+REFUSED = "refused: "
+"""How the ``error`` of a message admission control refused begins (then the reason: "rate",
+"busy" or "budget"); its ``content`` is what the user was told. Not a turn: stats count it
+apart."""
+
+
 class Base(DeclarativeBase):
     pass
 

@@ -1,7 +1,7 @@
 """Usage figures per platform over a time window: replies per day, active users, latency and time
-to first token (p50, p95), tokens in and out, the error rate, and handoffs to a person (by
-reason, time to the first human answer, share resolved). The replies stream from a server-side
-cursor, so memory stays flat over any window."""
+to first token (p50, p95), tokens in and out, the error rate, messages admission control refused
+(by reason), and handoffs to a person (by reason, time to the first human answer, share
+resolved). The replies stream from a server-side cursor, so memory stays flat over any window."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 
 from .filters import LogFilter, LogQueries
-from .models import Conversation, Handoff, HandoffState, Message, MessageStatus
+from .models import REFUSED, Conversation, Handoff, HandoffState, Message, MessageStatus
 
 STATS_BATCH = 2_000  # replies read a round trip
 
@@ -41,6 +41,9 @@ class PlatformStats:
     first_human_p50_s: float | None
     first_human_p95_s: float | None
     handoffs_resolved: float | None
+    # messages admission control refused in the window, by reason ("rate", "busy", "budget"):
+    # neither turns nor errors
+    refused: dict[str, int]
 
 
 class StatsQueries(LogQueries):
@@ -59,6 +62,7 @@ class StatsQueries(LogQueries):
                 Message.tokens_in,
                 Message.tokens_out,
                 Message.status,
+                Message.error,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .where(Message.role == "assistant", *where)
@@ -85,8 +89,11 @@ class StatsQueries(LogQueries):
         async with self.store.snapshot() as conn:
             result = await conn.stream(replies.execution_options(yield_per=STATS_BATCH))
             async for batch in result.partitions():
-                for platform, at, latency, ttft, t_in, t_out, status in batch:
-                    per[platform].add(at, latency, ttft, t_in, t_out, status)
+                for platform, at, latency, ttft, t_in, t_out, status, error in batch:
+                    if error is not None and error.startswith(REFUSED):
+                        per[platform].refused[error.removeprefix(REFUSED)] += 1
+                    else:
+                        per[platform].add(at, latency, ttft, t_in, t_out, status)
             active = dict((await conn.execute(users)).all())
             for platform, reason, opened, answered, state in await conn.execute(handoffs):
                 per[platform].add_handoff(reason, opened, answered, state)
@@ -104,6 +111,7 @@ class _Figures:
         self.handoffs: dict[str, int] = defaultdict(int)
         self.first_human: list[float] = []
         self.resolved = 0
+        self.refused: dict[str, int] = defaultdict(int)
 
     def add_handoff(
         self, reason: str, opened: datetime, answered: datetime | None, state: str
@@ -154,6 +162,7 @@ class _Figures:
             first_human_p50_s=p50h,
             first_human_p95_s=p95h,
             handoffs_resolved=self.resolved / opened if opened else None,
+            refused=dict(sorted(self.refused.items())),
         )
 
 

@@ -1,5 +1,5 @@
 """`frontdesk stats`: per platform, turns per day, active users, latency and time to first token,
-tokens, the error rate, and handoffs to a person."""
+tokens, the error rate, messages admission control refused, and handoffs to a person."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def stats(
     platform: PlatformOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Turns per day, active users, latency and time to first token, tokens, error rate."""
+    """Turns per day, active users, latency and time to first token, tokens, error rate,
+    messages refused by admission control."""
     filt = log_filter(platform, None, since, None)
 
     async def go() -> list[Any]:
@@ -67,6 +68,16 @@ def stats(
     for d in days:
         per_day.add_row(d, *(str(r.turns_per_day.get(d, 0)) for r in rows))
     out.print(per_day)
+    if any(r.refused for r in rows):
+        refused = Table(
+            "platform", "over FRONTDESK_USER_RATE", "backlog at FRONTDESK_MAX_BACKLOG",
+            "past FRONTDESK_USER_DAILY_TOKENS", title="messages refused by admission control",
+        )  # fmt: skip
+        for r in rows:
+            if r.refused:
+                counts = (r.refused.get(k, 0) for k in ("rate", "busy", "budget"))
+                refused.add_row(plain(r.platform), *(f"{n:,}" for n in counts))
+        out.print(refused)
     if any(r.handoffs for r in rows):
         desk = Table(
             "platform", "handoffs by reason", "first human answer p50/p95 s", "resolved",

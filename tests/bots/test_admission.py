@@ -16,6 +16,7 @@ from frontdesk.engine.queue import make_queue
 from frontdesk.engine.worker import Worker
 from frontdesk.errors import QueueUnavailable
 from frontdesk.wire import InboundMessage
+from tests.storage.test_logs_cli import as_json, invoke
 from tests.support import Pipeline, pipeline
 
 
@@ -55,6 +56,12 @@ async def test_a_user_over_the_rate_is_told_when_to_go_on_and_others_are_not_tou
         if scaled:  # `frontdesk queue status` shows what every gateway refused
             status = await p.queue.status()  # type: ignore[attr-defined]
             assert (status.refused_rate, status.refused_busy) == (2, 0)
+        # and `frontdesk stats` per platform and window: refusals are neither turns nor errors
+        url = p.store.url
+        [row] = await asyncio.to_thread(as_json, url, "stats")
+        assert row["refused"] == {"rate": 2} and row["turns"] == 4 and row["errors"] == 0
+        table = await asyncio.to_thread(invoke, url, "stats")
+        assert table.exit_code == 0 and "refused by admission control" in table.output
 
 
 async def test_a_users_rate_refills_and_is_shared_by_every_gateway(
