@@ -98,6 +98,10 @@ class Channel(Protocol):
     what ``InboundMessage.route`` holds (a chat id, a thread), so that any gateway running it can
     deliver a turn another gateway took. Without it, only its own gateway replies.
 
+    A channel whose users send messages in quick bursts (a chat platform, not a console that
+    waits for each reply) sets ``bursts = True``: its turns wait ``FRONTDESK_BURST_MS``, and a
+    reply that a later message's turn answered for ends with a ``joined`` delta, showing nothing.
+
     A channel whose platform delivers a message again until it is acked sets ``redelivers =
     True``: when the gateway cannot store a message, ``handle`` raises ``NotAccepted`` instead of
     apologising, and the channel leaves the message unacked."""

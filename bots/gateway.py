@@ -404,6 +404,7 @@ class Gateway:
             turn_id=turn_id_of(recorded.message_id),
             route=msg.route() if anywhere else None,
             user=f"{msg.platform}:{msg.user_id}",
+            burst_ms=self.settings.burst_ms if getattr(channel, "bursts", False) else 0,
         )
         if turn.turn_id in self._pending:
             return None  # a retry of a message whose reply is on its way here

@@ -122,12 +122,18 @@ class _Coalescer:
             self._buffer, self._buffered = [text], len(text)
         await self._flush(done=True, error=error)
 
-    async def _flush(self, *, done: bool, error: str | None = None) -> None:
+    async def join(self) -> None:
+        """End the reply with nothing shown: a later message's turn answers for this one."""
+        await self._flush(done=True, joined=True)
+
+    async def _flush(self, *, done: bool, error: str | None = None, joined: bool = False) -> None:
         text = "".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
         route = self._route if self._seq == 0 else None
-        delta = ReplyDelta(self._turn_id, self._seq, text, done, error, self._attempt, route)
+        delta = ReplyDelta(
+            self._turn_id, self._seq, text, done, error, self._attempt, route, joined=joined
+        )
         await self._send(delta)
         self._seq += 1
         self.sent_text = self.sent_text or bool(text)
@@ -166,6 +172,7 @@ class Worker:
         self._fenced: set[str] = set()  # held entries another worker has taken over
         self._waiting_since: dict[str, float] = {}  # entry id -> when it started waiting
         self._waiting: set[str] = set()  # held entries waiting for their turn in order
+        self._gathering: set[str] = set()  # of those, waiting out FRONTDESK_BURST_MS (_gather)
         self._drainers: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._stopping = False
@@ -214,9 +221,11 @@ class Worker:
         backoff = Backoff()
         while not self._stopping:
             # Turns waiting for an earlier message take no slot (so reclaims go on meanwhile),
-            # within a cap on what one worker holds
+            # within a cap on what one worker holds; those waiting out a burst (as many as come
+            # in FRONTDESK_BURST_MS) are not capped: each will soon be answered or joined
             active = len(self._held) - len(self._waiting)
-            room = min(self.concurrency - active, HELD_CAP * self.concurrency - len(self._held))
+            holding = len(self._held) - len(self._gathering)
+            room = min(self.concurrency - active, HELD_CAP * self.concurrency - holding)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -319,6 +328,7 @@ class Worker:
             while backlog:
                 delivery = backlog[0]  # the oldest message: a newer one never overtakes it
                 try:
+                    await self._gather(delivery)
                     finished = await self._process(delivery)
                 except BaseException:
                     backlog.remove(delivery)
@@ -335,6 +345,24 @@ class Worker:
             for delivery in backlog:
                 self._forget(delivery)
             del self._backlogs[conversation_id]
+
+    async def _gather(self, delivery: Delivery) -> None:
+        """``FRONTDESK_BURST_MS``: wait, taking no slot, until the turn's message is that old, so
+        that the user's quick follow-ups are stored by the time it starts (``_answer`` then
+        lets the last of them answer for all)."""
+        turn = delivery.turn
+        assert turn is not None
+        wait = turn.burst_ms / 1000 - (time.time() - turn.enqueued_at)
+        if wait <= 0:
+            return
+        self._waiting.add(delivery.entry_id)
+        self._gathering.add(delivery.entry_id)
+        self._room.set()
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._waiting.discard(delivery.entry_id)
+            self._gathering.discard(delivery.entry_id)
 
     def _forget(self, delivery: Delivery) -> None:
         self._held.pop(delivery.entry_id, None)
@@ -417,12 +445,27 @@ class Worker:
             self.turns_done += 1
         return True
 
+    async def _joins_later(self, turn: Turn) -> bool:
+        """Whether a later message of the same author in the conversation awaits its reply:
+        its turn answers this one's too (a question split over quick messages)."""
+        if not turn.burst_ms or not turn.user or turn.revived:
+            return False
+        _platform, _, user_id = turn.user.partition(":")
+        return await self.store.awaits_later(turn.conversation_id, turn.message_id, user_id)
+
     async def _answer(self, delivery: Delivery, turn: Turn) -> bool:
         """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it,
         ``_Wait`` to wait for an earlier message, ``Fenced`` when another worker took it."""
         existing, history = await self.store.turn_context(
             turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
+        if existing is None and await self._joins_later(turn):
+            await self.store.mark_answered(turn.message_id)
+            out = _Coalescer(turn.turn_id, turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries,
+                             self._sender(turn.gateway, delivery.entry_id), 0, 1, None)  # fmt: skip
+            await out.join()
+            log.info("turn %s joins a later message's turn (FRONTDESK_BURST_MS)", turn.turn_id)
+            return True
         # Several workers: a turn waits for the earlier messages of its conversation to have
         # their replies (one worker alone takes a conversation's turns in order anyway)
         earlier = self.queue.shared_by_workers and any(

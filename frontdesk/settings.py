@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_backlog: int | None = Field(None, ge=1)
     # tokens (prompt and reply) a user's turns may spend in a UTC day; None: no budget
     user_daily_tokens: int | None = Field(None, ge=1)
+    # a turn (on a chat platform) starts once its message is this old, and a message that came
+    # after it by then takes it over: a question split over quick messages gets one answer. 0: off
+    burst_ms: int = Field(1500, ge=0, le=60_000)
 
     queue_prefix: str = "frontdesk"
     queue_maxlen: int = Field(100_000, ge=100)

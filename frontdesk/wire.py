@@ -100,6 +100,9 @@ class Turn:
     # "platform:user id" of the message's author, whose tokens the turn spends
     # (FRONTDESK_USER_DAILY_TOKENS); None for a turn the sweep queued again
     user: str | None = None
+    # FRONTDESK_BURST_MS: the turn starts once its message is this old, and joins a later
+    # message's turn if one came meanwhile; 0 (a console's, a swept turn's): at once
+    burst_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,9 @@ class ReplyDelta:
     error: str | None = None
     attempt: int = 1
     route: dict[str, Any] | None = None
+    # the turn joined a later message's (FRONTDESK_BURST_MS): its reply is that one's, and this
+    # one shows nothing
+    joined: bool = False
     restart: bool = field(default=False, metadata={"wire": False})  # the gateway's, never sent
 
 

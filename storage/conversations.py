@@ -385,6 +385,16 @@ class Conversations(Database):
             )
         return int(found or 0)
 
+    async def awaits_later(self, conversation_id: int, message_id: int, user_id: str) -> bool:
+        """Whether a message of ``user_id`` after ``message_id`` in the conversation awaits its
+        reply (FRONTDESK_BURST_MS: its turn answers both)."""
+        async with self.connect() as conn:
+            found = await conn.scalar(
+                _LATER_AWAITING,
+                {"conversation_id": conversation_id, "message_id": message_id, "user_id": user_id},
+            )
+        return found is not None
+
     async def mark_answered(self, message_id: int) -> None:
         """The message has its reply (found stored on a redelivery): it awaits nothing more."""
         async with self.connect() as conn:
@@ -553,6 +563,17 @@ _SELECT_AWAITING = (
     .where(Message.reply_route.is_not(None), Message.created_at < bindparam("older_than"))
     .order_by(Message.created_at)
     .limit(bindparam("limit"))
+)
+_LATER_AWAITING = (
+    select(Message.id)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        Message.id > bindparam("message_id"),
+        Message.role == "user",
+        Message.user_id == bindparam("user_id"),
+        Message.reply_route.is_not(None),
+    )
+    .limit(1)
 )
 _ANSWERED = (
     update(Message)

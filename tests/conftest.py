@@ -172,6 +172,9 @@ def make_settings(tmp_path: Path) -> Iterator[type[Settings]]:
 
     def build(**values: object) -> Settings:
         values.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path / 'fd.db'}")
+        # Off unless a test is about it: with FRONTDESK_BURST_MS on, each turn waits 1.5 s, and
+        # quick messages share one reply (tests/bots/test_bursts.py)
+        values.setdefault("burst_ms", 0)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     yield build  # type: ignore[misc]

@@ -114,6 +114,7 @@ class _AckingApp(AsyncApp):
 class SlackChannel(SlackNames, SlackDesk):
     name = "slack"
     replies_from_any_gateway = True  # a channel and a thread ts are all a reply needs
+    bursts = True  # users split a question over quick messages (FRONTDESK_BURST_MS)
     redelivers = True  # an event not acked (storage down) comes again: 1 min, then 5 min
 
     def __init__(self, settings: Settings) -> None:

@@ -170,6 +170,7 @@ class LiveReply:
         self.finished = asyncio.Event()
         self.changed = asyncio.Event()
         self.error = False  # the reply ended in an apology
+        self.joined = False  # a later message's turn answers for this one (FRONTDESK_BURST_MS)
 
     async def run(self, reply: ReplyStream) -> None:
         self.reply = reply
@@ -179,11 +180,15 @@ class LiveReply:
         budget.streaming += 1
         reader = asyncio.create_task(self._read(reply))
         try:
-            if not self.shown:
-                await self._wait(PLACEHOLDER_AFTER_S)
+            if not self.shown:  # a turn starts FRONTDESK_BURST_MS after its message
+                await self._wait(PLACEHOLDER_AFTER_S + self.slack.settings.burst_ms / 1000)
             while True:
                 final = self.finished.is_set()
                 self.changed.clear()
+                if final and self.joined:  # a later message's reply answers this one
+                    for shown in self.shown:
+                        await self.slack.delete(self.where, shown.ts)
+                    return
                 await self._show(final)
                 if final:
                     return
@@ -201,6 +206,7 @@ class LiveReply:
         async for delta in reply:
             self.text = delta.text if delta.restart else self.text + delta.text
             if delta.done:
+                self.joined = delta.joined
                 if delta.error:
                     self.error = True
                     body = self.text.rstrip()

@@ -56,6 +56,7 @@ COMMANDS = [
 class TelegramChannel(TelegramDesk):
     name = "telegram"
     replies_from_any_gateway = True  # a chat id is all a reply needs
+    bursts = True  # users split a question over quick messages (FRONTDESK_BURST_MS)
     # A message that cannot be stored is not acked: its webhook call gets a 503 (Telegram sends
     # it again), and polling takes no later update until it is stored
     redelivers = True

@@ -68,6 +68,8 @@ class LiveReply:
         try:
             async for delta in reply:
                 text = delta.text if delta.restart else text + delta.text
+                if delta.done and delta.joined:  # a later message's reply answers this one
+                    return
                 if delta.done:
                     if delta.error:
                         text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error

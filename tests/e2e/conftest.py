@@ -25,6 +25,7 @@ async def env(redis_url: str, queue_prefix: str, pg_fresh: str) -> AsyncIterator
         "FRONTDESK_SWEEP_AFTER_S": "3",
         "FRONTDESK_SHUTDOWN_GRACE_S": "1",
         "FRONTDESK_STREAM_FLUSH_MS": "50",
+        "FRONTDESK_BURST_MS": "0",  # each message its own reply (test_bursts.py has the default)
     }
     done = await asyncio.to_thread(
         subprocess.run, [*CLI, "db", "upgrade"], env=values, capture_output=True, timeout=60
