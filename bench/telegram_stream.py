@@ -8,7 +8,12 @@ tests/fakes with its rate limits on (one message or edit a second per chat, 429 
 Prints the 429s received (target 0), the p50 and p99 time from the engine's last token to the
 final edit the user sees (target p99 <= 2 s), and the edits per reply.
 
-Usage: python bench/telegram_stream.py [--chats 50] [--edit-interval 1.5]
+With --gateways 1 3, the run is repeated with that many gateways (in this process, each with its
+own queue connection and python-telegram-bot client), in webhook mode so that each takes its share
+of the chats, and the p99 with the most gateways is printed as a ratio of the p99 with the fewest
+(target <= 1.2x, and 0 429s at each).
+
+Usage: python bench/telegram_stream.py [--chats 50] [--edit-interval 1.5] [--gateways 1 3]
 Needs Redis on 127.0.0.1. Run from the repository root (it imports the stand-in from tests/).
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import statistics
 import sys
 import tempfile
@@ -29,7 +35,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import pct
+from common import free_port, pct
 
 from frontdesk.bots import Gateway
 from frontdesk.bots.telegram import TelegramChannel
@@ -63,51 +69,60 @@ class PacedBackend(FixedReplyBackend):
         yield Chunk("", Usage(prompt.n_tokens, len(words), "stop"))
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chats", type=int, default=50)
-    parser.add_argument("--edit-interval", type=float, default=1.5)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args()
-
+async def run(args: argparse.Namespace, gateways: int, webhook: bool) -> dict[str, float]:
     prefix = f"fdbench-tg:{uuid.uuid4().hex[:8]}"
     backend = PacedBackend()
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeTelegram(rate_limits=True) as fake, contextlib.AsyncExitStack() as stack:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                database_url=f"sqlite+aiosqlite:///{tmp}/bench.db",
-                redis_url=args.redis,
-                queue_prefix=prefix,
-                worker_concurrency=args.chats,
-                max_new_tokens=2000,
-                telegram_token=fake.token,
-                telegram_api_url=fake.base_url,
-                telegram_edit_interval=args.edit_interval,
-            )
+            ports = [free_port() for _ in range(gateways)]
+            common = {
+                "_env_file": None,
+                "database_url": f"sqlite+aiosqlite:///{tmp}/bench.db",
+                "redis_url": args.redis,
+                "queue_prefix": prefix,
+                "worker_concurrency": args.chats,
+                "max_new_tokens": 2000,
+                "telegram_token": fake.token,
+                "telegram_api_url": fake.base_url,
+                "telegram_edit_interval": args.edit_interval,
+            }
+            settings = Settings(**common)  # type: ignore[arg-type]
             store = Store(settings.database_url)
             await store.start(migrate=True)
             stack.push_async_callback(store.stop)
-            queues = [RedisQueue(args.redis, consumer=n, prefix=prefix) for n in ("gw", "wk")]
-            for q in queues:
-                await q.start()
-                stack.push_async_callback(q.stop)
-            worker = Worker(settings, queues[1], store, backend)
+            worker_queue = RedisQueue(args.redis, consumer="wk", prefix=prefix)
+            await worker_queue.start()
+            stack.push_async_callback(worker_queue.stop)
+            worker = Worker(settings, worker_queue, store, backend)
             await worker.start()
             stack.push_async_callback(worker.stop)
-            channel = TelegramChannel(settings)
-            gateway = Gateway(settings, queues[0], store, [channel])
-            await gateway.start()
-            stack.push_async_callback(gateway.stop)
+            running = []
+            for n, port in enumerate(ports):  # in webhook mode, behind a load balancer
+                hook = {"telegram_webhook_url": f"http://127.0.0.1:{port}/hook"} if webhook else {}
+                own = Settings(**common, gateway_id=f"gw{n}", http_port=port, **hook)  # type: ignore[arg-type]
+                queue = RedisQueue(args.redis, consumer=f"gw{n}", prefix=prefix)
+                await queue.start()
+                stack.push_async_callback(queue.stop)
+                gateway = Gateway(own, queue, store, [TelegramChannel(own)])
+                await gateway.start()
+                stack.push_async_callback(gateway.stop)
+                running.append(gateway)
 
             started = time.monotonic()
             chats = [10_000 + n for n in range(args.chats)]
-            for n, chat in enumerate(chats):
-                fake.private_message(f"Question from chat {n} ", user_id=chat)
+            updates = [fake.private_message(f"Question from chat {n} ", user_id=chat)
+                       for n, chat in enumerate(chats)]  # fmt: skip
+            if webhook:
+                secret = hashlib.sha256(fake.token.encode()).hexdigest()
+                await asyncio.gather(*(
+                    fake.post_webhook(u, secret=secret, url=f"http://127.0.0.1:{ports[n % gateways]}/hook")
+                    for n, u in enumerate(updates)
+                ))  # fmt: skip
             await fake.wait_for(
-                lambda f: len(backend.last_token_at) == len(chats) and gateway.pending == 0,
+                lambda f: len(backend.last_token_at) == len(chats)
+                and all(g.pending == 0 for g in running),
                 timeout=300,
-            )
+            )  # fmt: skip
             elapsed = time.monotonic() - started
 
     client = aioredis.from_url(args.redis)
@@ -126,21 +141,51 @@ async def main() -> None:
         delays.append(shown[-1].at - backend.last_token_at[str(n)])
         edits.append(sum(c.method == "editMessageText" for c in shown))
         complete += fake.messages_in(chat)[-1]["text"] == REPLY.strip()
+    return {
+        "429": fake.count_429(),
+        "p50": pct(delays, 50),
+        "p99": pct(delays, 99),
+        "edits": statistics.mean(edits),
+        "edits_min": min(edits),
+        "edits_max": max(edits),
+        "complete": complete,
+        "elapsed": elapsed,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chats", type=int, default=50)
+    parser.add_argument("--edit-interval", type=float, default=1.5)
+    parser.add_argument("--gateways", type=int, nargs="+", default=[1])
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    webhook = args.gateways != [1]  # comparing counts: every run in webhook mode
     print(
         f"telegram streaming: {args.chats} chats at once, a {len(REPLY)}-character reply each "
-        f"streamed over ~{len(REPLY.split()) * 0.02:.0f} s, edit interval {args.edit_interval} s"
-    )
-    print(f"429s received:                        {fake.count_429()}  (target 0)")
-    print(
-        f"last token -> final edit, p50 / p99:  {pct(delays, 50):.2f} s / {pct(delays, 99):.2f} s"
-        "  (target p99 <= 2 s)"
+        f"streamed over ~{len(REPLY.split()) * 0.02:.0f} s, edit interval {args.edit_interval} s, "
+        f"{'webhook' if webhook else 'long polling'}; targets: 0 429s, last token -> final edit "
+        "p99 <= 2 s"
     )
     print(
-        f"edits per reply, mean (min-max):      {statistics.mean(edits):.1f} "
-        f"({min(edits)}-{max(edits)})"
+        "| gateways | 429s | last token -> final edit p50 / p99 s | edits per reply, mean "
+        "(min-max) | exact replies | wall s |"
     )
-    print(f"replies complete and exact:           {complete}/{len(chats)}")
-    print(f"wall time:                            {elapsed:.1f} s")
+    print("|---|---|---|---|---|---|")
+    p99s = {}
+    for gateways in args.gateways:
+        r = await run(args, gateways, webhook)
+        p99s[gateways] = r["p99"]
+        print(
+            f"| {gateways} | {r['429']} | {r['p50']:.2f} / {r['p99']:.2f} "
+            f"| {r['edits']:.1f} ({r['edits_min']}-{r['edits_max']}) "
+            f"| {r['complete']}/{args.chats} | {r['elapsed']:.1f} |"
+        )
+    if len(p99s) > 1:
+        one, most = p99s[min(p99s)], p99s[max(p99s)]
+        print(
+            f"p99 with {max(p99s)} gateways / with {min(p99s)}: {most / one:.2f}x (target <= 1.2x)"
+        )
 
 
 if __name__ == "__main__":
