@@ -12,7 +12,11 @@ Prints, per spread of channels: the 429s received (target 0), the ack latency p5
 p99 <= 300 ms), the p50 / p99 time from the engine's last token to the final update the user
 sees (target p99 <= 2 s), and the updates per reply.
 
-Usage: python bench/slack_stream.py [--threads 50] [--channels 50 10 1]
+With --gateways 1 3, each spread runs once per number of `frontdesk gateway` processes, the
+events posted to them in turn (as a load balancer would), and the p99 with the most gateways is
+printed as a ratio of the p99 with the fewest (target <= 1.2x, and 0 429s at each).
+
+Usage: python bench/slack_stream.py [--threads 50] [--channels 50 10 1] [--gateways 1 3]
 Needs Redis and PostgreSQL on 127.0.0.1. Run from the repository root (it imports the stand-in from tests/).
 """
 
@@ -122,7 +126,9 @@ async def send(url: str, secret: str) -> None:
     print(json.dumps(acks))
 
 
-async def run(threads: int, channels: int, redis_url: str, admin_dsn: str) -> dict[str, float]:
+async def run(
+    threads: int, channels: int, gateways: int, redis_url: str, admin_dsn: str
+) -> dict[str, float]:
     prefix = f"fdbench-slack:{uuid.uuid4().hex[:8]}"
     backend = PacedBackend()
     final_text = to_mrkdwn(REPLY)
@@ -131,7 +137,6 @@ async def run(threads: int, channels: int, redis_url: str, admin_dsn: str) -> di
         FakeSlack(rate_limits=True) as fake,
         contextlib.AsyncExitStack() as stack,
     ):
-        port = free_port()
         values = {
             "database_url": database_url,
             "redis_url": redis_url,
@@ -139,7 +144,6 @@ async def run(threads: int, channels: int, redis_url: str, admin_dsn: str) -> di
             "slack_bot_token": fake.bot_token,
             "slack_signing_secret": fake.signing_secret,
             "slack_api_url": fake.base_url,
-            "http_port": str(port),
         }
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
@@ -158,8 +162,16 @@ async def run(threads: int, channels: int, redis_url: str, admin_dsn: str) -> di
         stack.push_async_callback(worker.stop)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")}
         env.update({f"FRONTDESK_{k.upper()}": v for k, v in values.items()})
-        gateway = await start_gateway(env, port)
-        url = f"http://127.0.0.1:{port}/slack/events"
+        ports = [free_port() for _ in range(gateways)]
+        procs = []
+        for n, port in enumerate(ports):  # gateways behind a load balancer: one app, one budget
+            gateway_env = {
+                **env,
+                "FRONTDESK_HTTP_PORT": str(port),
+                "FRONTDESK_GATEWAY_ID": f"gw{n}",
+            }
+            procs.append(await start_gateway(gateway_env, port))
+        urls = [f"http://127.0.0.1:{port}/slack/events" for port in ports]
 
         events = []
         for n in range(threads):
@@ -169,7 +181,11 @@ async def run(threads: int, channels: int, redis_url: str, admin_dsn: str) -> di
             events.append(fake.mention(f"Question from thread {n} ", user=user, channel=where))
         started = time.monotonic()
         try:
-            acks = await post_all(url, fake.signing_secret, events)
+            spread = await asyncio.gather(*(
+                post_all(url, fake.signing_secret, events[n::gateways])
+                for n, url in enumerate(urls)
+            ))  # fmt: skip
+            acks = [ack for part in spread for ack in part]
 
             def answered(f: FakeSlack) -> bool:
                 return all(
@@ -184,8 +200,10 @@ async def run(threads: int, channels: int, redis_url: str, admin_dsn: str) -> di
             elapsed = time.monotonic() - started
             await asyncio.sleep(1.0)  # anything more (a second reply) would show up by now
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(gateway.wait(), 30)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                await asyncio.wait_for(proc.wait(), 30)
 
     client = aioredis.from_url(redis_url)
     await client.delete(*[k async for k in client.scan_iter(match=f"{prefix}:*")])
@@ -230,6 +248,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=50)
     parser.add_argument("--channels", type=int, nargs="+", default=[50, 10, 1])
+    parser.add_argument(
+        "--gateways",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="gateway processes sharing the events (each count a run)",
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
@@ -239,18 +264,28 @@ async def main() -> None:
         "last token -> final update p99 <= 2 s"
     )
     print(
-        "| channels | 429s | ack p50 / p99 ms | last token -> final update p50 / p99 s "
+        "| channels | gateways | 429s | ack p50 / p99 ms | last token -> final update p50 / p99 s "
         "| updates per reply, mean (max) | exact replies | wall s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for channels in args.channels:
-        r = await run(args.threads, channels, args.redis, args.postgres)
-        print(
-            f"| {channels} | {r['429']} | {r['ack_p50'] * 1000:.0f} / {r['ack_p99'] * 1000:.0f} "
-            f"| {r['final_p50']:.2f} / {r['final_p99']:.2f} "
-            f"| {r['updates']:.1f} ({r['updates_max']}) | {r['complete']}/{args.threads} "
-            f"| {r['elapsed']:.1f} |"
-        )
+        p99s = {}
+        for gateways in args.gateways:
+            r = await run(args.threads, channels, gateways, args.redis, args.postgres)
+            p99s[gateways] = r["final_p99"]
+            print(
+                f"| {channels} | {gateways} | {r['429']} "
+                f"| {r['ack_p50'] * 1000:.0f} / {r['ack_p99'] * 1000:.0f} "
+                f"| {r['final_p50']:.2f} / {r['final_p99']:.2f} "
+                f"| {r['updates']:.1f} ({r['updates_max']}) | {r['complete']}/{args.threads} "
+                f"| {r['elapsed']:.1f} |"
+            )
+        if len(p99s) > 1:
+            one, most = p99s[min(p99s)], p99s[max(p99s)]
+            print(
+                f"|   | p99 with {max(p99s)} gateways / with {min(p99s)}: "
+                f"{most / one:.2f}x (target <= 1.2x) |||||||"
+            )
 
 
 if __name__ == "__main__":

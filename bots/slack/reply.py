@@ -59,7 +59,7 @@ class UpdateBudget:
 
     def __init__(self, per_minute: int) -> None:
         self.limit = per_minute
-        self.streaming = 0  # replies that still owe a final update
+        self.streaming = 0  # replies that still owe a final update (opened, not closed)
         self._sent: deque[list[float]] = deque()  # [time] of each update in the window
         self._held_until = 0.0
 
@@ -67,6 +67,13 @@ class UpdateBudget:
         while self._sent and now - self._sent[0][0] >= WINDOW_S:
             self._sent.popleft()
         return self.limit - len(self._sent)
+
+    def opened(self) -> None:
+        """A reply began streaming: it owes a final update."""
+        self.streaming += 1
+
+    def closed(self) -> None:
+        self.streaming -= 1
 
     def interim_room(self) -> bool:
         """Whether an interim update would be granted now."""
@@ -109,21 +116,47 @@ class SharedUpdateBudget(UpdateBudget):
         super().__init__(per_minute)
         self.queue, self.place, self.owner = queue, place, owner
         self._refused_until = 0.0
+        self._telling: asyncio.Task[None] | None = None  # saying what this gateway owes
+        self._tell_again = False
 
     def interim_room(self) -> bool:
         now = time.monotonic()
         return now >= self._held_until and now >= self._refused_until
 
-    async def _ask(self, final: bool) -> float | None:
+    async def _ask(self, kind: str) -> float | None:
         return await self.queue.budget(
-            self.place, self.limit, WINDOW_S, self.owner, self.streaming, final=final
+            self.place, self.limit, WINDOW_S, self.owner, self.streaming, kind=kind
         )
+
+    def opened(self) -> None:
+        super().opened()
+        self._tell()
+
+    def closed(self) -> None:
+        super().closed()
+        self._tell()
+
+    def _tell(self) -> None:
+        """Say what this gateway owes now, before its first update asks: the other gateways'
+        interim updates must leave room for its replies' finals too."""
+        if self._telling is None or self._telling.done():
+            self._telling = asyncio.create_task(self._say_owed())
+        else:
+            self._tell_again = True
+
+    async def _say_owed(self) -> None:
+        while True:
+            self._tell_again = False
+            with contextlib.suppress(QueueUnavailable):
+                await self._ask("owed")
+            if not self._tell_again:
+                return
 
     async def try_interim(self) -> list[float] | None:
         if not self.interim_room():
             return None
         try:
-            wait = await self._ask(final=False)
+            wait = await self._ask("interim")
         except QueueUnavailable:
             return await super().try_interim()
         if wait is None:
@@ -134,7 +167,7 @@ class SharedUpdateBudget(UpdateBudget):
     async def final(self) -> list[float]:
         while True:
             try:
-                wait = await self._ask(final=True)
+                wait = await self._ask("final")
             except QueueUnavailable:
                 return await super().final()
             if not wait:
@@ -177,7 +210,7 @@ class LiveReply:
         # a resumed reply: the messages posted for it before are updated to the whole text
         self.shown = [_Shown(ts, "", at=0.0) for ts in reply.posted]
         budget = self.slack.budget
-        budget.streaming += 1
+        budget.opened()
         reader = asyncio.create_task(self._read(reply))
         try:
             if not self.shown:  # a turn starts FRONTDESK_BURST_MS after its message
@@ -195,7 +228,7 @@ class LiveReply:
                 await self._wait(self.interval)
                 await self.changed.wait()
         finally:
-            budget.streaming -= 1
+            budget.closed()
             reader.cancel()
 
     async def _note_posted(self) -> None:

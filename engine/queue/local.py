@@ -158,7 +158,7 @@ class LocalQueue:
         return 0.0  # one gateway: its channels pace their own calls
 
     async def budget(
-        self, place: str, limit: int, window_s: float, owner: str, owed: int, *, final: bool
+        self, place: str, limit: int, window_s: float, owner: str, owed: int, *, kind: str
     ) -> float | None:
         return 0.0  # one gateway: its channels keep their own budgets
 

@@ -154,10 +154,10 @@ return at - now
 # A budget of ARGV[1] calls in any ARGV[2] ms (Slack's Tier 3 chat.update), shared by every
 # gateway: KEYS[1] a sorted set of the calls granted in the window (score: ms), KEYS[2] a hash of
 # each owner's calls still owed ("<count>:<ms it holds until>") and 'held', the ms every call
-# waits for after a 429. Owner ARGV[3] owes ARGV[4] final calls; ARGV[5] is 1 for a final call,
-# which is granted while there is room, else 0 for an interim one, granted only while the room
-# left covers what every owner owes. Returns 0 (granted, counted as ARGV[6]), the ms to wait
-# (a final call), or -1 (an interim call refused).
+# waits for after a 429. Owner ARGV[3] owes ARGV[4] final calls; ARGV[5] is 'final' for a final
+# call, granted while there is room; 'interim' for one granted only while the room left covers
+# what every owner owes; 'owed' to only say what it owes. Returns 0 (granted, counted as
+# ARGV[6]), the ms to wait (a final call), or -1 (an interim call refused).
 _BUDGET = """
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -167,7 +167,9 @@ redis.call('HSET', KEYS[2], ARGV[3], ARGV[4] .. ':' .. (now + window))
 local result
 local held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
 local room = limit - redis.call('ZCARD', KEYS[1])
-if ARGV[5] == '1' then
+if ARGV[5] == 'owed' then
+  result = 1
+elseif ARGV[5] == 'final' then
   if held > now then
     result = held - now
   elseif room > 0 then
@@ -596,15 +598,15 @@ class RedisQueue(QueueAdmin):
         return int(wait_ms) / 1000
 
     async def budget(
-        self, place: str, limit: int, window_s: float, owner: str, owed: int, *, final: bool
+        self, place: str, limit: int, window_s: float, owner: str, owed: int, *, kind: str
     ) -> float | None:
         """A call of ``place``'s budget (``limit`` in any ``window_s``), shared by every
-        gateway: 0 when granted; else, for a ``final`` call, the seconds until there is room,
-        and for an interim one None (refused: the room is kept for the finals every owner
-        ``owed``)."""
+        gateway, whose ``owner`` owes ``owed`` final calls. ``kind`` "final": 0 when granted,
+        else the seconds until there is room; "interim": 0, or None when refused (the room is
+        kept for the finals every owner owes); "owed": only says what ``owner`` owes."""
         keys = [self.limit_prefix + place, self.limit_prefix + place + ":owed"]
         call = f"{owner}:{next(self._budget_calls)}"
-        args: list[str | int] = [limit, math.ceil(window_s * 1000), owner, owed, int(final), call]
+        args: list[str | int] = [limit, math.ceil(window_s * 1000), owner, owed, kind, call]
         async with _unavailable("take from a budget"):
             wait_ms = int(await self._budget(keys=keys, args=args))
         return None if wait_ms < 0 else wait_ms / 1000
