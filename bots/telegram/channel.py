@@ -84,6 +84,8 @@ class TelegramChannel(TelegramDesk):
         self._polling: asyncio.Task[None] | None = None
         self._offset: int | None = None  # polling: the next update to take
         self._lease_trouble = False  # the poller lease could not be reached (logged once)
+        self._held_until = 0.0  # this term's lease holds until then, as last renewed
+        self._renewed = asyncio.Event()  # set at each renewal that found this term's token
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TelegramChannel | None:
@@ -155,8 +157,10 @@ class TelegramChannel(TelegramDesk):
         dies another gateway, trying as often, polls within ``POLL_LEASE_MS`` + ``POLL_RENEW_S``.
         Two pollers would get Telegram's 409 "terminated by other getUpdates request".
 
-        Each term has its fencing token: a poller that cannot renew its lease (another took it,
-        or Redis was out of reach for the lease's whole life) stops before its next call."""
+        Each term has its fencing token. No getUpdates call is made unless the last renewal
+        that found this term's token leaves the lease more than a renewal period to run; a
+        poller that finds another token (it stalled past the lease, and another took over),
+        or cannot reach Redis until that margin, ends its term before its next call."""
         role = f"telegram:poller:{self.bot_id}"
         try:
             while True:
@@ -173,8 +177,8 @@ class TelegramChannel(TelegramDesk):
     async def _poll_term(self, role: str, owner: str, token: int) -> bool:
         """Poll while the lease with ``token`` holds. Returns when it is lost (True: try for
         another term) or when polling cannot go on at all (False)."""
+        self._held_until = time.monotonic() + POLL_LEASE_MS / 1000
         fetching = asyncio.create_task(self._fetch())
-        held_until = time.monotonic() + POLL_LEASE_MS / 1000
         try:
             while True:
                 done, _ = await asyncio.wait({fetching}, timeout=POLL_RENEW_S)
@@ -183,18 +187,23 @@ class TelegramChannel(TelegramDesk):
                 asked = time.monotonic()
                 held = await self._hold(role, owner)
                 if held == token:
-                    held_until = asked + POLL_LEASE_MS / 1000
-                elif held >= 0 or time.monotonic() >= held_until - POLL_RENEW_S:
+                    self._held_until = asked + POLL_LEASE_MS / 1000
+                    self._renewed.set()
+                elif held >= 0 or not self._still_held():
                     # another holds it, or it may lapse before Redis answers again
                     log.warning("telegram: this gateway's polling term %d is over", token)
                     return True
         except asyncio.CancelledError:  # the gateway stops
             await cancel_and_wait([fetching])
-            if time.monotonic() < held_until - POLL_RENEW_S:
+            if self._still_held():
                 await self._confirm()
             raise
         finally:
             await cancel_and_wait([fetching])
+
+    def _still_held(self) -> bool:
+        """Whether this term's lease is known to hold a renewal period longer at least."""
+        return time.monotonic() < self._held_until - POLL_RENEW_S
 
     async def _confirm(self) -> None:
         """Confirm the updates taken, so the next poller does not get them again (it would
@@ -237,6 +246,9 @@ class TelegramChannel(TelegramDesk):
         cleared = False
         backoff = Backoff(first_s=0.5, cap_s=10.0)
         while True:
+            while not self._still_held():  # the fence: _poll_term renews it or ends the term
+                self._renewed.clear()
+                await self._renewed.wait()
             try:
                 if not cleared:  # a webhook and getUpdates exclude each other
                     cleared = await bot.delete_webhook()
