@@ -43,7 +43,7 @@ class SlackApi:
     _post_locks: defaultdict[str, asyncio.Lock]
     team_id: str
     # scaled mode: reserves a place's next moment among every gateway's calls (TurnQueue.slot)
-    shared_slot: Callable[[str, float, float], Awaitable[float]] | None = None
+    shared_slot: Callable[[list[tuple[str, float, float]]], Awaitable[float]] | None = None
 
     async def post(
         self, channel: str, thread_ts: str, text: str, *, blocks: list[Any] | None = None
@@ -87,7 +87,7 @@ class SlackApi:
         if self.shared_slot is None:
             return
         try:
-            wait = await self.shared_slot(place, gap_s, SHARED_MARGIN_S)
+            wait = await self.shared_slot([(place, gap_s, SHARED_MARGIN_S)])
         except QueueUnavailable as exc:
             log.warning("cannot pace %s with the other gateways: %s", place, exc)
             return

@@ -60,8 +60,9 @@ class TelegramApi:
     app: Application[Any, Any, Any, Any, Any, Any] | None
     retries_after_429: int
     _last_call: dict[int, float]  # chat id -> when it was last sent to
-    # scaled mode: reserves a place's next moment among every gateway's calls (TurnQueue.slot)
-    shared_slot: Callable[[str, float, float], Awaitable[float]] | None = None
+    # scaled mode: reserves the next moment of the chat and of the bot among every gateway's
+    # calls, in one round trip (TurnQueue.slot)
+    shared_slot: Callable[[list[tuple[str, float, float]]], Awaitable[float]] | None = None
     bot_id: int
 
     @property
@@ -120,22 +121,15 @@ class TelegramApi:
         if ready > now:
             await asyncio.sleep(ready - now)
         if self.shared_slot is not None:  # among every gateway's calls: the chat's, the bot's
-            wait = await self._shared_pace(f"telegram:chat:{chat.id}", gap, SHARED_MARGIN_S)
+            places = [(f"telegram:chat:{chat.id}", gap, SHARED_MARGIN_S),
+                      (f"telegram:bot:{self.bot_id}", BOT_GAP_S, 0.0)]  # fmt: skip
+            try:
+                wait = await self.shared_slot(places)
+            except QueueUnavailable as exc:
+                log.warning("cannot pace chat %s with the other gateways: %s", chat.id, exc)
+                wait = 0.0
             if wait > 0:
                 await asyncio.sleep(wait)
-            wait = await self._shared_pace(f"telegram:bot:{self.bot_id}", BOT_GAP_S, 0.0)
-            if wait > 0:
-                await asyncio.sleep(wait)
-
-    async def _shared_pace(self, place: str, gap: float, margin: float) -> float:
-        """The seconds to ``place``'s next moment among every gateway's calls (Redis out of
-        reach: 0, and this gateway's own pacing alone)."""
-        assert self.shared_slot is not None
-        try:
-            return await self.shared_slot(place, gap, margin)
-        except QueueUnavailable as exc:
-            log.warning("cannot pace %s with the other gateways: %s", place, exc)
-            return 0.0
 
     def _answered(self, chat: ChatRef) -> None:
         self._last_call[chat.id] = max(self._last_call.get(chat.id, 0.0), time.monotonic())

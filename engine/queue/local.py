@@ -8,7 +8,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -154,7 +154,7 @@ class LocalQueue:
             del self._buckets[next(iter(self._buckets))]
         return wait
 
-    async def slot(self, place: str, gap_s: float, margin_s: float, owner: str) -> float:
+    async def slot(self, places: Sequence[tuple[str, float, float]], owner: str) -> float:
         return 0.0  # one gateway: its channels pace their own calls
 
     async def budget(

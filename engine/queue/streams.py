@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date
 from typing import Any, cast
 
@@ -133,20 +133,26 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return wait
 """
 
-# The next free moment of a place (KEYS[1], a hash: a Slack channel's posts, a Telegram chat's
-# sends), shared by every gateway: reserves the first free one for caller ARGV[3] and returns how
-# many milliseconds away it is. The one after it is ARGV[1] ms later, ARGV[2] ms more when another
-# caller takes it (one gateway's call may travel faster than another's). Redis's clock.
+# The next free moment of a call to several places at once (each KEYS[i] a hash: a Telegram chat
+# and the whole bot, a Slack channel's posts), shared by every gateway: reserves the first moment
+# free at all of them for caller ARGV[1] and returns how many milliseconds away it is. At place i
+# the next is ARGV[2i] ms later, ARGV[2i+1] ms more when another caller takes it (one gateway's
+# call may travel faster than another's). Redis's clock.
 _SLOT = """
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
-local held = redis.call('HMGET', KEYS[1], 'next', 'by')
-local free = tonumber(held[1]) or 0
-if held[2] and held[2] ~= ARGV[3] then free = free + tonumber(ARGV[2]) end
-local at = math.max(now, free)
-local gap = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], 'next', at + gap, 'by', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], at + gap - now + 1000)
+local at = now
+for i, key in ipairs(KEYS) do
+  local held = redis.call('HMGET', key, 'next', 'by')
+  local free = tonumber(held[1]) or 0
+  if held[2] and held[2] ~= ARGV[1] then free = free + tonumber(ARGV[2 * i + 1]) end
+  at = math.max(at, free)
+end
+for i, key in ipairs(KEYS) do
+  local gap = tonumber(ARGV[2 * i])
+  redis.call('HSET', key, 'next', at + gap, 'by', ARGV[1])
+  redis.call('PEXPIRE', key, at + gap - now + 1000)
+end
 return at - now
 """
 
@@ -588,13 +594,17 @@ class RedisQueue(QueueAdmin):
                                        args=[count, count / (per_s * 1000)])  # fmt: skip
         return int(wait_ms) / 1000
 
-    async def slot(self, place: str, gap_s: float, margin_s: float, owner: str) -> float:
-        """Reserve ``place``'s next free moment for ``owner`` (a gateway), ``gap_s`` after the
-        one reserved before it, ``margin_s`` more when another owner reserved that: the seconds
-        to wait for it."""
-        args: list[str | int] = [math.ceil(gap_s * 1000), math.ceil(margin_s * 1000), owner]
+    async def slot(self, places: Sequence[tuple[str, float, float]], owner: str) -> float:
+        """Reserve for ``owner`` (a gateway) the first moment free at every place of ``places``
+        ((place, gap, margin): the next call there may come ``gap`` seconds after this one,
+        ``margin`` more when another owner reserved the one before): the seconds to wait for
+        it. One round trip."""
+        args: list[str | int] = [owner]
+        for _place, gap_s, margin_s in places:
+            args += [math.ceil(gap_s * 1000), math.ceil(margin_s * 1000)]
+        keys = [self.limit_prefix + place for place, _gap, _margin in places]
         async with _unavailable("reserve a slot"):
-            wait_ms = await self._slot(keys=[self.limit_prefix + place], args=args)
+            wait_ms = await self._slot(keys=keys, args=args)
         return int(wait_ms) / 1000
 
     async def budget(
