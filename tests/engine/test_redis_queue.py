@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import date, timedelta
 
 import redis.asyncio as aioredis
 
@@ -200,6 +201,21 @@ async def test_a_role_has_one_holder_and_each_new_holder_a_larger_fencing_token(
     assert third > second
     assert await q.hold_role("telegram:poller:1", "b", ttl) == 0  # b learns it lost the role
     assert await q.hold_role("telegram:poller:2", "b", ttl) > 0  # another bot, another role
+    await q.stop()
+
+
+async def test_a_users_daily_tokens_are_counted_per_utc_day_and_kept_two_days(
+    redis_url: str, queue_prefix: str
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    today = date(2026, 12, 3)
+    await q.spend_tokens("telegram:1", today, 120)
+    await q.spend_tokens("telegram:1", today, 30)
+    assert await q.tokens_spent("telegram:1", today) == 150
+    assert await q.tokens_spent("telegram:1", today + timedelta(days=1)) == 0  # a new day
+    assert await q.tokens_spent("telegram:2", today) == 0
+    ttl = await q.redis.ttl(f"{q.budget_prefix}{today.isoformat()}:telegram:1")
+    assert 2 * 86_400 - 60 < ttl <= 2 * 86_400  # then Redis forgets it
     await q.stop()
 
 
