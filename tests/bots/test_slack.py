@@ -32,7 +32,7 @@ from frontdesk.engine.worker import Worker
 from frontdesk.errors import ConfigError
 from frontdesk.wire import ChatMessage
 from tests.fakes.slack_api import FakeSlack
-from tests.support import DiesMidway, Pipeline, free_port, pipeline
+from tests.support import DiesMidway, Pipeline, free_port, pipeline, until
 
 DM = "D0ALICE"
 SUPPORT = "C0SUPPORT"
@@ -634,3 +634,17 @@ async def test_a_revoked_token_or_an_uninstall_stops_the_slack_channel(
         assert [m["text"] for m in fake.messages_in(DM)] == ["Hi!"]
         posted = [c.method for c in fake.calls[calls:] if c.method.startswith("chat.")]
         assert posted == []  # nothing more was posted to Slack
+
+
+async def test_an_uninstall_over_socket_mode_closes_the_socket_for_good(
+    fake: FakeSlack, slack_settings
+) -> None:
+    settings = slack_settings(slack_app_token=fake.app_token, slack_signing_secret=None)
+    async with running(fake, settings, FixedReplyBackend("Hi!")) as slack:
+        await fake.wait_socket_connected()
+        await fake.send_socket_event(fake.event({"type": "app_uninstalled"}))
+        await until(lambda: not fake.socket_connected, within=10)  # after the ack
+        await asyncio.sleep(2.0)  # a client that reconnects would be back by now
+        assert not fake.socket_connected
+        assert slack.channel.revoked
+    assert fake.count_acks() == 1  # the event was acked before the socket closed
