@@ -236,6 +236,27 @@ async def test_several_desk_channels_share_the_handoffs_and_each_thread_reaches_
         assert backend.prompts == []
 
 
+async def test_a_desk_channel_taken_out_of_the_list_relays_nothing_any_more(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
+) -> None:
+    """What the README says of a place removed from FRONTDESK_DESK: its threads relay nothing
+    (resolve its handoffs first)."""
+    backend = RecordingBackend("The bot's answer.")
+    gone = "C0DESKOLD"
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix,
+                       desk=f"slack:{gone}") as both:  # fmt: skip
+        telegram.private_command("human")
+        assert await both.customer_sees(1) == [texts.HANDED_OVER]
+        await slack.wait_for(lambda f: len(f.messages_in(gone)) == 1)
+        [card] = slack.messages_in(gone)
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        reply = slack.thread_reply("Hello from the old desk", thread_ts=card["ts"], user=AGENT,
+                                   channel=gone)  # fmt: skip
+        assert (await slack.post_event(both.url, reply))[0] == 200  # acked
+        await asyncio.sleep(1.5)  # a relayed reply would reach the customer by now
+        assert [m["text"] for m in telegram.messages_in(ALICE)] == [texts.HANDED_OVER]
+
+
 async def test_a_customer_a_person_has_is_not_refused_by_the_user_rate(
     make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str
 ) -> None:
