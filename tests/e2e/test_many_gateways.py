@@ -28,7 +28,7 @@ POLLING = "polls for updates now"
 
 
 def pollers(procs: Processes) -> list[str]:
-    """The processes that began polling, in the order their logs were opened."""
+    """The processes that began polling (in the order their logs were opened, not in time)."""
     return [log.stem.rsplit("-", 1)[0] for log in procs.logs if POLLING in log.read_text()]
 
 
@@ -80,7 +80,7 @@ async def test_three_gateways_poll_one_at_a_time_and_another_takes_over_a_killed
             codes = await procs.stop_all()
         resumed = min(c.at for c in telegram.calls_to("getUpdates") if c.at > killed_at)
         assert resumed - killed_at <= TAKEOVER_S
-        assert len(terms) == 2 and terms[0] == first
+        assert len(terms) == 2 and first in terms  # the killed one, then one other
         assert telegram.conflicts == 0  # never two getUpdates calls at once
         exactly_once(telegram, engine, before + after)
     assert codes == [0, 0, 0]
@@ -124,7 +124,7 @@ async def test_a_poller_killed_between_telegram_answering_and_the_store_loses_no
             codes = await procs.stop_all()
         [sent] = telegram.calls_to("sendMessage", 2001)
         assert killed_at < sent.at  # answered after the failover, by the next poller
-        assert len(terms) == 2 and terms[0] == poller
+        assert len(terms) == 2 and poller in terms
         exactly_once(telegram, engine, [2001])
     assert codes == [0, 0]
     assert procs.tracebacks() == []
