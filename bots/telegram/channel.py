@@ -11,6 +11,7 @@ import hmac
 import logging
 import re
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from telegram import BotCommand, CallbackQuery, Message, Update, User
 from telegram.constants import ChatType, MessageEntityType
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.warnings import PTBUserWarning
 
 from frontdesk import texts
 from frontdesk.backoff import Backoff
@@ -44,6 +46,9 @@ POLL_TIMEOUT_S = 10  # getUpdates' long poll
 # With max_retries=0 the rate limiter hands each 429 straight back (api.py waits it out and logs it
 # in one line), but logs it first as an error with a traceback: that line is noise.
 logging.getLogger("telegram.ext.AIORateLimiter").setLevel(logging.CRITICAL)
+# _fetch calls getUpdates through do_api_request on purpose (it reads the JSON update by update),
+# which PTB warns about each time
+warnings.filterwarnings("ignore", message=r".*'Bot\.getUpdates'", category=PTBUserWarning)
 
 COMMANDS = [
     BotCommand("start", "Say hello"),
@@ -183,7 +188,12 @@ class TelegramChannel(TelegramDesk):
             while True:
                 done, _ = await asyncio.wait({fetching}, timeout=POLL_RENEW_S)
                 if done:
-                    return False  # _fetch ends only when the token is refused
+                    failed = fetching.exception()
+                    if failed is None:
+                        return False  # _fetch ends only when the token is refused
+                    log.error("telegram: polling failed; starting again", exc_info=failed)
+                    await asyncio.sleep(POLL_RENEW_S)
+                    return True
                 asked = time.monotonic()
                 held = await self._hold(role, owner)
                 if held == token:
@@ -252,8 +262,14 @@ class TelegramChannel(TelegramDesk):
             try:
                 if not cleared:  # a webhook and getUpdates exclude each other
                     cleared = await bot.delete_webhook()
-                updates = await bot.get_updates(
-                    offset=self._offset, timeout=POLL_TIMEOUT_S, allowed_updates=ALLOWED_UPDATES
+                # the JSON, read here update by update: PTB's get_updates fails the whole batch
+                # on one update it cannot read (and logs the batch, users' text included)
+                asked: dict[str, Any] = {"timeout": POLL_TIMEOUT_S,
+                                         "allowed_updates": ALLOWED_UPDATES}  # fmt: skip
+                if self._offset is not None:
+                    asked["offset"] = self._offset
+                batch = await bot.do_api_request(
+                    "getUpdates", api_kwargs=asked, read_timeout=POLL_TIMEOUT_S + 10
                 )
             except InvalidToken:
                 log.error("telegram refused the bot token (revoked?): polling stops")
@@ -262,10 +278,20 @@ class TelegramChannel(TelegramDesk):
                 log.warning("telegram: getUpdates failed (%s); trying again", exc)
                 await backoff.wait()
                 continue
+            except Exception:  # an answer PTB cannot read, say: logged, and polled again
+                log.exception("telegram: getUpdates failed; trying again")
+                await backoff.wait()
+                continue
             backoff.reset()
-            for update in updates:
-                await self._take_polled(update)
-                self._offset = update.update_id + 1
+            for data in batch if isinstance(batch, list) else ():
+                update_id = data.get("update_id") if isinstance(data, dict) else None
+                update = self._read(data)
+                if update is not None:
+                    await self._take_polled(update)
+                else:
+                    log.warning("telegram: update %s cannot be read; skipped", update_id)
+                if isinstance(update_id, int):
+                    self._offset = max(self._offset or 0, update_id + 1)
 
     async def _take_polled(self, update: Update) -> None:
         """Take one polled update, waiting for storage while it is down (Telegram keeps what
@@ -294,10 +320,7 @@ class TelegramChannel(TelegramDesk):
             data = await request.json()
         except ValueError:
             return web.Response(status=400, text="not JSON")
-        try:  # python-telegram-bot reads the fields frontdesk does not look at
-            update = Update.de_json(data, self.app.bot) if readable(data) else None
-        except (AttributeError, KeyError, TypeError, ValueError):
-            update = None
+        update = self._read(data)
         if update is None:  # acked: sent again, it would hold up the updates after it
             log.warning("telegram webhook: an update that cannot be read; dropped")
             return web.Response()
@@ -307,6 +330,14 @@ class TelegramChannel(TelegramDesk):
             self._not_accepted.discard(update.update_id)
             return web.Response(status=503, text="cannot store the message now; send it again")
         return web.Response()
+
+    def _read(self, data: Any) -> Update | None:
+        """The update in ``data`` (its JSON), or None for one in a shape the channel does not
+        read. python-telegram-bot reads the fields frontdesk does not look at."""
+        try:
+            return Update.de_json(data, self._bot) if readable(data) else None
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
 
     async def _on_update(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         """A webhook's update (polled ones go to ``_take_polled``)."""

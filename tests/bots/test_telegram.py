@@ -229,6 +229,20 @@ async def test_user_outside_the_allowlist_is_refused_once(fake: FakeTelegram, tg
     assert str(ALICE) not in stored  # nothing was queued for the refused user
 
 
+async def test_polling_skips_an_update_it_cannot_read_and_answers_the_next(
+    fake: FakeTelegram, tg_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One update in a shape the channel does not read (a newer Bot API, say) is skipped, by
+    its id, without the batch's text in any log line; polling goes on."""
+    async with running(tg_settings(), FixedReplyBackend("Still here.")) as (p, _channel):
+        fake.push({"update_id": 900, "message": {"message_id": 1, "text": "secret words"}})
+        fake.private_message("hello?")
+        [message] = await settled(fake, p, ALICE)
+    assert message["text"] == "Still here."
+    assert "update 900 cannot be read" in caplog.text
+    assert "secret words" not in caplog.text
+
+
 async def test_non_text_and_edits(fake: FakeTelegram, tg_settings) -> None:
     async with running(tg_settings(), FixedReplyBackend("ok")) as (p, _channel):
         fake.private_message("first")
