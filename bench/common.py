@@ -45,3 +45,12 @@ async def scratch_database(admin_dsn: str, keep: bool = False) -> AsyncIterator[
         else:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def gateways_ratio(p99s: dict[int, float]) -> str | None:
+    """The p99 with the most gateways as a ratio of the p99 with the fewest (issue 20's target:
+    at most 1.2x), or None with one count of gateways."""
+    if len(p99s) < 2:
+        return None
+    most, fewest = max(p99s), min(p99s)
+    return f"p99 with {most} gateways / with {fewest}: {p99s[most] / p99s[fewest]:.2f}x (target <= 1.2x)"

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import free_port, pct, scratch_database
+from common import free_port, gateways_ratio, pct, scratch_database
 
 from frontdesk.bots.slack.mrkdwn import to_mrkdwn
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
@@ -280,12 +280,9 @@ async def main() -> None:
                 f"| {r['updates']:.1f} ({r['updates_max']}) | {r['complete']}/{args.threads} "
                 f"| {r['elapsed']:.1f} |"
             )
-        if len(p99s) > 1:
-            one, most = p99s[min(p99s)], p99s[max(p99s)]
-            print(
-                f"|   | p99 with {max(p99s)} gateways / with {min(p99s)}: "
-                f"{most / one:.2f}x (target <= 1.2x) |||||||"
-            )
+        ratio = gateways_ratio(p99s)
+        if ratio is not None:
+            print(f"|   | {ratio} |||||||")
 
 
 if __name__ == "__main__":

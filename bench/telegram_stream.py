@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import free_port, pct
+from common import free_port, gateways_ratio, pct
 
 from frontdesk.bots import Gateway
 from frontdesk.bots.telegram import TelegramChannel
@@ -181,11 +181,9 @@ async def main() -> None:
             f"| {r['edits']:.1f} ({r['edits_min']}-{r['edits_max']}) "
             f"| {r['complete']}/{args.chats} | {r['elapsed']:.1f} |"
         )
-    if len(p99s) > 1:
-        one, most = p99s[min(p99s)], p99s[max(p99s)]
-        print(
-            f"p99 with {max(p99s)} gateways / with {min(p99s)}: {most / one:.2f}x (target <= 1.2x)"
-        )
+    ratio = gateways_ratio(p99s)
+    if ratio is not None:
+        print(ratio)
 
 
 if __name__ == "__main__":
