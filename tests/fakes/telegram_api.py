@@ -3,8 +3,9 @@
 This module owns `FakeTelegram`: an aiohttp server on 127.0.0.1 that answers the Bot API methods
 frontdesk uses (getMe, getUpdates, sendMessage, editMessageText, deleteMessage, sendChatAction,
 setMyCommands, setWebhook, deleteWebhook) with Telegram's response shapes and its limits: message length in
-UTF-16 units after entity parsing, strict HTML parse mode, "message is not modified", and the
-per-chat flood limits that answer 429. Tests inject user traffic with the helper methods and read
+UTF-16 units after entity parsing, strict HTML parse mode, "message is not modified", the per-chat
+flood limits and the bot's 30 calls a second that answer 429, and the 409 that ends a getUpdates
+call when another one comes. Tests inject user traffic with the helper methods and read
 back what the bot did through `calls`, `messages_in` and `wait_for`.
 """
 
@@ -273,7 +274,8 @@ class FakeTelegram(FakeServer):
         self._wakeup = asyncio.Event()
         self._closing = False
         # The getUpdates call waiting now, if any: a second call ends it with a 409, as Telegram
-        # does ("terminated by other getUpdates request"); ``conflicts`` counts those
+        # does ("terminated by other getUpdates request"). ``conflicts`` counts the 409s sent to
+        # a getUpdates caller still there (this one, and polling while a webhook is set)
         self._long_poll: dict[str, bool] | None = None
         self.conflicts = 0
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
