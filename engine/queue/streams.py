@@ -133,27 +133,33 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return wait
 """
 
-# The next free moment of a call to several places at once (each KEYS[i] a hash: a Telegram chat
-# and the whole bot, a Slack channel's posts), shared by every gateway: reserves the first moment
-# free at all of them for caller ARGV[1] and returns how many milliseconds away it is. At place i
-# the next is ARGV[2i] ms later, ARGV[2i+1] ms more when another caller takes it (one gateway's
-# call may travel faster than another's). Redis's clock.
+# The next free moment of a call to several places (each KEYS[i] a hash: a Telegram chat, then
+# the whole bot; a Slack channel's posts), shared by every gateway, reserved for caller ARGV[1]. At
+# place i the next is ARGV[2i] ms later, ARGV[2i+1] ms more when another caller takes it (one
+# gateway's call may travel faster than another's). Places are taken in order; when one that is
+# not the last is free only later, it alone and those before it are reserved, and the caller asks
+# for the rest at that moment: the bot's one pointer reserved seconds ahead (a group chat's turn)
+# would hold up every other chat until then. Returns {ms to wait, places reserved}. Redis's clock.
 _SLOT = """
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
-local at = now
+local at, taken = now, #KEYS
 for i, key in ipairs(KEYS) do
   local held = redis.call('HMGET', key, 'next', 'by')
   local free = tonumber(held[1]) or 0
   if held[2] and held[2] ~= ARGV[1] then free = free + tonumber(ARGV[2 * i + 1]) end
   at = math.max(at, free)
+  if at > now and i < #KEYS then
+    taken = i
+    break
+  end
 end
-for i, key in ipairs(KEYS) do
+for i = 1, taken do
   local gap = tonumber(ARGV[2 * i])
-  redis.call('HSET', key, 'next', at + gap, 'by', ARGV[1])
-  redis.call('PEXPIRE', key, at + gap - now + 1000)
+  redis.call('HSET', KEYS[i], 'next', at + gap, 'by', ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], at + gap - now + 1000)
 end
-return at - now
+return {at - now, taken}
 """
 
 
@@ -598,14 +604,20 @@ class RedisQueue(QueueAdmin):
         """Reserve for ``owner`` (a gateway) the first moment free at every place of ``places``
         ((place, gap, margin): the next call there may come ``gap`` seconds after this one,
         ``margin`` more when another owner reserved the one before): the seconds to wait for
-        it. One round trip."""
-        args: list[str | int] = [owner]
-        for _place, gap_s, margin_s in places:
-            args += [math.ceil(gap_s * 1000), math.ceil(margin_s * 1000)]
-        keys = [self.limit_prefix + place for place, _gap, _margin in places]
-        async with _unavailable("reserve a slot"):
-            wait_ms = await self._slot(keys=keys, args=args)
-        return int(wait_ms) / 1000
+        it. One round trip, unless an earlier place is free only later: then this waits for
+        that moment and reserves the rest then (see ``_SLOT``)."""
+        left = list(places)
+        while True:
+            args: list[str | int] = [owner]
+            for _place, gap_s, margin_s in left:
+                args += [math.ceil(gap_s * 1000), math.ceil(margin_s * 1000)]
+            keys = [self.limit_prefix + place for place, _gap, _margin in left]
+            async with _unavailable("reserve a slot"):
+                wait_ms, taken = await self._slot(keys=keys, args=args)
+            left = left[int(taken) :]
+            if not left:
+                return int(wait_ms) / 1000
+            await asyncio.sleep(int(wait_ms) / 1000)
 
     async def budget(
         self, place: str, limit: int, window_s: float, owner: str, owed: int, *, kind: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import date, timedelta
 
 import redis.asyncio as aioredis
@@ -216,6 +217,26 @@ async def test_a_users_daily_tokens_are_counted_per_utc_day_and_kept_two_days(
     assert await q.tokens_spent("telegram:2", today) == 0
     ttl = await q.redis.ttl(f"{q.budget_prefix}{today.isoformat()}:telegram:1")
     assert 2 * 86_400 - 60 < ttl <= 2 * 86_400  # then Redis forgets it
+    await q.stop()
+
+
+async def test_a_chat_reserved_ahead_does_not_hold_up_the_bots_other_chats(
+    redis_url: str, queue_prefix: str
+) -> None:
+    """A Telegram call reserves its chat's moment and the bot's (its 30 a second) together. A
+    group's next moment 3 s ahead must not move the bot's one pointer there: a private chat's
+    call in the meantime goes at once."""
+    q = await open_queue(redis_url, queue_prefix, "w")
+    bot = ("telegram:bot:1", 1 / 28, 0.0)
+    group = ("telegram:chat:-100", 3.0, 0.1)
+    assert await q.slot([group, bot], "gw-1") == 0  # the group's first call
+    started = time.monotonic()
+    second = asyncio.create_task(q.slot([group, bot], "gw-2"))  # 3.1 s later
+    await asyncio.sleep(0.2)
+    private = await q.slot([("telegram:chat:7", 1.0, 0.1), bot], "gw-1")
+    assert private < 0.1  # not behind the group's reservation
+    await second
+    assert time.monotonic() - started >= 3.0  # the group's own pace is kept
     await q.stop()
 
 
