@@ -240,6 +240,40 @@ async def test_a_chat_reserved_ahead_does_not_hold_up_the_bots_other_chats(
     await q.stop()
 
 
+async def test_the_shared_update_budget_keeps_room_for_every_gateways_finals(
+    redis_url: str, queue_prefix: str
+) -> None:
+    """Slack's Tier 3 budget in Redis (3 calls in any 1 s here): an interim update is granted
+    only while the room covers the finals every gateway owes; a final waits for room; a 429
+    holds all; a gateway that stops saying what it owes (dead) lapses after one window."""
+    q = await open_queue(redis_url, queue_prefix, "w")
+    place, window = "slack:updates:T1", 1.0
+
+    async def ask(owner: str, owed: int, kind: str) -> float | None:
+        return await q.budget(place, 3, window, owner, owed, kind=kind)
+
+    assert await ask("gw-a", 1, "owed") is not None  # gw-a streams one reply
+    assert await ask("gw-b", 1, "interim") == 0  # room 3 > owed 2: granted
+    assert await ask("gw-b", 1, "interim") is None  # room 2, owed 2: kept for the finals
+    assert await ask("gw-a", 1, "final") == 0
+    assert await ask("gw-b", 1, "final") == 0
+    wait = await ask("gw-b", 0, "final")  # full: the oldest leaves the window first
+    assert wait is not None and 0 < wait <= window
+    await q.hold_budget(place, 0.5, window)  # a 429 with Retry-After 0.5 s
+    await asyncio.sleep(window)  # the window empties; gw-a, still owing 1, says nothing more
+    held = await ask("gw-b", 0, "final")
+    assert held == 0  # the hold is over by now
+    assert await ask("gw-b", 0, "interim") == 0  # gw-a's owed 1 still counts: room 2 > 1
+    await asyncio.sleep(window)  # gw-a's count lapses (dead gateway)
+    for _ in range(3):
+        assert await ask("gw-b", 0, "interim") == 0  # all of the room is gw-b's
+    await q.hold_budget(place, 5.0, window)
+    assert await ask("gw-b", 0, "interim") is None  # held: no interim
+    held = await ask("gw-b", 0, "final")
+    assert held is not None and 4.0 < held <= 5.0  # a final waits the hold out
+    await q.stop()
+
+
 async def test_a_gone_gateway_is_forgotten_only_once_it_left_no_reply_in_progress(
     redis_url: str, queue_prefix: str
 ) -> None:
