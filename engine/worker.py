@@ -445,6 +445,19 @@ class Worker:
             self.turns_done += 1
         return True
 
+    def _coalescer(
+        self, turn: Turn, delivery: Delivery, gateway: str, route: dict[str, Any] | None
+    ) -> _Coalescer:
+        """What sends the turn's reply deltas to ``gateway`` (``route`` on the first)."""
+        return _Coalescer(
+            turn.turn_id,
+            turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries,
+            self._sender(gateway, delivery.entry_id),
+            self.settings.stream_flush_ms,
+            self.settings.stream_flush_chars,
+            route,
+        )
+
     async def _joins_later(self, turn: Turn) -> bool:
         """Whether a later message of the same author in the conversation awaits its reply:
         its turn answers this one's too (a question split over quick messages)."""
@@ -461,9 +474,7 @@ class Worker:
         )
         if existing is None and await self._joins_later(turn):
             await self.store.mark_answered(turn.message_id)
-            out = _Coalescer(turn.turn_id, turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries,
-                             self._sender(turn.gateway, delivery.entry_id), 0, 1, None)  # fmt: skip
-            await out.join()
+            await self._coalescer(turn, delivery, turn.gateway, None).join()
             log.info("turn %s joins a later message's turn (FRONTDESK_BURST_MS)", turn.turn_id)
             return True
         # Several workers: a turn waits for the earlier messages of its conversation to have
@@ -475,14 +486,7 @@ class Worker:
             self._waiting.add(delivery.entry_id)
             raise _Wait
         gateway, route = await self._destination(turn)
-        out = _Coalescer(
-            turn.turn_id,
-            turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries,
-            self._sender(gateway, delivery.entry_id),
-            self.settings.stream_flush_ms,
-            self.settings.stream_flush_chars,
-            route,
-        )
+        out = self._coalescer(turn, delivery, gateway, route)
         if existing is not None and existing.status == MessageStatus.OK:
             await out.finish(text=existing.content)  # a redelivery: the reply already stored
             await self.store.mark_answered(turn.message_id)
