@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from frontdesk import texts
+from frontdesk import metrics, texts
 from frontdesk.errors import ConfigError, FrontdeskError, StorageUnavailable
 from frontdesk.storage import HandoffRecord, HandoffState, Store
 from frontdesk.wire import InboundMessage
@@ -143,6 +143,7 @@ class Desk:
                 who = earlier.user_name or earlier.user_id or msg.user_id
                 await self._post(handoff, f"{who}: {earlier.content}")
         log.info("conversation %d handed to the desk (%s)", conversation_id, reason)
+        metrics.HANDOFFS.labels(msg.platform, reason).inc()
         if self.hours is not None and self.hours.opened_at(datetime.now(UTC)) is None:
             return texts.handed_over_after_hours(self.hours.text)
         return texts.HANDED_OVER

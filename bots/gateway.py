@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from frontdesk import texts
+from frontdesk import metrics, texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import ConfigError, NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
@@ -334,6 +334,7 @@ class Gateway:
             return texts.STORAGE_DOWN
         if rated is None:
             return texts.RATING_GONE
+        metrics.FEEDBACK.labels(platform, rating.value).inc()
         if rating == Rating.DOWN and self.desk is not None:
             return f"{texts.RATED} {texts.OFFER_PERSON}"
         return texts.RATED
@@ -386,6 +387,8 @@ class Gateway:
         if recorded is None:
             log.info("duplicate message %s dropped", msg.dedupe_key)
             return None
+        if not retried:
+            metrics.MESSAGES.labels(msg.platform).inc()
         if isinstance(recorded, RecordedMessage) and recorded.handed_off:
             # a person has the conversation: no turn, the message goes to the desk's thread
             if self.desk is not None:
@@ -395,6 +398,7 @@ class Gateway:
             refusal = await self.admission.refusal(msg)
             if refusal is not None:
                 reason, said = refusal
+                metrics.REFUSED.labels(msg.platform, reason).inc()
                 await self._refused(recorded.conversation_id, recorded.message_id, reason, said)
                 return self._reply_now(channel, msg, said)
         turn = Turn(

@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from frontdesk import texts
+from frontdesk import metrics, texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import (
     EngineDead,
+    EngineUnavailable,
     FrontdeskError,
     PromptTooLong,
     QueueUnavailable,
@@ -190,6 +191,15 @@ class Worker:
         """Resolved when one of the worker's long-running tasks keeps failing."""
         return self.tasks.fatal
 
+    async def engine_ready(self) -> None:
+        """Raise EngineUnavailable unless the engine can take turns now: it has not died, and
+        a remote one answers (a backend's own ``ready``, where it has one)."""
+        if self.dead is not None and self.dead.done():
+            raise EngineUnavailable("the engine died (the process is stopping)")
+        ready = getattr(self.backend, "ready", None)
+        if ready is not None:
+            await ready()
+
     async def start(self) -> None:
         self.dead = asyncio.get_running_loop().create_future()
         self.tasks.spawn("worker-loop", self._run)
@@ -289,6 +299,7 @@ class Worker:
                 log.warning("sweep failed: %r", exc)
             else:
                 if queued:
+                    metrics.SWEPT.inc(queued)
                     self.swept += queued
                     log.warning("sweep: queued %d unanswered messages again", queued)
             await asyncio.sleep(self.settings.sweep_every_s)
@@ -309,6 +320,8 @@ class Worker:
         if delivery.deliveries > self.settings.queue_max_deliveries:
             await self._give_up(delivery, turn)
             return
+        if delivery.deliveries > 1:
+            metrics.RECLAIMED.inc()
         self._held[delivery.entry_id] = delivery
         backlog = self._backlogs.get(turn.conversation_id)
         if backlog is not None:
@@ -408,7 +421,8 @@ class Worker:
 
     async def _answer_leased(self, delivery: Delivery, turn: Turn) -> bool:
         try:
-            acked = await self._answer(delivery, turn)
+            with metrics.IN_FLIGHT.track_inprogress():
+                acked = await self._answer(delivery, turn)
         except _Wait:
             return False
         except Fenced:
@@ -425,6 +439,7 @@ class Worker:
             await self._safely(self.queue.release(delivery))
             self._stopping = True
             if self.dead is not None and not self.dead.done():
+                metrics.ENGINE_DEATHS.inc()
                 self.dead.set_result(exc)
             return True
         except Exception as exc:
@@ -476,6 +491,7 @@ class Worker:
             await self.store.mark_answered(turn.message_id)
             await self._coalescer(turn, delivery, turn.gateway, None).join()
             log.info("turn %s joins a later message's turn (FRONTDESK_BURST_MS)", turn.turn_id)
+            _settled(turn, "joined")
             return True
         # Several workers: a turn waits for the earlier messages of its conversation to have
         # their replies (one worker alone takes a conversation's turns in order anyway)
@@ -490,12 +506,15 @@ class Worker:
         if existing is not None and existing.status == MessageStatus.OK:
             await out.finish(text=existing.content)  # a redelivery: the reply already stored
             await self.store.mark_answered(turn.message_id)
+            _settled(turn, "resent")
             return True
         messages = [as_chat(m.role, m.content) for m in history]
         previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
         retrieval = (
             await self.retriever.retrieve(messages[-1].content, previous) if messages else None
         )
+        if retrieval is not None and retrieval.searched:
+            metrics.KB_RETRIEVALS.labels("miss" if retrieval.uncovered else "hit").inc()
         if retrieval is not None and retrieval.uncovered and self.retriever.strict:
             # nothing in the help centre fits: say so rather than let the model improvise, and
             # offer a person where there is a desk
@@ -505,11 +524,13 @@ class Worker:
                 ReplyFigures(latency_ms=_ms_since(turn.enqueued_at)),
             )  # fmt: skip
             await out.finish(text=said)
+            _settled(turn, "not_covered")
             return True
         try:
             built, retrieval = await self._prompt(turn, history, messages, retrieval)
         except PromptTooLong as exc:
             await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
+            _settled(turn, "failed")
             return True
         try:
             gen = await self._generate(turn, built.prompt, out)
@@ -520,6 +541,7 @@ class Worker:
             if not out.sent_text:
                 raise  # nothing shown yet: safe to try again
             await self._fail(turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens)
+            _settled(turn, "failed")
             return True
         figures = ReplyFigures(
             tokens_in=gen.usage.prompt_tokens if gen.usage else built.prompt.n_tokens,
@@ -536,6 +558,7 @@ class Worker:
                 turn.conversation_id, turn.message_id, "", figures, error=reason
             )
             await out.finish(error=note or texts.EMPTY_REPLY)
+            _settled(turn, "stopped" if gen.stopped else "empty", figures)
             return True
         # A reply stopped part-way is kept as it was shown: it is context for the next turn.
         footer = retrieval.footer() if retrieval is not None and not gen.stopped else ""
@@ -548,6 +571,7 @@ class Worker:
         else:
             await self.store.record_reply(turn.conversation_id, turn.message_id, gen.text, figures)
         await out.finish(error=note)
+        _settled(turn, "stopped" if gen.stopped else "answered", figures)
         return True
 
     async def _spend(self, turn: Turn, figures: ReplyFigures) -> None:
@@ -665,6 +689,7 @@ class Worker:
         )
         gave_up = ReplyDelta(turn.turn_id, 0, "", True, texts.GAVE_UP, attempt, route)
         await self._safely(self._sender(gateway)(gave_up))
+        _settled(turn, "gave_up")
 
     async def _destination(self, turn: Turn) -> tuple[str, dict[str, Any] | None]:
         """The gateway a turn's reply goes to, and the route its first delta carries. A revived
@@ -702,6 +727,19 @@ class Worker:
             await action
         except Exception as exc:
             log.warning("queue or storage step failed: %r", exc)
+
+
+def _settled(turn: Turn, outcome: str, figures: ReplyFigures | None = None) -> None:
+    """Count a settled turn (``frontdesk_turns``), and what its generation took."""
+    platform = metrics.platform_of(turn)
+    metrics.TURNS.labels(platform, outcome).inc()
+    if figures is None:
+        return
+    if figures.ttft_ms is not None:
+        metrics.FIRST_TOKEN.labels(platform).observe(figures.ttft_ms / 1000)
+    metrics.TURN_SECONDS.labels(platform).observe(_ms_since(turn.enqueued_at) / 1000)
+    metrics.TOKENS.labels("in").inc(figures.tokens_in or 0)
+    metrics.TOKENS.labels("out").inc(figures.tokens_out or 0)
 
 
 def _first_anchor(messages: list[ChatMessage], offset: int) -> int:

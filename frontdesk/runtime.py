@@ -12,11 +12,13 @@ import signal
 from collections.abc import Awaitable
 from typing import Any
 
+from frontdesk import metrics
 from frontdesk.bots import Channel, ConsoleChannel, Gateway
 from frontdesk.engine.backends import create_backend
-from frontdesk.engine.queue import TurnQueue, make_queue
+from frontdesk.engine.queue import RedisQueue, TurnQueue, make_queue
 from frontdesk.engine.worker import Worker
 from frontdesk.errors import ConfigError, EngineUnavailable, FrontdeskError
+from frontdesk.ops import Check, OpsServer
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 from frontdesk.supervisor import TaskFailed
@@ -45,6 +47,29 @@ def _queue(settings: Settings, consumer: str) -> TurnQueue:
         maxlen=settings.queue_maxlen,
         claim_idle_ms=settings.queue_claim_idle_ms,
     )
+
+
+async def _open_ops(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    queue: TurnQueue,
+    store: Store,
+    engine: Check | None = None,
+) -> None:
+    """``FRONTDESK_METRICS_PORT``: serve /healthz, /readyz and /metrics (``frontdesk.ops``).
+    Started before the engine, so that the process answers as alive while a model loads, and
+    as ready only once it has."""
+    if settings.metrics_port is None:
+        return
+
+    async def redis() -> None:
+        if isinstance(queue, RedisQueue):
+            metrics.observe_queue(await queue.status())
+
+    checks: dict[str, Check] = {"redis": redis, "database": store.ping}
+    if engine is not None:
+        checks["engine"] = engine
+    await _enter(stack, OpsServer(settings.metrics_host, settings.metrics_port, checks))
 
 
 async def _open_worker(
@@ -85,7 +110,16 @@ async def run_worker(settings: Settings) -> None:
         store = await open_store(stack, settings)
         queue = _queue(settings, settings.worker_id)
         await _enter(stack, queue)
+        started: list[Worker] = []
+
+        async def engine() -> None:
+            if not started:
+                raise EngineUnavailable("the engine is starting")
+            await started[0].engine_ready()
+
+        await _open_ops(stack, settings, queue, store, engine)
         worker = await _open_worker(stack, settings, queue, store)
+        started.append(worker)
         log.warning(
             "worker %s is taking turns, up to %d at once", settings.worker_id, worker.concurrency
         )
@@ -111,6 +145,7 @@ async def run_gateway(settings: Settings, channels: list[Channel]) -> None:
         store = await open_store(stack, settings)
         queue = _queue(settings, settings.worker_id)
         await _enter(stack, queue)
+        await _open_ops(stack, settings, queue, store)
         gateway = Gateway(settings, queue, store, channels)
         await _enter(stack, gateway)
         log.warning("gateway %s is running %s", gateway.id, ", ".join(c.name for c in channels))

@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     greeting: str = "Hello! I'm an assistant. Ask me anything, or send /help."
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    # a gateway's or worker's /healthz, /readyz and /metrics (frontdesk.ops); unset: not served
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     telegram_token: str | None = None
     telegram_api_url: str = "https://api.telegram.org/bot"

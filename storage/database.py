@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -91,6 +91,11 @@ class Database:
                     "run `frontdesk db upgrade`"
                 )
         await self._fill_pool()
+
+    async def ping(self) -> None:
+        """Raise StorageUnavailable unless the database answers a query now."""
+        async with self.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def schema_revision(self) -> str | None:
         """The schema's current Alembic revision, None before the first migration."""

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from frontdesk import metrics
 from frontdesk.errors import FrontdeskError, QueueUnavailable
 
 from .reply import UpdateBudget
@@ -27,6 +28,21 @@ POST_GAP_S = 1.0  # chat.postMessage: about one message a second per channel
 # more between two gateways' posts to one channel: the second's transit may be the shorter
 SHARED_MARGIN_S = 0.1
 SEND_ATTEMPTS = 8
+
+
+class CountedWebClient(AsyncWebClient):
+    """slack_sdk's client, counting each Web API call and each 429 by method
+    (``frontdesk_platform_calls``, ``frontdesk_platform_rate_limited``): every method of the
+    client, bolt's and Socket Mode's included, goes through ``api_call``."""
+
+    async def api_call(self, api_method: str, **kwargs: Any) -> Any:
+        metrics.PLATFORM_CALLS.labels("slack", api_method).inc()
+        try:
+            return await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            if exc.response.status_code == 429:
+                metrics.PLATFORM_LIMITED.labels("slack", api_method).inc()
+            raise
 
 
 class _StillLimited(Exception):

@@ -34,6 +34,7 @@ from frontdesk.storage import Rating
 from frontdesk.wire import InboundMessage
 
 from ..channel import ReplyStream
+from .api import CountedWebClient
 from .desk import CLAIM, RESOLVE, RESOLVE_THREAD, SlackDesk
 from .mrkdwn import to_mrkdwn
 from .names import NAME_BATCH_S, REMEMBERED, SlackNames
@@ -162,7 +163,7 @@ class SlackChannel(SlackNames, SlackDesk):
         if gateway.queue.shared_by_workers:  # other gateways may post to the same channels
             self.shared_slot = functools.partial(gateway.queue.slot, owner=gateway.id)
         self._session = aiohttp.ClientSession()
-        self.client = AsyncWebClient(
+        self.client = CountedWebClient(
             token=self.settings.slack_bot_token,
             base_url=self.settings.slack_api_url,
             session=self._session,

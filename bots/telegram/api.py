@@ -16,8 +16,10 @@ from telegram import ReplyParameters
 from telegram.constants import ChatType, ParseMode
 from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import Application
+from telegram.request import HTTPXRequest, RequestData
 from telegram.warnings import PTBDeprecationWarning
 
+from frontdesk import metrics
 from frontdesk.errors import FrontdeskError, QueueUnavailable
 
 if TYPE_CHECKING:
@@ -34,6 +36,31 @@ SEND_ATTEMPTS = 8
 # sends and edits over all chats: Telegram's 30 a second for a bot, spaced evenly (a burst of
 # 30 then 30 a second would put more than 30 in one second), a little under it for transit
 BOT_GAP_S = 1 / 28
+
+
+class CountedRequest(HTTPXRequest):
+    """python-telegram-bot's HTTP transport, counting each Bot API call and each 429 by method
+    (``frontdesk_platform_calls``, ``frontdesk_platform_rate_limited``). The method is the URL's
+    last part: the token before it is never a label."""
+
+    async def do_request(
+        self,
+        url: str,
+        method: str,
+        request_data: RequestData | None = None,
+        read_timeout: Any = HTTPXRequest.DEFAULT_NONE,
+        write_timeout: Any = HTTPXRequest.DEFAULT_NONE,
+        connect_timeout: Any = HTTPXRequest.DEFAULT_NONE,
+        pool_timeout: Any = HTTPXRequest.DEFAULT_NONE,
+    ) -> tuple[int, bytes]:
+        endpoint = url.rsplit("/", 1)[-1]
+        metrics.PLATFORM_CALLS.labels("telegram", endpoint).inc()
+        code, payload = await super().do_request(
+            url, method, request_data, read_timeout, write_timeout, connect_timeout, pool_timeout
+        )
+        if code == 429:
+            metrics.PLATFORM_LIMITED.labels("telegram", endpoint).inc()
+        return code, payload
 
 
 class ChatRef:

@@ -34,7 +34,7 @@ from ..channel import ReplyStream
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
-from .api import ChatRef
+from .api import ChatRef, CountedRequest
 from .desk import TelegramDesk
 from .payloads import ALLOWED_UPDATES, readable
 from .reply import LiveReply, parse_rating
@@ -108,6 +108,9 @@ class TelegramChannel(TelegramDesk):
             .base_url(self.settings.telegram_api_url)
             # overall 30/s and 20/min per group; a 429 comes back to _call, which waits it out
             .rate_limiter(AIORateLimiter(max_retries=0))
+            # PTB's own transports (its defaults: 256 connections, 1 for getUpdates), counted
+            .request(CountedRequest(connection_pool_size=256))
+            .get_updates_request(CountedRequest(connection_pool_size=1))
             .updater(None)  # polling is the channel's own (_poll): see its docstring
             .build()
         )

@@ -106,6 +106,21 @@ class OpenAIBackend:
         urls = ", ".join(r.url for r in self.replicas)
         raise EngineUnavailable(f"no OpenAI-compatible server answered at {urls}")
 
+    async def ready(self) -> None:
+        """Raise EngineUnavailable unless some replica answers its model list now (a worker's
+        /readyz)."""
+        session = self._session
+        if session is None:
+            raise EngineUnavailable("the openai engine is not started")
+        for replica in self.replicas:
+            try:
+                async with session.get(f"{replica.url}/models") as response:
+                    if response.status < 400:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        raise EngineUnavailable("no OpenAI-compatible server answers")
+
     async def stop(self) -> None:
         for response in self._responses.values():
             response.close()
