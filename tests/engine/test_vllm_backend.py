@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from frontdesk.engine.backends import GenerationParams
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.vllm import VLLMBackend
+from frontdesk.ops import OpsServer
 from frontdesk.wire import ChatMessage
 from tests.support import pipeline, seed_conversation
 
@@ -68,6 +71,33 @@ async def test_a_turn_streams_and_is_stored_with_its_token_counts(
     assert stored.content == reply.text and stored.model == vllm.model
     assert stored.tokens_in is not None and stored.tokens_in > 10
     assert stored.tokens_out is not None and 0 < stored.tokens_out <= 24
+
+
+async def test_the_metrics_endpoint_serves_vllms_own_metrics_beside_frontdesks(
+    vllm: VLLMBackend, make_settings
+) -> None:
+    """A worker's /metrics (frontdesk.ops) holds what the in-process engine registers."""
+    settings = make_settings(engine="vllm", max_new_tokens=8, temperature=0.0)
+    async with pipeline(settings, vllm) as p:
+        reply = await p.channel.say("Hello!")
+        assert reply is not None and reply.error is None
+    ops = OpsServer("127.0.0.1", 0, {})
+    await ops.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{ops.port}/metrics") as response,
+        ):
+            assert response.status == 200
+            body = await response.text()
+    finally:
+        await ops.stop()
+    names = set(re.findall(r"^# TYPE (\S+) ", body, re.MULTILINE))
+    assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+            "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"} <= names  # fmt: skip
+    answered = [line for line in body.splitlines()
+                if line.startswith("frontdesk_turns_total{") and 'outcome="answered"' in line]  # fmt: skip
+    assert answered and all(float(line.rsplit(" ", 1)[1]) >= 1 for line in answered)
 
 
 async def test_it_says_how_big_its_kv_cache_is(vllm: VLLMBackend) -> None:
