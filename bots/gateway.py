@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from frontdesk import metrics, texts
+from frontdesk import logfmt, metrics, texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import ConfigError, NotAccepted, QueueUnavailable, StorageUnavailable
 from frontdesk.settings import Settings
@@ -410,6 +410,14 @@ class Gateway:
             user=f"{msg.platform}:{msg.user_id}",
             burst_ms=self.settings.burst_ms if getattr(channel, "bursts", False) else 0,
         )
+        # the turn's log lines carry its ids, its reply's delivery task's too
+        with logfmt.turn_scope(turn.turn_id, turn.conversation_id, msg.platform):
+            return await self._queue_turn(channel, msg, turn, retried=retried)
+
+    async def _queue_turn(
+        self, channel: Channel, msg: InboundMessage, turn: Turn, *, retried: bool
+    ) -> asyncio.Task[None] | None:
+        """Open the reply of a stored, admitted message and queue its turn."""
         if turn.turn_id in self._pending:
             return None  # a retry of a message whose reply is on its way here
         record = {"route": msg.route(), "after": self._cursor or "0-0", "posted": []}
@@ -429,6 +437,8 @@ class Gateway:
             return None
         if retried:
             log.warning("message %s came again with no live turn: queued again", msg.dedupe_key)
+        elif queued:
+            log.debug("turn %s queued", turn.turn_id)
         if queued is None:  # stored, not queued: try again a while, then the sweep will
             task = asyncio.create_task(self._resubmit(turn, record))
             self._resubmits.add(task)

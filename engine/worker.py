@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from frontdesk import metrics, texts
+from frontdesk import logfmt, metrics, texts
 from frontdesk.backoff import Backoff
 from frontdesk.errors import (
     EngineDead,
@@ -388,6 +388,10 @@ class Worker:
         """Answer one turn under its conversation's lease. False when it must wait."""
         turn = delivery.turn
         assert turn is not None
+        with logfmt.turn_scope(turn.turn_id, turn.conversation_id, metrics.platform_of(turn)):
+            return await self._process_turn(delivery, turn)
+
+    async def _process_turn(self, delivery: Delivery, turn: Turn) -> bool:
         if self.dead is not None and self.dead.done():  # queued here before the engine died
             await self._safely(self.queue.release(delivery))
             return True
@@ -672,6 +676,10 @@ class Worker:
         await out.finish(error=polite)
 
     async def _give_up(self, delivery: Delivery, turn: Turn) -> None:
+        with logfmt.turn_scope(turn.turn_id, turn.conversation_id, metrics.platform_of(turn)):
+            await self._gave_up(delivery, turn)
+
+    async def _gave_up(self, delivery: Delivery, turn: Turn) -> None:
         reason = f"delivered {delivery.deliveries} times"
         await self._safely(self.queue.dead_letter(delivery, reason))
         try:
@@ -733,6 +741,7 @@ def _settled(turn: Turn, outcome: str, figures: ReplyFigures | None = None) -> N
     """Count a settled turn (``frontdesk_turns``), and what its generation took."""
     platform = metrics.platform_of(turn)
     metrics.TURNS.labels(platform, outcome).inc()
+    log.debug("turn %s settled: %s", turn.turn_id, outcome)
     if figures is None:
         return
     if figures.ttft_ms is not None:

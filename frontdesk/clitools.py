@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import re
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
+from frontdesk import logfmt
 from frontdesk.errors import FrontdeskError
 from frontdesk.secrets import install as install_secret_filter
 from frontdesk.secrets import mask as mask_secrets
@@ -47,10 +47,7 @@ def settings(ctx: typer.Context) -> Settings:
                 for e in exc.errors()
             )
             raise fail(f"bad configuration: {problems}", 2) from None
-        logging.basicConfig(
-            level=root.obj.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        logfmt.configure(root.obj.log_level, root.obj.log_format)
         install_secret_filter(root.obj)  # before anything can log a token or a password
     assert isinstance(root.obj, Settings)
     return root.obj

@@ -187,6 +187,8 @@ class Settings(BaseSettings):
     gateway_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]{1,64}$")
     worker_id: str = Field(default_factory=_default_worker_id)
     log_level: str = "WARNING"
+    # JSON lines, readable lines, or by whether stderr is a terminal (frontdesk.logfmt)
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     @field_validator(
         "telegram_allowed_users",
