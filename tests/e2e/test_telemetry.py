@@ -5,6 +5,7 @@ metrics and the rules; /readyz fails while Redis is down and recovers after it."
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import signal
@@ -253,3 +254,46 @@ async def test_readyz_fails_while_redis_is_down_and_recovers_after(
         finally:
             codes = await procs.stop_all()
     assert codes == [0, 0]
+
+
+async def test_every_log_line_of_a_turn_carries_its_turn_id_and_none_holds_a_secret(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """JSON lines (stderr is not a terminal), at DEBUG: the gateway's and the worker's lines
+    about the turn carry its ids; no line holds the token, and no INFO line the user's text."""
+    said = "where is parcel zebra-7781"
+    async with FakeTelegram() as telegram, FakeOpenAI(ANSWER, failing=None) as engine:
+        procs = Processes(
+            {**telegram_env(env, telegram, engine), "FRONTDESK_LOG_LEVEL": "DEBUG"}, tmp_path
+        )
+        try:
+            await procs.start("worker", "worker")
+            await procs.start("gateway", "gateway", FRONTDESK_HTTP_PORT=str(free_port()))
+            await until(lambda: telegram.calls_to("getUpdates"), within=30)
+            telegram.private_message(said, user_id=3003)
+            await telegram.wait_for(
+                lambda f: [m["text"] for m in f.messages_in(3003)] == [ANSWER], timeout=30
+            )
+            await asyncio.sleep(0.5)  # the worker's last lines of the turn are written
+        finally:
+            codes = await procs.stop_all()
+        token = telegram.token
+    assert codes == [0, 0]
+    lines = {
+        log.stem.rsplit("-", 1)[0]: [json.loads(line) for line in log.read_text().splitlines()]
+        for log in procs.logs
+    }  # fmt: skip  (every line is one JSON object)
+    turn_ids = {line["turn_id"] for found in lines.values() for line in found if "turn_id" in line}
+    [turn_id] = turn_ids  # one turn, one id
+    for process in ("gateway", "worker"):
+        of_turn = [line for line in lines[process] if line.get("turn_id") == turn_id]
+        assert of_turn, f"the {process} logged nothing with the turn's id"
+        assert all(line["conversation_id"] and line["platform"] == "telegram" for line in of_turn)
+        # a line that names the turn was written inside it
+        naming = [line for line in lines[process]
+                  if re.search(rf"\b{turn_id}\b", line["message"])]  # fmt: skip
+        assert naming and all(line.get("turn_id") == turn_id for line in naming)
+    everything = [line for found in lines.values() for line in found]
+    assert not [line for line in everything if token in json.dumps(line)]
+    assert not [line for line in everything
+                if line["level"] != "DEBUG" and said in line["message"]]  # fmt: skip
