@@ -6,6 +6,11 @@ streaming the reply back, storing it, acking. In the same run it times the raw R
 for the same N and concurrency (XADD → XREADGROUP → reply XADD → XACK, no framework) as the
 baseline, and prints the ratio, so the figure is comparable across noisy machines.
 
+Then, at ``--in-flight``, the framework with telemetry off and on in the same run: on, each
+process serves /metrics (``frontdesk.ops``, with its readiness checks of Redis and the database)
+scraped every second, and logs JSON lines at INFO to a file; off, the metrics are not counted
+(``frontdesk.metrics``' objects swapped for ones that do nothing) and nothing is logged.
+
 Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64]
 Needs Redis and PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
@@ -15,20 +20,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import multiprocessing
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from common import pct, scratch_database
 from harness import TimingChannel
 
+from frontdesk import logfmt, metrics
 from frontdesk.bots import Gateway
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
+from frontdesk.ops import OpsServer
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 
@@ -57,13 +67,83 @@ async def drive(
     return time.perf_counter() - wall0, time.process_time() - cpu0, latencies
 
 
+class _Uncounted:
+    """Stands in for a metric when telemetry is off: every call does nothing."""
+
+    def labels(self, *_args: object) -> _Uncounted:
+        return self
+
+    def __getattr__(self, _name: str) -> Callable[..., Any]:
+        return lambda *_a, **_k: contextlib.nullcontext()
+
+
+METRICS = {name: value for name, value in vars(metrics).items() if name.isupper()}
+
+
+def _telemetry(on: bool) -> None:
+    """Count metrics, or not (this process)."""
+    for name, value in METRICS.items():
+        setattr(metrics, name, value if on else _Uncounted())
+
+
+@contextlib.asynccontextmanager
+async def _observed(queue: RedisQueue, store: Store) -> Any:
+    """What an operator runs beside a process: /metrics served (scraped by ``_scrape``), and
+    JSON log lines at INFO into a file. Yields the port."""
+
+    async def redis() -> None:
+        metrics.observe_queue(await queue.status())
+
+    ops = OpsServer("127.0.0.1", 0, {"redis": redis, "database": store.ping})
+    await ops.start()
+    with tempfile.TemporaryFile("w") as sink:
+        handler = logging.StreamHandler(sink)
+        handler.setFormatter(logfmt.JsonFormatter())
+        handler.addFilter(logfmt.TurnFilter())
+        root = logging.getLogger()
+        root.addHandler(handler)
+        level = root.level
+        root.setLevel(logging.INFO)
+        try:
+            yield ops.port
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+            await ops.stop()
+
+
+async def _scrape(ports: list[int], stop: asyncio.Event) -> int:
+    """GET every port's /metrics each second until ``stop``; how many scrapes there were."""
+    scrapes = 0
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            for port in ports:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    await response.read()
+                scrapes += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    return scrapes
+
+
 async def framework(
-    db_url: str, redis_url: str, turns: int, in_flight: int, warmup: int, *, split: bool
+    db_url: str,
+    redis_url: str,
+    turns: int,
+    in_flight: int,
+    warmup: int,
+    *,
+    split: bool,
+    telemetry: bool | None = None,
 ) -> tuple[float, float, list[float]]:
     """The framework's turns. ``split``: the worker runs in its own process (scaled mode), and
-    the CPU figure adds both processes'."""
+    the CPU figure adds both processes'. ``telemetry``: on or off (``_observed``, ``_telemetry``)
+    in every process; None: as it is (counted, neither served nor logged)."""
     prefix = f"fdbench:{uuid.uuid4().hex[:8]}"
     settings = _settings(db_url, redis_url, prefix, in_flight)
+    if telemetry is not None:
+        _telemetry(telemetry)
+    ports: list[int] = []
     async with contextlib.AsyncExitStack() as stack:
         store = Store(db_url)
         await store.start(migrate=True)
@@ -71,14 +151,20 @@ async def framework(
         gw_queue = RedisQueue(redis_url, consumer="gateway", prefix=prefix)
         await gw_queue.start()
         stack.push_async_callback(gw_queue.stop)
+        if telemetry:
+            ports.append(await stack.enter_async_context(_observed(gw_queue, store)))
         if split:
             ctx = multiprocessing.get_context("spawn")
             pipe, child_end = ctx.Pipe()
             proc = ctx.Process(
-                target=_worker_process, args=(db_url, redis_url, prefix, in_flight, child_end)
+                target=_worker_process,
+                args=(db_url, redis_url, prefix, in_flight, child_end, telemetry),
             )
             proc.start()
-            assert await asyncio.to_thread(pipe.recv) == "ready"
+            ready = await asyncio.to_thread(pipe.recv)
+            assert ready[0] == "ready"
+            if ready[1]:
+                ports.append(ready[1])
         else:
             await _start_worker(stack, settings, store)
         channel = TimingChannel()
@@ -96,7 +182,12 @@ async def framework(
         if split:
             pipe.send("cpu")
             child_cpu0 = await asyncio.to_thread(pipe.recv)
+        stop_scraping = asyncio.Event()
+        scraping = asyncio.create_task(_scrape(ports, stop_scraping))
         wall, cpu, latencies = await drive(turn, turns, in_flight)
+        stop_scraping.set()
+        scrapes = await scraping
+        assert not telemetry or scrapes > 0
         if split:
             pipe.send("cpu")
             cpu += await asyncio.to_thread(pipe.recv) - child_cpu0
@@ -108,18 +199,28 @@ async def framework(
     return wall, cpu, latencies
 
 
-def _worker_process(db_url: str, redis_url: str, prefix: str, in_flight: int, pipe: Any) -> None:
-    """A worker in a process of its own, as in scaled mode. Answers "cpu" with its CPU seconds
-    so far, and stops on "stop"."""
+def _worker_process(
+    db_url: str, redis_url: str, prefix: str, in_flight: int, pipe: Any, telemetry: bool | None
+) -> None:
+    """A worker in a process of its own, as in scaled mode. Says ("ready", its /metrics port or
+    0), answers "cpu" with its CPU seconds so far, and stops on "stop"."""
 
     async def serve() -> None:
         settings = _settings(db_url, redis_url, prefix, in_flight)
+        if telemetry is not None:
+            _telemetry(telemetry)
         async with contextlib.AsyncExitStack() as stack:
             store = Store(db_url)
             await store.start()
             stack.push_async_callback(store.stop)
+            port = 0
+            if telemetry:
+                queue = RedisQueue(redis_url, consumer="observer", prefix=prefix)
+                await queue.start()
+                stack.push_async_callback(queue.stop)
+                port = await stack.enter_async_context(_observed(queue, store))
             await _start_worker(stack, settings, store)
-            pipe.send("ready")
+            pipe.send(("ready", port))
             while await asyncio.to_thread(pipe.recv) != "stop":
                 pipe.send(time.process_time())
 
@@ -216,6 +317,12 @@ async def main() -> None:
                 )
                 raw = await raw_hop(args.redis, n, in_flight)
                 rows.append((split, in_flight, n, fw, raw))
+        observed = []  # telemetry off, then on, then off and on again: the noise shows
+        for split in (False, True):
+            for telemetry in (False, True, False, True):
+                fw = await framework(db_url, args.redis, args.turns, args.in_flight,
+                                     warmup=200, split=split, telemetry=telemetry)  # fmt: skip
+                observed.append((split, telemetry, fw))
 
     print("frontdesk pipeline benchmark: fixed-reply engine, Redis + PostgreSQL on 127.0.0.1")
     header = (
@@ -236,6 +343,25 @@ async def main() -> None:
         "delivered,\nwith an instant engine: all of it is framework (at 1 in flight, nothing "
         'queues). "gateway + worker": one\nprocess; "gateway | worker": two processes, as in '
         "scaled mode. CPU: frontdesk's processes, not the\nRedis and PostgreSQL servers."
+    )
+    print(f"\ntelemetry at {args.in_flight} in flight, {args.turns} turns a run, off and on "
+          "alternately (two runs each):")  # fmt: skip
+    print(f"{'processes':>19} {'telemetry':>9} {'turns/s':>9} {'CPU ms/turn':>12} {'p99 ms':>7}")
+    for split in (False, True):
+        shape = "gateway | worker" if split else "gateway + worker"
+        rates = {}
+        for on in (False, True):
+            runs = [fw for s, t, fw in observed if s == split and t == on]
+            rate = sum(args.turns / wall for wall, _cpu, _lat in runs) / len(runs)
+            cpu = sum(c / args.turns * 1000 for _w, c, _lat in runs) / len(runs)
+            p99 = max(pct(lat, 99) * 1000 for _w, _c, lat in runs)
+            rates[on] = rate
+            print(f"{shape:>19} {'on' if on else 'off':>9} {rate:>9.0f} {cpu:>12.2f} {p99:>7.2f}")
+        print(f"{shape:>19} {'on / off':>9} {rates[True] / rates[False]:>9.3f}")
+    print(
+        "on: /metrics served by each process and scraped every second (readiness checks "
+        "included), JSON log\nlines at INFO to a file; off: no metric counted, nothing logged. "
+        "Target: on >= 0.95 x off."
     )
 
 
