@@ -85,6 +85,16 @@ def named_in_rules(rules: str) -> set[str]:
     return set(re.findall(r"\b(frontdesk_[a-z_]+)", rules))
 
 
+def base(name: str) -> str:
+    """A metric's name without the suffix of its samples (``_total``, ``_bucket``, …)."""
+    return re.sub(r"_(total|bucket|count|sum|created)$", "", name)
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((DEPLOY.parent / "grafana" / "frontdesk.json").read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+
 async def test_prometheus_scrapes_a_gateway_and_a_worker_during_a_turn(
     env: dict[str, str], tmp_path: Path, prometheus: tuple[str, list[int]]
 ) -> None:
@@ -128,9 +138,16 @@ async def test_prometheus_scrapes_a_gateway_and_a_worker_during_a_turn(
                 )  # fmt: skip
                 assert linted.returncode == 0, linted.stdout + linted.stderr
             rules = (DEPLOY / "alerts.yml").read_text()
-            assert named_in_rules(rules) and named_in_rules(rules) <= exported | {
-                name + "_total" for name in exported
-            }
+            exported_bases = {base(name) for name in exported}
+            assert named_in_rules(rules)
+            assert {base(n) for n in named_in_rules(rules)} <= exported_bases
+            # the dashboard: every frontdesk metric it names exists (vLLM's: the vLLM test), and
+            # each of its queries is PromQL that Prometheus runs
+            queries = dashboard_queries()
+            named = {base(n) for q in queries for n in re.findall(r"\bfrontdesk_[a-z_]+", q)}
+            assert len(named) >= 15 and named <= exported_bases, named - exported_bases
+            for expr in queries:
+                assert await _runs(url, expr), expr
             rules_ok = await _rules_loaded(url)
             assert rules_ok == {"FrontdeskDown", "FrontdeskNotReady", "FrontdeskEngineDied",
                                 "FrontdeskQueueLagGrowing", "FrontdeskDeadLetters",
@@ -139,6 +156,14 @@ async def test_prometheus_scrapes_a_gateway_and_a_worker_during_a_turn(
             codes = await procs.stop_all()
     assert codes == [0, 0]
     assert procs.tracebacks() == []
+
+
+async def _runs(prometheus: str, expr: str) -> bool:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{prometheus}/api/v1/query", params={"query": expr}) as response,
+    ):
+        return response.status == 200 and (await response.json())["status"] == "success"
 
 
 async def _status(url: str, wanted: int) -> bool:
