@@ -11,7 +11,7 @@ process serves /metrics (``frontdesk.ops``, with its readiness checks of Redis a
 scraped every second, and logs JSON lines at INFO to a file; off, the metrics are not counted
 (``frontdesk.metrics``' objects swapped for ones that do nothing) and nothing is logged.
 
-Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64]
+Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--telemetry-only]
 Needs Redis and PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
 
@@ -78,6 +78,25 @@ class _Uncounted:
 
 
 METRICS = {name: value for name, value in vars(metrics).items() if name.isupper()}
+
+
+def counting_us(repeat: int = 20_000) -> float:
+    """Microseconds of CPU the metrics a turn counts take, called in a loop: what the
+    throughput ratio below cannot resolve on a noisy machine."""
+    from frontdesk.wire import Turn
+
+    turn = Turn(1, 1, gateway="g", route={"platform": "bench"})
+    start = time.process_time()
+    for _ in range(repeat):
+        platform = metrics.platform_of(turn)
+        metrics.MESSAGES.labels(platform).inc()
+        with metrics.IN_FLIGHT.track_inprogress():
+            metrics.TURNS.labels(platform, "answered").inc()
+            metrics.FIRST_TOKEN.labels(platform).observe(0.2)
+            metrics.TURN_SECONDS.labels(platform).observe(0.4)
+            metrics.TOKENS.labels("in").inc(100)
+            metrics.TOKENS.labels("out").inc(20)
+    return (time.process_time() - start) / repeat * 1e6
 
 
 def _telemetry(on: bool) -> None:
@@ -305,11 +324,13 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--pairs", type=int, default=2, help="telemetry off/on runs of each")
+    parser.add_argument("--telemetry-only", action="store_true", help="only the telemetry rows")
     args = parser.parse_args()
 
     rows = []
     async with scratch_database(args.pg) as db_url:
-        for split in (False, True):
+        for split in (False, True) if not args.telemetry_only else ():
             for in_flight in (1, args.in_flight):
                 n = args.turns if in_flight > 1 else max(200, args.turns // 10)
                 fw = await framework(
@@ -319,12 +340,14 @@ async def main() -> None:
                 rows.append((split, in_flight, n, fw, raw))
         observed = []  # telemetry off, then on, then off and on again: the noise shows
         for split in (False, True):
-            for telemetry in (False, True, False, True):
+            for telemetry in (False, True) * args.pairs:
                 fw = await framework(db_url, args.redis, args.turns, args.in_flight,
                                      warmup=200, split=split, telemetry=telemetry)  # fmt: skip
                 observed.append((split, telemetry, fw))
 
     print("frontdesk pipeline benchmark: fixed-reply engine, Redis + PostgreSQL on 127.0.0.1")
+    if not rows:
+        print("(--telemetry-only)")
     header = (
         f"{'processes':>19} {'in flight':>9} {'turns':>6} {'turns/s':>9} {'raw hop/s':>10} "
         f"{'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'raw p50':>8} {'CPU ms/turn':>12}"
@@ -345,7 +368,7 @@ async def main() -> None:
         "scaled mode. CPU: frontdesk's processes, not the\nRedis and PostgreSQL servers."
     )
     print(f"\ntelemetry at {args.in_flight} in flight, {args.turns} turns a run, off and on "
-          "alternately (two runs each):")  # fmt: skip
+          f"alternately ({args.pairs} runs each):")  # fmt: skip
     print(f"{'processes':>19} {'telemetry':>9} {'turns/s':>9} {'CPU ms/turn':>12} {'p99 ms':>7}")
     for split in (False, True):
         shape = "gateway | worker" if split else "gateway + worker"
@@ -358,6 +381,8 @@ async def main() -> None:
             rates[on] = rate
             print(f"{shape:>19} {'on' if on else 'off':>9} {rate:>9.0f} {cpu:>12.2f} {p99:>7.2f}")
         print(f"{shape:>19} {'on / off':>9} {rates[True] / rates[False]:>9.3f}")
+    _telemetry(True)
+    print(f"{'':>19} the metrics of one turn, counted in a loop: {counting_us():.1f} us of CPU")
     print(
         "on: /metrics served by each process and scraped every second (readiness checks "
         "included), JSON log\nlines at INFO to a file; off: no metric counted, nothing logged. "
