@@ -68,7 +68,8 @@ TURN_SECONDS = Histogram(
 TOKENS = Counter("frontdesk_tokens", "Tokens of prompts (in) and replies (out)", ["direction"])
 RECLAIMED = Counter(
     "frontdesk_turns_reclaimed",
-    "Turns a worker took again: their worker died, stalled or was stopped mid-turn",
+    "Turns read again after an earlier delivery: their worker died, stalled or stopped "
+    "mid-turn, or handed them back to wait (storage down, an earlier message first)",
 )
 SWEPT = Counter(
     "frontdesk_messages_swept", "Stored messages the sweep queued again (never queued, or lost)"
