@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from frontdesk.bots import Channel, Gateway, ReplyStream
 from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
@@ -33,6 +35,13 @@ async def until(condition: Callable[[], object], within: float = 30) -> None:
             if result:
                 return
             await asyncio.sleep(0.02)
+
+
+def dashboard_queries() -> list[str]:
+    """The PromQL of every panel of deploy/grafana/frontdesk.json."""
+    path = Path(__file__).parents[1] / "deploy" / "grafana" / "frontdesk.json"
+    dashboard = json.loads(path.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -22,7 +21,7 @@ from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.vllm import VLLMBackend
 from frontdesk.ops import OpsServer
 from frontdesk.wire import ChatMessage
-from tests.support import pipeline, seed_conversation
+from tests.support import dashboard_queries, pipeline, seed_conversation
 
 STORY = [ChatMessage("user", "Tell me a long story about a lighthouse keeper and the sea.")]
 
@@ -96,10 +95,7 @@ async def test_the_metrics_endpoint_serves_vllms_own_metrics_beside_frontdesks(
     names = set(re.findall(r"^# TYPE (\S+) ", body, re.MULTILINE))
     assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc",
             "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"} <= names  # fmt: skip
-    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "frontdesk.json")
-                           .read_text())  # fmt: skip
-    shown = {name for panel in dashboard["panels"] for target in panel["targets"]
-             for name in re.findall(r"vllm:[a-z_]+", target["expr"])}  # fmt: skip
+    shown = {name for expr in dashboard_queries() for name in re.findall(r"vllm:[a-z_]+", expr)}
     assert len(shown) >= 5 and shown <= names, shown - names  # the dashboard's vLLM panels
     answered = [line for line in body.splitlines()
                 if line.startswith("frontdesk_turns_total{") and 'outcome="answered"' in line]  # fmt: skip
