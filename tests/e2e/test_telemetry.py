@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.processes import Processes, telegram_env
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.support import free_port, until
+from tests.support import dashboard_queries, free_port, until
 
 ANSWER = "Happy to help."
 DEPLOY = Path(__file__).parents[2] / "deploy" / "prometheus"
@@ -88,11 +88,6 @@ def named_in_rules(rules: str) -> set[str]:
 def base(name: str) -> str:
     """A metric's name without the suffix of its samples (``_total``, ``_bucket``, …)."""
     return re.sub(r"_(total|bucket|count|sum|created)$", "", name)
-
-
-def dashboard_queries() -> list[str]:
-    dashboard = json.loads((DEPLOY.parent / "grafana" / "frontdesk.json").read_text())
-    return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
 
 
 async def test_prometheus_scrapes_a_gateway_and_a_worker_during_a_turn(
@@ -240,7 +235,7 @@ async def _readiness(port: int) -> tuple[int, dict[str, str]]:
         return response.status, (await response.json())["checks"]
 
 
-async def test_readyz_fails_while_redis_is_down_and_recovers_after(
+async def test_readyz_fails_while_redis_or_the_engine_is_down_and_recovers_after(
     env: dict[str, str], tmp_path: Path, own_redis: Any
 ) -> None:
     ports = {"gateway": free_port(), "worker": free_port()}
@@ -276,9 +271,36 @@ async def test_readyz_fails_while_redis_is_down_and_recovers_after(
             await telegram.wait_for(
                 lambda f: [m["text"] for m in f.messages_in(3002)] == [ANSWER], timeout=30
             )
+
+            await engine.stop()  # the engine's server gone: the worker is not ready, the gateway is
+            await until(lambda: _status(f"http://127.0.0.1:{ports['worker']}/readyz", 503),
+                        within=10)  # fmt: skip
+            status, checks = await _readiness(ports["worker"])
+            assert checks["engine"] != "ok" and checks["redis"] == checks["database"] == "ok"
+            assert (await _readiness(ports["gateway"]))[0] == 200
         finally:
             codes = await procs.stop_all()
     assert codes == [0, 0]
+
+
+async def test_a_worker_is_alive_but_not_ready_while_its_engine_starts(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The endpoints come up before the engine: while it loads (here, an OpenAI-compatible
+    server slow to list its models), /healthz says alive and /readyz 503 names the engine."""
+    port = free_port()
+    async with FakeTelegram() as telegram, FakeOpenAI(ANSWER, models_delay_s=8) as engine:
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        try:
+            await procs.start("worker", "worker", FRONTDESK_METRICS_PORT=str(port))
+            await until(lambda: _status(f"http://127.0.0.1:{port}/healthz", 200), within=20)
+            status, checks = await _readiness(port)
+            assert status == 503 and checks["engine"] == "the engine is starting"
+            assert checks["redis"] == checks["database"] == "ok"
+            await until(lambda: _status(f"http://127.0.0.1:{port}/readyz", 200), within=20)
+        finally:
+            codes = await procs.stop_all()
+    assert codes == [0]
 
 
 async def test_every_log_line_of_a_turn_carries_its_turn_id_and_none_holds_a_secret(

@@ -32,12 +32,15 @@ class FakeOpenAI(FakeServer):
         failing: int | None = 503,
         word_delay_s: float = 0.0,
         echo: bool = False,
+        models_delay_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.reply = reply
         self.echo = echo  # answer "You said: <the last user message>" instead of ``reply``
         self.failing = failing
         self.word_delay_s = word_delay_s
+        # the first /v1/models answers this late (a server still loading its model)
+        self.models_delay_s = models_delay_s
 
     @property
     def base_url(self) -> str:
@@ -49,6 +52,8 @@ class FakeOpenAI(FakeServer):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         if method == "models":
+            delay, self.models_delay_s = self.models_delay_s, 0.0
+            await asyncio.sleep(delay)
             self.calls.append(Call(method, 200, {}))
             return web.json_response({"object": "list", "data": [{"id": "fake-model"}]})
         body = await request.json()
