@@ -127,6 +127,7 @@ async def test_prometheus_scrapes_a_gateway_and_a_worker_during_a_turn(
                 status, body = await get(f"http://127.0.0.1:{port}/metrics")
                 assert status == 200
                 exported |= metric_names(body)
+                assert "3001" not in body  # no label names the user or the chat
                 linted = await asyncio.to_thread(
                     subprocess.run, ["promtool", "check", "metrics"], input=body.encode(),
                     capture_output=True,
