@@ -1,12 +1,15 @@
 """The knowledge base's SQL: help-centre articles (``kb_sources``) and their chunks
-(``kb_chunks``), written a whole article at a time, and BM25 search over the chunks: FTS5's
-``bm25()`` on SQLite (migration 0007), and on PostgreSQL BM25 over a postings table made from each
-chunk's weighted tsvector (0009). A query means the same on both: its words
-(letters and digits, stemmed, PostgreSQL's English stopwords left out, see ``search_words``),
-any of which a chunk may hold; nothing in it is an operator. Scores are in [0, 1), higher is
-better: ``s / (1 + s)`` of the database's own rank, so that one ``FRONTDESK_KB_MIN_SCORE`` reads
-alike on both. The chunks' vectors (0008) are stored on both; on a PostgreSQL with pgvector
-(0010) they are searched here too (``kb_nearest``), elsewhere in the worker's memory.
+(``kb_chunks``), written a whole article at a time, and BM25 search over the chunks, alike on both
+databases: a postings table (``kb_terms``: stem, chunk, weighted term frequency, chunk length)
+written with each chunk, read for a query's few stems from its clustered index, and ranked with
+BM25's IDF and length normalisation. PostgreSQL makes the postings from each chunk's weighted
+tsvector (0009), SQLite from FTS5's ``porter unicode61`` tokenizer (0014). A query means the same
+on both: its words (letters and digits, stemmed, PostgreSQL's English stopwords left out, see
+``search_words``), any of which a chunk may hold; nothing in it is an operator. Scores are in
+[0, 1), higher is better: ``s / (1 + s)`` of the BM25 score, so that one
+``FRONTDESK_KB_MIN_SCORE`` reads alike on both. The chunks' vectors (0008) are stored on both; on
+a PostgreSQL with pgvector (0010) they are searched here too (``kb_nearest``), elsewhere in the
+worker's memory.
 
 Reading files and cutting chunks is ``frontdesk.engine.knowledge``'s; this module only stores
 and finds them.
@@ -15,6 +18,7 @@ and finds them.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from array import array
 from collections.abc import Iterable, Sequence
@@ -24,19 +28,18 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Float,
     bindparam,
     column,
     delete,
     func,
     insert,
-    literal_column,
     select,
     table,
     text,
     update,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .database import Database
 from .models import KbChunk, KbSource, KbVector, utcnow
@@ -89,7 +92,44 @@ _POSTINGS_OF_SOURCE = text(
     WHERE c.source_id = :source_id
     """
 )
-_FTS = table("kb_fts", column("rowid"))
+_TERMS = table("kb_terms", column("lexeme"))
+# SQLite (0014): FTS5's tokenizer stems chunks and queries alike, through a scratch table of the
+# connection's own (temp, never written to the database file), read back by fts5vocab: a row's
+# (stem, column) pairs, one per occurrence. Title and headings count 4 and 2 times the text.
+_SQLITE_TOKENS = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS temp.kb_tokens USING fts5(title, headings, text, "
+    "tokenize='porter unicode61')",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS temp.kb_tokens_instance "
+    "USING fts5vocab(temp, kb_tokens, instance)",
+)
+_SQLITE_TOKENIZE_CHUNKS = text(
+    "INSERT INTO temp.kb_tokens (rowid, title, headings, text) "
+    "SELECT id, title, headings, text FROM kb_chunks "
+    "WHERE source_id = :source_id AND position >= :first"
+)
+_SQLITE_POSTINGS = text(
+    "INSERT INTO kb_terms (lexeme, chunk_id, tf, dl) "
+    "SELECT i.term, i.doc, "
+    "sum(CASE i.col WHEN 'title' THEN 4.0 WHEN 'headings' THEN 2.0 ELSE 1.0 END), c.n_tokens "
+    "FROM temp.kb_tokens_instance AS i JOIN kb_chunks AS c ON c.id = i.doc "
+    "GROUP BY i.term, i.doc"
+)
+_SQLITE_TOKENIZE_WORDS = "INSERT INTO temp.kb_tokens (rowid, text) VALUES (:rowid, :word)"
+_SQLITE_STEMS = text("SELECT doc, term FROM temp.kb_tokens_instance")
+_SQLITE_TOKENS_CLEAR = text("DELETE FROM temp.kb_tokens")
+# BM25 as ``_BM25_PG``, each stem's IDF bound from ``_sqlite_weights`` (FTS5's SQLite may lack
+# ln()); CROSS JOIN keeps the stems as the outer loop, so each stem's postings are one range of
+# the clustered index
+_BM25_SQLITE = """
+WITH kept (lexeme, idf) AS (VALUES {values})
+SELECT t.chunk_id AS id,
+       sum(kept.idf * t.tf * 2.2 / (t.tf + :norm_a + :norm_b * t.dl)) AS rank
+FROM kept CROSS JOIN kb_terms AS t ON t.lexeme = kept.lexeme
+GROUP BY t.chunk_id
+ORDER BY rank DESC, t.chunk_id
+LIMIT :limit
+"""
+STEMS_KEPT = 50_000  # SQLite: words whose stems are remembered (then forgotten all at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +173,9 @@ class Knowledge(Database):
     def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
         super().__init__(url, pool_size=pool_size, echo=echo)
         self._kb_stats_cache: tuple[int, float, float] | None = None  # chunks, avg length, at
-        self._kb_df: dict[str, int] = {}  # SQLite: how many chunks hold each word, for
+        self._kb_df: dict[str, int] = {}  # SQLite: how many chunks hold each stem, for
         self._kb_version = (0, 0)  # the chunks as they were: (how many, the highest id)
+        self._kb_stems: dict[str, tuple[str, ...]] = {}  # SQLite: each word's stems
         # PostgreSQL with pgvector (0010): vectors are searched in the database, see kb_nearest
         self.kb_pgvector = False
         self._kb_hnsw: set[str] = set()  # models whose HNSW index this process has made sure of
@@ -205,6 +246,7 @@ class Knowledge(Database):
                             n_bytes=n_bytes, origin=origin, updated_at=utcnow())
                     .returning(KbSource.id)
                 )  # fmt: skip
+            assert source_id is not None  # found, or just inserted
             count = 0
             batch: list[dict[str, Any]] = []
             for chunk in chunks:
@@ -214,10 +256,10 @@ class Knowledge(Database):
                 )  # fmt: skip
                 count += 1
                 if len(batch) >= INSERT_BATCH:
-                    await conn.execute(insert(KbChunk), batch)
+                    await self._kb_insert(conn, source_id, batch)
                     batch = []
             if batch:
-                await conn.execute(insert(KbChunk), batch)
+                await self._kb_insert(conn, source_id, batch)
             if self.dialect == "postgresql":  # BM25's postings (0009), from the tsvectors
                 await conn.execute(_POSTINGS_OF_SOURCE, {"source_id": source_id})
             # the hash last: an article whose chunks failed midway is rolled back whole anyway
@@ -228,10 +270,23 @@ class Knowledge(Database):
             )
         return count
 
+    async def _kb_insert(
+        self, conn: AsyncConnection, source_id: int, batch: list[dict[str, Any]]
+    ) -> None:
+        """Write a batch of an article's chunks; on SQLite with their postings (0014)."""
+        await conn.execute(insert(KbChunk), batch)
+        if self.dialect == "sqlite":
+            for statement in _SQLITE_TOKENS:
+                await conn.execute(text(statement))
+            first = {"source_id": source_id, "first": batch[0]["position"]}
+            await conn.execute(_SQLITE_TOKENIZE_CHUNKS, first)
+            await conn.execute(_SQLITE_POSTINGS)
+            await conn.execute(_SQLITE_TOKENS_CLEAR)
+
     async def _kb_stats(self) -> tuple[int, float]:
         """How many chunks there are and their average length, for BM25 (read at most every
         ``STATS_EVERY_S``: a count over every chunk is not free). The words' counts of
-        ``_uncommon`` are forgotten when the chunks changed (a written chunk has a new id)."""
+        ``_sqlite_weights`` are forgotten when the chunks changed (a written chunk has a new id)."""
         now = time.monotonic()
         cached = self._kb_stats_cache
         if cached is not None and now - cached[2] < STATS_EVERY_S:
@@ -250,16 +305,16 @@ class Knowledge(Database):
         return version[0], self._kb_stats_cache[1]
 
     async def kb_optimize(self) -> None:
-        """Bring the search index to its best after a large write. PostgreSQL: VACUUM ANALYZE
-        the postings, so that a query reads them from the index alone (its visibility map) and
-        the planner knows their sizes; autovacuum would get there, later. SQLite: FTS5's
-        ``optimize``, which merges the index's segments (one per batch written) into one."""
+        """Bring the search index to its best after a large write: the planner's statistics of
+        the postings (SQLite's ANALYZE), and on PostgreSQL a VACUUM of them too, so that a
+        query reads them from the index alone (its visibility map); autovacuum would get there,
+        later."""
         async with self.connect() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(text("VACUUM (ANALYZE) kb_terms"))
                 await conn.execute(text("ANALYZE kb_chunks"))
             else:
-                await conn.execute(text("INSERT INTO kb_fts (kb_fts) VALUES ('optimize')"))
+                await conn.execute(text("ANALYZE kb_terms"))
 
     async def kb_remove(self, source: str) -> bool:
         """Remove article ``source`` and its chunks; False when there is none by that name."""
@@ -304,17 +359,22 @@ class Knowledge(Database):
             )
             best = select(scored.c.id, scored.c.rank).subquery()
         else:
-            # bm25() is lower for better matches; title and headings weigh more than the text
-            bm25: ColumnElement[float] = literal_column("bm25(kb_fts, 4.0, 2.0, 1.0)")
-            words = await self._uncommon(words, _common_limit(chunks))
-            match = " OR ".join(f'"{w}"' for w in words)
-            best = (
-                select(_FTS.c.rowid.label("id"), (-bm25).label("rank"))
-                .where(literal_column("kb_fts").op("MATCH")(match))
-                .order_by(bm25, _FTS.c.rowid)
-                .limit(limit)
+            weights = await self._sqlite_weights(words, chunks)
+            if not weights:
+                return []
+            values = ", ".join(f"(:lexeme{i}, :idf{i})" for i in range(len(weights)))
+            bound: dict[str, Any] = {"norm_a": 1.2 * 0.25, "norm_b": 1.2 * 0.75 / average,
+                                     "limit": limit}  # fmt: skip
+            for i, (stem, idf) in enumerate(weights):
+                bound[f"lexeme{i}"] = stem
+                bound[f"idf{i}"] = idf
+            scored = (
+                text(_BM25_SQLITE.format(values=values))
+                .bindparams(**bound)
+                .columns(id=BigInteger, rank=Float)
                 .subquery()
             )
+            best = select(scored.c.id, scored.c.rank).subquery()
         stmt = (
             select(*columns, best.c.rank)
             .select_from(best)
@@ -336,27 +396,45 @@ class Knowledge(Database):
             )  # fmt: skip
         return hits
 
-    async def _uncommon(self, words: list[str], common: int) -> list[str]:
-        """SQLite: ``words`` without those in more than ``common`` chunks, unless none of the
-        rest is in any (as PostgreSQL's ``kept``). The words not counted yet are counted in one
-        query, and kept until the chunks change: counting a word's matches is cheap next to
-        ranking them, and most words recur."""
-        if len(set(words)) < 2 or common == _NO_LIMIT:
-            return words
-        new = sorted(set(words) - self._kb_df.keys())
-        if new:
-            counts = [
-                select(func.count())
-                .select_from(_FTS)
-                .where(literal_column("kb_fts").op("MATCH")(f'"{word}"'))
-                .scalar_subquery()
-                for word in new
-            ]
-            async with self.connect() as conn:
-                found = (await conn.execute(select(*counts))).one()
-            self._kb_df.update(zip(new, (int(n or 0) for n in found), strict=True))
-        kept = [w for w in words if self._kb_df[w] <= common]
-        return kept if any(self._kb_df[w] for w in kept) else words
+    async def _sqlite_weights(self, words: list[str], chunks: int) -> list[tuple[str, float]]:
+        """SQLite: the stems of ``words`` that a search reads, each with its IDF, computed as
+        ``_BM25_PG`` does: stems found in no chunk left out, and those in more than
+        ``_common_limit`` chunks too, unless no other stem is found. Each word's stems and each
+        stem's count of chunks are looked up once (the counts until the chunks change), in one
+        connection for all that are new: counting a stem's postings is cheap next to ranking
+        them, and most words recur."""
+        new_words = sorted({w for w in words if w not in self._kb_stems})
+        async with self.connect() as conn:
+            if new_words:
+                if len(self._kb_stems) > STEMS_KEPT:
+                    self._kb_stems = {}
+                for statement in _SQLITE_TOKENS:
+                    await conn.execute(text(statement))
+                rows = [{"rowid": i, "word": w} for i, w in enumerate(new_words)]
+                await conn.execute(text(_SQLITE_TOKENIZE_WORDS), rows)
+                found: dict[int, list[str]] = {}
+                for doc, term in (await conn.execute(_SQLITE_STEMS)).all():
+                    found.setdefault(int(doc), []).append(str(term))
+                await conn.execute(_SQLITE_TOKENS_CLEAR)
+                for i, word in enumerate(new_words):
+                    self._kb_stems[word] = tuple(dict.fromkeys(found.get(i, ())))
+            stems = list(dict.fromkeys(s for w in words for s in self._kb_stems[w]))
+            uncounted = [s for s in stems if s not in self._kb_df]
+            if uncounted:
+                counts = [
+                    select(func.count())
+                    .select_from(_TERMS)
+                    .where(_TERMS.c.lexeme == stem)
+                    .scalar_subquery()
+                    for stem in uncounted
+                ]
+                counted = (await conn.execute(select(*counts))).one()
+                self._kb_df.update(zip(uncounted, (int(n or 0) for n in counted), strict=True))
+        common = _common_limit(chunks)
+        present = [s for s in stems if self._kb_df[s]]
+        kept = [s for s in present if self._kb_df[s] <= common] or present
+        return [(s, math.log(1 + (chunks - self._kb_df[s] + 0.5) / (self._kb_df[s] + 0.5)))
+                for s in kept]  # fmt: skip
 
     # -- dense vectors ---------------------------------------------------------------------------
 

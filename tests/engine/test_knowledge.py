@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from pypdf import PdfWriter
+from sqlalchemy import insert
+from sqlalchemy import text as sql
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from frontdesk import texts
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt, Usage
@@ -21,7 +25,8 @@ from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.knowledge.chunks import MAX_TOKENS, MIN_TOKENS, chunk_events
 from frontdesk.engine.knowledge.documents import Heading, open_document
 from frontdesk.engine.knowledge.ingest import add_paths, sync_folder
-from frontdesk.storage import ChunkIn, Store
+from frontdesk.storage import ChunkIn, Store, migrations
+from frontdesk.storage.models import KbChunk, KbSource, utcnow
 from frontdesk.wire import InboundMessage
 from tests.support import pipeline
 
@@ -229,6 +234,59 @@ async def test_a_word_in_most_chunks_of_a_large_knowledge_base_is_left_out_while
     assert [h.source for h in await kb_store.kb_search("part refund", limit=5)] == ["refunds.md"]
     assert len(await kb_store.kb_search("part", limit=5)) == 5
     assert len(await kb_store.kb_search("part zebra", limit=5)) == 5  # zebra: in no chunk
+
+
+async def test_a_sqlite_knowledge_base_from_before_its_postings_table_is_found_alike_after_upgrade(
+    tmp_path: Path,
+) -> None:
+    """An SQLite knowledge base written under FTS5 (before 0014) gets its postings from FTS5's
+    index at `frontdesk db upgrade`: each search finds the same chunks with the same scores as
+    the same articles added afresh; a downgrade gives FTS5's index back, whole."""
+    chunks = [
+        ChunkIn("Shipping", "Belgium", "Parcels to Belgium take two days by bpost.", 12),
+        ChunkIn(
+            "Shipping", "Belgium > Costs", "Shipping to Belgium costs 5 euros; free over 50.", 14
+        ),
+        ChunkIn("Returns", "", "Send shoes back within 30 days, in their box, for a refund.", 15),
+    ]
+    old = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    engine = create_async_engine(old)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.upgrade(migrations._config(sync), "0013"))
+        source_id = await conn.scalar(
+            insert(KbSource)
+            .values(source="help.md", title="Help", url=None, content_hash="h", n_chunks=3,
+                    n_bytes=0, updated_at=utcnow())
+            .returning(KbSource.id)
+        )  # fmt: skip
+        await conn.execute(
+            insert(KbChunk),
+            [{"source_id": source_id, "position": i, "title": c.title, "headings": c.headings,
+              "text": c.text, "n_tokens": c.n_tokens} for i, c in enumerate(chunks)],
+        )  # fmt: skip
+    await engine.dispose()
+    migrated, fresh = Store(old), Store(f"sqlite+aiosqlite:///{tmp_path / 'new.db'}")
+    await migrated.start(migrate=True)
+    await fresh.start(migrate=True)
+    try:
+        await fresh.kb_replace(
+            "help.md", title="Help", url=None, content_hash="h", n_bytes=0, chunks=chunks
+        )
+        for query in ("belgium", "how much is shipping to belgium", "refund for my shoes"):
+            found = [(h.text, h.score) for h in await migrated.kb_search(query)]
+            assert found and found == [(h.text, h.score) for h in await fresh.kb_search(query)]
+        assert (await migrated.kb_search("parcels belgium"))[0].text == chunks[0].text
+    finally:
+        await migrated.stop()
+        await fresh.stop()
+    engine = create_async_engine(old)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: command.downgrade(migrations._config(sync), "0013"))
+        matched = await conn.execute(
+            sql("SELECT rowid FROM kb_fts WHERE kb_fts MATCH 'belgium' ORDER BY rowid")
+        )
+        assert len(matched.all()) == 2
+    await engine.dispose()
 
 
 class PromptRecorder(FixedReplyBackend):
