@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from frontdesk.bots.telegram.channel import POLL_LEASE_MS
 from frontdesk.engine.queue import RedisQueue
 from tests.e2e.processes import Processes, telegram_env
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.slack_api import FakeSlack
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram_api import Call, FakeTelegram
 from tests.support import free_port, until
 
 ANSWER = "Happy to help."
 TAKEOVER_S = 10.0  # the issue's bound on a failover
 POLLING = "polls for updates now"
+TERM_OVER = re.compile(r"polling term \d+ is over")
 
 
 def pollers(procs: Processes) -> list[str]:
@@ -83,6 +88,54 @@ async def test_three_gateways_poll_one_at_a_time_and_another_takes_over_a_killed
         assert len(terms) == 2 and first in terms  # the killed one, then one other
         assert telegram.conflicts == 0  # never two getUpdates calls at once
         exactly_once(telegram, engine, before + after)
+    assert codes == [0, 0, 0]
+    assert procs.tracebacks() == []
+
+
+async def test_a_poller_cut_off_from_redis_stops_polling_before_its_lease_can_lapse(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The fence: a poller that cannot renew its lease (Redis gone for it alone) ends its term
+    and its long poll while the lease still holds, and calls getUpdates no more; so the gateway
+    that takes the lapsed lease over never meets it there (no 409), and answers."""
+    url = urlsplit(env["FRONTDESK_REDIS_URL"])
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    cut_off = env["FRONTDESK_REDIS_URL"].replace(url.netloc, f"127.0.0.1:{proxy.port}")
+    async with FakeTelegram() as telegram, FakeOpenAI(ANSWER, failing=None) as engine:
+        procs = Processes(telegram_env(env, telegram, engine), tmp_path)
+        try:
+            await procs.start("worker", "worker")
+            await procs.start("gw-a", "gateway", FRONTDESK_GATEWAY_ID="gw-a",
+                              FRONTDESK_HTTP_PORT=str(free_port()),
+                              FRONTDESK_REDIS_URL=cut_off)  # fmt: skip
+            await until(lambda: pollers(procs) == ["gw-a"], within=30)
+            ask(telegram, [2001])
+            await telegram.wait_for(lambda f: answered(f, [2001]), timeout=30)
+            cut_at = time.monotonic()
+            proxy.pause()
+            [log_a] = procs.logs[1:2]
+            await until(lambda: TERM_OVER.search(log_a.read_text()) is not None, within=10)
+            over_at = time.monotonic()
+            assert over_at - cut_at < POLL_LEASE_MS / 1000  # before the lease could lapse
+            await asyncio.sleep(2)  # a poller still going would call getUpdates again by now
+            quiet_until = time.monotonic()
+            await procs.start("gw-b", "gateway", FRONTDESK_GATEWAY_ID="gw-b",
+                              FRONTDESK_HTTP_PORT=str(free_port()))  # fmt: skip
+            await until(lambda: "gw-b" in pollers(procs), within=30)
+            ask(telegram, [2002])
+            await telegram.wait_for(lambda f: answered(f, [2002]), timeout=30)
+            proxy.resume()  # Redis is back for gw-a: it finds the lease held, and waits
+            await asyncio.sleep(3)
+        finally:
+            codes = await procs.stop_all()
+            await proxy.stop()
+        polled = [c.at for c in telegram.calls_to("getUpdates")]
+        assert not [at for at in polled if over_at - 0.1 < at < quiet_until]  # gw-a called none
+        assert telegram.conflicts == 0  # gw-a's long poll was ended before gw-b's began
+        assert sorted(pollers(procs)) == ["gw-a", "gw-b"]
+        assert log_a.read_text().count(POLLING) == 1  # gw-a did not poll again
+        exactly_once(telegram, engine, [2001, 2002])
     assert codes == [0, 0, 0]
     assert procs.tracebacks() == []
 
