@@ -62,13 +62,15 @@ COMMON_FROM_CHUNKS = 1_000
 # its postings, then its postings scored. Both lateral joins read the postings from the index
 # alone (OFFSET 0 keeps the planner from a hash join over every posting), and the arithmetic is
 # in float8: numeric, PostgreSQL's default for these literals, made a query 3× slower.
-# 1.2 * (0.25 + 0.75 * dl / avgdl) is bound as :norm_a + :norm_b * dl. A lexeme in more than
+# 1.2 * (0.25 + 0.75 * dl / avgdl) is bound as :norm_a + :norm_b * dl. The count of chunks is
+# read every 30 s (``_kb_stats``): a word's count may be above it for that long after an add, so
+# the IDF takes the larger (never below 0). A lexeme in more than
 # :common chunks is left out while another of the query's is in fewer (``_common_limit``).
 _BM25_PG = """
 WITH q AS (
     SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', :words))) AS lexeme
 ), w AS (
-    SELECT q.lexeme, d.n, ln(1 + (CAST(:n AS float8) - d.n + 0.5) / (d.n + 0.5)) AS idf
+    SELECT q.lexeme, d.n, ln(1 + (GREATEST(CAST(:n AS float8), d.n) - d.n + 0.5) / (d.n + 0.5)) AS idf
     FROM q CROSS JOIN LATERAL (
         SELECT count(*) AS n FROM kb_terms WHERE kb_terms.lexeme = q.lexeme
     ) AS d
@@ -445,7 +447,7 @@ class Knowledge(Database):
         common = _common_limit(chunks)
         present = [s for s in stems if df[s]]
         kept = [s for s in present if df[s] <= common] or present
-        return [(s, math.log(1 + (chunks - df[s] + 0.5) / (df[s] + 0.5))) for s in kept]
+        return [(s, math.log(1 + (max(chunks, df[s]) - df[s] + 0.5) / (df[s] + 0.5))) for s in kept]
 
     # -- dense vectors ---------------------------------------------------------------------------
 

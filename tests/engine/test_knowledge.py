@@ -236,6 +236,27 @@ async def test_a_word_in_most_chunks_of_a_large_knowledge_base_is_left_out_while
     assert len(await kb_store.kb_search("part zebra", limit=5)) == 5  # zebra: in no chunk
 
 
+async def test_articles_another_process_just_added_score_above_zero_before_the_counts_refresh(
+    kb_store: Store, tmp_path: Path
+) -> None:
+    """BM25's count of chunks is read every 30 s; a word of articles added meanwhile (by `kb
+    add`, another process) can be in more chunks than it says, and still weighs above 0."""
+    write(tmp_path / "one", "shipping.md", "# Shipping\n\nParcels take two days.\n")
+    await add_paths(kb_store, [tmp_path / "one"])
+    assert await kb_store.kb_search("parcels")  # the count is read now: one chunk
+    other = Store(kb_store.url)
+    await other.start()
+    try:
+        boots = [ChunkIn("Boots", f"b{i}", f"waterproof boots, pair {i}", 5) for i in range(5)]
+        await other.kb_replace(
+            "boots.md", title="Boots", url=None, content_hash="b", n_bytes=0, chunks=boots
+        )
+    finally:
+        await other.stop()
+    hits = await kb_store.kb_search("waterproof boots")
+    assert len(hits) == 5 and all(h.score > 0 for h in hits)
+
+
 async def test_a_sqlite_knowledge_base_from_before_its_postings_table_is_found_alike_after_upgrade(
     tmp_path: Path,
 ) -> None:
