@@ -419,6 +419,8 @@ class Knowledge(Database):
             async with self.connect() as conn:
                 for statement in _SQLITE_TOKENS:
                     await conn.execute(text(statement))
+                # emptied first too: a search stopped midway (autocommit) leaves its words there
+                await conn.execute(_SQLITE_TOKENS_CLEAR)
                 await conn.execute(text(_SQLITE_TOKENIZE_WORDS), rows)
                 for doc, term in (await conn.execute(_SQLITE_STEMS)).all():
                     found.setdefault(int(doc), []).append(str(term))

@@ -25,7 +25,7 @@ from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.knowledge.chunks import MAX_TOKENS, MIN_TOKENS, chunk_events
 from frontdesk.engine.knowledge.documents import Heading, open_document
 from frontdesk.engine.knowledge.ingest import add_paths, sync_folder
-from frontdesk.storage import ChunkIn, Store, migrations
+from frontdesk.storage import ChunkIn, Store, knowledge, migrations
 from frontdesk.storage.models import KbChunk, KbSource, utcnow
 from frontdesk.wire import InboundMessage
 from tests.support import pipeline
@@ -234,6 +234,27 @@ async def test_a_word_in_most_chunks_of_a_large_knowledge_base_is_left_out_while
     assert [h.source for h in await kb_store.kb_search("part refund", limit=5)] == ["refunds.md"]
     assert len(await kb_store.kb_search("part", limit=5)) == 5
     assert len(await kb_store.kb_search("part zebra", limit=5)) == 5  # zebra: in no chunk
+
+
+async def test_a_search_stopped_midway_leaves_the_next_search_unharmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite stems a query's words in a scratch table of the connection's own; a search that
+    fails or is cancelled after writing its words there must not break the next one on that
+    connection."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'kb.db'}")
+    await store.start(migrate=True)
+    try:
+        write(tmp_path / "help", "shipping.md", "# Shipping\n\nParcels to Belgium take two days.\n")
+        await add_paths(store, [tmp_path / "help"])
+        monkeypatch.setattr(knowledge, "_SQLITE_STEMS", sql("SELECT * FROM no_such_table"))
+        with pytest.raises(Exception, match="no_such_table"):
+            await store.kb_search("parcels")
+        monkeypatch.undo()
+        [hit] = await store.kb_search("belgium parcels")
+        assert hit.source == "shipping.md"
+    finally:
+        await store.stop()
 
 
 async def test_articles_another_process_just_added_score_above_zero_before_the_counts_refresh(
