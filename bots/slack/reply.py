@@ -182,11 +182,13 @@ class SharedUpdateBudget(UpdateBudget):
 
 @dataclass
 class _Shown:
-    """One message of a reply on Slack: its ts, the mrkdwn it shows, when it was last changed."""
+    """One message of a reply on Slack: its ts, the mrkdwn it shows, when it was last changed
+    (posted or updated), and when it was last updated (0: never)."""
 
     ts: str
     text: str
     at: float = field(default_factory=time.monotonic)
+    updated_at: float = 0.0
 
 
 class LiveReply:
@@ -307,9 +309,11 @@ class LiveReply:
                 if interim is None:
                     continue  # the budget is kept for final updates
                 slot = interim
-            gap = shown.at + self.interval - time.monotonic()  # one update a second per message
+            # one update a second per message; a complete part's first update need not wait
+            # for its post (an interim one did, above: it would spend the budget on little)
+            gap = shown.updated_at + self.interval - time.monotonic()
             if gap > 0:
                 await asyncio.sleep(gap)
             if await self.slack.update(self.where, shown.ts, part, slot, blocks=blocks):
                 shown.text = part
-            shown.at = time.monotonic()
+            shown.at = shown.updated_at = time.monotonic()

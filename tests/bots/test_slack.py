@@ -349,6 +349,22 @@ async def test_a_reply_streams_into_a_placeholder_within_the_update_limits(
     assert fake.count_429() == 0
 
 
+
+async def test_a_reply_that_ends_just_after_its_post_gets_its_final_update_at_once(
+    fake: FakeSlack, slack_settings
+) -> None:
+    words = " ".join(f"word{i}" for i in range(10))
+    backend = SlowBackend(words, gap_s=0.04)  # done about 0.4 s after the first word
+    async with running(fake, slack_settings(), backend) as slack:
+        await slack.send(fake.dm("quick please"))
+        [message] = await slack.settled(DM)
+    assert message["text"] == words
+    [post] = fake.calls_to("chat.postMessage", DM)
+    [update] = fake.calls_to("chat.update", DM)
+    # the one-a-second pacing of a message's updates is not counted from its post: the final
+    # text comes when the last word does, not a second after the first
+    assert update.at - post.at < 0.8
+    assert fake.count_429() == 0
 async def test_markdown_becomes_mrkdwn(fake: FakeSlack, slack_settings) -> None:
     reply = (
         "**Bold**, *italic*, `code` and [the docs](https://example.com/a?b=1&c=2).\n\n"
