@@ -11,7 +11,13 @@ process serves /metrics (``frontdesk.ops``, with its readiness checks of Redis a
 scraped every second, and logs JSON lines at INFO to a file; off, the metrics are not counted
 (``frontdesk.metrics``' objects swapped for ones that do nothing) and nothing is logged.
 
+With ``--profile FILE``, instead: one run of the framework in one process at ``--in-flight``,
+under cProfile (the event loop's thread: the gateway's and the worker's Python), and a summary of
+where its CPU went: the share of each package (redis-py, SQLAlchemy, asyncpg, asyncio, frontdesk,
+...) by time spent in its own functions, printed, then the top functions written to FILE.
+
 Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--telemetry-only]
+       python bench/pipeline.py --profile FILE [--turns 3000] [--in-flight 64]
 Needs Redis and PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
 
@@ -20,12 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import io
 import logging
 import multiprocessing
+import pstats
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -318,6 +328,52 @@ async def raw_hop(redis_url: str, turns: int, in_flight: int) -> tuple[float, fl
     return result
 
 
+PACKAGES = {  # where a function's file lies -> the name the summary gives it
+    "/redis/": "redis-py", "/sqlalchemy/": "SQLAlchemy", "/asyncpg/": "asyncpg",
+    "/asyncio/": "asyncio", "/pydantic": "pydantic",
+    "/aiohttp/": "aiohttp", "/prometheus_client/": "prometheus-client", "/uvloop/": "uvloop",
+}  # fmt: skip
+
+
+REPO = str(Path(__file__).resolve().parent.parent) + "/"
+
+
+def _package(filename: str) -> str:
+    if filename.startswith("~") or filename.startswith("<"):
+        return "built-ins (sockets, select, ...)"
+    for part, name in PACKAGES.items():
+        if part in filename:
+            return name
+    return "frontdesk" if filename.startswith(REPO) and "-packages/" not in filename else "other"
+
+
+async def profiled(db_url: str, redis_url: str, turns: int, in_flight: int, path: str) -> None:
+    """One run of the framework in one process under cProfile: each package's share of the CPU
+    spent in its own functions, printed; the top 60 functions (own and cumulative time) to
+    ``path``."""
+    profile = cProfile.Profile()
+    # the warm-up (and the start) is profiled too, but is small next to ``turns``
+    profile.enable()
+    wall, cpu, _lat = await framework(db_url, redis_url, turns, in_flight, 200, split=False)
+    profile.disable()
+    stats = pstats.Stats(profile)
+    shares: dict[str, float] = {}
+    total = 0.0
+    for (filename, _line, _name), (_cc, _nc, own, _cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        shares[_package(filename)] = shares.get(_package(filename), 0.0) + own
+        total += own
+    print(f"profile of {turns} turns at {in_flight} in flight, one process: {turns / wall:.0f} "
+          f"turns/s, {cpu / turns * 1000:.2f} ms of CPU a turn (slower under the profiler)")  # fmt: skip
+    print(f"{'package':>32} {'share of CPU':>13}")
+    for name, own in sorted(shares.items(), key=lambda item: -item[1]):
+        print(f"{name:>32} {own / total:>13.1%}")
+    out = io.StringIO()
+    for order in ("tottime", "cumulative"):
+        pstats.Stats(profile, stream=out).strip_dirs().sort_stats(order).print_stats(60)
+    await asyncio.to_thread(Path(path).write_text, out.getvalue())
+    print(f"top functions by own and by cumulative time: {path}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=3000)
@@ -326,7 +382,13 @@ async def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--pairs", type=int, default=2, help="telemetry off/on runs of each")
     parser.add_argument("--telemetry-only", action="store_true", help="only the telemetry rows")
+    parser.add_argument("--profile", metavar="FILE", help="profile one run instead (see above)")
     args = parser.parse_args()
+
+    if args.profile:
+        async with scratch_database(args.pg) as db_url:
+            await profiled(db_url, args.redis, args.turns, args.in_flight, args.profile)
+        return
 
     rows = []
     async with scratch_database(args.pg) as db_url:
