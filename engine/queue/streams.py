@@ -15,8 +15,10 @@ from datetime import date
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from frontdesk.backoff import Backoff
@@ -26,6 +28,7 @@ from frontdesk.wire import ReplyDelta, Turn, decode, encode
 
 from .admin import QueueAdmin
 from .base import GROUP, Delivery, Fields, Streams, delivery_of
+from .coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +287,8 @@ class RedisQueue(QueueAdmin):
         self._budget_hold = self.redis.register_script(_BUDGET_HOLD)
         self._budget_calls = itertools.count()
         self._let_role_go = self.redis.register_script(_LET_ROLE_GO)
+        # the commands of a turn's hot path (reply deltas, acks, leases) of every turn in flight
+        self._together = Coalescer(self.redis)
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
@@ -553,7 +558,20 @@ class RedisQueue(QueueAdmin):
         message = delivery.turn.message_id if delivery.turn is not None else ""
         keys = [self.turns_key, self.live_key]
         args = [GROUP, self.consumer, delivery.entry_id, message]
-        return bool(await self._ack(keys=keys, args=args))
+        return bool(await self._script_together(self._ack, keys, args))
+
+    async def _script_together(
+        self, script: AsyncScript, keys: list[str], args: list[str | int]
+    ) -> Any:
+        """Run ``script`` in the next batch of commands; alone when Redis does not have it
+        loaded (it was restarted), which loads it."""
+        try:
+            [result] = await self._together.run(
+                lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args)
+            )
+        except NoScriptError:
+            result = await script(keys=keys, args=args)
+        return result
 
     async def release(self, delivery: Delivery) -> None:
         """Leave the entry pending: once it has been idle for ``claim_idle_ms`` (this worker no
@@ -674,7 +692,10 @@ class RedisQueue(QueueAdmin):
         """Take the conversation's lease (one worker answers it at a time) unless another holds
         it. Held until ``unlease``, or ``ttl_ms`` past the last ``renew``."""
         key = self.lease_prefix + str(conversation_id)
-        return bool(await self.redis.set(key, self.consumer, nx=True, px=ttl_ms))
+        [taken] = await self._together.run(
+            lambda pipe: pipe.set(key, self.consumer, nx=True, px=ttl_ms)
+        )
+        return bool(taken)
 
     async def renew(self, conversation_ids: Iterable[int], ttl_ms: int) -> set[int]:
         """Extend this consumer's leases; returns the conversations whose lease another took."""
@@ -685,7 +706,8 @@ class RedisQueue(QueueAdmin):
         return {int(key.removeprefix(self.lease_prefix)) for key in lost}
 
     async def unlease(self, conversation_id: int) -> None:
-        await self._release(keys=[self.lease_prefix + str(conversation_id)], args=[self.consumer])
+        keys = [self.lease_prefix + str(conversation_id)]
+        await self._script_together(self._release, keys, [self.consumer])
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         record = {
@@ -702,6 +724,12 @@ class RedisQueue(QueueAdmin):
             await pipe.execute()
         log.error("turn entry %s dead-lettered: %s", delivery.entry_id, reason)
 
+    @staticmethod
+    def _append(pipe: Pipeline, key: str, fields: Fields, seq: int) -> None:
+        pipe.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+        if not seq:  # once a turn: a gateway that is gone for good leaves no stream for long
+            pipe.expire(key, REPLY_STREAM_TTL_S)
+
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
         """Append a delta to the gateway's reply stream. While Redis is unreachable (a restart)
         it tries again, for up to ``PUBLISH_FOR_S``: the reply goes on where it was, rather than
@@ -712,14 +740,7 @@ class RedisQueue(QueueAdmin):
         deadline = time.monotonic() + PUBLISH_FOR_S
         while True:
             try:
-                if delta.seq:
-                    await self.redis.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
-                    return
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
-                    # Once a turn: a gateway that is gone for good leaves no stream for long.
-                    pipe.expire(key, REPLY_STREAM_TTL_S)
-                    await pipe.execute()
+                await self._together.run(lambda pipe: self._append(pipe, key, fields, delta.seq))
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if time.monotonic() >= deadline:

@@ -292,3 +292,52 @@ async def test_a_gone_gateway_is_forgotten_only_once_it_left_no_reply_in_progres
     assert await q.forget_gateway("left-a-reply", ["telegram", "slack"])
     assert await q.gateway_ids("telegram") == {"alive"}
     await q.stop()
+
+
+async def test_the_replies_acks_and_leases_of_many_turns_at_once_share_one_round_trip(
+    redis_url: str, queue_prefix: str, monkeypatch
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    sent = 0
+    pipeline = q.redis.pipeline
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal sent
+        sent += 1
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(q.redis, "pipeline", counted)
+    await q.redis.set(q.reply_prefix + "not-a-stream", "x")
+    results = await asyncio.gather(
+        *(q.publish("gw", ReplyDelta(f"t{n}", seq, f"{n}.{seq}", done=seq == 2))
+          for seq in range(3) for n in range(20)),
+        *(q.lease(conversation, ttl_ms=5000) for conversation in range(10)),
+        q.publish("not-a-stream", ReplyDelta("lost", 0, "x", done=True)),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert sent == 1  # 60 deltas, 10 leases and the refused delta: one write to Redis
+    assert results[:60] == [None] * 60 and results[60:70] == [True] * 10
+    assert "WRONGTYPE" in str(results[70])  # only the command Redis refused failed, for its caller
+    got: dict[str, list[str]] = {}
+    async for _entry_id, delta in q.replies("gw", after="0-0"):
+        got.setdefault(delta.turn_id, []).append(delta.text)
+        if sum(map(len, got.values())) == 60:
+            break
+    assert got == {f"t{n}": [f"{n}.{seq}" for seq in range(3)] for n in range(20)}  # in order
+    assert await q.redis.ttl(q.reply_prefix + "gw") > 0
+    await q.stop()
+
+
+async def test_an_ack_and_a_release_still_work_after_redis_forgot_its_scripts(
+    redis_url: str, queue_prefix: str
+) -> None:
+    q = await open_queue(redis_url, queue_prefix, "w")
+    await q.submit(Turn(conversation_id=1, message_id=7, gateway="gw"))
+    [delivery] = await q.receive(10, block_ms=500)
+    assert await q.lease(1, ttl_ms=5000)
+    await q.redis.script_flush()  # as after a restart of Redis
+    assert await q.ack(delivery)
+    await q.unlease(1)
+    assert (await q.redis.xpending(q.turns_key, GROUP))["pending"] == 0
+    assert await q.redis.get(q.lease_prefix + "1") is None
+    await q.stop()
