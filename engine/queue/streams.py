@@ -326,7 +326,7 @@ class RedisQueue(QueueAdmin):
         keys = [self.turns_key, self.live_key, self.lease_prefix + str(turn.conversation_id)]
         args = [turn.message_id, self.maxlen, "1" if sweep else "0", *fields]
         try:
-            return await self._submit(keys=keys, args=args) is not None
+            return await self._script_together(self._submit, keys, args) is not None
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot queue the turn on Redis: {exc}") from exc
 
@@ -369,17 +369,22 @@ class RedisQueue(QueueAdmin):
 
     async def track(self, gateway: str, turn_id: str, record: dict[str, Any]) -> None:
         key = self.deliveries_prefix + gateway
+        value = json.dumps(record, ensure_ascii=False)
+
+        def recorded(pipe: Pipeline) -> None:
+            pipe.hset(key, turn_id, value)
+            pipe.expire(key, REPLY_STREAM_TTL_S)
+
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, turn_id, json.dumps(record, ensure_ascii=False))
-                pipe.expire(key, REPLY_STREAM_TTL_S)
-                await pipe.execute()
+            await self._together.run(recorded)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot record the delivery on Redis: {exc}") from exc
 
     async def untrack(self, gateway: str, turn_id: str) -> None:
         async with _unavailable("forget the delivery"):
-            await self.redis.hdel(self.deliveries_prefix + gateway, turn_id)
+            await self._together.run(
+                lambda pipe: pipe.hdel(self.deliveries_prefix + gateway, turn_id)
+            )
 
     async def tracked(self, gateway: str) -> dict[str, dict[str, Any]]:
         async with _unavailable("read the deliveries"):
@@ -393,8 +398,9 @@ class RedisQueue(QueueAdmin):
         return records
 
     async def save_cursor(self, gateway: str, entry_id: str) -> None:
+        key = self.cursor_prefix + gateway
         async with _unavailable("save the reply cursor"):
-            await self.redis.set(self.cursor_prefix + gateway, entry_id, ex=REPLY_STREAM_TTL_S)
+            await self._together.run(lambda pipe: pipe.set(key, entry_id, ex=REPLY_STREAM_TTL_S))
 
     async def cursor(self, gateway: str) -> str | None:
         async with _unavailable("read the reply cursor"):
