@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REPLY_STREAM_MAXLEN = 10_000
 REPLY_STREAM_TTL_S = 24 * 3600
+EXPIRY_REFRESH_S = 60.0
 POOL_SIZE = 32  # Redis connections per process
 PUBLISH_FOR_S = 30.0  # how long a reply delta is retried while Redis is unreachable
 
@@ -289,6 +290,7 @@ class RedisQueue(QueueAdmin):
         self._let_role_go = self.redis.register_script(_LET_ROLE_GO)
         # the commands of a turn's hot path (reply deltas, acks, leases) of every turn in flight
         self._together = Coalescer(self.redis)
+        self._expiring: dict[str, float] = {}  # key -> when its expiry is next set again
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0
 
@@ -371,9 +373,12 @@ class RedisQueue(QueueAdmin):
         key = self.deliveries_prefix + gateway
         value = json.dumps(record, ensure_ascii=False)
 
+        expire = self._expiry_due(key)
+
         def recorded(pipe: Pipeline) -> None:
             pipe.hset(key, turn_id, value)
-            pipe.expire(key, REPLY_STREAM_TTL_S)
+            if expire:
+                pipe.expire(key, REPLY_STREAM_TTL_S)
 
         try:
             await self._together.run(recorded)
@@ -730,10 +735,19 @@ class RedisQueue(QueueAdmin):
             await pipe.execute()
         log.error("turn entry %s dead-lettered: %s", delivery.entry_id, reason)
 
-    @staticmethod
-    def _append(pipe: Pipeline, key: str, fields: Fields, seq: int) -> None:
+    def _expiry_due(self, key: str) -> bool:
+        """Whether to set ``key``'s day-long expiry again now: at most once a minute for each
+        key (a gateway that is gone for good leaves its stream and records for a day at most,
+        give or take that minute), rather than with every turn."""
+        now = time.monotonic()
+        if self._expiring.get(key, float("-inf")) > now:
+            return False
+        self._expiring[key] = now + EXPIRY_REFRESH_S
+        return True
+
+    def _append(self, pipe: Pipeline, key: str, fields: Fields, seq: int) -> None:
         pipe.xadd(key, fields, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
-        if not seq:  # once a turn: a gateway that is gone for good leaves no stream for long
+        if not seq and self._expiry_due(key):
             pipe.expire(key, REPLY_STREAM_TTL_S)
 
     async def publish(self, gateway: str, delta: ReplyDelta) -> None:
