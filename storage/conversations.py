@@ -518,12 +518,12 @@ class Conversations(Database):
         return ConversationSummary(*conv), [StoredMessage(*row) for row in rows]
 
 
-# What a new reply overwrites in a stored failure: its text, status and time, and every figure
 # the columns of a stored reply
 _REPLY_ROW = (
     "conversation_id", "role", "content", "reply_to_id", "tokens_in", "tokens_out", "ttft_ms",
     "latency_ms", "model", "status", "error", "created_at", "kb_sources", "body_chars",
 )  # fmt: skip
+# What a new reply overwrites in a stored failure: its text, status and time, and every figure
 _REPLY_COLUMNS = (
     "content",
     "status",

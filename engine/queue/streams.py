@@ -288,7 +288,7 @@ class RedisQueue(QueueAdmin):
         self._budget_hold = self.redis.register_script(_BUDGET_HOLD)
         self._budget_calls = itertools.count()
         self._let_role_go = self.redis.register_script(_LET_ROLE_GO)
-        # the commands of a turn's hot path (reply deltas, acks, leases) of every turn in flight
+        # the hot-path commands of every turn in flight (deltas, acks, leases, records), batched
         self._together = Coalescer(self.redis)
         self._expiring: dict[str, float] = {}  # key -> when its expiry is next set again
         self._claim_cursor = "0-0"
