@@ -349,7 +349,6 @@ async def test_a_reply_streams_into_a_placeholder_within_the_update_limits(
     assert fake.count_429() == 0
 
 
-
 async def test_a_reply_that_ends_just_after_its_post_gets_its_final_update_at_once(
     fake: FakeSlack, slack_settings
 ) -> None:
@@ -365,6 +364,8 @@ async def test_a_reply_that_ends_just_after_its_post_gets_its_final_update_at_on
     # text comes when the last word does, not a second after the first
     assert update.at - post.at < 0.8
     assert fake.count_429() == 0
+
+
 async def test_markdown_becomes_mrkdwn(fake: FakeSlack, slack_settings) -> None:
     reply = (
         "**Bold**, *italic*, `code` and [the docs](https://example.com/a?b=1&c=2).\n\n"
