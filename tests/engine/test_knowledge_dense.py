@@ -133,6 +133,29 @@ async def test_a_changed_article_gets_new_vectors_and_the_index_follows(
     assert hit.source == "shipping.md" and "wrap presents" in hit.text
 
 
+def test_the_int8_first_pass_finds_the_exact_nearest_and_their_exact_cosines() -> None:
+    """Among 20,000 vectors (far more than are rescored) of which some cluster near each query,
+    as embeddings of related text do, the two-pass search returns the nearest 20 of the exact
+    float32 product, in its order, with its cosines; and all of them when few are stored."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((50, 384)).astype(np.float32)
+    near = np.repeat(centres, 40, axis=0) + 0.6 * rng.standard_normal((2_000, 384))
+    matrix = np.vstack([near, rng.standard_normal((18_000, 384))]).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    ids = np.arange(5, 5 + 3 * len(matrix), 3, dtype=np.int64)  # ids need not be positions
+    vectors = embeddings._Vectors.of(ids, matrix)
+    assert vectors.codes.dtype == np.int8 and len(vectors.ids) > 4 * embeddings.RESCORED
+    for centre in centres[:20]:
+        query = (centre / np.linalg.norm(centre)).astype(np.float32)
+        exact = matrix @ query
+        order = np.argsort(-exact, kind="stable")[:20]
+        found = vectors.nearest(query, 20)
+        assert [c for c, _ in found] == ids[order].tolist()
+        assert np.allclose([s for _, s in found], exact[order], atol=1e-6)
+    few = embeddings._Vectors.of(ids[:30], matrix[:30])
+    assert sorted(c for c, _ in few.nearest(matrix[3], 100)) == ids[:30].tolist()
+
+
 async def test_the_index_looks_for_changes_in_the_background_and_finds_a_changed_last_article(
     store: Store, local: LocalEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
