@@ -426,8 +426,7 @@ class Gateway:
         self._open(channel, msg, turn.turn_id, record=record)
         delivery = self._deliveries_by_turn[turn.turn_id]
         try:
-            await self.queue.track(self.id, turn.turn_id, record)
-            queued = await self.queue.submit(turn)
+            queued = await self.queue.submit(turn, tracked=(self.id, record))
         except QueueUnavailable as exc:
             log.error("cannot queue turn %s (%s); trying again", turn.turn_id, exc)
             queued = None
@@ -471,8 +470,7 @@ class Gateway:
             if turn.turn_id not in self._pending:
                 return  # answered: the XADD that seemed to fail went through after all
             try:
-                await self.queue.track(self.id, turn.turn_id, record)
-                await self.queue.submit(turn)
+                await self.queue.submit(turn, tracked=(self.id, record))
             except QueueUnavailable as exc:
                 log.warning("turn %s still not queued: %s", turn.turn_id, exc)
                 continue

@@ -48,7 +48,15 @@ class LocalQueue:
     async def stop(self) -> None:
         pass
 
-    async def submit(self, turn: Turn, *, sweep: bool = False) -> bool:
+    async def submit(
+        self,
+        turn: Turn,
+        *,
+        sweep: bool = False,
+        tracked: tuple[str, dict[str, Any]] | None = None,
+    ) -> bool:
+        if tracked is not None:
+            self._records[tracked[0]][turn.turn_id] = tracked[1]
         if turn.message_id in self._live:
             return False
         entry_id = f"{next(self._ids)}-0"

@@ -28,7 +28,7 @@ from frontdesk.wire import ReplyDelta, Turn, decode, encode
 
 from .admin import QueueAdmin
 from .base import GROUP, Delivery, Fields, Streams, delivery_of
-from .coalesce import Coalescer
+from .coalesce import Build, Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -321,16 +321,35 @@ class RedisQueue(QueueAdmin):
 
     # -- gateway side --------------------------------------------------------------------------
 
-    async def submit(self, turn: Turn, *, sweep: bool = False) -> bool:
+    async def submit(
+        self,
+        turn: Turn,
+        *,
+        sweep: bool = False,
+        tracked: tuple[str, dict[str, Any]] | None = None,
+    ) -> bool:
         """Queue ``turn`` unless its message has a live turn already (then False). A ``sweep``
-        also leaves alone a message whose conversation a worker is answering."""
+        also leaves alone a message whose conversation a worker is answering. ``tracked``
+        (gateway, record): the gateway's delivery record of the turn, written first, in the
+        same round trip (Redis runs the two in order)."""
         fields = [part for pair in encode(turn).items() for part in pair]
         keys = [self.turns_key, self.live_key, self.lease_prefix + str(turn.conversation_id)]
         args = [turn.message_id, self.maxlen, "1" if sweep else "0", *fields]
+        record = self._record(tracked[0], turn.turn_id, tracked[1]) if tracked else None
+
+        def queued(pipe: Pipeline) -> None:
+            if record is not None:
+                record(pipe)
+            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
+
         try:
-            return await self._script_together(self._submit, keys, args) is not None
+            try:
+                *_, result = await self._together.run(queued)
+            except NoScriptError:  # Redis restarted: the record is written; the script alone
+                result = await self._submit(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot queue the turn on Redis: {exc}") from exc
+        return result is not None
 
     async def replies(self, gateway: str, after: str) -> AsyncIterator[tuple[str, ReplyDelta]]:
         """Every delta on the gateway's reply stream after entry ``after``, in order, with its
@@ -370,9 +389,15 @@ class RedisQueue(QueueAdmin):
     # posted for it), and how far the gateway has read its reply stream.
 
     async def track(self, gateway: str, turn_id: str, record: dict[str, Any]) -> None:
+        try:
+            await self._together.run(self._record(gateway, turn_id, record))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot record the delivery on Redis: {exc}") from exc
+
+    def _record(self, gateway: str, turn_id: str, record: dict[str, Any]) -> Build:
+        """The commands that write a delivery record (and now and then its hash's expiry)."""
         key = self.deliveries_prefix + gateway
         value = json.dumps(record, ensure_ascii=False)
-
         expire = self._expiry_due(key)
 
         def recorded(pipe: Pipeline) -> None:
@@ -380,10 +405,7 @@ class RedisQueue(QueueAdmin):
             if expire:
                 pipe.expire(key, REPLY_STREAM_TTL_S)
 
-        try:
-            await self._together.run(recorded)
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable(f"cannot record the delivery on Redis: {exc}") from exc
+        return recorded
 
     async def untrack(self, gateway: str, turn_id: str) -> None:
         async with _unavailable("forget the delivery"):

@@ -341,3 +341,36 @@ async def test_an_ack_and_a_release_still_work_after_redis_forgot_its_scripts(
     assert (await q.redis.xpending(q.turns_key, GROUP))["pending"] == 0
     assert await q.redis.get(q.lease_prefix + "1") is None
     await q.stop()
+
+
+async def test_a_turn_and_its_delivery_record_go_in_one_write_the_record_first(
+    redis_url: str, queue_prefix: str, monkeypatch
+) -> None:
+    """The gateway's record of where a reply goes is in Redis before the turn can be taken
+    (Redis runs a pipeline's commands in order), and both cost one write; after Redis forgot
+    its scripts (a restart) both are still written, and a live turn is still not queued twice."""
+    q = await open_queue(redis_url, queue_prefix, "w")
+    sent = 0
+    pipeline = q.redis.pipeline
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal sent
+        sent += 1
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(q.redis, "pipeline", counted)
+    record = {"route": {"platform": "telegram", "chat": "c1"}, "after": "0-0", "posted": []}
+    turn = Turn(conversation_id=1, message_id=7, gateway="gw")
+    assert await q.submit(turn, tracked=("gw", record))
+    assert sent == 1
+    assert await q.tracked("gw") == {turn.turn_id: record}
+    [delivery] = await q.receive(10, block_ms=500)
+    assert delivery.turn == turn
+    await q.redis.script_flush()  # as after a restart of Redis
+    other = Turn(conversation_id=2, message_id=8, gateway="gw")
+    assert await q.submit(other, tracked=("gw", {**record, "posted": ["p1"]}))
+    assert not await q.submit(turn, tracked=("gw", record))  # still live: not queued again
+    assert set(await q.tracked("gw")) == {turn.turn_id, other.turn_id}
+    [taken] = await q.receive(10, block_ms=500)
+    assert taken.turn == other
+    await q.stop()

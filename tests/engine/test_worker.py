@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from frontdesk import texts
 from frontdesk.bots import Gateway, ReplyStream
@@ -230,8 +231,10 @@ async def test_64_queued_turns_of_64_conversations_are_in_flight_at_once(
 class TwiceQueue(LocalQueue):
     """At-least-once taken literally: every turn is delivered twice."""
 
-    async def submit(self, turn: Turn, *, sweep: bool = False) -> bool:
-        queued = await super().submit(turn, sweep=sweep)
+    async def submit(
+        self, turn: Turn, *, sweep: bool = False, tracked: tuple[str, Any] | None = None
+    ) -> bool:
+        queued = await super().submit(turn, sweep=sweep, tracked=tracked)
         self._live.pop(turn.message_id, None)  # past the one-live-turn check: a second copy
         return queued and await super().submit(turn, sweep=sweep)
 
