@@ -563,12 +563,14 @@ async def test_a_message_whose_xadd_fails_once_after_it_was_stored_is_answered_o
         submit = p.queue.submit
         failures = 0
 
-        async def flaky_submit(turn: Turn, *, sweep: bool = False) -> bool:
+        async def flaky_submit(
+            turn: Turn, *, sweep: bool = False, tracked: tuple[str, Any] | None = None
+        ) -> bool:
             nonlocal failures
             if failures == 0:
                 failures += 1
                 raise QueueUnavailable("XADD failed")
-            return await submit(turn, sweep=sweep)
+            return await submit(turn, sweep=sweep, tracked=tracked)
 
         p.queue.submit = flaky_submit  # type: ignore[method-assign]
         reply = await p.channel.say("ping", wait_s=20)
@@ -591,8 +593,10 @@ async def test_a_reply_answered_before_the_gateway_resumes_after_its_xadd_is_sho
         assert isinstance(p.queue, RedisQueue)
         submit = p.queue.submit
 
-        async def slow_return(turn: Turn, *, sweep: bool = False) -> bool:
-            queued = await submit(turn, sweep=sweep)
+        async def slow_return(
+            turn: Turn, *, sweep: bool = False, tracked: tuple[str, Any] | None = None
+        ) -> bool:
+            queued = await submit(turn, sweep=sweep, tracked=tracked)
             await asyncio.sleep(0.1)  # the answer is streamed meanwhile
             return queued
 
