@@ -217,6 +217,14 @@ class Conversations(Database):
                 .returning(Message.id)
                 .add_cte(_ANSWERED.cte("answered"))
             )
+        # PostgreSQL: the three statements of every turn run by asyncpg itself (``driver_rows``)
+        self._insert_into_active_pg = self.driver_statement(self._insert_into_active)
+        self._turn_context_pg = self.driver_statement(_SELECT_TURN_CONTEXT)
+        self._insert_reply_answering_pg = (
+            self.driver_statement(self._insert_reply_answering)
+            if self._insert_reply_answering is not None
+            else None
+        )
         self._insert_conversation = (
             insert(Conversation)
             .on_conflict_do_nothing(
@@ -248,17 +256,19 @@ class Conversations(Database):
             "created_at": utcnow(),
             "reply_route": json.dumps(reply_route, ensure_ascii=False) if reply_route else None,
         }
+        params = {**row, "external_key": msg.conversation_key}
+        found: Sequence[Any] | None
+        if self._insert_into_active_pg is not None:
+            found = next(iter(await self.driver_rows(self._insert_into_active_pg, params)), None)
+        else:
+            async with self.connect() as conn:
+                found = (await conn.execute(self._insert_into_active, params)).first()
+        if found is not None:
+            # (the route itself comes back: SQLite's RETURNING says "reply_route IS NULL" is
+            # false of a NULL it just wrote)
+            handed_off = found[2] is None and reply_route is not None
+            return RecordedMessage(found[1], found[0], handed_off=handed_off)
         async with self.connect() as conn:
-            found = (
-                await conn.execute(
-                    self._insert_into_active, {**row, "external_key": msg.conversation_key}
-                )
-            ).first()
-            if found is not None:
-                # (the route itself comes back: SQLite's RETURNING says "reply_route IS NULL"
-                # is false of a NULL it just wrote)
-                handed_off = found[2] is None and reply_route is not None
-                return RecordedMessage(found[1], found[0], handed_off=handed_off)
             if await conn.scalar(_SELECT_DEDUPE, {"dedupe_key": msg.dedupe_key}) is not None:
                 return None
             # no active conversation (the INSERT … SELECT found none): open one straight away
@@ -367,8 +377,12 @@ class Conversations(Database):
         by the rows after ``message_id`` that reply to it or to an earlier one. Only the columns
         a prompt needs: this runs on every turn."""
         params = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit + 1}
-        async with self.connect() as conn:
-            rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
+        rows: Sequence[Sequence[Any]]
+        if self._turn_context_pg is not None:
+            rows = await self.driver_rows(self._turn_context_pg, params)
+        else:
+            async with self.connect() as conn:
+                rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
         reply = None
         late: dict[int, TurnMessage] = {}  # user message id -> its reply stored after newer ones
         earlier: list[TurnMessage] = []
@@ -456,11 +470,11 @@ class Conversations(Database):
             "kb_sources": json.dumps(list(sources), ensure_ascii=False) if sources else None,
             "body_chars": body_chars,
         }
-        if self._insert_reply_answering is not None:
-            async with self.connect() as conn:
-                params = {f"reply_{c}": value for c, value in row.items()}
-                params["message_id"] = reply_to_id
-                message_id = await conn.scalar(self._insert_reply_answering, params)
+        if self._insert_reply_answering_pg is not None:
+            params = {f"reply_{c}": value for c, value in row.items()}
+            params["message_id"] = reply_to_id
+            stored = await self.driver_rows(self._insert_reply_answering_pg, params)
+            message_id = stored[0][0] if stored else None
         else:
             async with self.transaction() as conn:
                 message_id = await conn.scalar(self._insert_reply, row)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import pytest
+from sqlalchemy import text as sql
+from sqlalchemy.exc import IntegrityError
 
 from frontdesk.errors import NotFound, StorageUnavailable
 from frontdesk.storage import ReplyFigures, Store
@@ -184,3 +187,49 @@ async def test_unreachable_database_is_one_clear_error() -> None:
     with pytest.raises(StorageUnavailable, match="cannot reach the database"):
         await store.start()
     await store.stop()
+
+
+async def test_a_connection_lost_under_a_turns_statements_is_storage_unavailable_then_healed(
+    pg_database: str, chat: str
+) -> None:
+    """The statements of every turn (message in, turn context, reply out) run on asyncpg
+    itself on PostgreSQL: a pooled connection that the server dropped fails that one call with
+    StorageUnavailable (the worker postpones such a turn), and the next call reconnects."""
+    store = Store(pg_database, pool_size=1)  # one connection: every call below uses it
+    await store.start(migrate=True)
+    try:
+        first = await store.record_user_message(message("hello", chat=chat))
+        assert first is not None
+        calls = [
+            lambda: store.record_user_message(message("again", chat=chat)),
+            lambda: store.turn_context(first.conversation_id, first.message_id),
+            lambda: store.record_reply(
+                first.conversation_id, first.message_id, "Hi!", ReplyFigures()
+            ),
+        ]
+        for call in calls:
+            async with store.connect() as conn:
+                pid = (await conn.execute(sql("SELECT pg_backend_pid()"))).scalar_one()
+            admin = await asyncpg.connect(pg_database.replace("+asyncpg", ""))
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            await admin.close()
+            with pytest.raises(StorageUnavailable, match="cannot reach the database"):
+                await call()
+            await call()  # a new connection
+        _reply, history = await store.turn_context(first.conversation_id, first.message_id + 10)
+        assert [m.content for m in history] == ["hello", "again", "Hi!"]  # by id
+    finally:
+        await store.stop()
+
+
+async def test_a_reply_to_a_purged_conversation_is_refused_as_an_integrity_error(
+    store: Store, chat: str
+) -> None:
+    """On both databases alike (PostgreSQL's through asyncpg itself): nothing is stored."""
+    first = await store.record_user_message(message("hello", chat=chat))
+    assert first is not None
+    with pytest.raises(IntegrityError):
+        await store.record_reply(
+            first.conversation_id + 10_000, first.message_id, "x", ReplyFigures()
+        )
+    assert await store.reply_to(first.message_id) is None
