@@ -171,6 +171,7 @@ class Worker:
         self._leased: set[int] = set()  # conversations this worker is answering
         self._answering: set[str] = set()  # entries being answered under their lease
         self._fenced: set[str] = set()  # held entries another worker has taken over
+        self._acking: set[str] = set()  # held entries whose ack is on its way to Redis
         self._waiting_since: dict[str, float] = {}  # entry id -> when it started waiting
         self._waiting: set[str] = set()  # held entries waiting for their turn in order
         self._gathering: set[str] = set()  # of those, waiting out FRONTDESK_BURST_MS (_gather)
@@ -278,7 +279,13 @@ class Worker:
                     and delivery.entry_id in self._answering
                 )
                 still_held = self._held.get(delivery.entry_id) is delivery
-                if taken and still_held and delivery.entry_id not in self._fenced:
+                # (an entry acked meanwhile is gone from the pending list too: not taken)
+                if (
+                    taken
+                    and still_held
+                    and delivery.entry_id not in self._fenced
+                    and delivery.entry_id not in self._acking
+                ):
                     log.warning("turn entry %s was taken over by another worker", delivery.entry_id)
                     self._fenced.add(delivery.entry_id)
 
@@ -460,7 +467,11 @@ class Worker:
                 await self._safely(self.queue.release(delivery))
             return True
         if acked and delivery.entry_id not in self._fenced:
-            await self._safely(self.queue.ack(delivery))
+            self._acking.add(delivery.entry_id)
+            try:
+                await self._safely(self.queue.ack(delivery))
+            finally:
+                self._acking.discard(delivery.entry_id)
             self.turns_done += 1
         return True
 

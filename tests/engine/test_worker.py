@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+
+import pytest
 
 from frontdesk import texts
 from frontdesk.bots import Gateway, ReplyStream
@@ -501,6 +504,34 @@ class Trickle(FixedReplyBackend):
 
     async def cancel(self, request_id: str) -> None:
         self.cancelled.append(request_id)
+
+
+async def test_a_turn_acked_while_a_heartbeat_looks_is_not_called_taken_over(
+    make_settings, redis_url: str, queue_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ack and a heartbeat cross: the heartbeat finds the entry gone from the pending list
+    because this worker acked it, not because another took it over; no warning says so."""
+    settings = make_settings(
+        redis_url=redis_url, queue_prefix=queue_prefix, queue_claim_idle_ms=300
+    )
+    async with pipeline(settings, FixedReplyBackend("pong")) as p:
+        assert isinstance(p.queue, RedisQueue) and p.worker is not None
+        ack = p.queue.ack
+        acked = 0
+
+        async def slow_ack(delivery: Any) -> bool:
+            nonlocal acked
+            done = await ack(delivery)
+            acked += 1
+            await asyncio.sleep(0.35)  # heartbeats (every 0.1 s) look meanwhile
+            return done
+
+        p.queue.ack = slow_ack  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="frontdesk.engine.worker"):
+            reply = await p.channel.say("ping", wait_s=20)
+            await until(lambda: p.worker is not None and p.worker.turns_done == 1, within=5)
+        assert reply is not None and reply.text == "pong" and acked == 1
+        assert not [r for r in caplog.records if "taken over" in r.getMessage()]
 
 
 async def test_a_worker_that_lost_its_turn_stops_at_its_next_delta_and_acks_nothing(
