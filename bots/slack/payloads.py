@@ -56,5 +56,9 @@ def readable(body: Any) -> bool:
     if body.get("type") in ("block_actions", "interactive_message") and not actions:
         return False  # bolt reads the first action of these
     return isinstance(actions, list) and all(
-        isinstance(action, dict) and _strings(action, ACTION_STRINGS) for action in actions
+        isinstance(action, dict)
+        and _strings(action, ACTION_STRINGS)
+        # bolt matches a button's listeners by its action_id, which Slack always sends
+        and (body.get("type") != "block_actions" or isinstance(action.get("action_id"), str))
+        for action in actions
     )

@@ -608,7 +608,10 @@ async def test_every_signed_event_and_interaction_is_acked_and_the_next_message_
                 assert await slack.send(fake.event(event)) == 200, event["type"]
             shortcut = {"type": "shortcut", "callback_id": "open_ticket", "trigger_id": "1.2.3",
                         "user": {"id": "U0ALICE"}, "team": {"id": "T0TEST"}}  # fmt: skip
-            for payload in (legacy_attachment_action(), shortcut):
+            # a button press without the action id that Slack always sends (bolt failed on it)
+            no_action_id = {"type": "block_actions", "user": {"id": "U0ALICE"},
+                            "team": {"id": "T0TEST"}, "actions": [{}]}  # fmt: skip
+            for payload in (legacy_attachment_action(), shortcut, no_action_id):
                 assert await fake.post_interaction(slack.url, payload) == 200, payload["type"]
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert fake.messages_in(DM) == []  # none of them is answered
