@@ -192,10 +192,10 @@ class _Vectors:
     def nearest(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
         """The ``limit`` rows nearest ``query``: (chunk id, cosine), best first. Among many,
         every row is scored first from its int8 codes (SIMD integer dot products, a quarter
-        of the memory to read), and the best ``RESCORED`` (or 4 x ``limit``) again exactly:
-        the int8 score of a row is within a few thousandths of its cosine, far less than the
-        gap between the 20th and the 200th nearest (recall@20 against the exact product:
-        bench/vectors.py)."""
+        of the memory to read), and the best ``RESCORED`` (or 4 x ``limit``) again exactly.
+        Rounding to int8 moves a score by a few thousandths of a cosine at most, so one of the
+        exact nearest is missed only if some 200 others lie that close to it (recall@20
+        against the exact product: bench/vectors.py)."""
         query = query.astype(np.float32)
         rows = np.arange(len(self.ids))
         wanted = max(RESCORED, 4 * limit)
