@@ -12,6 +12,26 @@ from frontdesk.engine.queue import GROUP, RedisQueue
 from frontdesk.wire import ReplyDelta, Turn
 
 
+def writes_of(q: RedisQueue, monkeypatch) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    """Each pipeline ``q`` sends to Redis from now on, as its commands' names in order."""
+    sent: list[list[str]] = []
+    make = q.redis.pipeline
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        pipe = make(*args, **kwargs)
+        execute = pipe.execute
+
+        async def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+            sent.append([str(command[0][0]).upper() for command in pipe.command_stack])
+            return await execute(*args, **kwargs)
+
+        pipe.execute = recorded
+        return pipe
+
+    monkeypatch.setattr(q.redis, "pipeline", recording)
+    return sent
+
+
 async def open_queue(url: str, prefix: str, consumer: str, claim_idle_ms: int = 200) -> RedisQueue:
     queue = RedisQueue(url, consumer=consumer, prefix=prefix, claim_idle_ms=claim_idle_ms)
     await queue.start()
@@ -298,15 +318,7 @@ async def test_the_replies_acks_and_leases_of_many_turns_at_once_share_one_round
     redis_url: str, queue_prefix: str, monkeypatch
 ) -> None:
     q = await open_queue(redis_url, queue_prefix, "w")
-    sent = 0
-    pipeline = q.redis.pipeline
-
-    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        nonlocal sent
-        sent += 1
-        return pipeline(*args, **kwargs)
-
-    monkeypatch.setattr(q.redis, "pipeline", counted)
+    sent = writes_of(q, monkeypatch)
     await q.redis.set(q.reply_prefix + "not-a-stream", "x")
     results = await asyncio.gather(
         *(q.publish("gw", ReplyDelta(f"t{n}", seq, f"{n}.{seq}", done=seq == 2))
@@ -315,7 +327,7 @@ async def test_the_replies_acks_and_leases_of_many_turns_at_once_share_one_round
         q.publish("not-a-stream", ReplyDelta("lost", 0, "x", done=True)),
         return_exceptions=True,
     )  # fmt: skip
-    assert sent == 1  # 60 deltas, 10 leases and the refused delta: one write to Redis
+    assert len(sent) == 1  # 60 deltas, 10 leases and the refused delta: one write to Redis
     assert results[:60] == [None] * 60 and results[60:70] == [True] * 10
     assert "WRONGTYPE" in str(results[70])  # only the command Redis refused failed, for its caller
     got: dict[str, list[str]] = {}
@@ -350,19 +362,12 @@ async def test_a_turn_and_its_delivery_record_go_in_one_write_the_record_first(
     (Redis runs a pipeline's commands in order), and both cost one write; after Redis forgot
     its scripts (a restart) both are still written, and a live turn is still not queued twice."""
     q = await open_queue(redis_url, queue_prefix, "w")
-    sent = 0
-    pipeline = q.redis.pipeline
-
-    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        nonlocal sent
-        sent += 1
-        return pipeline(*args, **kwargs)
-
-    monkeypatch.setattr(q.redis, "pipeline", counted)
+    sent = writes_of(q, monkeypatch)
     record = {"route": {"platform": "telegram", "chat": "c1"}, "after": "0-0", "posted": []}
     turn = Turn(conversation_id=1, message_id=7, gateway="gw")
     assert await q.submit(turn, tracked=("gw", record))
-    assert sent == 1
+    [commands] = sent  # one write, the record before the script that queues the turn
+    assert [c for c in commands if c != "EXPIRE"] == ["HSET", "EVALSHA"]
     assert await q.tracked("gw") == {turn.turn_id: record}
     [delivery] = await q.receive(10, block_ms=500)
     assert delivery.turn == turn
