@@ -10,12 +10,13 @@ loads it."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+
+from frontdesk.batching import Batcher
 
 Build = Callable[[Pipeline], object]  # adds its commands to the pipeline
 
@@ -27,50 +28,27 @@ class Coalescer:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._queued: list[tuple[Build, asyncio.Future[list[Any]]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._batches: Batcher[Build, list[Any]] = Batcher(self._execute)
 
     async def run(self, build: Build) -> list[Any]:
         """Add ``build``'s commands to the next batch; their results, in order. A command that
         Redis refused raises its error here (for this caller only); an unreachable Redis raises
         for every caller of the batch."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._queued.append((build, future))
-        if len(self._queued) == 1:
-            loop.call_soon(self._send)
-        return await future
+        return await self._batches(build)
 
-    def _send(self) -> None:
-        batch, self._queued = self._queued, []
-        task = asyncio.create_task(self._execute(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _execute(self, batch: list[tuple[Build, asyncio.Future[list[Any]]]]) -> None:
+    async def _execute(self, builds: list[Build]) -> list[list[Any] | Exception]:
         counts: list[int] = []
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for build, _future in batch:
-                    before = len(pipe.command_stack)
-                    build(pipe)
-                    counts.append(len(pipe.command_stack) - before)
-                results = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # every caller hears of it
-            for _build, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for build in builds:
+                before = len(pipe.command_stack)
+                build(pipe)
+                counts.append(len(pipe.command_stack) - before)
+            results = await pipe.execute(raise_on_error=False)
+        each: list[list[Any] | Exception] = []
         start = 0
-        for (_build, future), count in zip(batch, counts, strict=True):
+        for count in counts:
             mine = results[start : start + count]
             start += count
-            if future.done():  # its caller was cancelled
-                continue
             error = next((r for r in mine if isinstance(r, Exception)), None)
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(mine)
+            each.append(error if error is not None else mine)
+        return each
