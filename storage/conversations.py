@@ -18,18 +18,24 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     ColumnElement,
+    CompoundSelect,
+    Integer,
     Text,
     bindparam,
     case,
     func,
     select,
     text,
+    true,
     union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from frontdesk.batching import Batcher
 from frontdesk.errors import NotFound, StorageUnavailable
 from frontdesk.wire import InboundMessage
 
@@ -220,6 +226,10 @@ class Conversations(Database):
         # PostgreSQL: the three statements of every turn run by asyncpg itself (``driver_rows``)
         self._insert_into_active_pg = self.driver_statement(self._insert_into_active)
         self._turn_context_pg = self.driver_statement(_SELECT_TURN_CONTEXT)
+        self._turn_contexts_pg = self.driver_statement(_SELECT_TURN_CONTEXTS)
+        self._turn_contexts = (
+            Batcher(self._read_turn_contexts) if self._turn_context_pg is not None else None
+        )
         self._insert_reply_answering_pg = (
             self.driver_statement(self._insert_reply_answering)
             if self._insert_reply_answering is not None
@@ -375,36 +385,37 @@ class Conversations(Database):
         first, each reply right after the message it answers. A reply stored after newer user
         messages (the user sent several at once) has an id past theirs: it is fetched as well,
         by the rows after ``message_id`` that reply to it or to an earlier one. Only the columns
-        a prompt needs: this runs on every turn."""
-        params = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit + 1}
+        a prompt needs: this runs on every turn. On PostgreSQL the turns that ask in the same
+        loop iteration (those a worker received together) are read by one statement."""
         rows: Sequence[Sequence[Any]]
-        if self._turn_context_pg is not None:
-            rows = await self.driver_rows(self._turn_context_pg, params)
+        if self._turn_contexts is not None:
+            rows = await self._turn_contexts((conversation_id, message_id, limit + 1))
         else:
+            params = {"conversation_id": conversation_id, "message_id": message_id,
+                      "limit": limit + 1}  # fmt: skip
             async with self.connect() as conn:
                 rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
-        reply = None
-        late: dict[int, TurnMessage] = {}  # user message id -> its reply stored after newer ones
-        earlier: list[TurnMessage] = []
-        for *columns, body_chars, reply_to_id in sorted(rows, key=lambda r: r[0], reverse=True):
-            if body_chars is not None:  # a reply's own text, without the sources listed after it
-                columns[2] = columns[2][:body_chars]
-            message = TurnMessage(*columns)
-            if reply_to_id == message_id:
-                reply = message
-            elif message.id > message_id:
-                late[reply_to_id] = message
-            elif message.status == MessageStatus.OK:
-                earlier.append(message)
-        history: list[TurnMessage] = []
-        for message in earlier:  # newest first
-            answer = late.get(message.id)
-            if answer is not None and answer.status == MessageStatus.OK:
-                history.append(answer)
-            history.append(message)
-        history = history[:limit]
-        history.reverse()
-        return reply, history
+        return _turn_history(rows, message_id, limit)
+
+    async def _read_turn_contexts(
+        self, asked: list[tuple[int, int, int]]
+    ) -> list[Sequence[Sequence[Any]]]:
+        """PostgreSQL: the rows of each (conversation, message, limit) asked in one loop
+        iteration, read by one statement (by the one-message statement when one is asked)."""
+        assert self._turn_context_pg is not None and self._turn_contexts_pg is not None
+        if len(asked) == 1:
+            ((conversation_id, message_id, limit),) = asked
+            one = {"conversation_id": conversation_id, "message_id": message_id, "limit": limit}
+            return [await self.driver_rows(self._turn_context_pg, one)]
+        conversation_ids, message_ids, limits = (
+            list(column) for column in zip(*asked, strict=True)
+        )
+        params = {"conversation_ids": conversation_ids, "message_ids": message_ids,
+                  "limits": limits}  # fmt: skip
+        each: list[list[Sequence[Any]]] = [[] for _ in asked]
+        for k, *row in await self.driver_rows(self._turn_contexts_pg, params):
+            each[k - 1].append(row)
+        return list(each)
 
     async def messages_before(self, conversation_id: int, message_id: int) -> int:
         """How many good messages of the conversation come before ``message_id``: the stored
@@ -563,24 +574,57 @@ _TURN_COLUMNS = (
     Message.body_chars,
     Message.reply_to_id,
 )
-_SELECT_TURN_CONTEXT = union_all(
+
+
+def _turn_context(
+    conversation_id: ColumnElement[int],
+    message_id: ColumnElement[int],
+    limit: ColumnElement[int],
+    *,
+    lateral: bool = False,
+) -> CompoundSelect:
+    """The rows ``turn_context`` reads for one message (``_turn_history`` makes them history).
+    ``lateral``: for a LATERAL subquery (PostgreSQL), whose parts correlate only at its top
+    level; SQLite takes no parenthesized part, so its first part is a subquery."""
     # the newest messages up to the one to answer: an index range scan, newest first
-    select(
+    newest = (
         select(*_TURN_COLUMNS)
-        .where(
-            Message.conversation_id == bindparam("conversation_id"),
-            Message.id <= bindparam("message_id"),
-        )
+        .where(Message.conversation_id == conversation_id, Message.id <= message_id)
         .order_by(Message.id.desc())
-        .limit(bindparam("limit"))
-        .subquery()
-    ),
-    # replies stored after it (to it, or to earlier messages): the few rows past it
-    select(*_TURN_COLUMNS).where(
-        Message.conversation_id == bindparam("conversation_id"),
-        Message.id > bindparam("message_id"),
-        Message.reply_to_id <= bindparam("message_id"),
-    ),
+        .limit(limit)
+    )
+    return union_all(
+        newest if lateral else select(newest.subquery()),
+        # replies stored after it (to it, or to earlier messages): the few rows past it
+        select(*_TURN_COLUMNS).where(
+            Message.conversation_id == conversation_id,
+            Message.id > message_id,
+            Message.reply_to_id <= message_id,
+        ),
+    )
+
+
+_SELECT_TURN_CONTEXT = _turn_context(
+    bindparam("conversation_id"), bindparam("message_id"), bindparam("limit")
+)
+# PostgreSQL: the turn contexts of many messages in one statement, each row with the position
+# (from 1) of the message it is for: the turns a worker received together are read together
+_ASKED = (
+    func.unnest(
+        bindparam("conversation_ids", type_=ARRAY(BigInteger)),
+        bindparam("message_ids", type_=ARRAY(BigInteger)),
+        bindparam("limits", type_=ARRAY(Integer)),
+    )
+    .table_valued("conversation_id", "message_id", "lim", with_ordinality="k")
+    .render_derived(name="asked")
+)
+_ASKED_ROWS = (
+    _turn_context(_ASKED.c.conversation_id, _ASKED.c.message_id, _ASKED.c.lim, lateral=True)
+    .subquery()
+    .lateral("turn_rows")
+)
+_SELECT_TURN_CONTEXTS = select(_ASKED.c.k, *_ASKED_ROWS.c).select_from(
+    _ASKED.join(_ASKED_ROWS, true())
 )
 _COUNT_BEFORE = (
     select(func.count())
@@ -618,6 +662,36 @@ _ANSWERED = (
     .where(Message.id == bindparam("message_id"), Message.reply_route.is_not(None))
     .values(reply_route=None)
 )
+
+
+def _turn_history(
+    rows: Sequence[Sequence[Any]], message_id: int, limit: int
+) -> tuple[TurnMessage | None, list[TurnMessage]]:
+    """``turn_context``'s answer from its rows (``_turn_context``'s): the reply stored for
+    ``message_id``, and the newest ``limit`` good messages up to it, oldest first, each reply
+    right after the message it answers."""
+    reply = None
+    late: dict[int, TurnMessage] = {}  # user message id -> its reply stored after newer ones
+    earlier: list[TurnMessage] = []
+    for *columns, body_chars, reply_to_id in sorted(rows, key=lambda r: r[0], reverse=True):
+        if body_chars is not None:  # a reply's own text, without the sources listed after it
+            columns[2] = columns[2][:body_chars]
+        message = TurnMessage(*columns)
+        if reply_to_id == message_id:
+            reply = message
+        elif message.id > message_id:
+            late[reply_to_id] = message
+        elif message.status == MessageStatus.OK:
+            earlier.append(message)
+    history: list[TurnMessage] = []
+    for message in earlier:  # newest first
+        answer = late.get(message.id)
+        if answer is not None and answer.status == MessageStatus.OK:
+            history.append(answer)
+        history.append(message)
+    history = history[:limit]
+    history.reverse()
+    return reply, history
 
 
 def _awaiting(row: Any) -> AwaitingMessage:

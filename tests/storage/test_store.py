@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -100,6 +102,43 @@ async def test_a_reply_stored_after_newer_messages_comes_right_after_its_questio
     assert [m.content for m in newest] == ["2", "answer 2", "3"]
     reply, _history = await store.turn_context(conv, two.message_id)
     assert reply is not None and reply.content == "answer 2"  # a redelivery finds its reply
+
+
+async def test_turn_contexts_asked_together_are_each_what_it_is_alone(
+    store: Store, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turns a worker received together ask at once: on PostgreSQL one statement reads all
+    their contexts, and each turn gets the same reply and history as when it asks alone."""
+    one, two, three = [await store.record_user_message(message(t, chat=chat)) for t in "123"]
+    other = await store.record_user_message(message("elsewhere", chat=f"{chat}-other"))
+    assert one is not None and two is not None and three is not None and other is not None
+    conv = one.conversation_id
+    await store.record_reply(conv, one.message_id, "answer 1", ReplyFigures())
+    await store.record_reply(conv, two.message_id, "answer 2", ReplyFigures())
+    asked = [
+        (conv, three.message_id, 200),
+        (conv, two.message_id, 200),  # a redelivery: its reply was stored after message 3
+        (other.conversation_id, other.message_id, 200),
+        (conv, three.message_id, 3),
+        (conv, one.message_id, 200),
+    ]
+    alone = [await store.turn_context(c, m, limit=n) for c, m, n in asked]
+    statements: list[str] = []
+    driver_rows = store.driver_rows
+
+    async def counted(statement: Any, params: Any) -> Any:
+        statements.append(statement.sql)
+        return await driver_rows(statement, params)
+
+    monkeypatch.setattr(store, "driver_rows", counted)
+    together = await asyncio.gather(*(store.turn_context(c, m, limit=n) for c, m, n in asked))
+    assert together == alone
+    assert [m.content for m in together[0][1]] == ["1", "answer 1", "2", "answer 2", "3"]
+    assert together[1][0] is not None and together[1][0].content == "answer 2"
+    assert [m.content for m in together[2][1]] == ["elsewhere"]
+    assert [m.content for m in together[3][1]] == ["2", "answer 2", "3"]
+    if store.dialect == "postgresql":
+        assert len(statements) == 1 and "unnest" in statements[0]
 
 
 async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat: str) -> None:
