@@ -82,8 +82,10 @@ class _Wait(Exception):
 
 
 class _Coalescer:
-    """Batches text deltas: the first text goes out at once (time to first token matters), the rest
-    at most every ``flush_ms`` or when ``flush_chars`` have piled up."""
+    """Batches text deltas. The first text goes out as soon as the engine's stream pauses (time
+    to first token matters), or once ``flush_chars`` have piled up; a reply the engine gives
+    whole, without pausing, goes out in one delta when it is stored. After the first text, the
+    rest goes at most every ``flush_ms`` or when ``flush_chars`` have piled up."""
 
     def __init__(
         self,
@@ -104,30 +106,61 @@ class _Coalescer:
         self._buffered = 0
         self._seq = 0
         self._last = 0.0
-        self.sent_text = False
+        self._due: asyncio.Handle | None = None  # the first text's send, when the stream pauses
+        self._sending: asyncio.Task[None] | None = None  # that send, under way
+        self._held = False  # the reply is complete: the rest goes with the final delta
+        self.sent_text = False  # text has gone (or is going) to the user
 
     async def add(self, text: str) -> None:
         self._buffer.append(text)
         self._buffered += len(text)
+        if self._held:
+            return
         now = time.monotonic()
-        if (
-            not self.sent_text
-            or self._buffered >= self._chars
-            or now - self._last >= self._interval
-        ):
+        if self._buffered >= self._chars or (self.sent_text and now - self._last >= self._interval):
             await self._flush(done=False)
             self._last = now
+        elif not self.sent_text and self._due is None:
+            # runs once this task waits: when the engine's stream pauses, not in a whole reply
+            self._due = asyncio.get_running_loop().call_soon(self._first)
+
+    def hold(self) -> None:
+        """The reply is complete (or abandoned): what is buffered goes with the final delta."""
+        self._held = True
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
 
     async def finish(self, *, error: str | None = None, text: str | None = None) -> None:
+        self.hold()
         if text is not None:
             self._buffer, self._buffered = [text], len(text)
         await self._flush(done=True, error=error)
 
     async def join(self) -> None:
         """End the reply with nothing shown: a later message's turn answers for this one."""
+        self.hold()
         await self._flush(done=True, joined=True)
 
+    def _first(self) -> None:
+        self._due = None
+        if self._buffered and not self._held:
+            self.sent_text = True
+            self._last = time.monotonic()
+            self._sending = asyncio.create_task(self._emit(done=False))
+            # its failure (Fenced, Redis away) is raised by the next flush; none may follow
+            self._sending.add_done_callback(_retrieved)
+
     async def _flush(self, *, done: bool, error: str | None = None, joined: bool = False) -> None:
+        if self._due is not None:  # text piled up before the stream paused: send it now
+            self._due.cancel()
+            self._due = None
+        if self._sending is not None:  # the first text's send goes first
+            sending, self._sending = self._sending, None
+            await sending
+        await self._emit(done=done, error=error, joined=joined)
+
+    async def _emit(self, *, done: bool, error: str | None = None, joined: bool = False) -> None:
         text = "".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
@@ -138,6 +171,11 @@ class _Coalescer:
         await self._send(delta)
         self._seq += 1
         self.sent_text = self.sent_text or bool(text)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(slots=True)
@@ -668,6 +706,7 @@ class Worker:
                     if stop.is_set():
                         break
         finally:
+            out.hold()  # what is not sent yet goes with the final delta, after the reply is stored
             del self._stops[turn.turn_id]
         gen.text = "".join(parts)
         gen.stopped = stop.is_set()

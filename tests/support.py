@@ -67,10 +67,12 @@ class Reply:
 
 
 class DiesMidway(FixedReplyBackend):
-    """Sends its text, then its engine dies (as vLLM's does when its core process is killed)."""
+    """Sends its text, pauses (so it is shown), then its engine dies (as vLLM's does when its
+    core process is killed)."""
 
     async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
         yield Chunk(self.reply)
+        await asyncio.sleep(0.05)
         raise EngineDead("the vLLM engine died: core gone")
 
 

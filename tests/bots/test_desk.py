@@ -428,10 +428,12 @@ async def test_a_desk_that_cannot_be_posted_to_tells_the_customer_nobody_is_avai
 
 
 class Breaks(RecordingBackend):
-    """Starts each answer, then fails: the customer gets an apology every time."""
+    """Starts each answer (shown: the engine pauses), then fails: the customer gets an apology
+    every time."""
 
     async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
         yield Chunk("Let me check ")
+        await asyncio.sleep(0.05)
         raise RuntimeError("the engine broke")
 
 

@@ -39,10 +39,11 @@ class FailingBackend(FixedReplyBackend):
 
 
 class BreaksMidway(FixedReplyBackend):
-    """Sends some text, then fails."""
+    """Sends some text, pauses (so it goes out), then fails."""
 
     async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
         yield Chunk("Half an ans")
+        await asyncio.sleep(0.05)
         raise RuntimeError("lost the GPU")
 
 
@@ -320,6 +321,77 @@ async def test_reply_deltas_are_coalesced(make_settings) -> None:
         assert reply is not None and reply.text == words
         # the first text goes out at once, then only every 200 characters, then the final delta
         assert 3 <= len(reply.deltas) <= len(words) // 200 + 3
+
+
+async def test_a_reply_the_engine_gives_whole_is_one_delta_sent_once_it_is_stored(
+    make_settings,
+) -> None:
+    settings = make_settings(engine="fixed")
+    async with pipeline(settings, FixedReplyBackend("A short answer in a few words.")) as p:
+        reply = await p.channel.say("hi")
+        assert reply is not None
+        [delta] = reply.deltas
+        assert delta.done and delta.text == "A short answer in a few words."
+        [conv] = await p.store.list_conversations(limit=1)
+        _c, messages = await p.store.conversation(conv.id)
+        assert messages[-1].content == "A short answer in a few words."
+
+
+class Pausing(FixedReplyBackend):
+    """Streams its first words, then pauses (as an engine does between tokens) until ``go``."""
+
+    def __init__(self) -> None:
+        super().__init__("first words, then the rest")
+        self.go = asyncio.Event()
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        yield Chunk("first words,")
+        await self.go.wait()
+        yield Chunk(" then the rest")
+        yield Chunk("", Usage(prompt.n_tokens, 5, "stop"))
+
+
+async def test_a_streamed_replys_first_text_goes_out_when_the_engine_pauses(
+    make_settings,
+) -> None:
+    settings = make_settings(engine="fixed", stream_flush_ms=10_000)
+    backend = Pausing()
+    async with pipeline(settings, backend) as p:
+        task = await p.gateway.handle(p.channel.message("hi"), p.channel)
+        assert task is not None
+        await asyncio.wait_for(p.channel.streaming.wait(), 10)  # before the engine goes on
+        backend.go.set()
+        await asyncio.wait_for(task, 10)
+    [reply] = p.channel.delivered
+    assert [(d.text, d.done) for d in reply.deltas] == [
+        ("first words,", False),
+        (" then the rest", True),
+    ]
+
+
+class BreaksAtOnce(FixedReplyBackend):
+    """The first time: some text, then a failure before the stream pauses (nothing is shown)."""
+
+    def __init__(self) -> None:
+        super().__init__("The whole answer.")
+        self.failed = False
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        if not self.failed:
+            self.failed = True
+            yield Chunk("Half an ans")
+            raise RuntimeError("lost the GPU")
+        async for chunk in super().stream(prompt, params):
+            yield chunk
+
+
+async def test_a_failure_before_any_text_was_shown_is_tried_again(make_settings) -> None:
+    settings = make_settings(engine="fixed", queue_claim_idle_ms=150)
+    async with pipeline(settings, BreaksAtOnce()) as p:
+        reply = await p.channel.say("hi")
+    assert reply is not None
+    assert [d.text for d in reply.deltas if d.text] == ["The whole answer."]
+    assert reply.error is None
 
 
 class Talkative(FixedReplyBackend):
