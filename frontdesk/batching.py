@@ -34,14 +34,15 @@ class Batcher(Generic[Item, Result]):
         future: asyncio.Future[Result] = loop.create_future()
         self._queued.append((item, future))
         if len(self._queued) == 1:
-            loop.call_soon(self._send)
+            # the task's first step runs after the callbacks ready now: their calls join it
+            task = loop.create_task(self._send())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         return await future
 
-    def _send(self) -> None:
+    async def _send(self) -> None:
         batch, self._queued = self._queued, []
-        task = asyncio.create_task(self._execute(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        await self._execute(batch)
 
     async def _execute(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
