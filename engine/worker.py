@@ -450,12 +450,32 @@ class Worker:
         self._waiting.discard(delivery.entry_id)
         self._leased.add(turn.conversation_id)
         self._answering.add(delivery.entry_id)
+        released = False
         try:
-            return await self._answer_leased(delivery, turn)
+            finished, settled = await self._answer_leased(delivery, turn)
+            if settled:  # ack it, and give the lease up in the same write
+                released = await self._ack(delivery, turn)
+            return finished
         finally:
             self._answering.discard(delivery.entry_id)
             self._leased.discard(turn.conversation_id)
-            await self._safely(self.queue.unlease(turn.conversation_id))
+            if not released:
+                await self._safely(self.queue.unlease(turn.conversation_id))
+
+    async def _ack(self, delivery: Delivery, turn: Turn) -> bool:
+        """Ack a settled turn and release its conversation's lease, in one write to Redis.
+        False when that failed (it is logged, and the lease is then released alone)."""
+        self._acking.add(delivery.entry_id)
+        try:
+            await self.queue.ack(delivery, unlease=turn.conversation_id)
+        except Exception as exc:
+            log.warning("queue or storage step failed: %r", exc)
+            self.turns_done += 1
+            return False
+        finally:
+            self._acking.discard(delivery.entry_id)
+        self.turns_done += 1
+        return True
 
     def _should_wait(self, delivery: Delivery, why: str) -> bool:
         """False (wait) until the turn has waited ``ORDER_WAIT_S``; then True, once, with a
@@ -468,16 +488,18 @@ class Worker:
         )
         return True
 
-    async def _answer_leased(self, delivery: Delivery, turn: Turn) -> bool:
+    async def _answer_leased(self, delivery: Delivery, turn: Turn) -> tuple[bool, bool]:
+        """Answer a turn under its lease: whether it is finished (False: it waits), and whether
+        it is settled (to be acked: answered, and not taken over meanwhile)."""
         try:
             with metrics.IN_FLIGHT.track_inprogress():
                 acked = await self._answer(delivery, turn)
         except _Wait:
-            return False
+            return False, False
         except Fenced:
             log.warning("turn %s: another worker took it over; stopping", turn.turn_id)
             await self._safely(self.backend.cancel(turn.turn_id))
-            return True
+            return True, False
         except asyncio.CancelledError:
             await self._safely(self.queue.release(delivery))
             raise
@@ -490,7 +512,7 @@ class Worker:
             if self.dead is not None and not self.dead.done():
                 metrics.ENGINE_DEATHS.inc()
                 self.dead.set_result(exc)
-            return True
+            return True, False
         except Exception as exc:
             log.warning(
                 "turn %s (conversation %s) failed on delivery %d: %r",
@@ -503,15 +525,8 @@ class Worker:
                 await self._safely(self.queue.postpone(delivery))
             else:
                 await self._safely(self.queue.release(delivery))
-            return True
-        if acked and delivery.entry_id not in self._fenced:
-            self._acking.add(delivery.entry_id)
-            try:
-                await self._safely(self.queue.ack(delivery))
-            finally:
-                self._acking.discard(delivery.entry_id)
-            self.turns_done += 1
-        return True
+            return True, False
+        return True, acked and delivery.entry_id not in self._fenced
 
     def _coalescer(
         self, turn: Turn, delivery: Delivery, gateway: str, route: dict[str, Any] | None

@@ -120,7 +120,7 @@ class LocalQueue:
             batch.append(self._turns.get_nowait())
         return batch
 
-    async def ack(self, delivery: Delivery) -> bool:
+    async def ack(self, delivery: Delivery, *, unlease: int | None = None) -> bool:
         if (
             delivery.turn is not None
             and self._live.get(delivery.turn.message_id) == delivery.entry_id

@@ -586,12 +586,27 @@ class RedisQueue(QueueAdmin):
             out.append(delivery_of(entry_id, fields, times))
         return out
 
-    async def ack(self, delivery: Delivery) -> bool:
-        """Ack the entry if this consumer still holds it; False when another one took it over."""
+    async def ack(self, delivery: Delivery, *, unlease: int | None = None) -> bool:
+        """Ack the entry if this consumer still holds it; False when another one took it over.
+        ``unlease``: also release this consumer's lease of that conversation, in the same write
+        (the two are independent: Redis runs the release whatever the ack found)."""
         message = delivery.turn.message_id if delivery.turn is not None else ""
         keys = [self.turns_key, self.live_key]
         args = [GROUP, self.consumer, delivery.entry_id, message]
-        return bool(await self._script_together(self._ack, keys, args))
+        if unlease is None:
+            return bool(await self._script_together(self._ack, keys, args))
+        lease = [self.lease_prefix + str(unlease)]
+
+        def settled(pipe: Pipeline) -> None:
+            pipe.evalsha(self._ack.sha, len(keys), *keys, *args)
+            pipe.evalsha(self._release.sha, len(lease), *lease, self.consumer)
+
+        try:
+            acked, _released = await self._together.run(settled)
+        except NoScriptError:  # Redis restarted: each script alone, which loads it
+            acked = await self._ack(keys=keys, args=args)
+            await self._release(keys=lease, args=[self.consumer])
+        return bool(acked)
 
     async def _script_together(
         self, script: AsyncScript, keys: list[str], args: list[str | int]

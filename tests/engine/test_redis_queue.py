@@ -379,3 +379,31 @@ async def test_a_turn_and_its_delivery_record_go_in_one_write_the_record_first(
     [taken] = await q.receive(10, block_ms=500)
     assert taken.turn == other
     await q.stop()
+
+
+async def test_a_turns_ack_and_its_conversations_release_go_in_one_write(
+    redis_url: str, queue_prefix: str, monkeypatch
+) -> None:
+    """A settled turn's ack and its lease's release cost one write; after it the turn is no
+    longer pending and another worker may take the conversation. After Redis forgot its
+    scripts (a restart) both still happen."""
+    q = await open_queue(redis_url, queue_prefix, "w")
+    other = await open_queue(redis_url, queue_prefix, "other")
+    for message_id in (7, 8):
+        assert await q.submit(Turn(conversation_id=1, message_id=message_id, gateway="gw"))
+        [delivery] = await q.receive(10, block_ms=500)
+        assert await q.lease(1, ttl_ms=60_000)
+        assert not await other.lease(1, ttl_ms=60_000)
+        if message_id == 8:
+            await q.redis.script_flush()  # as after a restart of Redis
+        sent = writes_of(q, monkeypatch)
+        assert await q.ack(delivery, unlease=1)
+        if message_id == 7:
+            assert sent == [["EVALSHA", "EVALSHA"]]
+        assert await q.redis.xpending(q.turns_key, GROUP) == {
+            "pending": 0, "min": None, "max": None, "consumers": []
+        }  # fmt: skip
+        assert await other.lease(1, ttl_ms=60_000)  # released: another worker may answer it
+        await other.unlease(1)
+    for each in (q, other):
+        await each.stop()

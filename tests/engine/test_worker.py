@@ -591,9 +591,9 @@ async def test_a_turn_acked_while_a_heartbeat_looks_is_not_called_taken_over(
         ack = p.queue.ack
         acked = 0
 
-        async def slow_ack(delivery: Any) -> bool:
+        async def slow_ack(delivery: Any, **kwargs: Any) -> bool:  # the lease's release too
             nonlocal acked
-            done = await ack(delivery)
+            done = await ack(delivery, **kwargs)
             acked += 1
             await asyncio.sleep(0.35)  # heartbeats (every 0.1 s) look meanwhile
             return done
