@@ -34,15 +34,14 @@ class Batcher(Generic[Item, Result]):
         future: asyncio.Future[Result] = loop.create_future()
         self._queued.append((item, future))
         if len(self._queued) == 1:
-            # the task's first step runs after the callbacks ready now: their calls join it
-            task = loop.create_task(self._send())
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            loop.call_soon(self._send)
         return await future
 
-    async def _send(self) -> None:
+    def _send(self) -> None:
         batch, self._queued = self._queued, []
-        await self._execute(batch)
+        task = asyncio.create_task(self._execute(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _execute(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
