@@ -1,9 +1,11 @@
 """Calls that many tasks make at about the same moment, made once for all of them.
 
-Each caller adds its item to a batch, and the batch goes to ``run`` once the event loop has run the
-other callbacks that were ready: the turns that a worker received together reach the same point
-in the same loop iteration, so their reads become one statement or one pipeline. With one caller
-a batch holds one item and costs one loop iteration more than calling alone.
+Each caller adds its item to a batch, and the batch goes to ``run`` two rounds of the event loop
+later (a callback, then the batch's task): the turns that a worker received together reach the
+same point in the same round or the next, so their reads become one statement or one pipeline.
+With one caller a batch holds one item and waits those two rounds. (Sent a round sooner, by a
+task made at the first call, batches held fewer callers: at 64 turns in flight 3,364 Redis
+batches of 5.9 callers, against 2,771 of 6.95.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 adds its commands to a batch, and the batch goes as one pipeline (one write, one round trip) once
 the event loop has run the other callbacks that were ready. At 64 turns in flight the reply
 deltas, acks and leases of many turns share a round trip; with one turn in flight a batch holds
-one caller's commands and costs one loop iteration more than sending them alone.
+one caller's commands and goes two loop iterations later than sending them alone.
 
 Scripts go as EVALSHA of scripts loaded already (redis-py's pipelines would ask Redis for them
 before every batch): a caller that gets NOSCRIPT (Redis restarted) runs its script alone, which
