@@ -385,8 +385,8 @@ class Conversations(Database):
         first, each reply right after the message it answers. A reply stored after newer user
         messages (the user sent several at once) has an id past theirs: it is fetched as well,
         by the rows after ``message_id`` that reply to it or to an earlier one. Only the columns
-        a prompt needs: this runs on every turn. On PostgreSQL the turns that ask in the same
-        loop iteration (those a worker received together) are read by one statement."""
+        a prompt needs: this runs on every turn. On PostgreSQL the turns that ask at about the
+        same moment (those a worker received together) are read by one statement."""
         rows: Sequence[Sequence[Any]]
         if self._turn_contexts is not None:
             rows = await self._turn_contexts((conversation_id, message_id, limit + 1))
@@ -400,8 +400,8 @@ class Conversations(Database):
     async def _read_turn_contexts(
         self, asked: list[tuple[int, int, int]]
     ) -> list[Sequence[Sequence[Any]]]:
-        """PostgreSQL: the rows of each (conversation, message, limit) asked in one loop
-        iteration, read by one statement (by the one-message statement when one is asked)."""
+        """PostgreSQL: the rows of each (conversation, message, limit) asked in one batch
+        (``Batcher``), read by one statement (by the one-message statement when one is asked)."""
         assert self._turn_context_pg is not None and self._turn_contexts_pg is not None
         if len(asked) == 1:
             ((conversation_id, message_id, limit),) = asked
