@@ -59,8 +59,11 @@ class Both:
         return [m["text"] for m in self.telegram.messages_in(ALICE)]
 
     async def desk_card(self) -> dict[str, Any]:
+        """The handoff's card at the desk, once the gateway has stored its thread (it posts the
+        card first; an agent's answer in the moment between would find no handoff)."""
         await self.slack.wait_for(lambda f: any(not m["thread_ts"] for m in f.messages_in(DESK)))
         [card] = [m for m in self.slack.messages_in(DESK) if not m["thread_ts"]]
+        await until(lambda: self.p.store.handoff_by_thread(f"slack:{DESK}", card["ts"]))
         return card
 
     def thread(self, card: dict[str, Any]) -> list[str]:
