@@ -1,10 +1,12 @@
 """How the Telegram channel shows a reply as it streams: "typing…" until the first text, then one
-message edited with the growing text at most every edit interval, a final edit with the whole
+message edited with the growing text at most every edit interval (text that came within an
+interval shows at its end, though no more comes), a final edit with the whole
 text, and text beyond 4096 characters (UTF-16 units) continued in new messages."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from telegram.constants import ChatAction, MessageLimit
 from telegram.error import TelegramError
 
 from frontdesk.storage import Rating
+from frontdesk.wire import ReplyDelta
 
 from ..channel import ReplyStream
 from ..text import split_text, utf16_len
@@ -47,6 +50,28 @@ def parse_rating(data: str) -> tuple[int, Rating] | None:
     return int(question), Rating(rating)
 
 
+class _Latest:
+    """What a reply's stream has given so far: its text, and its last delta once it came."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.done: ReplyDelta | None = None
+        self.changed = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    async def read(self, reply: ReplyStream) -> None:
+        try:
+            async for delta in reply:
+                self.text = delta.text if delta.restart else self.text + delta.text
+                if delta.done:
+                    self.done = delta
+                    self.finished.set()
+                    return
+                self.changed.set()
+        finally:
+            self.changed.set()
+
+
 class LiveReply:
     """One reply shown as it streams: messages sent so far and the text each shows."""
 
@@ -63,29 +88,44 @@ class LiveReply:
         # a resumed reply: the messages posted for it before are edited to the whole text
         self.shown = [(int(message_id), None) for message_id in reply.posted]
         typing = asyncio.create_task(self._typing())
-        text = ""
+        latest = _Latest()
+        reader = asyncio.create_task(latest.read(reply))
         last_show = 0.0
         try:
-            async for delta in reply:
-                text = delta.text if delta.restart else text + delta.text
-                if delta.done and delta.joined:  # a later message's reply answers this one
+            while True:
+                await latest.changed.wait()
+                latest.changed.clear()
+                if latest.done is not None:
+                    break
+                if reader.done():  # the stream ended without its last delta
+                    reader.result()
                     return
-                if delta.done:
-                    if delta.error:
-                        text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error
-                    typing.cancel()
-                    # an answer of the bot's (not a notice, not an apology) can be rated
-                    rated = not delta.error and reply.turn_id.startswith("m") and text.strip()
-                    buttons = rating_buttons(int(reply.turn_id[1:])) if rated else None
-                    await self._show(text, final=True, buttons=buttons)
-                    return
-                if text.strip():
-                    typing.cancel()
-                    if time.monotonic() - last_show >= self.interval:
-                        await self._show(text)
-                        last_show = time.monotonic()
+                if not latest.text.strip():
+                    continue
+                typing.cancel()
+                # at most one edit an interval; text that came within it shows at its end, even
+                # when the engine goes quiet meanwhile
+                wait = last_show + self.interval - time.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(latest.finished.wait(), wait)
+                    if latest.done is not None:
+                        break
+                await self._show(latest.text)
+                last_show = time.monotonic()
+            delta, text = latest.done, latest.text
+            if delta.joined:  # a later message's reply answers this one
+                return
+            if delta.error:
+                text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error
+            typing.cancel()
+            # an answer of the bot's (not a notice, not an apology) can be rated
+            rated = not delta.error and reply.turn_id.startswith("m") and text.strip()
+            buttons = rating_buttons(int(reply.turn_id[1:])) if rated else None
+            await self._show(text, final=True, buttons=buttons)
         finally:
             typing.cancel()
+            reader.cancel()
 
     async def _add_buttons(self, message_id: int, markup: InlineKeyboardMarkup) -> None:
         bot = self.channel._bot
