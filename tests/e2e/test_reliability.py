@@ -1,7 +1,8 @@
 """Exactly one complete reply per accepted message, through the death of any process: gateways and
 workers as real processes (`frontdesk gateway`, `frontdesk worker`), killed with SIGKILL mid-reply,
 against real Redis and PostgreSQL, the Telegram and Slack stand-ins, and an OpenAI-compatible
-stand-in that streams slowly enough to strike while a reply is being written."""
+stand-in that streams slowly, and pauses a reply halfway until the test has struck, so that the
+reply is being written when it strikes, however slow the machine."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from tests.support import free_port, until
 
 ALICE = 1001
 LONG_REPLY = " ".join(f"word{i}" for i in range(40))
+SHOWN = 10  # the engine pauses after so many words until the test lets it go on
+FIRST_PART = " ".join(LONG_REPLY.split(" ")[:SHOWN])
 
 
 async def test_a_gateway_killed_mid_reply_completes_the_same_telegram_message_after_restart(
@@ -29,7 +32,7 @@ async def test_a_gateway_killed_mid_reply_completes_the_same_telegram_message_af
 ) -> None:
     async with (
         FakeTelegram() as telegram,
-        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.12) as engine,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.12, pause_after=SHOWN) as engine,
     ):
         procs = Processes(telegram_env(env, telegram, engine), tmp_path)
         queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
@@ -39,12 +42,12 @@ async def test_a_gateway_killed_mid_reply_completes_the_same_telegram_message_af
             await gateway_up(queue, "telegram")
 
             telegram.private_message("Tell me a long story")
-            await shows(telegram, ALICE, "word5")
+            await shows(telegram, ALICE, FIRST_PART)
             await procs.kill("gateway")  # mid-reply: the message shows part of the answer
-            cut = telegram.messages_in(ALICE)[0]["text"]
-            assert cut != LONG_REPLY
+            assert telegram.messages_in(ALICE)[0]["text"] == FIRST_PART
 
             await procs.start("gateway", "gateway")
+            engine.go_on()
             await shows(telegram, ALICE, LONG_REPLY)
             await asyncio.sleep(1.5)  # a second message would show by now
         finally:
@@ -64,7 +67,7 @@ async def test_a_gateway_killed_mid_reply_completes_the_same_slack_message_after
     port = free_port()
     async with (
         FakeSlack() as slack,
-        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.12) as engine,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.12, pause_after=SHOWN) as engine,
     ):
         slack_env = {
             **env,
@@ -85,11 +88,12 @@ async def test_a_gateway_killed_mid_reply_completes_the_same_slack_message_after
 
             status, _took = await slack.post_event(url, slack.dm("Tell me a long story"))
             assert status == 200
-            await shows(slack, dm, "word5")
+            await shows(slack, dm, FIRST_PART)
             await procs.kill("gateway")
-            assert slack.messages_in(dm)[0]["text"] != LONG_REPLY
+            assert slack.messages_in(dm)[0]["text"] == FIRST_PART
 
             await procs.start("gateway", "gateway")
+            engine.go_on()
             await shows(slack, dm, LONG_REPLY)
             await asyncio.sleep(1.5)
         finally:
@@ -109,7 +113,7 @@ async def test_a_gateway_stopped_mid_reply_hands_it_to_another_that_runs_the_sam
     ports = [free_port(), free_port()]
     async with (
         FakeSlack() as slack,
-        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.15) as engine,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.15, pause_after=SHOWN) as engine,
     ):
         slack_env = {
             **env,
@@ -132,11 +136,12 @@ async def test_a_gateway_stopped_mid_reply_hands_it_to_another_that_runs_the_sam
             url = f"http://127.0.0.1:{ports[0]}/slack/events"  # the message reaches gw-a
             status, _took = await slack.post_event(url, slack.dm("Tell me a long story"))
             assert status == 200
-            await shows(slack, dm, "word3")
+            await shows(slack, dm, FIRST_PART)
             stopped = procs.running.pop("gw-a")  # a deploy stops it: SIGTERM, 1 s of grace
             stopped.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(stopped.wait(), 30) == 0
-            assert slack.messages_in(dm)[0]["text"] != LONG_REPLY
+            assert await asyncio.wait_for(stopped.wait(), 10) == 0
+            assert slack.messages_in(dm)[0]["text"] == FIRST_PART
+            engine.go_on()
 
             await shows(slack, dm, LONG_REPLY)
             await asyncio.sleep(1.5)
@@ -162,7 +167,7 @@ async def test_a_worker_killed_mid_reply_leaves_one_message_with_the_whole_answe
 ) -> None:
     async with (
         FakeTelegram() as telegram,
-        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.08) as engine,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.08, pause_after=SHOWN) as engine,
     ):
         procs = Processes(telegram_env(env, telegram, engine), tmp_path)
         queue = RedisQueue(redis_url, consumer="test", prefix=queue_prefix)
@@ -174,6 +179,7 @@ async def test_a_worker_killed_mid_reply_leaves_one_message_with_the_whole_answe
             telegram.private_message("Tell me a long story")
             await shows(telegram, ALICE, "word5")
             await procs.kill("doomed")
+            engine.go_on()
             await procs.start("worker", "worker")  # takes the turn over once it is idle
             await shows(telegram, ALICE, LONG_REPLY)
             await asyncio.sleep(1.5)
@@ -283,7 +289,7 @@ async def test_a_worker_stopped_mid_reply_hands_the_turn_back_for_another_to_tak
 ) -> None:
     async with (
         FakeTelegram() as telegram,
-        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.1) as engine,
+        FakeOpenAI(LONG_REPLY, failing=None, word_delay_s=0.1, pause_after=SHOWN) as engine,
     ):
         # a claim timeout of a minute: a turn left pending would wait that long
         slow_claims = {
@@ -299,8 +305,9 @@ async def test_a_worker_stopped_mid_reply_hands_the_turn_back_for_another_to_tak
             telegram.private_message("Tell me a long story")
             await shows(telegram, ALICE, "word3")
             first = procs.running.pop("first")
-            first.send_signal(signal.SIGTERM)  # 1 s of grace: the reply needs 4 s more
+            first.send_signal(signal.SIGTERM)  # 1 s of grace: the engine is paused
             assert await asyncio.wait_for(first.wait(), 15) == 0
+            engine.go_on()
             await procs.start("second", "worker")
             await shows(telegram, ALICE, LONG_REPLY)
         finally:

@@ -2,7 +2,9 @@
 cue: `FakeOpenAI` answers ``/v1/models`` and streams ``/v1/chat/completions`` as server-sent
 events, the way vLLM's and llama.cpp's servers do, and answers every completion with ``failing``'s
 HTTP status (503: overloaded) until a test sets ``failing = None``. ``word_delay_s`` paces the
-stream, word by word, for tests that need a reply still streaming when they strike."""
+stream, word by word, for tests that need a reply still streaming when they strike; with
+``pause_after``, every stream stops after that many words until the test calls ``go_on()``, so
+that a reply is surely unfinished when the test strikes, however slow the machine."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class FakeOpenAI(FakeServer):
         word_delay_s: float = 0.0,
         echo: bool = False,
         models_delay_s: float = 0.0,
+        pause_after: int | None = None,
     ) -> None:
         super().__init__()
         self.reply = reply
@@ -41,10 +44,16 @@ class FakeOpenAI(FakeServer):
         self.word_delay_s = word_delay_s
         # the first /v1/models answers this late (a server still loading its model)
         self.models_delay_s = models_delay_s
+        self.pause_after = pause_after
+        self._going_on = asyncio.Event()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def go_on(self) -> None:
+        """Let the streams paused at ``pause_after`` words (and every later one) go on."""
+        self._going_on.set()
 
     def completions(self, status: int = 200) -> list[Call]:
         return [c for c in self.calls if c.method == "chat/completions" and c.status == status]
@@ -69,6 +78,8 @@ class FakeOpenAI(FakeServer):
                 "You said: " + [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
             )
         for i, word in enumerate(reply.split(" ")):
+            if i == self.pause_after:
+                await self._going_on.wait()
             piece = word if i == 0 else " " + word
             await self._event(response, {"choices": [{"delta": {"content": piece}}]})
             if self.word_delay_s:
