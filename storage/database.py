@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.util import greenlet_spawn
 
 from frontdesk.errors import ConfigError, StorageUnavailable
 from frontdesk.secrets import hide_password
@@ -189,8 +190,11 @@ class Database:
         connection raises StorageUnavailable and, as in SQLAlchemy, the pool's connections are
         opened afresh; a constraint violation raises SQLAlchemy's IntegrityError."""
         args = [params[n] if n in params else statement.defaults[n] for n in statement.names]
-        async with self.connect() as conn:
-            pooled = await conn.get_raw_connection()
+        # the pool's connection itself, not a SQLAlchemy Connection around it: no Connection
+        # object, and no task to close one (half the CPU of checking one out and back in)
+        async with _translated(self.url):
+            pooled = await self.engine.raw_connection()
+        try:
             driver: Any = pooled.driver_connection
             try:
                 rows: Sequence[Sequence[Any]] = await driver.fetch(statement.sql, *args)
@@ -198,14 +202,17 @@ class Database:
                 if isinstance(exc, OSError | TimeoutError) or driver.is_closed():
                     # as SQLAlchemy does on a disconnect: every connection opened before now
                     # is replaced at its next checkout (the server went, or the network)
-                    self.engine.sync_engine.pool._invalidate(pooled, exc)
-                    await conn.invalidate(exc)
+                    await greenlet_spawn(self.engine.sync_engine.pool._invalidate, pooled, exc)
                     raise StorageUnavailable(
                         f"cannot reach the database at {_describe(self.url)}: {_first_line(exc)}"
                     ) from exc
                 if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
                     raise IntegrityError(statement.sql, args, exc) from exc
                 raise
+        finally:
+            # back to the pool; in autocommit there is no transaction to roll back, so this
+            # does not wait (a cancellation cannot cut it short)
+            await greenlet_spawn(pooled.close)
         return rows
 
 

@@ -261,6 +261,32 @@ async def test_a_connection_lost_under_a_turns_statements_is_storage_unavailable
         await store.stop()
 
 
+async def test_a_turn_statement_cancelled_midway_gives_its_connection_back_to_the_pool(
+    pg_database: str, chat: str
+) -> None:
+    """A turn cancelled (a stopping worker) while its statement runs on asyncpg itself: the
+    connection goes back to the pool, so the next statement runs on it."""
+    store = Store(pg_database, pool_size=1)
+    await store.start(migrate=True)
+    try:
+        slow = store.driver_statement(sql("SELECT pg_sleep(5)"))
+        assert slow is not None
+        running = asyncio.create_task(store.driver_rows(slow, {}))
+        await asyncio.sleep(0.3)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert store.engine.sync_engine.pool.checkedout() == 0  # given back, not left to gc
+        first = await asyncio.wait_for(store.record_user_message(message("hi", chat=chat)), 10)
+        assert first is not None
+        _reply, history = await asyncio.wait_for(
+            store.turn_context(first.conversation_id, first.message_id), 10
+        )
+        assert [m.content for m in history] == ["hi"]
+    finally:
+        await store.stop()
+
+
 async def test_a_reply_to_a_purged_conversation_is_refused_as_an_integrity_error(
     store: Store, chat: str
 ) -> None:
