@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SUMMARY_LAST = 4  # the customer's last messages shown on a handoff's card
 SUMMARY_CHARS = 300  # of each message shown
+# An agent's answer, or button, in a card's thread before the gateway that posted the card has
+# stored its thread: looked for again this long, every THREAD_LOOK_EVERY_S, while a handoff at
+# the desk still awaits its thread (one opened within THREAD_OPENING_S)
+THREAD_WAIT_S = 2.0  # within the 3 s Slack gives an event's answer
+THREAD_LOOK_EVERY_S = 0.1
+THREAD_OPENING_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +199,7 @@ class Desk:
         """An agent's message in a handoff's thread at ``desk`` (one of ``desks``): stored (role
         ``agent``) and sent to the customer, and the handoff is a person's from now on. Returns
         what to tell the agent when it cannot go (the handoff is over), else None."""
-        handoff = await self.store.handoff_by_thread(desk, thread)
+        handoff = await self._by_thread(desk, thread)
         if handoff is None:
             return None  # a thread that is no handoff's: not ours to answer
         if not handoff.open:
@@ -213,7 +219,7 @@ class Desk:
         self, desk: str, thread: str, agent_id: str, agent_name: str | None
     ) -> str | None:
         """An agent takes the handoff (the Claim button). What to tell the agent, if anything."""
-        handoff = await self.store.handoff_by_thread(desk, thread)
+        handoff = await self._by_thread(desk, thread)
         if handoff is None:
             return None
         if not await self.store.claim_handoff(handoff.id, agent_id):
@@ -226,13 +232,29 @@ class Desk:
 
     async def resolve(self, desk: str, thread: str, agent_id: str) -> str | None:
         """The handoff ends (the Resolve button): the bot has the conversation again."""
-        handoff = await self.store.handoff_by_thread(desk, thread)
+        handoff = await self._by_thread(desk, thread)
         if handoff is None:
             return None
         if not handoff.open:
             return texts.HANDOFF_OVER
         await self._resolve(handoff, by=agent_id)
         return None
+
+    async def _by_thread(self, desk: str, thread: str) -> HandoffRecord | None:
+        """The handoff whose thread at ``desk`` this is. A card's thread is stored just after
+        the card is posted (its id comes with the post): an agent quick enough to answer in that
+        moment, maybe on another gateway, finds it once it is stored. Other threads are looked
+        up once, unless a card at the desk is being posted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + THREAD_WAIT_S
+        while True:
+            handoff = await self.store.handoff_by_thread(desk, thread)
+            if handoff is not None or loop.time() >= deadline:
+                return handoff
+            since = datetime.now(UTC) - timedelta(seconds=THREAD_OPENING_S)
+            if not await self.store.threads_opening(desk, since):
+                return None
+            await asyncio.sleep(THREAD_LOOK_EVERY_S)
 
     # -- timeouts ------------------------------------------------------------------------------
 

@@ -169,6 +169,22 @@ class Handoffs(Database):
             row = (await conn.execute(query)).first()
         return _record(row) if row is not None else None
 
+    async def threads_opening(self, desk: str, since: datetime) -> bool:
+        """Whether an open handoff at ``desk``, opened after ``since``, has no desk thread yet:
+        its card is being posted, or was posted a moment ago and its thread not yet stored."""
+        query = (
+            select(Handoff.id)
+            .where(
+                Handoff.desk == desk,
+                Handoff.desk_thread.is_(None),
+                Handoff.state != HandoffState.RESOLVED,
+                Handoff.created_at > since,
+            )
+            .limit(1)
+        )
+        async with self.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def set_desk_thread(self, handoff_id: int, thread: str) -> None:
         async with self.connect() as conn:
             await conn.execute(

@@ -59,11 +59,10 @@ class Both:
         return [m["text"] for m in self.telegram.messages_in(ALICE)]
 
     async def desk_card(self) -> dict[str, Any]:
-        """The handoff's card at the desk, once the gateway has stored its thread (it posts the
-        card first; an agent's answer in the moment between would find no handoff)."""
+        """The handoff's card at the desk, as soon as it shows (the gateway stores its thread
+        just after: an agent may answer before that)."""
         await self.slack.wait_for(lambda f: any(not m["thread_ts"] for m in f.messages_in(DESK)))
         [card] = [m for m in self.slack.messages_in(DESK) if not m["thread_ts"]]
-        await until(lambda: self.p.store.handoff_by_thread(f"slack:{DESK}", card["ts"]))
         return card
 
     def thread(self, card: dict[str, Any]) -> list[str]:
@@ -164,6 +163,33 @@ async def test_a_telegram_customer_is_answered_by_a_person_at_the_slack_desk_and
     [rated] = [json.loads(line) for line in exported.stdout.splitlines()]
     assert (rated["question"], rated["rating"]) == ("my parcel never arrived, order 1234", "down")
     assert rated["agent_answer"] == "Sorry about that! I've sent a new parcel today."
+
+
+async def test_an_agent_who_answers_before_the_gateway_stored_the_card_s_thread_still_reaches_the_customer(
+    make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The card is posted first and its thread stored just after; here storing it takes a
+    second, and the agent claims and answers at once."""
+    backend = RecordingBackend("The bot's answer.")
+    async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
+        store = both.p.gateway.desk.store if both.p.gateway.desk is not None else None
+        assert store is not None
+        storing = store.set_desk_thread
+
+        async def slowly(handoff_id: int, thread: str) -> None:
+            await asyncio.sleep(1.0)
+            await storing(handoff_id, thread)
+
+        monkeypatch.setattr(store, "set_desk_thread", slowly)
+        telegram.private_command("human")
+        card = await both.desk_card()
+        assert await store.handoff_by_thread(f"slack:{DESK}", card["ts"]) is None  # not yet
+        await both.press(card, CLAIM)
+        await both.agent_replies(card, "Hello, I'm here to help.")
+        seen = await both.customer_sees(2)
+        assert seen == [texts.HANDED_OVER, "Support: Hello, I'm here to help."]
+        await slack.wait_for(lambda f: f"<@{AGENT}>" in str(f.messages_in(DESK)[0]))  # claimed
 
 
 async def test_a_person_asked_for_in_words_and_a_desk_reply_after_resolve_is_refused(
