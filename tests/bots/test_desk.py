@@ -169,24 +169,27 @@ async def test_an_agent_who_answers_before_the_gateway_stored_the_card_s_thread_
     make_settings, telegram: FakeTelegram, slack: FakeSlack, redis_url: str, queue_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """The card is posted first and its thread stored just after; here storing it takes a
-    second, and the agent claims and answers at once."""
+    """The card is posted first and its thread stored just after; here storing it waits until
+    the agent has claimed and answered."""
     backend = RecordingBackend("The bot's answer.")
     async with running(make_settings, telegram, slack, backend, redis_url, queue_prefix) as both:
         store = both.p.gateway.desk.store if both.p.gateway.desk is not None else None
         assert store is not None
-        storing = store.set_desk_thread
+        storing, stored = store.set_desk_thread, asyncio.Event()
 
-        async def slowly(handoff_id: int, thread: str) -> None:
-            await asyncio.sleep(1.0)
+        async def later(handoff_id: int, thread: str) -> None:
+            await stored.wait()
             await storing(handoff_id, thread)
 
-        monkeypatch.setattr(store, "set_desk_thread", slowly)
+        monkeypatch.setattr(store, "set_desk_thread", later)
         telegram.private_command("human")
         card = await both.desk_card()
         assert await store.handoff_by_thread(f"slack:{DESK}", card["ts"]) is None  # not yet
-        await both.press(card, CLAIM)
-        await both.agent_replies(card, "Hello, I'm here to help.")
+        pressed = asyncio.create_task(both.press(card, CLAIM))
+        answered = asyncio.create_task(both.agent_replies(card, "Hello, I'm here to help."))
+        await asyncio.sleep(0.3)  # both reached the gateway before the thread was stored
+        stored.set()
+        await asyncio.gather(pressed, answered)
         seen = await both.customer_sees(2)
         assert seen == [texts.HANDED_OVER, "Support: Hello, I'm here to help."]
         await slack.wait_for(lambda f: f"<@{AGENT}>" in str(f.messages_in(DESK)[0]))  # claimed
