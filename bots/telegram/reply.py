@@ -1,7 +1,7 @@
 """How the Telegram channel shows a reply as it streams: "typing…" until the first text, then one
 message edited with the growing text at most every edit interval (text that came within an
-interval shows at its end, though no more comes), a final edit with the whole
-text, and text beyond 4096 characters (UTF-16 units) continued in new messages."""
+interval shows at its end, though no more comes), a final edit with the whole text, and text
+beyond 4096 characters (UTF-16 units) continued in new messages."""
 
 from __future__ import annotations
 
