@@ -1,4 +1,5 @@
-"""What the benchmarks share: percentiles, a free port, and a scratch PostgreSQL database.
+"""What the benchmarks share: percentiles, a free port, a scratch PostgreSQL database, and the
+event loop frontdesk's processes run on.
 
 Benchmarks run as scripts (``python bench/NAME.py``), so this folder is on ``sys.path`` and they
 import this module as ``common``.
@@ -6,13 +7,19 @@ import this module as ``common``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import statistics
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
+
+from frontdesk.clitools import loop_factory
+
+T = TypeVar("T")
 
 
 def pct(values: list[float], q: int) -> float:
@@ -20,6 +27,13 @@ def pct(values: list[float], q: int) -> float:
     if len(values) < 2:
         return values[0] if values else 0.0
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the event loop that frontdesk's commands run on (uvloop where installed),
+    so that a benchmark measures what a deployed gateway or worker costs."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(coro)
 
 
 def free_port() -> int:

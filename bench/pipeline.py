@@ -12,9 +12,12 @@ scraped every second, and logs JSON lines at INFO to a file; off, the metrics ar
 (``frontdesk.metrics``' objects swapped for ones that do nothing) and nothing is logged.
 
 With ``--profile FILE``, instead: one run of the framework in one process at ``--in-flight``,
-under cProfile (the event loop's thread: the gateway's and the worker's Python), and a summary of
-where its CPU went: the share of each package (redis-py, SQLAlchemy, asyncpg, asyncio, frontdesk,
-...) by time spent in its own functions, printed, then the top functions written to FILE.
+its measured turns under cProfile (the event loop's thread: the gateway's and the worker's
+Python), and a summary of where its CPU went: the share of each package (redis-py, SQLAlchemy,
+asyncpg, asyncio, frontdesk, ...) by time spent in its own functions, and the function calls a
+turn makes, printed, then the top functions written to FILE.
+
+Every process runs on the event loop that frontdesk's commands run on (uvloop where installed).
 
 Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--telemetry-only]
        python bench/pipeline.py --profile FILE [--turns 3000] [--in-flight 64]
@@ -40,7 +43,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from common import pct, scratch_database
+from common import pct, run, scratch_database
 from harness import TimingChannel
 
 from frontdesk import logfmt, metrics
@@ -164,10 +167,12 @@ async def framework(
     *,
     split: bool,
     telemetry: bool | None = None,
+    profile: cProfile.Profile | None = None,
 ) -> tuple[float, float, list[float]]:
     """The framework's turns. ``split``: the worker runs in its own process (scaled mode), and
     the CPU figure adds both processes'. ``telemetry``: on or off (``_observed``, ``_telemetry``)
-    in every process; None: as it is (counted, neither served nor logged)."""
+    in every process; None: as it is (counted, neither served nor logged). ``profile``: enabled
+    for the measured turns only (not the start or the warm-up)."""
     prefix = f"fdbench:{uuid.uuid4().hex[:8]}"
     settings = _settings(db_url, redis_url, prefix, in_flight)
     if telemetry is not None:
@@ -213,7 +218,11 @@ async def framework(
             child_cpu0 = await asyncio.to_thread(pipe.recv)
         stop_scraping = asyncio.Event()
         scraping = asyncio.create_task(_scrape(ports, stop_scraping))
+        if profile is not None:
+            profile.enable()
         wall, cpu, latencies = await drive(turn, turns, in_flight)
+        if profile is not None:
+            profile.disable()
         stop_scraping.set()
         scrapes = await scraping
         assert not telemetry or scrapes > 0
@@ -253,7 +262,7 @@ def _worker_process(
             while await asyncio.to_thread(pipe.recv) != "stop":
                 pipe.send(time.process_time())
 
-    asyncio.run(serve())
+    run(serve())
 
 
 async def _start_worker(stack: contextlib.AsyncExitStack, settings: Settings, store: Store) -> None:
@@ -348,15 +357,16 @@ def _package(filename: str) -> str:
 
 
 async def profiled(db_url: str, redis_url: str, turns: int, in_flight: int, path: str) -> None:
-    """One run of the framework in one process under cProfile: each package's share of the CPU
-    spent in its own functions, printed; the top 60 functions (own and cumulative time) to
-    ``path``."""
+    """One run of the framework in one process under cProfile (its measured turns): each
+    package's share of the CPU spent in its own functions, and the Python function calls a turn
+    makes, printed; the top 60 functions (own and cumulative time) to ``path``. The calls a turn
+    vary little from run to run where the time varies a lot: a change's effect on them shows in
+    one run each way."""
     # CPU time, not wall time: the event loop's wait in epoll is not work
     profile = cProfile.Profile(time.process_time)
-    # the warm-up (and the start) is profiled too, but is small next to ``turns``
-    profile.enable()
-    wall, cpu, _lat = await framework(db_url, redis_url, turns, in_flight, 200, split=False)
-    profile.disable()
+    wall, cpu, _lat = await framework(
+        db_url, redis_url, turns, in_flight, 200, split=False, profile=profile
+    )
     stats = pstats.Stats(profile)
     shares: dict[str, float] = {}
     total = 0.0
@@ -364,7 +374,8 @@ async def profiled(db_url: str, redis_url: str, turns: int, in_flight: int, path
         shares[_package(filename)] = shares.get(_package(filename), 0.0) + own
         total += own
     print(f"profile of {turns} turns at {in_flight} in flight, one process: {turns / wall:.0f} "
-          f"turns/s, {cpu / turns * 1000:.2f} ms of CPU a turn (slower under the profiler)")  # fmt: skip
+          f"turns/s, {cpu / turns * 1000:.2f} ms of CPU a turn (slower under the profiler), "
+          f"{stats.total_calls / turns:.0f} function calls a turn")  # type: ignore[attr-defined]  # fmt: skip
     print(f"{'package':>32} {'share of CPU':>13}")
     for name, own in sorted(shares.items(), key=lambda item: -item[1]):
         print(f"{name:>32} {own / total:>13.1%}")
@@ -454,4 +465,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

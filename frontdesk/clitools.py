@@ -53,7 +53,9 @@ def settings(ctx: typer.Context) -> Settings:
     return root.obj
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop every frontdesk process runs on: uvloop where installed (Linux and
+    macOS), else asyncio's own (None)."""
     try:
         import uvloop
     except ImportError:
@@ -66,7 +68,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     Ctrl-C a quiet exit 130."""
     try:
         # uvloop where installed (Linux and macOS): a faster event loop for the same code
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(coro)
     except FrontdeskError as exc:
         raise fail(str(exc), exc.exit_code) from None
