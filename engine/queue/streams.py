@@ -50,13 +50,18 @@ redis.call('HSET', KEYS[2], ARGV[1], id)
 return id
 """
 # Ack an entry only while this consumer holds it (a reclaimed entry is another's to ack), and
-# forget the live turn of its message. Returns 1 when acked.
+# forget the live turn of its message. With KEYS[3] (a conversation's lease), also release the
+# lease if this consumer holds it, whatever the ack found. Returns 1 when acked.
 _ACK = """
+local acked = 0
 local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #held == 0 or held[1][2] ~= ARGV[2] then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if redis.call('HGET', KEYS[2], ARGV[4]) == ARGV[3] then redis.call('HDEL', KEYS[2], ARGV[4]) end
-return 1
+if #held == 1 and held[1][2] == ARGV[2] then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  if redis.call('HGET', KEYS[2], ARGV[4]) == ARGV[3] then redis.call('HDEL', KEYS[2], ARGV[4]) end
+  acked = 1
+end
+if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+return acked
 """
 # The heartbeat: reset the idle time of the entries this consumer still holds, and name the
 # ones it lost (reclaimed by another consumer, or gone with a flushed stream).
@@ -588,25 +593,14 @@ class RedisQueue(QueueAdmin):
 
     async def ack(self, delivery: Delivery, *, unlease: int | None = None) -> bool:
         """Ack the entry if this consumer still holds it; False when another one took it over.
-        ``unlease``: also release this consumer's lease of that conversation, in the same write
-        (the two are independent: Redis runs the release whatever the ack found)."""
+        ``unlease``: also release this consumer's lease of that conversation, in the same
+        command (the two are independent: the script releases it whatever the ack found)."""
         message = delivery.turn.message_id if delivery.turn is not None else ""
         keys = [self.turns_key, self.live_key]
+        if unlease is not None:
+            keys.append(self.lease_prefix + str(unlease))
         args = [GROUP, self.consumer, delivery.entry_id, message]
-        if unlease is None:
-            return bool(await self._script_together(self._ack, keys, args))
-        lease = [self.lease_prefix + str(unlease)]
-
-        def settled(pipe: Pipeline) -> None:
-            pipe.evalsha(self._ack.sha, len(keys), *keys, *args)
-            pipe.evalsha(self._release.sha, len(lease), *lease, self.consumer)
-
-        try:
-            acked, _released = await self._together.run(settled)
-        except NoScriptError:  # Redis restarted: each script alone, which loads it
-            acked = await self._ack(keys=keys, args=args)
-            await self._release(keys=lease, args=[self.consumer])
-        return bool(acked)
+        return bool(await self._script_together(self._ack, keys, args))
 
     async def _script_together(
         self, script: AsyncScript, keys: list[str], args: list[str | int]

@@ -381,12 +381,13 @@ async def test_a_turn_and_its_delivery_record_go_in_one_write_the_record_first(
     await q.stop()
 
 
-async def test_a_turns_ack_and_its_conversations_release_go_in_one_write(
+async def test_a_turns_ack_and_its_conversations_release_go_in_one_command(
     redis_url: str, queue_prefix: str, monkeypatch
 ) -> None:
-    """A settled turn's ack and its lease's release cost one write; after it the turn is no
+    """A settled turn's ack and its lease's release cost one command; after it the turn is no
     longer pending and another worker may take the conversation. After Redis forgot its
-    scripts (a restart) both still happen."""
+    scripts (a restart) both still happen. A turn another worker took over is not acked, and
+    the lease is released all the same."""
     q = await open_queue(redis_url, queue_prefix, "w")
     other = await open_queue(redis_url, queue_prefix, "other")
     for message_id in (7, 8):
@@ -399,11 +400,20 @@ async def test_a_turns_ack_and_its_conversations_release_go_in_one_write(
         sent = writes_of(q, monkeypatch)
         assert await q.ack(delivery, unlease=1)
         if message_id == 7:
-            assert sent == [["EVALSHA", "EVALSHA"]]
+            assert sent == [["EVALSHA"]]
         assert await q.redis.xpending(q.turns_key, GROUP) == {
             "pending": 0, "min": None, "max": None, "consumers": []
         }  # fmt: skip
         assert await other.lease(1, ttl_ms=60_000)  # released: another worker may answer it
         await other.unlease(1)
+    assert await q.submit(Turn(conversation_id=1, message_id=9, gateway="gw"))
+    [delivery] = await q.receive(10, block_ms=500)
+    assert await q.lease(1, ttl_ms=60_000)
+    await other.redis.xclaim(q.turns_key, GROUP, "other", 0, [delivery.entry_id])  # taken over
+    assert not await q.ack(delivery, unlease=1)
+    assert (await q.redis.xpending(q.turns_key, GROUP))["consumers"] == [
+        {"name": "other", "pending": 1}
+    ]
+    assert await other.lease(1, ttl_ms=60_000)  # released though the ack was not this one's
     for each in (q, other):
         await each.stop()
