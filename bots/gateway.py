@@ -703,10 +703,11 @@ class Gateway:
                 await self._untrack(stream.turn_id, owner)
 
     async def _untrack(self, turn_id: str, owner: str | None = None) -> None:
+        mine = owner in (None, self.id)  # its own reply stream: its cursor moves on
         try:
-            await self.queue.untrack(owner or self.id, turn_id)
-            if self._cursor is not None and owner in (None, self.id):
-                await self.queue.save_cursor(self.id, self._cursor)
+            await self.queue.untrack(
+                owner or self.id, turn_id, cursor=self._cursor if mine else None
+            )
         except Exception as exc:  # a restart would show the reply again, in place
             log.warning("cannot forget the delivery of turn %s: %r", turn_id, exc)
 

@@ -75,8 +75,10 @@ class LocalQueue:
     async def track(self, gateway: str, turn_id: str, record: dict[str, Any]) -> None:
         self._records[gateway][turn_id] = record
 
-    async def untrack(self, gateway: str, turn_id: str) -> None:
+    async def untrack(self, gateway: str, turn_id: str, *, cursor: str | None = None) -> None:
         self._records[gateway].pop(turn_id, None)
+        if cursor is not None:
+            self._cursors[gateway] = cursor
 
     async def tracked(self, gateway: str) -> dict[str, dict[str, Any]]:
         return dict(self._records[gateway])

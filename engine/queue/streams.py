@@ -40,12 +40,19 @@ PUBLISH_FOR_S = 30.0  # how long a reply delta is retried while Redis is unreach
 
 # Queue a message's turn unless one is live: its entry (named in the live hash) is still in the
 # stream, or, for a sweep (ARGV[3] = "1"), a worker holds its conversation's lease. A trimmed or
-# flushed entry is not live. Returns the new entry id, or nil.
+# flushed entry is not live. With KEYS[4] (a gateway's delivery records), first write the
+# gateway's record ARGV[5] of turn ARGV[4], and when ARGV[6] is not 0 set the records' expiry
+# to ARGV[6] seconds, whether or not the turn is queued. The entry's fields follow from ARGV[7].
+# Returns the new entry id, or nil.
 _SUBMIT = """
+if KEYS[4] then
+  redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+  if ARGV[6] ~= '0' then redis.call('EXPIRE', KEYS[4], ARGV[6]) end
+end
 local current = redis.call('HGET', KEYS[2], ARGV[1])
 if current and #redis.call('XRANGE', KEYS[1], current, current) > 0 then return false end
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 7))
 redis.call('HSET', KEYS[2], ARGV[1], id)
 return id
 """
@@ -90,6 +97,13 @@ for i, key in ipairs(KEYS) do
   end
 end
 return lost
+"""
+# A gateway's reply shown: forget its delivery record (KEYS[1], ARGV[1]) and, with KEYS[2], save
+# how far the gateway has read its reply stream (ARGV[2], kept ARGV[3] seconds).
+_UNTRACK = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+return 0
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -285,6 +299,7 @@ class RedisQueue(QueueAdmin):
         self._touch = self.redis.register_script(_TOUCH)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
+        self._untrack = self.redis.register_script(_UNTRACK)
         self._forget = self.redis.register_script(_FORGET)
         self._take = self.redis.register_script(_TAKE)
         self._slot = self.redis.register_script(_SLOT)
@@ -335,23 +350,21 @@ class RedisQueue(QueueAdmin):
     ) -> bool:
         """Queue ``turn`` unless its message has a live turn already (then False). A ``sweep``
         also leaves alone a message whose conversation a worker is answering. ``tracked``
-        (gateway, record): the gateway's delivery record of the turn, written first, in the
-        same round trip (Redis runs the two in order)."""
+        (gateway, record): the gateway's delivery record of the turn, written first, by the
+        same command (so it is there before any worker can take the turn)."""
         fields = [part for pair in encode(turn).items() for part in pair]
         keys = [self.turns_key, self.live_key, self.lease_prefix + str(turn.conversation_id)]
-        args = [turn.message_id, self.maxlen, "1" if sweep else "0", *fields]
-        record = self._record(tracked[0], turn.turn_id, tracked[1]) if tracked else None
-
-        def queued(pipe: Pipeline) -> None:
-            if record is not None:
-                record(pipe)
-            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
-
+        args: list[str | int] = [turn.message_id, self.maxlen, "1" if sweep else "0"]
+        if tracked is None:
+            args += ["", "", 0]
+        else:
+            gateway, record = tracked
+            keys.append(self.deliveries_prefix + gateway)
+            expire = REPLY_STREAM_TTL_S if self._expiry_due(keys[-1]) else 0
+            args += [turn.turn_id, json.dumps(record, ensure_ascii=False), expire]
+        args += fields
         try:
-            try:
-                *_, result = await self._together.run(queued)
-            except NoScriptError:  # Redis restarted: the record is written; the script alone
-                result = await self._submit(keys=keys, args=args)
+            result = await self._script_together(self._submit, keys, args)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot queue the turn on Redis: {exc}") from exc
         return result is not None
@@ -412,11 +425,16 @@ class RedisQueue(QueueAdmin):
 
         return recorded
 
-    async def untrack(self, gateway: str, turn_id: str) -> None:
+    async def untrack(self, gateway: str, turn_id: str, *, cursor: str | None = None) -> None:
+        """Forget the gateway's delivery record of a turn; ``cursor``: also save how far the
+        gateway has read its reply stream (``save_cursor``), in the same command."""
+        keys = [self.deliveries_prefix + gateway]
+        args: list[str | int] = [turn_id]
+        if cursor is not None:
+            keys.append(self.cursor_prefix + gateway)
+            args += [cursor, REPLY_STREAM_TTL_S]
         async with _unavailable("forget the delivery"):
-            await self._together.run(
-                lambda pipe: pipe.hdel(self.deliveries_prefix + gateway, turn_id)
-            )
+            await self._script_together(self._untrack, keys, args)
 
     async def tracked(self, gateway: str) -> dict[str, dict[str, Any]]:
         async with _unavailable("read the deliveries"):

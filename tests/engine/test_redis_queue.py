@@ -314,6 +314,31 @@ async def test_a_gone_gateway_is_forgotten_only_once_it_left_no_reply_in_progres
     await q.stop()
 
 
+async def test_a_shown_replys_record_is_forgotten_and_the_reply_cursor_saved_in_one_command(
+    redis_url: str, queue_prefix: str, monkeypatch
+) -> None:
+    """Once a reply is shown, the gateway forgets its delivery record and saves how far it read
+    its reply stream in one command; forgetting a record without a cursor (another gateway's)
+    leaves the cursor as it was. After Redis forgot its scripts (a restart) both still happen."""
+    q = await open_queue(redis_url, queue_prefix, "w")
+    for turn_id in ("m1", "m2", "m3"):
+        await q.track("gw", turn_id, {"route": {"platform": "telegram"}, "posted": []})
+    sent = writes_of(q, monkeypatch)
+    await q.untrack("gw", "m1", cursor="7-0")
+    assert sent == [["EVALSHA"]]
+    assert set(await q.tracked("gw")) == {"m2", "m3"}
+    assert await q.cursor("gw") == "7-0"
+    assert 0 < await q.redis.ttl(q.cursor_prefix + "gw") <= 24 * 3600
+    await q.untrack("gw", "m2")
+    assert set(await q.tracked("gw")) == {"m3"}
+    assert await q.cursor("gw") == "7-0"
+    await q.redis.script_flush()  # as after a restart of Redis
+    await q.untrack("gw", "m3", cursor="9-0")
+    assert await q.tracked("gw") == {}
+    assert await q.cursor("gw") == "9-0"
+    await q.stop()
+
+
 async def test_the_replies_acks_and_leases_of_many_turns_at_once_share_one_round_trip(
     redis_url: str, queue_prefix: str, monkeypatch
 ) -> None:
@@ -355,27 +380,32 @@ async def test_an_ack_and_a_release_still_work_after_redis_forgot_its_scripts(
     await q.stop()
 
 
-async def test_a_turn_and_its_delivery_record_go_in_one_write_the_record_first(
+async def test_a_turn_and_its_delivery_record_go_in_one_command_the_record_first(
     redis_url: str, queue_prefix: str, monkeypatch
 ) -> None:
-    """The gateway's record of where a reply goes is in Redis before the turn can be taken
-    (Redis runs a pipeline's commands in order), and both cost one write; after Redis forgot
-    its scripts (a restart) both are still written, and a live turn is still not queued twice."""
+    """The gateway's record of where a reply goes is in Redis before the turn can be taken (the
+    script that queues the turn writes it first), and both cost one command; the records expire
+    if the gateway goes for good. After Redis forgot its scripts (a restart) both are still
+    written, and a live turn is still not queued twice, though its record is written again."""
     q = await open_queue(redis_url, queue_prefix, "w")
     sent = writes_of(q, monkeypatch)
     record = {"route": {"platform": "telegram", "chat": "c1"}, "after": "0-0", "posted": []}
     turn = Turn(conversation_id=1, message_id=7, gateway="gw")
     assert await q.submit(turn, tracked=("gw", record))
-    [commands] = sent  # one write, the record before the script that queues the turn
-    assert [c for c in commands if c != "EXPIRE"] == ["HSET", "EVALSHA"]
+    assert sent == [["EVALSHA"]]
     assert await q.tracked("gw") == {turn.turn_id: record}
+    assert 0 < await q.redis.ttl(q.deliveries_prefix + "gw") <= 24 * 3600
     [delivery] = await q.receive(10, block_ms=500)
     assert delivery.turn == turn
     await q.redis.script_flush()  # as after a restart of Redis
     other = Turn(conversation_id=2, message_id=8, gateway="gw")
     assert await q.submit(other, tracked=("gw", {**record, "posted": ["p1"]}))
-    assert not await q.submit(turn, tracked=("gw", record))  # still live: not queued again
-    assert set(await q.tracked("gw")) == {turn.turn_id, other.turn_id}
+    moved = {**record, "after": "5-0"}
+    assert not await q.submit(turn, tracked=("gw", moved))  # still live: not queued again
+    assert await q.tracked("gw") == {
+        turn.turn_id: moved,
+        other.turn_id: {**record, "posted": ["p1"]},
+    }
     [taken] = await q.receive(10, block_ms=500)
     assert taken.turn == other
     await q.stop()
