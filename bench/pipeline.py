@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from common import pct, run, scratch_database
+from common import on_frontdesk_loop, pct, scratch_database
 from harness import TimingChannel
 
 from frontdesk import logfmt, metrics
@@ -262,7 +262,7 @@ def _worker_process(
             while await asyncio.to_thread(pipe.recv) != "stop":
                 pipe.send(time.process_time())
 
-    run(serve())
+    on_frontdesk_loop(serve())
 
 
 async def _start_worker(stack: contextlib.AsyncExitStack, settings: Settings, store: Store) -> None:
@@ -465,4 +465,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main())
+    on_frontdesk_loop(main())
