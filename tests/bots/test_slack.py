@@ -339,9 +339,9 @@ async def test_a_reply_streams_into_a_placeholder_within_the_update_limits(
     async with running(fake, slack_settings(max_new_tokens=200), backend) as slack:
         await slack.send(fake.dm("stream please"))
         [message] = await slack.settled(DM)
-    # the first words came at once, so they were posted instead of a placeholder; then the
-    # message grew by updates
-    assert message["texts"][0].startswith("*Streaming* word0")
+    # the first words came at once, so they were posted instead of a placeholder (how many of
+    # them is timing: the words come 50 ms apart); then the message grew by updates
+    assert message["texts"][0].startswith("*Streaming*")
     assert len(message["texts"]) >= 3
     assert message["text"] == f"*Streaming* {words}"  # Markdown bold became mrkdwn bold
     updates = [c.at for c in fake.calls_to("chat.update", DM)]
