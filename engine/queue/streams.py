@@ -28,7 +28,7 @@ from frontdesk.wire import ReplyDelta, Turn, decode, encode
 
 from .admin import QueueAdmin
 from .base import GROUP, Delivery, Fields, Streams, delivery_of
-from .coalesce import Build, Coalescer
+from .coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -407,13 +407,7 @@ class RedisQueue(QueueAdmin):
     # posted for it), and how far the gateway has read its reply stream.
 
     async def track(self, gateway: str, turn_id: str, record: dict[str, Any]) -> None:
-        try:
-            await self._together.run(self._record(gateway, turn_id, record))
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable(f"cannot record the delivery on Redis: {exc}") from exc
-
-    def _record(self, gateway: str, turn_id: str, record: dict[str, Any]) -> Build:
-        """The commands that write a delivery record (and now and then its hash's expiry)."""
+        """Write the gateway's delivery record of a turn (and now and then its hash's expiry)."""
         key = self.deliveries_prefix + gateway
         value = json.dumps(record, ensure_ascii=False)
         expire = self._expiry_due(key)
@@ -423,7 +417,10 @@ class RedisQueue(QueueAdmin):
             if expire:
                 pipe.expire(key, REPLY_STREAM_TTL_S)
 
-        return recorded
+        try:
+            await self._together.run(recorded)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot record the delivery on Redis: {exc}") from exc
 
     async def untrack(self, gateway: str, turn_id: str, *, cursor: str | None = None) -> None:
         """Forget the gateway's delivery record of a turn; ``cursor``: also save how far the
