@@ -69,30 +69,27 @@ async def test_a_desk_awaits_a_thread_only_for_an_open_handoff_opened_lately_wit
     store: Store,
 ) -> None:
     desk = f"slack:C{uuid.uuid4().hex[:8]}"  # the shared database holds other tests' desks
-    chats = [f"chat-{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    recorded = [await store.record_user_message(message(chat, "a person please")) for chat in chats]
-    assert all(r is not None for r in recorded)
     before = utcnow() - timedelta(minutes=1)
     assert not await store.threads_opening(desk, before)
 
-    first, _new = await store.open_handoff(
-        recorded[0].conversation_id,
-        reason="asked",
-        route={},
-        desk=desk,  # type: ignore[union-attr]
-    )
+    async def handoff_asked() -> int:
+        recorded = await store.record_user_message(
+            message(f"chat-{uuid.uuid4().hex[:8]}", "a person please")
+        )
+        assert recorded is not None
+        handoff, _new = await store.open_handoff(
+            recorded.conversation_id, reason="asked", route={}, desk=desk
+        )
+        return handoff.id
+
+    first = await handoff_asked()
     assert await store.threads_opening(desk, before)  # its card is being posted
     assert not await store.threads_opening(f"{desk}X", before)  # another desk's
     assert not await store.threads_opening(desk, utcnow() + timedelta(seconds=1))  # too old
-    await store.set_desk_thread(first.id, "1700000000.000200")
+    await store.set_desk_thread(first, "1700000000.000200")
     assert not await store.threads_opening(desk, before)
 
-    second, _new = await store.open_handoff(
-        recorded[1].conversation_id,
-        reason="asked",
-        route={},
-        desk=desk,  # type: ignore[union-attr]
-    )
+    second = await handoff_asked()
     assert await store.threads_opening(desk, before)
-    await store.resolve_handoff(second.id)  # its card could not be posted
+    await store.resolve_handoff(second)  # its card could not be posted
     assert not await store.threads_opening(desk, before)
