@@ -90,6 +90,45 @@ class ReplyStream:
                 return
 
 
+class ReplyText:
+    """A reply's text as its stream gives it, for a channel that shows the reply while it grows.
+
+    ``read`` follows the stream: each delta adds to the text (a restarted attempt's first delta
+    replaces it) and sets ``changed``; the last one is kept in ``last``, its error (an apology)
+    is appended to the text, and ``finished`` is set. ``changed`` is set too when the stream
+    ends, however it ends, so that a channel waiting on it always wakes."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.last: ReplyDelta | None = None  # the reply's last delta, once it came
+        self.changed = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    @property
+    def error(self) -> bool:
+        """The reply ended in an apology (its text ends with it)."""
+        return self.last is not None and bool(self.last.error)
+
+    @property
+    def joined(self) -> bool:
+        """A later message's reply answers for this one (``FRONTDESK_BURST_MS``)."""
+        return self.last is not None and self.last.joined
+
+    async def read(self, reply: ReplyStream) -> None:
+        try:
+            async for delta in reply:
+                self.text = delta.text if delta.restart else self.text + delta.text
+                if delta.done:
+                    if delta.error:
+                        body = self.text.rstrip()
+                        self.text = f"{body}\n\n{delta.error}" if body else delta.error
+                    self.last = delta
+                    self.finished.set()
+                self.changed.set()
+        finally:
+            self.changed.set()
+
+
 class Channel(Protocol):
     """A platform adapter. ``start`` connects it to the gateway (which it calls ``handle`` on for
     each message); ``deliver`` shows one reply; ``stop`` disconnects.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from frontdesk import texts
 from frontdesk.errors import QueueUnavailable
 
-from ..channel import ReplyStream
+from ..channel import ReplyStream, ReplyText
 from ..text import split_text
 from .mrkdwn import mrkdwn_len, to_mrkdwn
 
@@ -201,11 +201,7 @@ class LiveReply:
         self.interval = channel.settings.slack_edit_interval
         self.shown: list[_Shown] = []
         self.reply: ReplyStream | None = None  # the one run() shows
-        self.text = ""
-        self.finished = asyncio.Event()
-        self.changed = asyncio.Event()
-        self.error = False  # the reply ended in an apology
-        self.joined = False  # a later message's turn answers for this one (FRONTDESK_BURST_MS)
+        self.latest = ReplyText()
 
     async def run(self, reply: ReplyStream) -> None:
         self.reply = reply
@@ -213,14 +209,15 @@ class LiveReply:
         self.shown = [_Shown(ts, "", at=0.0) for ts in reply.posted]
         budget = self.slack.budget
         budget.opened()
-        reader = asyncio.create_task(self._read(reply))
+        latest = self.latest
+        reader = asyncio.create_task(latest.read(reply))
         try:
             if not self.shown:  # a turn starts FRONTDESK_BURST_MS after its message
                 await self._wait(PLACEHOLDER_AFTER_S + self.slack.settings.burst_ms / 1000)
             while True:
-                final = self.finished.is_set()
-                self.changed.clear()
-                if final and self.joined:  # a later message's reply answers this one
+                final = latest.finished.is_set()
+                latest.changed.clear()
+                if final and latest.joined:  # a later message's reply answers this one
                     for shown in self.shown:
                         await self.slack.delete(self.where, shown.ts)
                     return
@@ -228,7 +225,7 @@ class LiveReply:
                 if final:
                     return
                 await self._wait(self.interval)
-                await self.changed.wait()
+                await latest.changed.wait()
         finally:
             budget.closed()
             reader.cancel()
@@ -237,36 +234,24 @@ class LiveReply:
         if self.reply is not None:
             await self.reply.note_posted([m.ts for m in self.shown])
 
-    async def _read(self, reply: ReplyStream) -> None:
-        async for delta in reply:
-            self.text = delta.text if delta.restart else self.text + delta.text
-            if delta.done:
-                self.joined = delta.joined
-                if delta.error:
-                    self.error = True
-                    body = self.text.rstrip()
-                    self.text = f"{body}\n\n{delta.error}" if body else delta.error
-                self.finished.set()
-            self.changed.set()
-
     async def _wait(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if the reply finishes."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.finished.wait(), seconds)
+            await asyncio.wait_for(self.latest.finished.wait(), seconds)
 
     async def _show(self, final: bool) -> None:
         """Bring Slack up to the text: post new parts, update changed ones. Parts before the
         last are complete, so their updates are final ones; the last part's is interim until
         the reply ends."""
-        if not final and self.shown and len(self.text) < LIMIT * 0.9:
+        if not final and self.shown and len(self.latest.text) < LIMIT * 0.9:
             # Only the one message can change: skip the conversion when it cannot be updated
             if time.monotonic() - self.shown[-1].at < self.interval:
                 return
             if not self.slack.budget.interim_room():
                 return
-        if not final and self.shown and not self.text.strip():
+        if not final and self.shown and not self.latest.text.strip():
             return  # a resumed reply keeps what it showed until its text comes again
-        text = self.text if self.text.strip() or not final else texts.EMPTY_REPLY
+        text = self.latest.text if self.latest.text.strip() or not final else texts.EMPTY_REPLY
         if text.strip():
             parts = [to_mrkdwn(p) for p in split_text(text, LIMIT, mrkdwn_len) if p.strip()]
         else:
@@ -282,8 +267,8 @@ class LiveReply:
         # on them while the answer streams
         rated = (
             final
-            and bool(self.text.strip())
-            and not self.error
+            and bool(self.latest.text.strip())
+            and not self.latest.error
             and (self.reply is not None and self.reply.turn_id.startswith("m"))
         )
         for index, part in enumerate(parts):

@@ -17,9 +17,8 @@ from telegram.constants import ChatAction, MessageLimit
 from telegram.error import TelegramError
 
 from frontdesk.storage import Rating
-from frontdesk.wire import ReplyDelta
 
-from ..channel import ReplyStream
+from ..channel import ReplyStream, ReplyText
 from ..text import split_text, utf16_len
 from .api import ChatRef
 
@@ -50,28 +49,6 @@ def parse_rating(data: str) -> tuple[int, Rating] | None:
     return int(question), Rating(rating)
 
 
-class _Latest:
-    """What a reply's stream has given so far: its text, and its last delta once it came."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.done: ReplyDelta | None = None
-        self.changed = asyncio.Event()
-        self.finished = asyncio.Event()
-
-    async def read(self, reply: ReplyStream) -> None:
-        try:
-            async for delta in reply:
-                self.text = delta.text if delta.restart else self.text + delta.text
-                if delta.done:
-                    self.done = delta
-                    self.finished.set()
-                    return
-                self.changed.set()
-        finally:
-            self.changed.set()
-
-
 class LiveReply:
     """One reply shown as it streams: messages sent so far and the text each shows."""
 
@@ -88,14 +65,14 @@ class LiveReply:
         # a resumed reply: the messages posted for it before are edited to the whole text
         self.shown = [(int(message_id), None) for message_id in reply.posted]
         typing = asyncio.create_task(self._typing())
-        latest = _Latest()
+        latest = ReplyText()
         reader = asyncio.create_task(latest.read(reply))
         last_show = 0.0
         try:
             while True:
                 await latest.changed.wait()
                 latest.changed.clear()
-                if latest.done is not None:
+                if latest.last is not None:
                     break
                 if reader.done():  # the stream ended without its last delta
                     reader.result()
@@ -109,18 +86,16 @@ class LiveReply:
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(latest.finished.wait(), wait)
-                    if latest.done is not None:
+                    if latest.last is not None:
                         break
                 await self._show(latest.text)
                 last_show = time.monotonic()
-            delta, text = latest.done, latest.text
-            if delta.joined:  # a later message's reply answers this one
+            text = latest.text
+            if latest.joined:  # a later message's reply answers this one
                 return
-            if delta.error:
-                text = f"{text.rstrip()}\n\n{delta.error}" if text.strip() else delta.error
             typing.cancel()
             # an answer of the bot's (not a notice, not an apology) can be rated
-            rated = not delta.error and reply.turn_id.startswith("m") and text.strip()
+            rated = not latest.error and reply.turn_id.startswith("m") and text.strip()
             buttons = rating_buttons(int(reply.turn_id[1:])) if rated else None
             await self._show(text, final=True, buttons=buttons)
         finally:
