@@ -25,6 +25,7 @@ from sqlalchemy import (
     CompoundSelect,
     Integer,
     Text,
+    any_,
     bindparam,
     case,
     func,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from frontdesk.batching import Batcher
@@ -236,6 +238,16 @@ class Conversations(Database):
             if self._insert_reply_answering is not None
             else None
         )
+        self._insert_replies_pg = (
+            self.driver_statement(_insert_replies()) if self.dialect == "postgresql" else None
+        )
+        self._replies = Batcher(self._store_replies) if self._insert_replies_pg else None
+        self._insert_into_actives_pg = (
+            self.driver_statement(_insert_into_actives()) if self.dialect == "postgresql" else None
+        )
+        self._user_messages = (
+            Batcher(self._insert_user_messages) if self._insert_into_actives_pg else None
+        )
         self._insert_conversation = (
             insert(Conversation)
             .on_conflict_do_nothing(
@@ -269,8 +281,8 @@ class Conversations(Database):
         }
         params = {**row, "external_key": msg.conversation_key}
         found: Sequence[Any] | None
-        if self._insert_into_active_pg is not None:
-            found = next(iter(await self.driver_rows(self._insert_into_active_pg, params)), None)
+        if self._user_messages is not None:
+            found = await self._user_messages(params)
         else:
             async with self.connect() as conn:
                 found = (await conn.execute(self._insert_into_active, params)).first()
@@ -290,6 +302,50 @@ class Conversations(Database):
         if message_id is None:
             return None
         return RecordedMessage(conversation_id=conv_id, message_id=message_id)
+
+    async def _insert_user_messages(
+        self, asked: list[dict[str, Any]]
+    ) -> list[Sequence[Any] | Exception | None]:
+        """PostgreSQL: the user messages that come at about the same moment (``Batcher``), each
+        into its chat's active conversation, by one statement: for each, the row stored (id,
+        conversation id, reply route) or None (a duplicate, or its chat has no active
+        conversation: the caller goes on as after the one-message statement). A chat's first
+        message of the batch goes in the statement, and any later one after it, alone, in turn:
+        a chat's messages keep the order they came in. When the batch's statement fails for
+        anything but a lost database, each message is stored alone."""
+        assert self._insert_into_active_pg is not None
+        together: list[int] = []  # a chat's first message, and a dedupe key's first
+        seen: set[object] = set()
+        for i, params in enumerate(asked):
+            chat, key = _chat(params), params["dedupe_key"]
+            if chat not in seen and key not in seen:
+                together.append(i)
+            seen.update((chat, key))
+        results: list[Sequence[Any] | Exception | None] = [None] * len(asked)
+        alone: Sequence[int] = range(len(asked))
+        if len(together) > 1:
+            assert self._insert_into_actives_pg is not None
+            batch = [asked[i] for i in together]
+            params = {f"messages_{c}": [p[c] for p in batch] for c in _USER_MESSAGE_ROW}
+            try:
+                rows = await self.driver_rows(self._insert_into_actives_pg, params)
+            except StorageUnavailable:
+                raise
+            except Exception as exc:
+                log.warning("%d messages could not be stored together (%s); storing each alone",
+                            len(batch), type(exc).__name__)  # fmt: skip
+            else:
+                stored = {row[3]: row[:3] for row in rows}  # by dedupe key
+                for i in together:
+                    results[i] = stored.get(asked[i]["dedupe_key"])
+                alone = [i for i in range(len(asked)) if i not in set(together)]
+        for i in alone:
+            try:
+                found = await self.driver_rows(self._insert_into_active_pg, asked[i])
+                results[i] = next(iter(found), None)
+            except Exception as exc:  # its own caller hears of it
+                results[i] = exc
+        return results
 
     async def awaiting_reply(self, dedupe_key: str) -> AwaitingMessage | None:
         """The message stored under ``dedupe_key`` if it still awaits its reply: a platform's
@@ -482,11 +538,9 @@ class Conversations(Database):
             "kb_sources": json.dumps(list(sources), ensure_ascii=False) if sources else None,
             "body_chars": body_chars,
         }
-        if self._insert_reply_answering_pg is not None:
-            params = {f"reply_{c}": value for c, value in row.items()}
-            params["message_id"] = reply_to_id
-            stored = await self.driver_rows(self._insert_reply_answering_pg, params)
-            message_id = stored[0][0] if stored else None
+        message_id: int | None
+        if self._replies is not None:
+            message_id = await self._replies(row)
         else:
             async with self.transaction() as conn:
                 message_id = await conn.scalar(self._insert_reply, row)
@@ -496,6 +550,42 @@ class Conversations(Database):
         existing = await self.reply_to(reply_to_id)
         assert existing is not None, "conflicting reply vanished"
         return existing.id
+
+    async def _store_replies(self, rows: list[dict[str, Any]]) -> list[int | Exception | None]:
+        """PostgreSQL: the replies of the turns that store one at about the same moment (those
+        a worker answered together; ``Batcher``), each with its message's "answered", by one
+        statement: the id of each reply stored (None where a good reply was there already).
+        One reply, or two to the same message, go by the one-reply statement. When the batch's
+        statement fails for anything but a lost database, each reply is stored alone, so that
+        a reply that cannot be stored fails its own turn only."""
+        if len(rows) > 1 and len({row["reply_to_id"] for row in rows}) == len(rows):
+            assert self._insert_replies_pg is not None
+            params = {f"replies_{c}": [row[c] for row in rows] for c in _REPLY_ROW}
+            try:
+                stored = await self.driver_rows(self._insert_replies_pg, params)
+            except StorageUnavailable:
+                raise
+            except Exception as exc:
+                log.warning("%d replies could not be stored together (%s); storing each alone",
+                            len(rows), type(exc).__name__)  # fmt: skip
+            else:
+                ids = {reply_to_id: id_ for id_, reply_to_id in stored}
+                return [ids.get(row["reply_to_id"]) for row in rows]
+        results: list[int | Exception | None] = []
+        for row in rows:
+            try:
+                results.append(await self._store_reply(row))
+            except Exception as exc:  # its own caller hears of it
+                results.append(exc)
+        return results
+
+    async def _store_reply(self, row: dict[str, Any]) -> int | None:
+        """PostgreSQL: one reply and its message's "answered", by one statement."""
+        assert self._insert_reply_answering_pg is not None
+        params = {f"reply_{c}": value for c, value in row.items()}
+        params["message_id"] = row["reply_to_id"]
+        stored = await self.driver_rows(self._insert_reply_answering_pg, params)
+        return stored[0][0] if stored else None
 
     # -- the admin CLI's reads -----------------------------------------------------------------
 
@@ -663,6 +753,93 @@ _ANSWERED = (
     .where(Message.id == bindparam("message_id"), Message.reply_route.is_not(None))
     .values(reply_route=None)
 )
+
+
+def _chat(params: dict[str, Any]) -> tuple[str, str]:
+    return params["platform"], params["external_key"]
+
+
+# the columns of a user message, bound as arrays (``messages_<column>``) by ``_insert_into_actives``
+_USER_MESSAGE_ROW = (
+    "platform", "external_key", "role", "content", "platform_message_id", "dedupe_key",
+    "user_id", "user_name", "status", "created_at", "reply_route",
+)  # fmt: skip
+
+
+def _insert_into_actives() -> Any:
+    """PostgreSQL: many user messages, each into its chat's active conversation (no reply route
+    while a person has it), as ``_insert_into_active`` puts one, in one statement. A message
+    whose chat has no active conversation, or stored before (its dedupe key), is not stored.
+    Returns (id, conversation id, reply route, dedupe key) of each message stored."""
+    types = {c: Message.__table__.c[c].type for c in _USER_MESSAGE_ROW if c != "external_key"}
+    types["external_key"] = Conversation.__table__.c.external_key.type
+    new = (
+        func.unnest(*(bindparam(f"messages_{c}", type_=ARRAY(types[c])) for c in _USER_MESSAGE_ROW))
+        .table_valued(*_USER_MESSAGE_ROW)
+        .render_derived(name="new_messages")
+    )
+    stored = ("role", "content", "platform_message_id", "dedupe_key", "user_id", "user_name",
+              "status", "created_at")  # fmt: skip
+    into_active = (
+        select(
+            Conversation.id,
+            new.c.platform,
+            *(new.c[c] for c in stored),
+            case((Conversation.handoff_id.is_(None), new.c.reply_route)),
+        )
+        .join_from(
+            new,
+            Conversation,
+            (Conversation.platform == new.c.platform)
+            & (Conversation.external_key == new.c.external_key)
+            & (Conversation.status == ConversationStatus.ACTIVE),
+        )
+        # in the order of their conversations, whose rows the counter trigger locks: two
+        # batches never wait on each other's conversations in a cycle
+        .order_by(Conversation.id)
+    )
+    columns = ["conversation_id", "platform", *stored, "reply_route"]
+    return (
+        postgresql.insert(Message)
+        .from_select(columns, into_active)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Message.id, Message.conversation_id, Message.reply_route, Message.dedupe_key)
+    )
+
+
+def _insert_replies() -> Any:
+    """PostgreSQL: many replies, each replacing a stored failure as ``record_reply``'s does,
+    and their messages' "answered", in one statement (a data-modifying WITH); each column's
+    values bound as one array (``replies_<column>``). Returns (id, reply_to_id) of each reply
+    stored."""
+    columns = Message.__table__.c
+    new = (
+        func.unnest(*(bindparam(f"replies_{c}", type_=ARRAY(columns[c].type)) for c in _REPLY_ROW))
+        .table_valued(*_REPLY_ROW)
+        .render_derived(name="new_replies")
+    )
+    answered = (
+        update(Message)
+        .where(
+            Message.id == any_(bindparam("replies_reply_to_id", type_=ARRAY(BigInteger))),
+            Message.reply_route.is_not(None),
+        )
+        .values(reply_route=None)
+        .cte("answered")
+    )
+    # in the order of their conversations, whose rows the counter trigger locks: two batches
+    # never wait on each other's conversations in a cycle
+    ordered = select(*new.c).order_by(new.c.conversation_id)
+    replies = postgresql.insert(Message).from_select(list(_REPLY_ROW), ordered)
+    return (
+        replies.on_conflict_do_update(
+            index_elements=["reply_to_id"],
+            set_={c: replies.excluded[c] for c in _REPLY_COLUMNS},
+            where=Message.status != MessageStatus.OK,
+        )
+        .returning(Message.id, Message.reply_to_id)
+        .add_cte(answered)
+    )
 
 
 _MESSAGE_ID = operator.itemgetter(0)  # of a row of ``_TURN_COLUMNS``

@@ -141,6 +141,124 @@ async def test_turn_contexts_asked_together_are_each_what_it_is_alone(
         assert len(statements) == 1 and "unnest" in statements[0]
 
 
+async def test_messages_stored_together_are_each_stored_as_alone(
+    store: Store, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The messages a gateway takes at about the same moment are stored at once: on PostgreSQL
+    one statement stores one message of each chat, each in its chat's conversation and
+    awaiting its reply; a chat's second message is stored after its first (a higher id), a
+    platform's second delivery of a message is a duplicate (None), a chat with no conversation
+    gets one, and a conversation a person has takes its message without a reply route."""
+    chats = [f"{chat}-{n}" for n in range(3)]
+    opened = [await store.record_user_message(message("hello", chat=c)) for c in chats]
+    assert all(m is not None for m in opened)
+    handed = opened[2]
+    assert handed is not None
+    await store.open_handoff(handed.conversation_id, reason="asked", route={}, desk="d")
+    statements: list[str] = []
+    driver_rows = store.driver_rows
+
+    async def counted(statement: Any, params: Any) -> Any:
+        statements.append(statement.sql)
+        return await driver_rows(statement, params)
+
+    monkeypatch.setattr(store, "driver_rows", counted)
+    route = {"platform": "test", "chat_id": chat, "gateway": "gw"}
+    twice = message("twice", chat=chats[1])
+    asked = [
+        message("first of 0", chat=chats[0]),
+        twice,
+        message("second of 0", chat=chats[0]),
+        twice,  # delivered again by its platform
+        message("to a person", chat=chats[2]),
+        message("new chat", chat=f"{chat}-new"),
+    ]
+    stored = await asyncio.gather(*(store.record_user_message(m, route) for m in asked))
+    if store.dialect == "postgresql":
+        assert "unnest" in statements[0] and sum("unnest" in s for s in statements) == 1
+    first, once, second, again, to_person, new = stored
+    assert (once is None) != (again is None)  # one of the two deliveries is stored
+    once = once or again
+    assert once is not None and not once.handed_off
+    assert first is not None and second is not None and second.message_id > first.message_id
+    assert first.conversation_id == second.conversation_id == opened[0].conversation_id  # type: ignore[union-attr]
+    assert once.conversation_id == opened[1].conversation_id  # type: ignore[union-attr]
+    assert to_person is not None and to_person.handed_off
+    assert new is not None and new.conversation_id not in {m.conversation_id for m in opened if m}
+    _reply, history = await store.turn_context(first.conversation_id, second.message_id)
+    assert [(m.content, m.awaiting) for m in history] == [
+        ("hello", False), ("first of 0", True), ("second of 0", True),
+    ]  # fmt: skip
+    _reply, history = await store.turn_context(once.conversation_id, once.message_id)
+    assert [m.content for m in history] == ["hello", "twice"]
+    _reply, history = await store.turn_context(to_person.conversation_id, to_person.message_id)
+    assert [(m.content, m.awaiting) for m in history] == [("hello", False), ("to a person", False)]
+
+
+async def test_replies_stored_together_are_each_stored_as_alone(
+    store: Store, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turns a worker answered together store their replies at once: on PostgreSQL one
+    statement stores them all, each message stops awaiting its reply, a stored failure is
+    replaced and a good reply kept, as alone. A reply that cannot be stored (its conversation
+    is gone) fails its own caller only: the others are stored all the same."""
+    route = {"platform": "test", "chat_id": chat, "gateway": "gw"}
+    asked = [await store.record_user_message(message(t, chat=chat), route) for t in "1234"]
+    assert all(m is not None for m in asked)
+    conv = asked[0].conversation_id  # type: ignore[union-attr]
+    one, two, three, four = (m.message_id for m in asked)  # type: ignore[union-attr]
+    failed = await store.record_reply(conv, two, "", ReplyFigures(), error="boom")
+    kept = await store.record_reply(conv, three, "kept", ReplyFigures())
+    statements: list[str] = []
+    driver_rows = store.driver_rows
+
+    async def counted(statement: Any, params: Any) -> Any:
+        statements.append(statement.sql)
+        return await driver_rows(statement, params)
+
+    monkeypatch.setattr(store, "driver_rows", counted)
+    figures = ReplyFigures(tokens_in=3, tokens_out=2, model="m")
+    stored = await asyncio.gather(
+        store.record_reply(conv, one, "answer 1", figures),
+        store.record_reply(conv, two, "answer 2", figures),  # replaces the failure
+        store.record_reply(conv, three, "again", figures),  # the good reply stays
+        store.record_reply(
+            conv, four, "answer 4", figures, sources=[{"chunk_id": 1}], body_chars=5
+        ),  # a reply that lists its sources after its own text
+    )
+    if store.dialect == "postgresql":
+        assert len(statements) == 1 and "unnest" in statements[0]
+    assert stored[1] == failed and stored[2] == kept
+    replies = [await store.reply_to(m) for m in (one, two, three, four)]
+    assert [(r.id, r.content, r.status) for r in replies if r is not None] == [
+        (stored[0], "answer 1", "ok"),
+        (stored[1], "answer 2", "ok"),
+        (stored[2], "kept", "ok"),
+        (stored[3], "answer 4", "ok"),
+    ]
+    assert (replies[0].tokens_in, replies[0].model) == (3, "m")  # type: ignore[union-attr]
+    assert replies[3].sources == [{"chunk_id": 1}]  # type: ignore[union-attr]
+    _reply, history = await store.turn_context(conv, four)
+    assert [m.awaiting for m in history if m.role == "user"] == [False, False, False, False]
+    assert history[-1].content == "4"
+
+    five = await store.record_user_message(message("5", chat=chat), route)
+    six = await store.record_user_message(message("6", chat=chat), route)
+    assert five is not None and six is not None
+    statements.clear()
+    results = await asyncio.gather(
+        store.record_reply(conv + 10_000, six.message_id, "nowhere", figures),
+        store.record_reply(conv, five.message_id, "answer 5", figures),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], IntegrityError) and isinstance(results[1], int)
+    if store.dialect == "postgresql":  # the batch, then each alone
+        assert len(statements) == 3
+    reply = await store.reply_to(five.message_id)
+    assert reply is not None and reply.id == results[1] and reply.content == "answer 5"
+    assert await store.reply_to(six.message_id) is None
+
+
 async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat: str) -> None:
     from datetime import UTC, datetime, timedelta
 
