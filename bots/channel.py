@@ -72,7 +72,10 @@ class ReplyStream:
     async def __aiter__(self) -> AsyncIterator[ReplyDelta]:
         while True:
             try:
-                delta = await asyncio.wait_for(self._deltas.get(), self._timeout_s)
+                # a timeout around the wait, not ``wait_for``: on Python 3.11 that wraps the
+                # wait in a task of its own (one more task for every delta) and can lose a cancel
+                async with asyncio.timeout(self._timeout_s):
+                    delta = await self._deltas.get()
             except TimeoutError:
                 yield ReplyDelta(self.turn_id, self._next_seq, "", done=True, error=texts.TIMED_OUT)
                 return

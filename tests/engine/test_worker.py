@@ -190,6 +190,19 @@ async def test_a_reply_stream_starts_over_for_a_later_attempt_and_ignores_the_ea
     assert seen == [("Once upon", False), (" a ti", False), ("Hello", True), (" there.", False)]
 
 
+async def test_a_reply_that_goes_quiet_ends_with_the_time_out_apology_after_its_text() -> None:
+    msg = InboundMessage("test", "c", "u", "m1", "hi")
+    stream = ReplyStream(msg, "t1", timeout_s=0.2)
+    stream.feed(ReplyDelta("t1", 0, "Half an ans"))
+    started = time.monotonic()
+    seen = [d async for d in stream]
+    assert 0.15 < time.monotonic() - started < 2
+    assert [(d.text, d.done, d.error) for d in seen] == [
+        ("Half an ans", False, None),
+        ("", True, texts.TIMED_OUT),
+    ]
+
+
 async def test_turns_run_concurrently_across_conversations_and_in_order_within_one(
     make_settings,
 ) -> None:
