@@ -265,7 +265,8 @@ class Conversations(Database):
         ``reply_route`` (where its reply goes) marks it as awaiting a reply until one is stored.
 
         Returns None, and writes nothing, when the same platform event was stored before. The
-        common case (the chat has an active conversation) is one INSERT … SELECT statement.
+        common case (the chat has an active conversation) is one INSERT … SELECT statement, on
+        PostgreSQL one for all the messages that come at about the same moment.
         """
         row = {
             "role": "user",
@@ -338,7 +339,7 @@ class Conversations(Database):
                 stored = {row[3]: row[:3] for row in rows}  # by dedupe key
                 for i in together:
                     results[i] = stored.get(asked[i]["dedupe_key"])
-                alone = [i for i in range(len(asked)) if i not in set(together)]
+                alone = sorted(set(range(len(asked))) - set(together))
         for i in alone:
             try:
                 found = await self.driver_rows(self._insert_into_active_pg, asked[i])
@@ -521,7 +522,8 @@ class Conversations(Database):
         where the reply's own text ends, before the list of sources shown after it (a prompt
         holds only the reply's own text). Idempotent: a second reply to the same message returns the first one's id,
         unless the first was a failure, which the new reply replaces. The message stops
-        awaiting its reply at once with it: in one statement (PostgreSQL) or transaction."""
+        awaiting its reply at once with it: in one statement (PostgreSQL, one for all the replies
+        stored at about the same moment) or transaction."""
         row = {
             "conversation_id": conversation_id,
             "role": "assistant",
