@@ -42,7 +42,7 @@ from frontdesk.batching import Batcher
 from frontdesk.errors import NotFound, StorageUnavailable
 from frontdesk.wire import InboundMessage
 
-from .database import Database, dialect_insert
+from .database import Database, DriverStatement, dialect_insert
 from .models import Conversation, ConversationStatus, Message, MessageStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -328,14 +328,8 @@ class Conversations(Database):
             assert self._insert_into_actives_pg is not None
             batch = [asked[i] for i in together]
             params = {f"messages_{c}": [p[c] for p in batch] for c in _USER_MESSAGE_ROW}
-            try:
-                rows = await self.driver_rows(self._insert_into_actives_pg, params)
-            except StorageUnavailable:
-                raise
-            except Exception as exc:
-                log.warning("%d messages could not be stored together (%s); storing each alone",
-                            len(batch), type(exc).__name__)  # fmt: skip
-            else:
+            rows = await self._batch_rows(self._insert_into_actives_pg, params, "messages")
+            if rows is not None:
                 stored = {row[3]: row[:3] for row in rows}  # by dedupe key
                 for i in together:
                     results[i] = stored.get(asked[i]["dedupe_key"])
@@ -563,14 +557,8 @@ class Conversations(Database):
         if len(rows) > 1 and len({row["reply_to_id"] for row in rows}) == len(rows):
             assert self._insert_replies_pg is not None
             params = {f"replies_{c}": [row[c] for row in rows] for c in _REPLY_ROW}
-            try:
-                stored = await self.driver_rows(self._insert_replies_pg, params)
-            except StorageUnavailable:
-                raise
-            except Exception as exc:
-                log.warning("%d replies could not be stored together (%s); storing each alone",
-                            len(rows), type(exc).__name__)  # fmt: skip
-            else:
+            stored = await self._batch_rows(self._insert_replies_pg, params, "replies")
+            if stored is not None:
                 ids = {reply_to_id: id_ for id_, reply_to_id in stored}
                 return [ids.get(row["reply_to_id"]) for row in rows]
         results: list[int | Exception | None] = []
@@ -580,6 +568,22 @@ class Conversations(Database):
             except Exception as exc:  # its own caller hears of it
                 results.append(exc)
         return results
+
+    async def _batch_rows(
+        self, statement: DriverStatement, params: dict[str, list[Any]], what: str
+    ) -> Sequence[Sequence[Any]] | None:
+        """The rows of a batch statement (its values bound as arrays), or None when it failed
+        for anything but a lost database (logged, with no stored text): the caller then stores
+        each row alone. A lost database raises ``StorageUnavailable`` to every caller."""
+        try:
+            return await self.driver_rows(statement, params)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:
+            count = len(next(iter(params.values())))
+            log.warning("%d %s could not be stored together (%s); storing each alone",
+                        count, what, type(exc).__name__)  # fmt: skip
+            return None
 
     async def _store_reply(self, row: dict[str, Any]) -> int | None:
         """PostgreSQL: one reply and its message's "answered", by one statement."""
