@@ -27,6 +27,19 @@ def message(text: str, *, chat: str, message_id: str | None = None) -> InboundMe
     )
 
 
+def counted_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the SQL of every statement ``store`` runs on asyncpg itself (PostgreSQL)."""
+    statements: list[str] = []
+    driver_rows = store.driver_rows
+
+    async def counted(statement: Any, params: Any) -> Any:
+        statements.append(statement.sql)
+        return await driver_rows(statement, params)
+
+    monkeypatch.setattr(store, "driver_rows", counted)
+    return statements
+
+
 @pytest.fixture
 def chat() -> str:
     return uuid.uuid4().hex  # the PostgreSQL database is shared: each test its own chat
@@ -123,14 +136,7 @@ async def test_turn_contexts_asked_together_are_each_what_it_is_alone(
         (conv, one.message_id, 200),
     ]
     alone = [await store.turn_context(c, m, limit=n) for c, m, n in asked]
-    statements: list[str] = []
-    driver_rows = store.driver_rows
-
-    async def counted(statement: Any, params: Any) -> Any:
-        statements.append(statement.sql)
-        return await driver_rows(statement, params)
-
-    monkeypatch.setattr(store, "driver_rows", counted)
+    statements = counted_statements(store, monkeypatch)
     together = await asyncio.gather(*(store.turn_context(c, m, limit=n) for c, m, n in asked))
     assert together == alone
     assert [m.content for m in together[0][1]] == ["1", "answer 1", "2", "answer 2", "3"]
@@ -155,14 +161,7 @@ async def test_messages_stored_together_are_each_stored_as_alone(
     handed = opened[2]
     assert handed is not None
     await store.open_handoff(handed.conversation_id, reason="asked", route={}, desk="d")
-    statements: list[str] = []
-    driver_rows = store.driver_rows
-
-    async def counted(statement: Any, params: Any) -> Any:
-        statements.append(statement.sql)
-        return await driver_rows(statement, params)
-
-    monkeypatch.setattr(store, "driver_rows", counted)
+    statements = counted_statements(store, monkeypatch)
     route = {"platform": "test", "chat_id": chat, "gateway": "gw"}
     twice = message("twice", chat=chats[1])
     asked = [
@@ -209,14 +208,7 @@ async def test_replies_stored_together_are_each_stored_as_alone(
     one, two, three, four = (m.message_id for m in asked)  # type: ignore[union-attr]
     failed = await store.record_reply(conv, two, "", ReplyFigures(), error="boom")
     kept = await store.record_reply(conv, three, "kept", ReplyFigures())
-    statements: list[str] = []
-    driver_rows = store.driver_rows
-
-    async def counted(statement: Any, params: Any) -> Any:
-        statements.append(statement.sql)
-        return await driver_rows(statement, params)
-
-    monkeypatch.setattr(store, "driver_rows", counted)
+    statements = counted_statements(store, monkeypatch)
     figures = ReplyFigures(tokens_in=3, tokens_out=2, model="m")
     stored = await asyncio.gather(
         store.record_reply(conv, one, "answer 1", figures),
