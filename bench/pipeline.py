@@ -17,10 +17,14 @@ Python), and a summary of where its CPU went: the share of each package (redis-p
 asyncpg, asyncio, frontdesk, ...) by time spent in its own functions, and the function calls a
 turn makes, printed, then the top functions written to FILE.
 
+With ``--parsers``, instead: the CPU that reading one of frontdesk's queue entries takes with
+redis-py's own reply parser (Python) and with hiredis's (C), taking turns in one process.
+
 Every process runs on the event loop that frontdesk's commands run on (uvloop where installed).
 
 Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--telemetry-only]
        python bench/pipeline.py --profile FILE [--turns 3000] [--in-flight 64]
+       python bench/pipeline.py --parsers
 Needs Redis and PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
 
@@ -337,6 +341,40 @@ async def raw_hop(redis_url: str, turns: int, in_flight: int) -> tuple[float, fl
     return result
 
 
+async def parsers(redis_url: str, rounds: int = 7, reads: int = 200) -> dict[str, float]:
+    """Microseconds of CPU to read one queue entry with each of redis-py's RESP3 reply parsers:
+    its own, in Python, and hiredis's, in C (which redis-py takes where hiredis is installed).
+    The entries are what frontdesk queues: 64 turns and 64 reply deltas, read back 64 at a time;
+    the parsers take turns, ``rounds`` times, and each one's median is returned."""
+    from redis._parsers import _AsyncHiredisParser, _AsyncRESP3Parser
+
+    from frontdesk.wire import ReplyDelta, Turn, encode
+
+    key = f"fdparse:{uuid.uuid4().hex[:8]}"
+    route = {"platform": "telegram", "chat_id": 123456789, "message_id": 42}
+    clients = {
+        name: aioredis.Redis(connection_pool=aioredis.ConnectionPool.from_url(
+            redis_url, parser_class=parser, protocol=3, decode_responses=True))
+        for name, parser in (("python", _AsyncRESP3Parser), ("hiredis", _AsyncHiredisParser))
+    }  # fmt: skip
+    writer = clients["python"]
+    for n in range(64):
+        await writer.xadd(f"{key}:turns", encode(Turn(n, n, gateway="g", route=route)))
+        await writer.xadd(f"{key}:replies", encode(ReplyDelta(uuid.uuid4().hex, n, "Open 9-5.")))
+    times: dict[str, list[float]] = {name: [] for name in clients}
+    for _ in range(rounds):
+        for name, client in clients.items():
+            start = time.process_time()
+            for _ in range(reads):
+                await client.xrange(f"{key}:turns", count=64)
+                await client.xrange(f"{key}:replies", count=64)
+            times[name].append((time.process_time() - start) / (reads * 128) * 1e6)
+    await writer.delete(f"{key}:turns", f"{key}:replies")
+    for client in clients.values():
+        await client.aclose()
+    return {name: sorted(each)[len(each) // 2] for name, each in times.items()}
+
+
 PACKAGES = {  # where a function's file lies -> the name the summary gives it
     "/redis/": "redis-py", "/sqlalchemy/": "SQLAlchemy", "/asyncpg/": "asyncpg",
     "/asyncio/": "asyncio", "/pydantic": "pydantic",
@@ -395,11 +433,20 @@ async def main() -> None:
     parser.add_argument("--pairs", type=int, default=2, help="telemetry off/on runs of each")
     parser.add_argument("--telemetry-only", action="store_true", help="only the telemetry rows")
     parser.add_argument("--profile", metavar="FILE", help="profile one run instead (see above)")
+    parser.add_argument("--parsers", action="store_true", help="time the Redis reply parsers")
     args = parser.parse_args()
 
     if args.profile:
         async with scratch_database(args.pg) as db_url:
             await profiled(db_url, args.redis, args.turns, args.in_flight, args.profile)
+        return
+    if args.parsers:
+        each = await parsers(args.redis)
+        print("redis-py's reply parsers, reading frontdesk's queue entries (64 turns and 64 "
+              "reply deltas, 64 at a time),\nCPU an entry, median of 7 rounds taken in turn:")  # fmt: skip
+        for name, us in each.items():
+            print(f"{name:>8} {us:>7.1f} us")
+        print(f"{'ratio':>8} {each['python'] / each['hiredis']:>7.1f}x (python / hiredis)")
         return
 
     rows = []

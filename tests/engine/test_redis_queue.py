@@ -122,6 +122,31 @@ async def test_replies_arrive_in_order_on_the_owning_gateway_stream(
     await q.stop()
 
 
+async def test_the_queue_reads_redis_replies_with_hiredis_in_c(
+    redis_url: str, queue_prefix: str
+) -> None:
+    """hiredis is a dependency (redis[hiredis]): the queue's connections parse what Redis sends
+    in C, a ninth of the CPU an entry of redis-py's own parser (``bench/pipeline.py --parsers``),
+    and a turn and a reply read through it arrive whole."""
+    from redis._parsers import _AsyncHiredisParser
+
+    q = await open_queue(redis_url, queue_prefix, "w")
+    connection = await q.redis.connection_pool.get_connection()
+    try:
+        assert isinstance(connection._parser, _AsyncHiredisParser)
+    finally:
+        await q.redis.connection_pool.release(connection)
+    route = {"platform": "telegram", "chat_id": 7, "text": "é ✓ 😀"}
+    await q.submit(Turn(1, 2, "gw", route=route))
+    [d] = await q.receive(1, block_ms=500)
+    assert d.turn is not None and d.turn.route == route
+    await q.publish("gw", ReplyDelta("t", 0, "Grüße 😀", done=True))
+    async for _entry_id, delta in q.replies("gw", after="0-0"):
+        assert delta.text == "Grüße 😀" and delta.done
+        break
+    await q.stop()
+
+
 async def test_consumer_group_is_recreated_after_redis_loses_it(
     redis_url: str, queue_prefix: str
 ) -> None:
