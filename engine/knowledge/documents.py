@@ -19,10 +19,12 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from pypdf import PdfReader
+from typing import TYPE_CHECKING
 
 from frontdesk.errors import FrontdeskError
+
+if TYPE_CHECKING:
+    from pypdf import PdfReader
 
 MARKDOWN = (".md", ".markdown")
 TEXT = (".txt",)
@@ -359,6 +361,9 @@ def _html_title(path: Path, source: str) -> str:
 
 
 def _pdf_reader(path: Path, source: str) -> PdfReader:
+    # imported here: pypdf takes a tenth of a second to import, which every frontdesk command
+    # (the gateway, the worker, the admin CLI) would pay at its start, to read no PDF
+    from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
     try:
