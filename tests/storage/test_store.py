@@ -251,6 +251,39 @@ async def test_replies_stored_together_are_each_stored_as_alone(
     assert await store.reply_to(six.message_id) is None
 
 
+async def test_a_store_compiles_its_turn_statements_at_first_use_not_when_opened(
+    pg_database: str, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL Store compiles its hot statements (asyncpg's) at their first use: opening
+    one and reading, as an admin command does, compiles none of them; a gateway's first message
+    compiles the message's statement, and it is compiled once."""
+    from sqlalchemy.sql.elements import CompilerElement
+
+    migrated = Store(pg_database)
+    await migrated.start(migrate=True)  # the schema's DDL is compiled here, not counted
+    await migrated.stop()
+    compiled: list[str] = []
+    compile_ = CompilerElement.compile
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(type(self).__name__)
+        return compile_(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompilerElement, "compile", counting)
+    store = Store(pg_database)
+    await store.start()
+    try:
+        await store.list_conversations(limit=5)
+        assert compiled == []
+        first = await store.record_user_message(message("hi", chat=chat))
+        made = len(compiled)
+        second = await store.record_user_message(message("again", chat=chat))
+        assert first is not None and second is not None
+        assert made >= 1 and len(compiled) == made
+    finally:
+        await store.stop()
+
+
 async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat: str) -> None:
     from datetime import UTC, datetime, timedelta
 
