@@ -51,7 +51,7 @@ from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
-from .context import ANCHOR_EVERY, BuiltPrompt, as_chat, build_prompt
+from .context import ANCHOR_EVERY, BuiltPrompt, Cuts, as_chat, build_prompt
 from .knowledge import Retrieval, Retriever
 from .knowledge.embeddings import make_embedder
 from .queue import Delivery, TurnQueue
@@ -204,6 +204,7 @@ class Worker:
             raise FrontdeskError(
                 "FRONTDESK_CONTEXT_TOKENS must be larger than FRONTDESK_MAX_NEW_TOKENS"
             )
+        self._cuts = Cuts()  # where long conversations' prompts were cut, for their next turns
         self._backlogs: dict[int, list[Delivery]] = {}  # by message id: older turns first
         self._held: dict[str, Delivery] = {}
         self._leased: set[int] = set()  # conversations this worker is answering
@@ -671,7 +672,7 @@ class Worker:
             offset = 0
             if len(history) >= limit:  # there may be more before what was read
                 offset = await self.store.messages_before(turn.conversation_id, history[0].id)
-            built, given = self._fitted(messages, retrieval, offset)
+            built, given = self._fitted(turn.conversation_id, messages, retrieval, offset)
             if not offset or built.dropped > _first_anchor(messages, offset):
                 return built, given
             limit *= 4  # all of it fits from the first cut: read further back
@@ -681,17 +682,25 @@ class Worker:
             messages = [as_chat(m.role, m.content) for m in history]
 
     def _fitted(
-        self, messages: list[ChatMessage], retrieval: Retrieval | None, offset: int
+        self,
+        conversation_id: int,
+        messages: list[ChatMessage],
+        retrieval: Retrieval | None,
+        offset: int,
     ) -> tuple[BuiltPrompt, Retrieval | None]:
         system, budget = self.settings.system_prompt, self._budget
+        cuts = self._cuts.of(conversation_id)
         if retrieval is None or not retrieval.passages:
-            return build_prompt(self.backend, system, messages, budget, offset=offset), None
+            return build_prompt(
+                self.backend, system, messages, budget, offset=offset, cuts=cuts
+            ), None
         passages = list(retrieval.passages)
         while True:
             given = Retrieval(passages)
             asked = [*messages[:-1], ChatMessage("user", given.user_turn(messages[-1].content))]
             try:
-                return build_prompt(self.backend, system, asked, budget, offset=offset), given
+                built = build_prompt(self.backend, system, asked, budget, offset=offset, cuts=cuts)
+                return built, given
             except PromptTooLong:
                 if not passages:
                     raise

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import random
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from frontdesk.engine.backends import Backend, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
-from frontdesk.engine.context import build_prompt
+from frontdesk.engine.context import ANCHOR_EVERY, build_prompt
 from frontdesk.errors import PromptTooLong
 from frontdesk.wire import ChatMessage
 
@@ -130,3 +133,117 @@ def test_kept_history_fits_and_its_cuts_never_move(lengths: list[int], budget: i
         assert earlier.dropped <= built.dropped
         if earlier.dropped == built.dropped:
             assert built.prompt.text.startswith(earlier.prompt.text.removesuffix("<assistant>\n"))
+
+
+class CountingRenders:
+    """A backend's ``render`` that counts its calls."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.renders = 0
+
+    def render(self, messages: Sequence[ChatMessage]) -> Prompt:
+        self.renders += 1
+        return self.backend.render(messages)
+
+
+def rule(
+    backend: Backend, system: str, history: list[ChatMessage], budget: int, offset: int
+) -> int:
+    """Where ``build_prompt``'s rule starts the kept history, computed the plain way: from the
+    anchor, the first user message from which the whole fits; where it does not, half of the
+    most messages that fit from there (at least two) go. PromptTooLong when the last alone does
+    not fit."""
+
+    def tokens(start: int, end: int) -> int:
+        return backend.render([ChatMessage("system", system), *history[start:end]]).n_tokens
+
+    last = len(history) - 1
+    if tokens(last, last + 1) > budget:
+        raise PromptTooLong("the last message alone")
+    start = min(-offset % ANCHOR_EVERY if offset else 0, last)
+    while True:
+        while start < last and history[start].role != "user":
+            start += 1
+        if tokens(start, last + 1) <= budget:
+            return start
+        fits = max(m for m in range(last - start + 1) if tokens(start, start + m) <= budget)
+        start = min(last, start + max(2, fits // 2))
+
+
+async def test_a_prompt_that_fits_is_rendered_once(llama: LlamaCppBackend) -> None:
+    """Rendering costs: about 3 ms for a 1,000-token prompt with llama.cpp's template and
+    tokenizer here. A prompt that fits is rendered once, not once more for its last message."""
+    counting = CountingRenders(llama)
+    built = build_prompt(counting, SYSTEM, conversation(10), 2000)  # type: ignore[arg-type]
+    assert built.dropped == 0
+    assert counting.renders == 1
+
+
+async def test_a_long_conversations_turns_reuse_its_cuts_and_render_about_once(
+    llama: LlamaCppBackend,
+) -> None:
+    """60 turns of a conversation about eight turns long in the budget, answered by one worker
+    (one ``cuts``): every turn's prompt is the one built without the cuts, a turn renders it
+    once unless a new cut is due, and all turns together render it a small fraction of the
+    times that searching every turn afresh does."""
+    history = conversation(60)
+    budget = llama.render([ChatMessage("system", SYSTEM), *history[-17:]]).n_tokens
+    cuts: dict[int, tuple[int, bytes]] = {}
+    with_cuts, fresh = CountingRenders(llama), CountingRenders(llama)
+    each = []
+    for k in range(20, 61):
+        asked = history[: 2 * k + 1]
+        before = with_cuts.renders
+        built = build_prompt(with_cuts, SYSTEM, asked, budget, cuts=cuts)  # type: ignore[arg-type]
+        each.append(with_cuts.renders - before)
+        assert built == build_prompt(fresh, SYSTEM, asked, budget)  # type: ignore[arg-type]
+    assert each[0] > 5  # the first turn searched its cuts
+    assert sorted(each)[len(each) // 2] == 1  # most turns: the prompt alone
+    assert sum(each) * 4 < fresh.renders
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    count=st.integers(min_value=3, max_value=160),
+    longest=st.integers(min_value=1, max_value=30),
+    seed=st.integers(min_value=0, max_value=2**32),
+    budget=st.integers(min_value=5, max_value=300),
+    read=st.integers(min_value=3, max_value=160),
+    edits=st.lists(st.tuples(st.integers(0, 80), st.floats(0, 1), st.integers(1, 30)), max_size=6),
+)
+def test_prompts_built_with_remembered_cuts_are_those_the_rule_gives(
+    count: int,
+    longest: int,
+    seed: int,
+    budget: int,
+    read: int,
+    edits: list[tuple[int, float, int]],
+) -> None:
+    """Turn after turn of one conversation through one ``cuts``, each reading only its newest
+    ``read`` messages (counted from their stored position, as a worker does), while now and then
+    an earlier message changes (its remembered cut must not be taken then): every prompt starts
+    where the plain rule says, and is the one built without remembered cuts."""
+    backend = FixedReplyBackend("x")
+    lengths = random.Random(seed).choices(range(1, longest + 1), k=count)
+    history = [
+        ChatMessage("user" if i % 2 == 0 else "assistant", " ".join(["w"] * n))
+        for i, n in enumerate(lengths)
+    ]
+    cuts: dict[int, tuple[int, bytes]] = {}
+    for turn, end in enumerate(range(1, len(history) + 1, 2)):
+        for _turn, where, words in (edit for edit in edits if edit[0] == turn):
+            changed = int(where * (end - 1))  # a message before this turn's is not what it was
+            history[changed] = ChatMessage(history[changed].role, "v " * words)
+        offset = max(0, end - read)
+        asked = history[offset:end]
+        try:
+            expected = rule(backend, "sys", asked, budget, offset)
+        except PromptTooLong:
+            with pytest.raises(PromptTooLong):
+                build_prompt(backend, "sys", asked, budget, offset=offset, cuts=cuts)
+            continue
+        built = build_prompt(backend, "sys", asked, budget, offset=offset, cuts=cuts)
+        assert built.dropped == expected
+        assert built == build_prompt(backend, "sys", asked, budget, offset=offset)
+        assert built.prompt.n_tokens <= budget

@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +21,7 @@ from frontdesk.engine.queue import GROUP, LocalQueue, RedisQueue
 from frontdesk.engine.worker import ATTEMPTS_PER_REQUEUE, Worker, sweep_revival
 from frontdesk.errors import QueueUnavailable
 from frontdesk.storage import ReplyFigures, Store
-from frontdesk.wire import InboundMessage, ReplyDelta, Turn
+from frontdesk.wire import ChatMessage, InboundMessage, ReplyDelta, Turn
 from tests.support import DiesMidway, RecordingChannel, pipeline, seed_conversation, until
 
 
@@ -912,6 +912,37 @@ async def test_past_the_read_limit_prompts_still_share_their_prefix_turn_after_t
     assert breaks <= 1
     assert all(len(prompt.split()) <= 6000 - 16 for prompt in backend.prompts)
     assert "Q0: a colour?" in backend.prompts[0]  # more was read than the newest 200
+
+
+async def test_a_worker_renders_each_later_turn_of_a_long_conversation_about_once(
+    make_settings,
+) -> None:
+    """A conversation far past the budget: the worker's first turn of it searches where to cut
+    (many renders); its next turns take the cuts it found, and render their prompt once, but
+    where a new cut is due."""
+    settings = make_settings(engine="fixed", context_tokens=216, max_new_tokens=16)
+    backend = CountingRenders("ok")
+    async with pipeline(settings, backend) as p:
+        await seed_conversation(p, 60)
+        each = []
+        for n in range(12):
+            before = backend.renders
+            reply = await p.channel.say(f"Question {n}?")
+            assert reply is not None and reply.text == "ok"
+            each.append(backend.renders - before)
+    assert each[0] > 5
+    assert sorted(each[1:])[len(each) // 2] == 1
+    assert sum(each[1:]) < 3 * len(each[1:])
+
+
+class CountingRenders(FixedReplyBackend):
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.renders = 0
+
+    def render(self, messages: Sequence[ChatMessage]) -> Prompt:
+        self.renders += 1
+        return super().render(messages)
 
 
 class RecordingPrompts(FixedReplyBackend):
