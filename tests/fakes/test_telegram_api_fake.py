@@ -4,6 +4,7 @@ fake fail for the reasons Telegram would fail them."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -185,3 +186,15 @@ async def test_unknown_method_and_wrong_token(fake: FakeTelegram) -> None:
         async with session.post(f"{fake.base_url}1:bad/getMe") as response:
             assert response.status == 401
     assert [c.status for c in fake.calls] == [404, 401]
+
+
+async def test_a_stand_in_serves_without_collector_pauses_and_restores_the_collector() -> None:
+    """A stand-in's clock must not stop while this process collects garbage (see FakeServer):
+    the collector is off while one serves, nested ones too, and as it was once they stop."""
+    assert gc.isenabled()
+    async with FakeTelegram():
+        assert not gc.isenabled()
+        async with FakeTelegram():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
