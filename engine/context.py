@@ -116,7 +116,7 @@ def build_prompt(
                 whole = render(start)
                 if whole.n_tokens <= budget:
                     return BuiltPrompt(prompt=whole, kept=len(history) - start, dropped=start)
-                guess = guess or (last - start) * budget // whole.n_tokens
+                guess = guess or (last - start) * budget // max(1, whole.n_tokens)
             if not checked:
                 alone()
                 checked = True
