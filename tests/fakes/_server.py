@@ -53,19 +53,26 @@ class FakeServer:
         # session this process's cyclic collections pause it for 150-430 ms (measured), and a
         # stand-in paused that long takes the calls that waited meanwhile at one moment: 31 in
         # Telegram's second where 25 a second were sent, and a 429 (seen in a full run, never
-        # alone: the gateways under test were right). So the collector is off while one serves
-        # (reference counting still frees what it can), and back as it was after.
+        # when the test ran alone: the gateways under test were right). So the collector is off
+        # while one serves (reference counting still frees what it can), and as it was after.
         self._collecting = gc.isenabled()
         gc.disable()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            self._restore_collector()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             await self.stop()
         finally:
-            if self._collecting:
-                gc.enable()
+            self._restore_collector()
+
+    def _restore_collector(self) -> None:
+        if self._collecting:
+            gc.enable()
 
     def _add_routes(self, app: web.Application) -> None:
         """Routes beyond ``ROUTE``; none by default."""

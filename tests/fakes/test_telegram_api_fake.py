@@ -198,3 +198,16 @@ async def test_a_stand_in_serves_without_collector_pauses_and_restores_the_colle
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+async def test_a_stand_in_that_cannot_start_leaves_the_collector_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refuse(self: FakeTelegram) -> None:
+        raise OSError("no port")
+
+    monkeypatch.setattr(FakeTelegram, "start", refuse)
+    with pytest.raises(OSError):
+        async with FakeTelegram():
+            pass
+    assert gc.isenabled()
