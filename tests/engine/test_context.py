@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from frontdesk.engine.backends import Backend, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
-from frontdesk.engine.context import ANCHOR_EVERY, build_prompt
+from frontdesk.engine.context import ANCHOR_EVERY, Cuts, build_prompt
 from frontdesk.errors import PromptTooLong
 from frontdesk.wire import ChatMessage
 
@@ -247,3 +247,17 @@ def test_prompts_built_with_remembered_cuts_are_those_the_rule_gives(
         assert built.dropped == expected
         assert built == build_prompt(backend, "sys", asked, budget, offset=offset)
         assert built.prompt.n_tokens <= budget
+
+
+def test_a_worker_keeps_the_cuts_of_the_1024_conversations_it_answered_last() -> None:
+    """The README's bound: the conversations answered last keep their cuts (the same record
+    turn after turn); the one answered longest ago gives its cuts up to the 1,025th."""
+    cuts = Cuts()
+    for conversation in range(1, 1025):
+        cuts.of(conversation)[0] = (5, b"digest")
+    first = cuts.of(1)  # answered again: now the newest
+    assert first == {0: (5, b"digest")}
+    cuts.of(1025)  # conversation 2, answered longest ago, goes
+    assert cuts.of(1) is first
+    assert cuts.of(3) == {0: (5, b"digest")}
+    assert cuts.of(2) == {}
