@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -29,6 +30,7 @@ from frontdesk.wire import ReplyDelta, Turn, decode, encode
 from .admin import QueueAdmin
 from .base import GROUP, Delivery, Fields, Streams, delivery_of
 from .coalesce import Coalescer
+from .packing import packed_by_hiredis
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +287,11 @@ class RedisQueue(QueueAdmin):
         self.claim_idle_ms = claim_idle_ms
         # A bounded pool, opened in full at start: a burst of commands then waits a moment for a
         # free connection instead of opening (and handshaking) new ones on its way to the user.
+        # (a connection class of the URL's kind: TCP, TLS or a Unix socket)
+        connection_class = parse_url(url).get("connection_class", aioredis.Connection)
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            connection_class=packed_by_hiredis(connection_class),
             max_connections=POOL_SIZE,
             timeout=20,
             decode_responses=True,
