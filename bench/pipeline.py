@@ -20,11 +20,17 @@ turn makes, printed, then the top functions written to FILE.
 With ``--parsers``, instead: the CPU that reading one of frontdesk's queue entries takes with
 redis-py's own reply parser (Python) and with hiredis's (C), taking turns in one process.
 
+With ``--packing``, instead: the Redis commands of one run of the framework (one process, at
+``--in-flight``), recorded, then packed again with redis-py's own packing (every argument
+checked and encoded in Python) and with the queue's (``frontdesk.engine.queue.packing``: one
+call to hiredis a command), taking turns: the CPU a turn's commands take to pack each way.
+
 Every process runs on the event loop that frontdesk's commands run on (uvloop where installed).
 
 Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--telemetry-only]
        python bench/pipeline.py --profile FILE [--turns 3000] [--in-flight 64]
        python bench/pipeline.py --parsers
+       python bench/pipeline.py --packing [--turns 3000] [--in-flight 64]
 Needs Redis and PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
 
@@ -172,11 +178,13 @@ async def framework(
     split: bool,
     telemetry: bool | None = None,
     profile: cProfile.Profile | None = None,
+    measuring: Callable[[bool], None] | None = None,
 ) -> tuple[float, float, list[float]]:
     """The framework's turns. ``split``: the worker runs in its own process (scaled mode), and
     the CPU figure adds both processes'. ``telemetry``: on or off (``_observed``, ``_telemetry``)
     in every process; None: as it is (counted, neither served nor logged). ``profile``: enabled
-    for the measured turns only (not the start or the warm-up)."""
+    for the measured turns only (not the start or the warm-up); ``measuring`` is called with True
+    before them and False after."""
     prefix = f"fdbench:{uuid.uuid4().hex[:8]}"
     settings = _settings(db_url, redis_url, prefix, in_flight)
     if telemetry is not None:
@@ -224,7 +232,11 @@ async def framework(
         scraping = asyncio.create_task(_scrape(ports, stop_scraping))
         if profile is not None:
             profile.enable()
+        if measuring is not None:
+            measuring(True)
         wall, cpu, latencies = await drive(turn, turns, in_flight)
+        if measuring is not None:
+            measuring(False)
         if profile is not None:
             profile.disable()
         stop_scraping.set()
@@ -375,6 +387,45 @@ async def parsers(redis_url: str, rounds: int = 7, reads: int = 200) -> dict[str
     return {name: sorted(each)[len(each) // 2] for name, each in times.items()}
 
 
+async def packing(
+    db_url: str, redis_url: str, turns: int, in_flight: int, rounds: int = 7
+) -> tuple[float, float, dict[str, float]]:
+    """The commands the gateway and the worker sent to Redis in one run of ``turns`` turns (its
+    measured turns, one process), packed again by each packing, ``rounds`` times taking turns:
+    commands a turn, arguments a turn, and each packing's median microseconds of CPU a turn."""
+    from frontdesk.engine.queue.packing import packed_by_hiredis
+
+    queue_connection = packed_by_hiredis(aioredis.Connection)
+    recorded: list[tuple[Any, ...]] = []
+    pack = queue_connection.pack_command
+    recording = [False]
+
+    def recorder(self: aioredis.Connection, *args: Any) -> list[bytes]:
+        if recording[0]:
+            recorded.append(args)
+        return pack(self, *args)
+
+    def measuring(on: bool) -> None:
+        recording[0] = on
+
+    queue_connection.pack_command = recorder  # type: ignore[method-assign]
+    try:
+        await framework(db_url, redis_url, turns, in_flight, 200, split=False, measuring=measuring)
+    finally:
+        queue_connection.pack_command = pack  # type: ignore[method-assign]
+    packers = {"redis-py": aioredis.Connection(), "hiredis": queue_connection()}
+    times: dict[str, list[float]] = {name: [] for name in packers}
+    for _ in range(rounds):
+        for name, connection in packers.items():
+            start = time.process_time()
+            for args in recorded:
+                connection.pack_command(*args)
+            times[name].append((time.process_time() - start) / turns * 1e6)
+    arguments = sum(len(args) for args in recorded)
+    each = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return len(recorded) / turns, arguments / turns, each
+
+
 PACKAGES = {  # where a function's file lies -> the name the summary gives it
     "/redis/": "redis-py", "/sqlalchemy/": "SQLAlchemy", "/asyncpg/": "asyncpg",
     "/asyncio/": "asyncio", "/pydantic": "pydantic",
@@ -434,6 +485,7 @@ async def main() -> None:
     parser.add_argument("--telemetry-only", action="store_true", help="only the telemetry rows")
     parser.add_argument("--profile", metavar="FILE", help="profile one run instead (see above)")
     parser.add_argument("--parsers", action="store_true", help="time the Redis reply parsers")
+    parser.add_argument("--packing", action="store_true", help="time the Redis command packing")
     args = parser.parse_args()
 
     if args.profile:
@@ -447,6 +499,17 @@ async def main() -> None:
         for name, us in each.items():
             print(f"{name:>8} {us:>7.1f} us")
         print(f"{'ratio':>8} {each['python'] / each['hiredis']:>7.1f}x (python / hiredis)")
+        return
+
+    if args.packing:
+        async with scratch_database(args.pg) as db_url:
+            commands, arguments, us = await packing(db_url, args.redis, args.turns, args.in_flight)
+        print(f"the Redis commands of {args.turns} turns at {args.in_flight} in flight, one "
+              f"process: {commands:.1f} commands and {arguments:.1f} arguments a turn,\npacked "
+              "again each way, taking turns (median of 7 rounds), CPU a turn:")  # fmt: skip
+        for name, value in us.items():
+            print(f"{name:>9} {value:>7.1f} us")
+        print(f"{'ratio':>9} {us['redis-py'] / us['hiredis']:>7.1f}x (redis-py / hiredis)")
         return
 
     rows = []
