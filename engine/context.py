@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from frontdesk.errors import PromptTooLong
 from frontdesk.wire import ChatMessage
@@ -30,6 +31,27 @@ class BuiltPrompt:
 ANCHOR_EVERY = 64  # messages: a long conversation's cuts are counted from these positions
 KEEP_CUTS = 64  # cuts kept a conversation before those behind its anchor go
 AGENT_SAID = "(A person from our team answered here:)"
+
+
+_CHAT_ROLES = frozenset(("user", "assistant", "system"))
+
+
+class Stored(Protocol):
+    """A stored message as a prompt needs it (the store's ``TurnMessage``)."""
+
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+
+
+def as_chats(stored: Iterable[Stored]) -> list[ChatMessage]:
+    """``as_chat`` of each stored message, in order (a turn's whole history, on every turn)."""
+    make = ChatMessage._make
+    return [
+        make((m.role, m.content)) if m.role in _CHAT_ROLES else as_chat(m.role, m.content)
+        for m in stored
+    ]
 
 
 def as_chat(role: str, content: str) -> ChatMessage:

@@ -51,7 +51,7 @@ from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
-from .context import ANCHOR_EVERY, BuiltPrompt, Cuts, as_chat, build_prompt
+from .context import ANCHOR_EVERY, BuiltPrompt, Cuts, as_chats, build_prompt
 from .knowledge import Retrieval, Retriever
 from .knowledge.embeddings import make_embedder
 from .queue import Delivery, TurnQueue
@@ -577,7 +577,7 @@ class Worker:
             await self.store.mark_answered(turn.message_id)
             _settled(turn, "resent")
             return True
-        messages = [as_chat(m.role, m.content) for m in history]
+        messages = as_chats(history)
         previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
         retrieval = (
             await self.retriever.retrieve(messages[-1].content, previous) if messages else None
@@ -679,7 +679,7 @@ class Worker:
             _existing, history = await self.store.turn_context(
                 turn.conversation_id, turn.message_id, limit=limit
             )
-            messages = [as_chat(m.role, m.content) for m in history]
+            messages = as_chats(history)
 
     def _fitted(
         self,

@@ -13,16 +13,17 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 WIRE_VERSION = 1
 
 Role = Literal["system", "user", "assistant"]
 
 
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """One message of a prompt, as a backend's chat template sees it."""
+class ChatMessage(NamedTuple):
+    """One message of a prompt, as a backend's chat template sees it. A named tuple, immutable
+    like the rest: every turn makes one for each message of its history, and a tuple is made in
+    a third of the time of a frozen dataclass."""
 
     role: Role
     content: str

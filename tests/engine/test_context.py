@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from frontdesk.engine.backends import Backend, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
-from frontdesk.engine.context import ANCHOR_EVERY, Cuts, build_prompt
+from frontdesk.engine.context import AGENT_SAID, ANCHOR_EVERY, Cuts, as_chats, build_prompt
 from frontdesk.errors import PromptTooLong
+from frontdesk.storage import TurnMessage
 from frontdesk.wire import ChatMessage
 
 SYSTEM = "You are a test assistant. Keep this sentence."
@@ -27,6 +28,25 @@ def conversation(turns: int) -> list[ChatMessage]:
         history.append(ChatMessage("assistant", f"Answer number {i}: it is {2 * i}."))
     history.append(ChatMessage("user", "Last question: what did I ask first?"))
     return history
+
+
+def test_stored_messages_become_the_model_s_in_order_a_person_s_marked_as_a_person_s() -> None:
+    stored = [
+        TurnMessage(1, "user", "Where is my parcel?", "ok"),
+        TurnMessage(2, "assistant", "Let me check.", "ok"),
+        TurnMessage(3, "agent", "It ships today.", "ok"),
+        TurnMessage(4, "user", "Thanks!", "ok", awaiting=True),
+    ]
+    chats = as_chats(stored)
+    assert all(type(m) is ChatMessage for m in chats)
+    assert chats == [
+        ChatMessage("user", "Where is my parcel?"),
+        ChatMessage("assistant", "Let me check."),
+        ChatMessage("assistant", f"{AGENT_SAID} It ships today."),
+        ChatMessage("user", "Thanks!"),
+    ]
+    with pytest.raises(ValueError, match="unknown role 'bot'"):
+        as_chats([TurnMessage(5, "bot", "?", "ok")])
 
 
 async def test_budget_drops_oldest_turns_first_and_never_the_system_prompt(
