@@ -23,7 +23,7 @@ Role = Literal["system", "user", "assistant"]
 class ChatMessage(NamedTuple):
     """One message of a prompt, as a backend's chat template sees it. A named tuple, immutable
     like the rest: every turn makes one for each message of its history, and a tuple is made in
-    a third of the time of a frozen dataclass."""
+    about half the time of a frozen dataclass (whose ``__init__`` runs in Python)."""
 
     role: Role
     content: str
