@@ -47,9 +47,11 @@ class Stored(Protocol):
 
 def as_chats(stored: Iterable[Stored]) -> list[ChatMessage]:
     """``as_chat`` of each stored message, in order (a turn's whole history, on every turn)."""
-    make = ChatMessage._make
+    new = tuple.__new__  # what ``ChatMessage._make`` does, without a Python call a message
     return [
-        make((m.role, m.content)) if m.role in _CHAT_ROLES else as_chat(m.role, m.content)
+        new(ChatMessage, (m.role, m.content))
+        if m.role in _CHAT_ROLES
+        else as_chat(m.role, m.content)
         for m in stored
     ]
 
