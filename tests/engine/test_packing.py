@@ -90,7 +90,8 @@ def test_the_queue_s_connections_are_of_the_url_s_kind_and_packed_by_hiredis(
 ) -> None:
     queue = RedisQueue(url, consumer="w", prefix="fdtest")
     made = queue.redis.connection_pool.connection_class
-    assert issubclass(made, kind) and made.pack_command is Packed.pack_command
+    assert made is packed_by_hiredis(kind)  # on the URL's own class, not another kind's
+    assert made.__bases__[1] is kind and made.pack_command is Packed.pack_command
 
 
 async def test_commands_packed_by_hiredis_reach_redis_whole(
