@@ -874,14 +874,14 @@ def _turn_history(
             late[reply_to_id] = message
         elif status == ok:
             earlier.append(message)
-    if late:
-        history: list[TurnMessage] = []
+    if late:  # each late reply goes right after the message it answers
+        merged: list[TurnMessage] = []
         for message in earlier:  # newest first
             answer = late.get(message.id)
             if answer is not None and answer.status == ok:
-                history.append(answer)
-            history.append(message)
-        earlier = history
+                merged.append(answer)
+            merged.append(message)
+        earlier = merged
     history = earlier[:limit]
     history.reverse()
     return reply, history
