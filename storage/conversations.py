@@ -185,11 +185,12 @@ class Conversations(Database):
             "created_at",
             "reply_route",
         ]
-        values: list[Any] = [bindparam(c, type_=Message.__table__.c[c].type) for c in columns[1:-1]]
+        given = [bindparam(c, type_=Message.__table__.c[c].type) for c in columns[1:-1]]
         # no reply route while a person has the conversation (handoff, 0012): nothing queues it
-        values.append(
-            case((Conversation.handoff_id.is_(None), bindparam("reply_route", type_=Text())))
-        )
+        values = [
+            *given,
+            case((Conversation.handoff_id.is_(None), bindparam("reply_route", type_=Text()))),
+        ]
         active = select(Conversation.id, *values).where(
             Conversation.platform == bindparam("platform"),
             Conversation.external_key == bindparam("external_key"),
@@ -227,7 +228,7 @@ class Conversations(Database):
                 .add_cte(_ANSWERED.cte("answered"))
             )
         # PostgreSQL: the three statements of every turn run by asyncpg itself (``driver_rows``)
-        self._insert_into_active_pg = self.driver_statement(self._insert_into_active)
+        self._open_or_insert_pg = self.driver_statement(_open_or_insert(columns, given))
         self._turn_context_pg = self.driver_statement(_SELECT_TURN_CONTEXT)
         self._turn_contexts_pg = self.driver_statement(_SELECT_TURN_CONTEXTS)
         self._turn_contexts = (
@@ -266,7 +267,8 @@ class Conversations(Database):
 
         Returns None, and writes nothing, when the same platform event was stored before. The
         common case (the chat has an active conversation) is one INSERT … SELECT statement, on
-        PostgreSQL one for all the messages that come at about the same moment.
+        PostgreSQL one for all the messages that come at about the same moment; on PostgreSQL a
+        chat's first message opens its conversation in a statement of its own.
         """
         row = {
             "role": "user",
@@ -309,12 +311,13 @@ class Conversations(Database):
     ) -> list[Sequence[Any] | Exception | None]:
         """PostgreSQL: the user messages that come at about the same moment (``Batcher``), each
         into its chat's active conversation, by one statement: for each, the row stored (id,
-        conversation id, reply route) or None (a duplicate, or its chat has no active
-        conversation: the caller goes on as after the one-message statement). A chat's first
-        message of the batch goes in the statement, and any later one after it, alone, in turn:
-        a chat's messages keep the order they came in. When the batch's statement fails for
-        anything but a lost database, each message is stored alone."""
-        assert self._insert_into_active_pg is not None
+        conversation id, reply route) or None (a duplicate, or another gateway opened its chat's
+        conversation meanwhile: the caller goes the long way). A chat's first message of the
+        batch goes in the statement; any later one, and any the statement did not store (its
+        chat has no active conversation), goes after it, alone, by ``_open_or_insert``, in
+        turn: a chat's messages keep the order they came in. When the batch's statement fails
+        for anything but a lost database, each message is stored alone."""
+        assert self._open_or_insert_pg is not None
         together: list[int] = []  # a chat's first message, and a dedupe key's first
         seen: set[object] = set()
         for i, params in enumerate(asked):
@@ -333,10 +336,10 @@ class Conversations(Database):
                 stored = {row[3]: row[:3] for row in rows}  # by dedupe key
                 for i in together:
                     results[i] = stored.get(asked[i]["dedupe_key"])
-                alone = sorted(set(range(len(asked))) - set(together))
+                alone = [i for i, result in enumerate(results) if result is None]
         for i in alone:
             try:
-                found = await self.driver_rows(self._insert_into_active_pg, asked[i])
+                found = await self.driver_rows(self._open_or_insert_pg, asked[i])
                 results[i] = next(iter(found), None)
             except Exception as exc:  # its own caller hears of it
                 results[i] = exc
@@ -811,6 +814,48 @@ def _insert_into_actives() -> Any:
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(Message.id, Message.conversation_id, Message.reply_route, Message.dedupe_key)
     )
+
+
+def _open_or_insert(columns: list[str], values: list[Any]) -> Any:
+    """PostgreSQL: ``_insert_into_active``'s message (``columns``, ``values``: its statement's),
+    into its chat's active conversation or, where the chat has none, into one that the same
+    statement opens: one round trip where opening one took a transaction of five. Stores nothing,
+    and opens nothing, for a message stored before (its dedupe key); stores nothing when another
+    gateway opened the chat's conversation meanwhile (the caller then goes the long way).
+    Returns the message's (id, conversation id, reply route), as ``_insert_into_active`` does."""
+    active = _SELECT_ACTIVE.add_columns(Conversation.handoff_id).cte("active")
+    conversation = Conversation.__table__.c
+    opening = select(
+        *(bindparam(c, type_=conversation[c].type) for c in _OPENED_FROM_MESSAGE),
+        bindparam("opened_status", ConversationStatus.ACTIVE, type_=conversation.status.type),
+        bindparam("opened_count", 0, type_=conversation.message_count.type),
+        bindparam("created_at", type_=conversation.created_at.type),
+        bindparam("created_at", type_=conversation.last_activity_at.type),
+    ).where(~select(active.c.id).exists(), ~_SELECT_DEDUPE.exists())
+    opened = (
+        postgresql.insert(Conversation)
+        .from_select(
+            [*_OPENED_FROM_MESSAGE, "status", "message_count", "created_at", "last_activity_at"],
+            opening,
+        )
+        .on_conflict_do_nothing(
+            index_elements=["platform", "external_key"], index_where=text("status = 'active'")
+        )
+        .returning(Conversation.id, Conversation.handoff_id)
+        .cte("opened")
+    )
+    target = union_all(select(active.c.id, active.c.handoff_id), select(opened)).subquery("target")
+    route = case((target.c.handoff_id.is_(None), bindparam("reply_route", type_=Text())))
+    return (
+        postgresql.insert(Message)
+        .from_select(columns, select(target.c.id, *values, route))
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Message.id, Message.conversation_id, Message.reply_route)
+    )
+
+
+# what a conversation that a user message opens takes from the message's parameters
+_OPENED_FROM_MESSAGE = ("platform", "external_key", "user_id", "user_name")
 
 
 def _insert_replies() -> Any:

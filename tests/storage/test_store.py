@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import event
 from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 
@@ -38,6 +41,21 @@ def counted_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[st
 
     monkeypatch.setattr(store, "driver_rows", counted)
     return statements
+
+
+@contextlib.contextmanager
+def through_sqlalchemy(store: Store) -> Iterator[list[str]]:
+    """The SQL of every statement ``store`` runs through SQLAlchemy meanwhile."""
+    executed: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        executed.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        yield executed
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", seen)
 
 
 @pytest.fixture
@@ -154,7 +172,8 @@ async def test_messages_stored_together_are_each_stored_as_alone(
     one statement stores one message of each chat, each in its chat's conversation and
     awaiting its reply; a chat's second message is stored after its first (a higher id), a
     platform's second delivery of a message is a duplicate (None), a chat with no conversation
-    gets one, and a conversation a person has takes its message without a reply route."""
+    gets one (on PostgreSQL without a write of SQLAlchemy's), and a conversation a person has
+    takes its message without a reply route."""
     chats = [f"{chat}-{n}" for n in range(3)]
     opened = [await store.record_user_message(message("hello", chat=c)) for c in chats]
     assert all(m is not None for m in opened)
@@ -172,9 +191,13 @@ async def test_messages_stored_together_are_each_stored_as_alone(
         message("to a person", chat=chats[2]),
         message("new chat", chat=f"{chat}-new"),
     ]
-    stored = await asyncio.gather(*(store.record_user_message(m, route) for m in asked))
+    with through_sqlalchemy(store) as executed:
+        stored = await asyncio.gather(*(store.record_user_message(m, route) for m in asked))
     if store.dialect == "postgresql":
         assert "unnest" in statements[0] and sum("unnest" in s for s in statements) == 1
+        # the new chat's conversation opened by asyncpg's statements too (the duplicate alone
+        # is looked up through SQLAlchemy)
+        assert not [s for s in executed if not s.lstrip().startswith("SELECT")]
     first, once, second, again, to_person, new = stored
     assert (once is None) != (again is None)  # one of the two deliveries is stored
     once = once or again
@@ -192,6 +215,67 @@ async def test_messages_stored_together_are_each_stored_as_alone(
     assert [m.content for m in history] == ["hello", "twice"]
     _reply, history = await store.turn_context(to_person.conversation_id, to_person.message_id)
     assert [(m.content, m.awaiting) for m in history] == [("hello", False), ("to a person", False)]
+
+
+async def test_a_chat_s_first_message_opens_its_conversation_on_postgresql_in_one_statement(
+    store: Store, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chat's first message opens its conversation (the user's id and name on it) and is
+    stored in it, awaiting its reply; on PostgreSQL by one statement, and none of SQLAlchemy's."""
+    statements = counted_statements(store, monkeypatch)
+    route = {"platform": "test", "chat_id": chat, "gateway": "gw"}
+    with through_sqlalchemy(store) as executed:
+        first = await store.record_user_message(message("hello", chat=chat), route)
+    if store.dialect == "postgresql":
+        assert len(statements) == 1 and executed == []
+    assert first is not None and not first.handed_off
+    conv, messages = await store.conversation(first.conversation_id)
+    opened = (conv.external_key, conv.user_id, conv.user_name, conv.status, conv.message_count)
+    assert opened == (chat, "u-1", "Ada", "active", 1)
+    assert [(m.id, m.content) for m in messages] == [(first.message_id, "hello")]
+    _reply, history = await store.turn_context(first.conversation_id, first.message_id)
+    assert [m.awaiting for m in history] == [True]
+
+
+async def test_a_message_stored_before_opens_no_conversation_when_its_chat_has_none(
+    store: Store, chat: str
+) -> None:
+    """A platform's second delivery of a message whose conversation was closed since is a
+    duplicate: nothing is stored and no conversation is opened for it."""
+    original = message("once", chat=chat, message_id="7")
+    first = await store.record_user_message(original)
+    assert first is not None
+    assert await store.reset_conversation("test", chat) is True
+    assert await store.record_user_message(original) is None
+    async with store.connect() as conn:
+        count = sql("SELECT count(*) FROM conversations WHERE external_key = :chat")
+        assert await conn.scalar(count, {"chat": chat}) == 1
+    later = await store.record_user_message(message("later", chat=chat))
+    assert later is not None and later.conversation_id != first.conversation_id
+
+
+async def test_gateways_opening_one_chat_s_conversation_at_once_store_every_message_in_it(
+    database_url: str, chat: str
+) -> None:
+    """Two gateways (each its own store) take a new chat's first messages at the same moment:
+    one conversation is opened, and every message is stored in it, none lost as a duplicate."""
+    stores = [Store(database_url) for _ in range(2)]
+    for each in stores:
+        await each.start(migrate=True)
+    try:
+        asked = [message(f"m{n}", chat=chat) for n in range(8)]
+        stored = await asyncio.gather(
+            *(stores[n % 2].record_user_message(m) for n, m in enumerate(asked))
+        )
+        assert all(s is not None for s in stored)
+        conversations = {s.conversation_id for s in stored if s is not None}
+        assert len(conversations) == 1
+        conv, messages = await stores[0].conversation(conversations.pop())
+        assert conv.message_count == 8
+        assert sorted(m.content for m in messages) == sorted(m.text for m in asked)
+    finally:
+        for each in stores:
+            await each.stop()
 
 
 async def test_replies_stored_together_are_each_stored_as_alone(
