@@ -819,7 +819,8 @@ def _insert_into_actives() -> Any:
 def _open_or_insert(columns: list[str], values: list[Any]) -> Any:
     """PostgreSQL: ``_insert_into_active``'s message (``columns``, ``values``: its statement's),
     into its chat's active conversation or, where the chat has none, into one that the same
-    statement opens: one round trip where opening one took a transaction of five. Stores nothing,
+    statement opens: one round trip, where a chat's first message took the one-message statement
+    and then a transaction (the duplicate check, the conversation, the message). Stores nothing,
     and opens nothing, for a message stored before (its dedupe key); stores nothing when another
     gateway opened the chat's conversation meanwhile (the caller then goes the long way).
     Returns the message's (id, conversation id, reply route), as ``_insert_into_active`` does."""
