@@ -25,7 +25,7 @@ from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
-from frontdesk.wire import ChatMessage, InboundMessage
+from frontdesk.wire import ChatMessage, InboundMessage, ReplyDelta
 
 TOPICS = [
     "lighthouses", "volcanoes", "honey bees", "the Moon", "sailing ships", "glaciers",
@@ -281,21 +281,22 @@ class Steps:
 
         async def streamed(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
             mark("engine.start")
-            async for chunk in stream(*args, **kwargs):
-                if chunk.text:
-                    mark("engine.text")
-                yield chunk
+            # closed with this one (the worker closes a stream it stops early)
+            async with contextlib.aclosing(stream(*args, **kwargs)) as chunks:
+                async for chunk in chunks:
+                    if chunk.text:
+                        mark("engine.text")
+                    yield chunk
 
         self._swap(self._backend, "stream", streamed)
-        replies = RedisQueue.replies
+        route = Gateway._route  # each delta the gateway reads from its reply stream
 
-        async def read(queue: RedisQueue, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            async for entry_id, delta in replies(queue, *args, **kwargs):
-                if delta.text:
-                    mark("gateway.text")
-                yield entry_id, delta
+        def routed(gateway: Gateway, delta: ReplyDelta, **kwargs: Any) -> None:
+            if delta.text:
+                mark("gateway.text")
+            route(gateway, delta, **kwargs)
 
-        self._swap(RedisQueue, "replies", read)
+        self._swap(Gateway, "_route", routed)
         return self
 
     def __exit__(self, *_exc: object) -> None:
