@@ -228,7 +228,11 @@ class Conversations(Database):
                 .add_cte(_ANSWERED.cte("answered"))
             )
         # PostgreSQL: the three statements of every turn run by asyncpg itself (``driver_rows``)
-        self._open_or_insert_pg = self.driver_statement(_open_or_insert(columns, given))
+        self._open_or_insert_pg = (
+            self.driver_statement(_open_or_insert(columns, given))
+            if self.dialect == "postgresql"
+            else None
+        )
         self._turn_context_pg = self.driver_statement(_SELECT_TURN_CONTEXT)
         self._turn_contexts_pg = self.driver_statement(_SELECT_TURN_CONTEXTS)
         self._turn_contexts = (
@@ -268,7 +272,7 @@ class Conversations(Database):
         Returns None, and writes nothing, when the same platform event was stored before. The
         common case (the chat has an active conversation) is one INSERT … SELECT statement, on
         PostgreSQL one for all the messages that come at about the same moment; on PostgreSQL a
-        chat's first message opens its conversation in a statement of its own.
+        chat's first message also opens its conversation, in one statement.
         """
         row = {
             "role": "user",

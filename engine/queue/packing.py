@@ -4,10 +4,11 @@ redis-py hands each command to hiredis's packer only after checking and encoding
 in Python, one generator step and several type checks an argument: about 40 µs of CPU for the
 50-odd arguments of a turn's commands, a twentieth of a turn at 64 in flight
 (``bench/pipeline.py --packing``). hiredis encodes ``str``, ``bytes``, ``int`` and ``float``
-arguments itself, to the same bytes (UTF-8, and ``repr`` for numbers). A command with anything else (``None``, ``bool``, a ``bytearray``) is
-packed by redis-py as before, which refuses what it refuses (``DataError``), as do commands
-whose name holds more than one word (``"CLIENT SETNAME"``, which redis-py splits) and
-connections set to another encoding than strict UTF-8."""
+arguments itself, to the same bytes (UTF-8, and ``repr`` for numbers). A command with anything
+else (``None``, ``bool``, a ``bytearray``) is packed by redis-py as before, which refuses what it
+refuses (``DataError``), as are commands whose name holds more than one word (``"CLIENT
+SETNAME"``, which redis-py splits) and those of connections set to another encoding than strict
+UTF-8."""
 
 from __future__ import annotations
 
