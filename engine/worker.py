@@ -85,7 +85,8 @@ class _Coalescer:
     """Batches text deltas. The first text goes out as soon as the engine's stream pauses (time
     to first token matters), or once ``flush_chars`` have piled up; a reply the engine gives
     whole, without pausing, goes out in one delta when it is stored. After the first text, the
-    rest goes at most every ``flush_ms`` or when ``flush_chars`` have piled up."""
+    rest goes at most every ``flush_ms`` or when ``flush_chars`` have piled up, and text that
+    came meanwhile goes at the end of that time though the engine then goes quiet."""
 
     def __init__(
         self,
@@ -106,7 +107,9 @@ class _Coalescer:
         self._buffered = 0
         self._seq = 0
         self._last = 0.0
-        self._due: asyncio.Handle | None = None  # the first text's send, when the stream pauses
+        # the send of what is buffered: the first text's, when the stream pauses; later text's,
+        # at the end of ``flush_ms``
+        self._due: asyncio.Handle | None = None
         self._sending: asyncio.Task[None] | None = None  # that send, under way
         self._held = False  # the reply is complete: the rest goes with the final delta
         self.sent_text = False  # text has gone (or is going) to the user
@@ -116,13 +119,22 @@ class _Coalescer:
         self._buffered += len(text)
         if self._held:
             return
+        sending = self._sending
+        if sending is not None and sending.done():  # a send of its own has failed: stop here
+            self._sending = None
+            if not sending.cancelled() and (failed := sending.exception()) is not None:
+                raise failed
         now = time.monotonic()
         if self._buffered >= self._chars or (self.sent_text and now - self._last >= self._interval):
             await self._flush(done=False)
             self._last = now
-        elif not self.sent_text and self._due is None:
-            # runs once this task waits: when the engine's stream pauses, not in a whole reply
-            self._due = asyncio.get_running_loop().call_soon(self._first)
+        elif self._due is None:
+            loop = asyncio.get_running_loop()
+            if not self.sent_text:
+                # runs once this task waits: when the engine's stream pauses, not in a whole reply
+                self._due = loop.call_soon(self._send_due)
+            else:  # unless more text comes after the time is up, and goes with it
+                self._due = loop.call_later(self._last + self._interval - now, self._send_due)
 
     def hold(self) -> None:
         """The reply is complete (or abandoned): what is buffered goes with the final delta."""
@@ -142,20 +154,25 @@ class _Coalescer:
         self.hold()
         await self._flush(done=True, joined=True)
 
-    def _first(self) -> None:
+    def _send_due(self) -> None:
         self._due = None
         if self._buffered and not self._held:
             self.sent_text = True
             self._last = time.monotonic()
-            self._sending = asyncio.create_task(self._emit(done=False))
+            self._sending = asyncio.create_task(self._emit_after(self._sending))
             # its failure (Fenced, Redis away) is raised by the next flush; none may follow
             self._sending.add_done_callback(_retrieved)
 
+    async def _emit_after(self, sending: asyncio.Task[None] | None) -> None:
+        if sending is not None:  # a send still under way goes first
+            await sending
+        await self._emit(done=False)
+
     async def _flush(self, *, done: bool, error: str | None = None, joined: bool = False) -> None:
-        if self._due is not None:  # text piled up before the stream paused: send it now
+        if self._due is not None:  # what is buffered goes now, with this delta
             self._due.cancel()
             self._due = None
-        if self._sending is not None:  # the first text's send goes first
+        if self._sending is not None:  # a send still under way goes first
             sending, self._sending = self._sending, None
             await sending
         await self._emit(done=done, error=error, joined=joined)

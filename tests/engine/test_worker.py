@@ -23,7 +23,14 @@ from frontdesk.engine.worker import ATTEMPTS_PER_REQUEUE, Worker, sweep_revival
 from frontdesk.errors import QueueUnavailable
 from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import ChatMessage, InboundMessage, ReplyDelta, Turn
-from tests.support import DiesMidway, RecordingChannel, pipeline, seed_conversation, until
+from tests.support import (
+    DiesMidway,
+    RecordingChannel,
+    Reply,
+    pipeline,
+    seed_conversation,
+    until,
+)
 
 
 class FailingBackend(FixedReplyBackend):
@@ -381,6 +388,58 @@ async def test_a_streamed_replys_first_text_goes_out_when_the_engine_pauses(
         ("first words,", False),
         (" then the rest", True),
     ]
+
+
+class GoesQuiet(FixedReplyBackend):
+    """Gives "Hello", " there" 50 ms later, then nothing until ``go`` (an engine busy with other
+    requests, or a slow tool), then the rest."""
+
+    def __init__(self) -> None:
+        super().__init__("Hello there, friend.")
+        self.go = asyncio.Event()
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        yield Chunk("Hello")
+        await asyncio.sleep(0.05)
+        yield Chunk(" there")
+        await self.go.wait()
+        yield Chunk(", friend.")
+        yield Chunk("", Usage(prompt.n_tokens, 3, "stop"))
+
+
+class Watching(RecordingChannel):
+    """Shows each reply's text as its deltas come (``shown``)."""
+
+    name = "watching"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown = ""
+
+    async def deliver(self, reply: ReplyStream) -> None:
+        got = Reply([])
+        async for delta in reply:
+            got.deltas.append(delta)
+            self.shown += delta.text
+        self.delivered.append(got)
+
+
+async def test_text_that_came_within_the_flush_time_goes_though_the_engine_then_goes_quiet(
+    make_settings,
+) -> None:
+    """ "Hello" goes at once; " there" comes within FRONTDESK_STREAM_FLUSH_MS after it, and goes
+    at that time's end while the engine is quiet, not only with the engine's next words."""
+    settings = make_settings(engine="fixed", stream_flush_ms=300)
+    backend, channel = GoesQuiet(), Watching()
+    async with pipeline(settings, backend, channels=[channel]) as p:
+        task = await p.gateway.handle(channel.message("hi"), channel)
+        assert task is not None
+        await until(lambda: channel.shown == "Hello there", within=10)
+        backend.go.set()
+        await asyncio.wait_for(task, 10)
+    [reply] = channel.delivered
+    assert reply.text == "Hello there, friend." and reply.deltas[-1].done
+    assert [d.text for d in reply.deltas[:2]] == ["Hello", " there"]
 
 
 class BreaksAtOnce(FixedReplyBackend):
