@@ -146,7 +146,13 @@ class Channel(Protocol):
 
     A channel whose platform delivers a message again until it is acked sets ``redelivers =
     True``: when the gateway cannot store a message, ``handle`` raises ``NotAccepted`` instead of
-    apologising, and the channel leaves the message unacked."""
+    apologising, and the channel leaves the message unacked.
+
+    A channel whose platform shows a reply's progress at most every so often (its edits are
+    rate-limited) sets ``shows_every_s`` to that interval: the worker then sends the reply's
+    deltas no more often (``FRONTDESK_STREAM_FLUSH_MS`` when that is slower), rather than ten a
+    second for the channel to merge. Its first text still goes at once, and its last with the
+    stored reply."""
 
     name: str
 

@@ -409,6 +409,7 @@ class Gateway:
             route=msg.route() if anywhere else None,
             user=f"{msg.platform}:{msg.user_id}",
             burst_ms=self.settings.burst_ms if getattr(channel, "bursts", False) else 0,
+            flush_ms=round(1000 * getattr(channel, "shows_every_s", 0)),
         )
         # the turn's log lines carry its ids, its reply's delivery task's too
         with logfmt.turn_scope(turn.turn_id, turn.conversation_id, msg.platform):

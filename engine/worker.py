@@ -549,12 +549,13 @@ class Worker:
     def _coalescer(
         self, turn: Turn, delivery: Delivery, gateway: str, route: dict[str, Any] | None
     ) -> _Coalescer:
-        """What sends the turn's reply deltas to ``gateway`` (``route`` on the first)."""
+        """What sends the turn's reply deltas to ``gateway`` (``route`` on the first), at the
+        pace its channel shows them at, or FRONTDESK_STREAM_FLUSH_MS's when that is slower."""
         return _Coalescer(
             turn.turn_id,
             turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries,
             self._sender(gateway, delivery.entry_id),
-            self.settings.stream_flush_ms,
+            max(self.settings.stream_flush_ms, turn.flush_ms),
             self.settings.stream_flush_chars,
             route,
         )

@@ -104,6 +104,9 @@ class Turn:
     # FRONTDESK_BURST_MS: the turn starts once its message is this old, and joins a later
     # message's turn if one came meanwhile; 0 (a console's, a swept turn's): at once
     burst_ms: int = 0
+    # how often at most the reply's channel shows its progress (``Channel.shows_every_s``): its
+    # deltas go no more often than this; 0 (a console's, a swept turn's): FRONTDESK_STREAM_FLUSH_MS
+    flush_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,6 +121,9 @@ class SlackChannel(SlackNames, SlackDesk):
     def __init__(self, settings: Settings) -> None:
         assert settings.slack_bot_token, "SlackChannel needs FRONTDESK_SLACK_BOT_TOKEN"
         self.settings = settings
+        # a reply's message is updated at most this often (LiveReply): its deltas need come no
+        # faster
+        self.shows_every_s = settings.slack_edit_interval
         self._allowed_channels = set(settings.slack_allowed_channels)
         self._allowed_users = set(settings.slack_allowed_users)
         self._refused: set[str] = set()  # users and channels told once that they are refused

@@ -69,6 +69,8 @@ class TelegramChannel(TelegramDesk):
     def __init__(self, settings: Settings) -> None:
         assert settings.telegram_token, "TelegramChannel needs FRONTDESK_TELEGRAM_TOKEN"
         self.settings = settings
+        # a reply is edited at most this often (LiveReply): its deltas need come no faster
+        self.shows_every_s = settings.telegram_edit_interval
         self._token = settings.telegram_token
         allowed = [u.strip() for u in settings.telegram_allowed_users]
         self._allowed_ids = {u for u in allowed if u.lstrip("-").isdigit()}

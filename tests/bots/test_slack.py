@@ -28,6 +28,7 @@ from frontdesk.bots.slack.reply import LIMIT, PLACEHOLDER
 from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.errors import ConfigError
 from frontdesk.wire import ChatMessage
@@ -336,9 +337,18 @@ async def test_a_reply_streams_into_a_placeholder_within_the_update_limits(
 ) -> None:
     words = " ".join(f"word{i}" for i in range(60))
     backend = SlowBackend(f"**Streaming** {words}", gap_s=0.05)  # about 3 s of tokens
-    async with running(fake, slack_settings(max_new_tokens=200), backend) as slack:
+    settings = slack_settings(max_new_tokens=200, stream_flush_ms=20)
+    async with running(fake, settings, backend) as slack:
+        started = time.monotonic()
         await slack.send(fake.dm("stream please"))
         [message] = await slack.settled(DM)
+        took = time.monotonic() - started
+        queue = slack.p.queue
+        assert isinstance(queue, RedisQueue)
+        deltas = await queue.redis.xrange(queue.reply_prefix + slack.p.gateway.id)
+    # the worker sent the reply's deltas no faster than Slack shows them (an update a second),
+    # not every FRONTDESK_STREAM_FLUSH_MS for the gateway to merge
+    assert 3 <= len(deltas) <= 2 + took / 1.0
     # the first words came at once, so they were posted instead of a placeholder (how many of
     # them is timing: the words come 50 ms apart); then the message grew by updates
     assert message["texts"][0].startswith("*Streaming*")

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,10 +25,11 @@ from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
+from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.errors import FrontdeskError
 from tests.fakes.telegram_api import FakeTelegram, parse_html
-from tests.support import DiesMidway, Pipeline, pipeline
+from tests.support import DiesMidway, Pipeline, Steady, pipeline
 
 ALICE = 1001
 
@@ -298,6 +300,26 @@ async def test_text_that_came_within_the_edit_interval_shows_though_the_engine_t
     assert reply["text"] == "Hello there, friend."
     assert reply["texts"][-2:] == ["Hello there", "Hello there, friend."]
     assert len(fake.calls_to("sendMessage", ALICE)) == 1
+
+
+async def test_a_streamed_reply_s_deltas_come_no_faster_than_telegram_shows_them(
+    fake: FakeTelegram, tg_settings
+) -> None:
+    """A reply is shown by edits at most every FRONTDESK_TELEGRAM_EDIT_INTERVAL (0.5 s here):
+    the worker sends its deltas no faster (not every FRONTDESK_STREAM_FLUSH_MS for the gateway to
+    merge), and the edits still show it growing."""
+    settings = tg_settings(stream_flush_ms=20, max_new_tokens=1000)
+    backend = Steady(75)  # 1.5 s of words
+    async with running(settings, backend) as (p, _channel):
+        started = time.monotonic()
+        fake.private_message("Count for me.")
+        [reply] = await settled(fake, p, ALICE)
+        took = time.monotonic() - started
+        assert isinstance(p.queue, RedisQueue)
+        deltas = await p.queue.redis.xrange(p.queue.reply_prefix + p.gateway.id)
+    assert reply["text"] == backend.reply
+    assert len(fake.calls_to("editMessageText", ALICE)) >= 2  # grown as it streamed
+    assert 3 <= len(deltas) <= 2 + took / 0.5
 
 
 async def test_a_reply_cut_off_by_a_dead_engine_is_replaced_by_the_new_answer(

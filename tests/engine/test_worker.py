@@ -27,6 +27,7 @@ from tests.support import (
     DiesMidway,
     RecordingChannel,
     Reply,
+    Steady,
     pipeline,
     seed_conversation,
     until,
@@ -440,6 +441,31 @@ async def test_text_that_came_within_the_flush_time_goes_though_the_engine_then_
     [reply] = channel.delivered
     assert reply.text == "Hello there, friend." and reply.deltas[-1].done
     assert [d.text for d in reply.deltas[:2]] == ["Hello", " there"]
+
+
+class Paced(RecordingChannel):
+    """A channel whose platform shows a reply's progress at most every 0.4 s (Telegram's edits:
+    every 1.5 s)."""
+
+    name = "paced"
+    shows_every_s = 0.4
+
+
+async def test_a_reply_s_deltas_come_no_faster_than_its_channel_shows_them(make_settings) -> None:
+    """The same streamed reply, to a channel that shows each delta and to one that shows the
+    reply's progress every 0.4 s: the first gets a delta every FRONTDESK_STREAM_FLUSH_MS, the
+    second its first text at once, then at most one every 0.4 s, then the last."""
+    settings = make_settings(engine="fixed", stream_flush_ms=20, max_new_tokens=1000)
+    backend, paced = Steady(60), Paced()
+    async with pipeline(settings, backend, channels=[paced]) as p:
+        each = await p.channel.say("go")
+        started = time.monotonic()
+        slow = await paced.say("go")
+        took = time.monotonic() - started
+    assert each is not None and slow is not None
+    assert each.text == slow.text == backend.reply
+    assert len(each.deltas) >= 20
+    assert 3 <= len(slow.deltas) <= 2 + took / 0.4
 
 
 class BreaksAtOnce(FixedReplyBackend):
