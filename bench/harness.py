@@ -74,12 +74,15 @@ async def closed_loop(
 
 
 class TimingChannel:
-    """A channel that sends one message per request and times its reply's first text."""
+    """A channel that sends one message per request and times its reply's first text.
+    ``shows_every_s``: how often at most it shows a reply's progress (``Channel``), as Telegram
+    (1.5 s) and Slack (1 s) do; 0: each delta as it comes, as the console does."""
 
     name = "bench"
 
-    def __init__(self) -> None:
+    def __init__(self, shows_every_s: float = 0.0) -> None:
         self.gateway: Gateway | None = None
+        self.shows_every_s = shows_every_s
         self._first: dict[str, float] = {}
 
     async def start(self, gateway: Gateway) -> None:
@@ -110,9 +113,11 @@ class TimingChannel:
 
 
 @contextlib.asynccontextmanager
-async def frontdesk_path(settings: Settings, backend: Backend) -> AsyncIterator[TimingChannel]:
+async def frontdesk_path(
+    settings: Settings, backend: Backend, shows_every_s: float = 0.0
+) -> AsyncIterator[TimingChannel]:
     """Store, a gateway and a worker (each with its own Redis connection, as separate processes
-    would have) on ``backend``; the channel that talks to them."""
+    would have) on ``backend``; the channel that talks to them (``TimingChannel``)."""
     assert settings.redis_url is not None
     async with contextlib.AsyncExitStack() as stack:
         store = Store(settings.database_url)
@@ -127,7 +132,7 @@ async def frontdesk_path(settings: Settings, backend: Backend) -> AsyncIterator[
         worker = Worker(settings, queues[0], store, backend)
         await worker.start()
         stack.push_async_callback(worker.stop)
-        channel = TimingChannel()
+        channel = TimingChannel(shows_every_s)
         gateway = Gateway(settings, queues[1], store, [channel])
         await gateway.start()
         stack.push_async_callback(gateway.stop)
@@ -147,11 +152,16 @@ async def stored_tokens(database_url: str) -> int:
 
 
 async def through_frontdesk(
-    settings: Settings, backend: Backend, requests: int, in_flight: int
+    settings: Settings,
+    backend: Backend,
+    requests: int,
+    in_flight: int,
+    shows_every_s: float = 0.0,
 ) -> Run:
-    """``requests`` questions, each in a new conversation, through the full frontdesk path."""
+    """``requests`` questions, each in a new conversation, through the full frontdesk path, to
+    a channel that shows progress every ``shows_every_s`` (``TimingChannel``)."""
     run_id = uuid.uuid4().hex[:6]
-    async with frontdesk_path(settings, backend) as channel:
+    async with frontdesk_path(settings, backend, shows_every_s) as channel:
         before = await stored_tokens(settings.database_url)
 
         async def request(n: int) -> tuple[float, int]:
