@@ -10,7 +10,8 @@ noisy machine.
    ids frontdesk renders, and the full frontdesk path (gateway → Redis → worker → vLLM → reply
    stream → gateway, PostgreSQL storing both sides). vLLM's prefix cache is emptied before each
    run. Prints tokens/s both ways and their ratio, the batching gain (32 over 1, through
-   frontdesk), the time to first token that frontdesk adds and this process's CPU both ways.
+   frontdesk), the time to first token that frontdesk adds, this process's CPU both ways and
+   the deltas a reply came in.
    ``--channel-pace S``: the frontdesk way's channel shows a reply's progress every S seconds,
    as Telegram's and Slack's do (its replies then get a delta about that often), rather than
    each delta as it comes, as the console does.
@@ -145,9 +146,10 @@ async def vllm_throughput(
 
 def _said(what: str, run: Run) -> Run:
     """Print one run as it ends (a long benchmark shows it is alive)."""
+    deltas = f", {run.deltas / len(run.ttft):.0f} deltas a reply" if run.deltas else ""
     print(
         f"  {what}: {run.tokens} tokens in {run.wall:.1f} s = {run.rate:.1f} tok/s, "
-        f"CPU here {run.cpu / run.wall:.0%}"
+        f"CPU here {run.cpu / run.wall:.1%}{deltas}"
     )
     return run
 
@@ -477,16 +479,17 @@ def report_vllm(rows: list[tuple[int, Run, Run]], shows_every_s: float) -> None:
         print(f"(to a channel that shows a reply's progress every {shows_every_s:g} s)\n")
     print(
         "| in flight | direct tok/s | frontdesk tok/s | ratio | TTFT p50 direct | "
-        "TTFT p50 frontdesk | added | CPU here direct / frontdesk |"
+        "TTFT p50 frontdesk | added | CPU here direct / frontdesk | deltas a reply |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for in_flight, direct, frontdesk in rows:
         d50, f50 = pct(direct.ttft, 50), pct(frontdesk.ttft, 50)
         print(
             f"| {in_flight} | {direct.rate:.1f} | {frontdesk.rate:.1f} | "
             f"{frontdesk.rate / direct.rate:.3f} | {d50 * 1000:.0f} ms | {f50 * 1000:.0f} ms | "
             f"{(f50 - d50) * 1000:+.0f} ms | "
-            f"{direct.cpu / direct.wall:.1%} / {frontdesk.cpu / frontdesk.wall:.1%} |"
+            f"{direct.cpu / direct.wall:.1%} / {frontdesk.cpu / frontdesk.wall:.1%} | "
+            f"{frontdesk.deltas / len(frontdesk.ttft):.0f} |"
         )
     by_level = {in_flight: (d, f) for in_flight, d, f in rows}
     if 1 in by_level and max(by_level) > 1:

@@ -41,12 +41,14 @@ def question(n: int) -> str:
 @dataclass
 class Run:
     """One closed-loop run: wall seconds, completion tokens, each request's time to first token,
-    and the CPU seconds this process spent (the engine core is a process of its own)."""
+    the CPU seconds this process spent (the engine core is a process of its own), and through
+    frontdesk the reply deltas the channel got."""
 
     wall: float
     tokens: int
     ttft: list[float] = field(default_factory=list)
     cpu: float = 0.0
+    deltas: int = 0
 
     @property
     def rate(self) -> float:
@@ -83,6 +85,7 @@ class TimingChannel:
     def __init__(self, shows_every_s: float = 0.0) -> None:
         self.gateway: Gateway | None = None
         self.shows_every_s = shows_every_s
+        self.deltas = 0  # every reply's, as they came
         self._first: dict[str, float] = {}
 
     async def start(self, gateway: Gateway) -> None:
@@ -93,6 +96,7 @@ class TimingChannel:
 
     async def deliver(self, reply: ReplyStream) -> None:
         async for delta in reply:
+            self.deltas += 1
             if delta.error:
                 raise RuntimeError(f"turn failed: {delta.error}")
             if delta.text:
@@ -168,6 +172,7 @@ async def through_frontdesk(
             return await channel.say(f"{run_id}-{n}", question(n)), 0
 
         run = await closed_loop(request, requests, in_flight)
+        run.deltas = channel.deltas
     run.tokens = await stored_tokens(settings.database_url) - before
     return run
 
@@ -208,6 +213,7 @@ def pooled(runs: list[Run]) -> Run:
         tokens=sum(r.tokens for r in runs),
         ttft=[t for r in runs for t in r.ttft],
         cpu=sum(r.cpu for r in runs),
+        deltas=sum(r.deltas for r in runs),
     )
 
 
