@@ -160,7 +160,8 @@ class _Coalescer:
             self.sent_text = True
             self._last = time.monotonic()
             self._sending = asyncio.create_task(self._emit_after(self._sending))
-            # its failure (Fenced, Redis away) is raised by the next flush; none may follow
+            # its failure (Fenced, Redis away) is raised by the next text added, or the next
+            # flush; none may follow
             self._sending.add_done_callback(_retrieved)
 
     async def _emit_after(self, sending: asyncio.Task[None] | None) -> None:
