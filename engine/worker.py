@@ -85,8 +85,9 @@ class _Coalescer:
     """Batches text deltas. The first text goes out as soon as the engine's stream pauses (time
     to first token matters), or once ``flush_chars`` have piled up; a reply the engine gives
     whole, without pausing, goes out in one delta when it is stored. After the first text, the
-    rest goes at most every ``flush_ms`` or when ``flush_chars`` have piled up, and text that
-    came meanwhile goes at the end of that time though the engine then goes quiet."""
+    rest goes with the engine's next words once ``flush_ms`` is up, or when ``flush_chars`` have
+    piled up; text that waits for words the engine does not give (it goes quiet: a busy engine, a
+    slow tool) goes once it has been quiet for ``flush_ms``."""
 
     def __init__(
         self,
@@ -106,9 +107,10 @@ class _Coalescer:
         self._buffer: list[str] = []
         self._buffered = 0
         self._seq = 0
-        self._last = 0.0
+        self._last = 0.0  # when the last delta went
+        self._latest = 0.0  # when the engine's latest text came
         # the send of what is buffered: the first text's, when the stream pauses; later text's,
-        # at the end of ``flush_ms``
+        # once the engine has been quiet for ``flush_ms`` (``_quiet``)
         self._due: asyncio.Handle | None = None
         self._sending: asyncio.Task[None] | None = None  # that send, under way
         self._held = False  # the reply is complete: the rest goes with the final delta
@@ -124,7 +126,7 @@ class _Coalescer:
             self._sending = None
             if not sending.cancelled() and (failed := sending.exception()) is not None:
                 raise failed
-        now = time.monotonic()
+        now = self._latest = time.monotonic()
         if self._buffered >= self._chars or (self.sent_text and now - self._last >= self._interval):
             await self._flush(done=False)
             self._last = now
@@ -133,8 +135,8 @@ class _Coalescer:
             if not self.sent_text:
                 # runs once this task waits: when the engine's stream pauses, not in a whole reply
                 self._due = loop.call_soon(self._send_due)
-            else:  # unless more text comes after the time is up, and goes with it
-                self._due = loop.call_later(self._last + self._interval - now, self._send_due)
+            else:  # in a steady stream, the next words come first and send it
+                self._due = loop.call_later(self._interval, self._quiet)
 
     def hold(self) -> None:
         """The reply is complete (or abandoned): what is buffered goes with the final delta."""
@@ -153,6 +155,14 @@ class _Coalescer:
         """End the reply with nothing shown: a later message's turn answers for this one."""
         self.hold()
         await self._flush(done=True, joined=True)
+
+    def _quiet(self) -> None:
+        """Send what is buffered once no text has come for ``flush_ms``."""
+        wait = self._latest + self._interval - time.monotonic()
+        if wait > 0:  # text came meanwhile: the engine is not quiet
+            self._due = asyncio.get_running_loop().call_later(wait, self._quiet)
+        else:
+            self._send_due()
 
     def _send_due(self) -> None:
         self._due = None

@@ -429,7 +429,7 @@ async def test_text_that_came_within_the_flush_time_goes_though_the_engine_then_
     make_settings,
 ) -> None:
     """ "Hello" goes at once; " there" comes within FRONTDESK_STREAM_FLUSH_MS after it, and goes
-    at that time's end while the engine is quiet, not only with the engine's next words."""
+    once the engine has been quiet that long, not only with the engine's next words."""
     settings = make_settings(engine="fixed", stream_flush_ms=300)
     backend, channel = GoesQuiet(), Watching()
     async with pipeline(settings, backend, channels=[channel]) as p:
