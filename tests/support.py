@@ -76,6 +76,23 @@ class DiesMidway(FixedReplyBackend):
         raise EngineDead("the vLLM engine died: core gone")
 
 
+class PausesAfterTwoWords(FixedReplyBackend):
+    """Gives "Hello", then " there" ``pause_s`` later, then nothing until ``go_on`` is set (an
+    engine busy with other requests, or a slow tool), then the rest."""
+
+    def __init__(self, pause_s: float) -> None:
+        super().__init__("Hello there, friend.")
+        self.pause_s = pause_s
+        self.go_on = asyncio.Event()
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        yield Chunk("Hello")
+        await asyncio.sleep(self.pause_s)
+        yield Chunk(" there")
+        await self.go_on.wait()
+        yield Chunk(", friend.")
+
+
 class Steady(FixedReplyBackend):
     """Streams ``words`` words, one every 20 ms, as an engine streams tokens."""
 

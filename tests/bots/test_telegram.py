@@ -22,14 +22,14 @@ from telegram.ext import ApplicationBuilder
 
 from frontdesk import texts
 from frontdesk.bots.telegram import TelegramChannel
-from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
+from frontdesk.engine.backends import Backend
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
 from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.errors import FrontdeskError
 from tests.fakes.telegram_api import FakeTelegram, parse_html
-from tests.support import DiesMidway, Pipeline, Steady, pipeline
+from tests.support import DiesMidway, PausesAfterTwoWords, Pipeline, Steady, pipeline
 
 ALICE = 1001
 
@@ -267,29 +267,14 @@ async def test_forum_topic_is_its_own_conversation(fake: FakeTelegram, tg_settin
     assert f"{group}:7" in keys
 
 
-class PausesAfterTwoWords(FixedReplyBackend):
-    """Gives "Hello", then " there" 0.3 s later, then nothing until ``go_on`` is set (an engine
-    busy with other requests, or a slow tool), then the rest."""
-
-    def __init__(self) -> None:
-        super().__init__("Hello there, friend.")
-        self.go_on = asyncio.Event()
-
-    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
-        yield Chunk("Hello")
-        await asyncio.sleep(0.3)
-        yield Chunk(" there")
-        await self.go_on.wait()
-        yield Chunk(", friend.")
-
-
 async def test_text_that_came_within_the_edit_interval_shows_though_the_engine_then_goes_quiet(
     fake: FakeTelegram, tg_settings
 ) -> None:
-    """ "Hello" shows at once, " there" comes within the edit interval after it: it shows at the
-    interval's end, while the engine is quiet, not only with the engine's next words."""
+    """ "Hello" shows at once, " there" comes within the edit interval after it: it shows while
+    the engine is quiet (once it has been quiet an interval: the worker sends a Telegram reply's
+    deltas at that pace), not only with the engine's next words."""
     settings = tg_settings(telegram_edit_interval=1.0)
-    backend = PausesAfterTwoWords()
+    backend = PausesAfterTwoWords(0.3)
     async with running(settings, backend) as (p, _channel):
         fake.private_message("Say hello.")
         await fake.wait_for(

@@ -25,6 +25,7 @@ from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import ChatMessage, InboundMessage, ReplyDelta, Turn
 from tests.support import (
     DiesMidway,
+    PausesAfterTwoWords,
     RecordingChannel,
     Reply,
     Steady,
@@ -391,23 +392,6 @@ async def test_a_streamed_replys_first_text_goes_out_when_the_engine_pauses(
     ]
 
 
-class GoesQuiet(FixedReplyBackend):
-    """Gives "Hello", " there" 50 ms later, then nothing until ``go`` (an engine busy with other
-    requests, or a slow tool), then the rest."""
-
-    def __init__(self) -> None:
-        super().__init__("Hello there, friend.")
-        self.go = asyncio.Event()
-
-    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
-        yield Chunk("Hello")
-        await asyncio.sleep(0.05)
-        yield Chunk(" there")
-        await self.go.wait()
-        yield Chunk(", friend.")
-        yield Chunk("", Usage(prompt.n_tokens, 3, "stop"))
-
-
 class Watching(RecordingChannel):
     """Shows each reply's text as its deltas come (``shown``)."""
 
@@ -431,12 +415,12 @@ async def test_text_that_came_within_the_flush_time_goes_though_the_engine_then_
     """ "Hello" goes at once; " there" comes within FRONTDESK_STREAM_FLUSH_MS after it, and goes
     once the engine has been quiet that long, not only with the engine's next words."""
     settings = make_settings(engine="fixed", stream_flush_ms=300)
-    backend, channel = GoesQuiet(), Watching()
+    backend, channel = PausesAfterTwoWords(0.05), Watching()
     async with pipeline(settings, backend, channels=[channel]) as p:
         task = await p.gateway.handle(channel.message("hi"), channel)
         assert task is not None
         await until(lambda: channel.shown == "Hello there", within=10)
-        backend.go.set()
+        backend.go_on.set()
         await asyncio.wait_for(task, 10)
     [reply] = channel.delivered
     assert reply.text == "Hello there, friend." and reply.deltas[-1].done
