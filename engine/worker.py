@@ -121,8 +121,9 @@ class _Coalescer:
         self._buffered += len(text)
         if self._held:
             return
+        # a timed send that is over: its failure (Fenced, Redis away) stops the reply here
         sending = self._sending
-        if sending is not None and sending.done():  # a send of its own has failed: stop here
+        if sending is not None and sending.done():
             self._sending = None
             if not sending.cancelled() and (failed := sending.exception()) is not None:
                 raise failed
