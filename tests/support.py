@@ -93,6 +93,21 @@ class PausesAfterTwoWords(FixedReplyBackend):
         yield Chunk(", friend.")
 
 
+class SlowBackend(FixedReplyBackend):
+    """A fixed reply whose first token comes ``delay_s`` late and whose words then come
+    ``gap_s`` apart: a busy engine, or a long streamed answer."""
+
+    def __init__(self, reply: str, *, delay_s: float = 0.0, gap_s: float = 0.0) -> None:
+        super().__init__(reply, words_per_chunk=1)
+        self.delay_s, self.gap_s = delay_s, gap_s
+
+    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
+        await asyncio.sleep(self.delay_s)
+        async for chunk in super().stream(prompt, params):
+            yield chunk
+            await asyncio.sleep(self.gap_s)
+
+
 class Steady(FixedReplyBackend):
     """Streams ``words`` words, one every 20 ms, as an engine streams tokens."""
 

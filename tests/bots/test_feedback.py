@@ -15,11 +15,11 @@ from frontdesk.bots.slack import SlackChannel
 from frontdesk.bots.slack.reply import RATE_DOWN, RATE_UP
 from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends.fixed import FixedReplyBackend
-from tests.bots.test_slack import DM, SlowBackend
+from tests.bots.test_slack import DM
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.storage.test_logs_cli import as_json, invoke
-from tests.support import free_port, pipeline
+from tests.support import SlowBackend, free_port, pipeline
 
 ALICE = 1001
 

@@ -25,7 +25,7 @@ from frontdesk import texts
 from frontdesk.bots.slack import SlackChannel
 from frontdesk.bots.slack.mrkdwn import to_mrkdwn
 from frontdesk.bots.slack.reply import LIMIT, PLACEHOLDER
-from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
+from frontdesk.engine.backends import Backend, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
 from frontdesk.engine.queue import RedisQueue
@@ -33,7 +33,7 @@ from frontdesk.engine.worker import Worker
 from frontdesk.errors import ConfigError
 from frontdesk.wire import ChatMessage
 from tests.fakes.slack_api import FakeSlack
-from tests.support import DiesMidway, Pipeline, free_port, pipeline, until
+from tests.support import DiesMidway, Pipeline, SlowBackend, free_port, pipeline, until
 
 DM = "D0ALICE"
 SUPPORT = "C0SUPPORT"
@@ -110,21 +110,6 @@ class RecordingBackend(FixedReplyBackend):
     def render(self, messages: Sequence[ChatMessage]) -> Prompt:
         self.prompts.append(list(messages))
         return super().render(messages)
-
-
-class SlowBackend(FixedReplyBackend):
-    """A fixed reply whose first token comes ``delay_s`` late and whose words then come
-    ``gap_s`` apart: a busy engine, or a long streamed answer."""
-
-    def __init__(self, reply: str, *, delay_s: float = 0.0, gap_s: float = 0.0) -> None:
-        super().__init__(reply, words_per_chunk=1)
-        self.delay_s, self.gap_s = delay_s, gap_s
-
-    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
-        await asyncio.sleep(self.delay_s)
-        async for chunk in super().stream(prompt, params):
-            yield chunk
-            await asyncio.sleep(self.gap_s)
 
 
 async def test_a_dm_and_a_mention_are_each_answered_once_in_their_thread(
