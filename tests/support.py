@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frontdesk.bots import Channel, Gateway, ReplyStream
-from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt, Usage
+from frontdesk.engine.backends import Backend, Chunk, GenerationParams, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import TurnQueue, make_queue
 from frontdesk.engine.worker import Worker
@@ -106,20 +106,6 @@ class SlowBackend(FixedReplyBackend):
         async for chunk in super().stream(prompt, params):
             yield chunk
             await asyncio.sleep(self.gap_s)
-
-
-class Steady(FixedReplyBackend):
-    """Streams ``words`` words, one every 20 ms, as an engine streams tokens."""
-
-    def __init__(self, words: int) -> None:
-        super().__init__(" ".join(f"w{i}" for i in range(words)))
-
-    async def stream(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Chunk]:
-        words = self.reply.split(" ")
-        for i, word in enumerate(words):
-            await asyncio.sleep(0.02)
-            yield Chunk(word if i == 0 else f" {word}")
-        yield Chunk("", Usage(prompt.n_tokens, len(words), "stop"))
 
 
 class RecordingChannel:

@@ -29,7 +29,7 @@ from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.errors import FrontdeskError
 from tests.fakes.telegram_api import FakeTelegram, parse_html
-from tests.support import DiesMidway, PausesAfterTwoWords, Pipeline, Steady, pipeline
+from tests.support import DiesMidway, PausesAfterTwoWords, Pipeline, SlowBackend, pipeline
 
 ALICE = 1001
 
@@ -294,7 +294,7 @@ async def test_a_streamed_reply_s_deltas_come_no_faster_than_telegram_shows_them
     the worker sends its deltas no faster (not every FRONTDESK_STREAM_FLUSH_MS for the gateway to
     merge), and the edits still show it growing."""
     settings = tg_settings(stream_flush_ms=20, max_new_tokens=1000)
-    backend = Steady(75)  # 1.5 s of words
+    backend = SlowBackend(" ".join(f"w{i}" for i in range(75)), gap_s=0.02)  # 1.5 s
     async with running(settings, backend) as (p, _channel):
         started = time.monotonic()
         fake.private_message("Count for me.")

@@ -28,7 +28,7 @@ from tests.support import (
     PausesAfterTwoWords,
     RecordingChannel,
     Reply,
-    Steady,
+    SlowBackend,
     pipeline,
     seed_conversation,
     until,
@@ -440,7 +440,8 @@ async def test_a_reply_s_deltas_come_no_faster_than_its_channel_shows_them(make_
     reply's progress every 0.4 s: the first gets a delta every FRONTDESK_STREAM_FLUSH_MS, the
     second its first text at once, then at most one every 0.4 s, then the last."""
     settings = make_settings(engine="fixed", stream_flush_ms=20, max_new_tokens=1000)
-    backend, paced = Steady(60), Paced()
+    backend = SlowBackend(" ".join(f"w{i}" for i in range(60)), gap_s=0.02)  # 1.2 s
+    paced = Paced()
     async with pipeline(settings, backend, channels=[paced]) as p:
         each = await p.channel.say("go")
         started = time.monotonic()
