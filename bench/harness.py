@@ -56,15 +56,21 @@ class Run:
 
 
 async def closed_loop(
-    request: Callable[[int], Awaitable[tuple[float, int]]], requests: int, in_flight: int
+    request: Callable[[int], Awaitable[tuple[float, int]]],
+    requests: int,
+    in_flight: int,
+    pause_s: float = 0.0,
 ) -> Run:
-    """``in_flight`` clients, each sending its next request when the last is answered, until
-    ``requests`` are done. ``request(n)`` returns (time to first token, tokens or 0)."""
+    """``in_flight`` clients, each sending its next request when the last is answered (after
+    ``pause_s``), until ``requests`` are done. ``request(n)`` returns (time to first token,
+    tokens or 0)."""
     pending = iter(range(requests))
     run = Run(0.0, 0)
 
     async def client() -> None:
         for n in pending:
+            if pause_s:
+                await asyncio.sleep(pause_s)
             ttft, tokens = await request(n)
             run.ttft.append(ttft)
             run.tokens += tokens
@@ -161,9 +167,11 @@ async def through_frontdesk(
     requests: int,
     in_flight: int,
     shows_every_s: float = 0.0,
+    pause_s: float = 0.0,
 ) -> Run:
     """``requests`` questions, each in a new conversation, through the full frontdesk path, to
-    a channel that shows progress every ``shows_every_s`` (``TimingChannel``)."""
+    a channel that shows progress every ``shows_every_s`` (``TimingChannel``); each client
+    pauses ``pause_s`` before each (``closed_loop``)."""
     run_id = uuid.uuid4().hex[:6]
     async with frontdesk_path(settings, backend, shows_every_s) as channel:
         before = await stored_tokens(settings.database_url)
@@ -171,7 +179,7 @@ async def through_frontdesk(
         async def request(n: int) -> tuple[float, int]:
             return await channel.say(f"{run_id}-{n}", question(n)), 0
 
-        run = await closed_loop(request, requests, in_flight)
+        run = await closed_loop(request, requests, in_flight, pause_s)
         run.deltas = channel.deltas
     run.tokens = await stored_tokens(settings.database_url) - before
     return run
