@@ -145,8 +145,10 @@ async def vllm_throughput(
             return _said(f"vllm {in_flight:>2} in flight,    direct", run)
 
         async def frontdesk(in_flight: int = in_flight, requests: int = requests) -> Run:
-            await vllm.engine.reset_prefix_cache()
-            run = await through_frontdesk(settings, vllm, requests, in_flight, shows_every_s)
+            run = await through_frontdesk(
+                settings, vllm, requests, in_flight, shows_every_s,
+                fresh=vllm.engine.reset_prefix_cache,
+            )  # fmt: skip
             return _said(f"vllm {in_flight:>2} in flight, frontdesk", run)
 
         rows.append((in_flight, *await alternate(direct, frontdesk, rounds)))
@@ -172,11 +174,13 @@ async def first_tokens(
     times: dict[tuple[str, float], list[float]] = {way: [] for way in ways}
     for r in range(rounds):
         for way, pause in reversed(ways) if r % 2 else ways:
-            await vllm.engine.reset_prefix_cache()
             if way == "direct":
+                await vllm.engine.reset_prefix_cache()
                 run = await vllm_direct(vllm, short, requests, 1, pause)
             else:
-                run = await through_frontdesk(short, vllm, requests, 1, pause_s=pause)
+                run = await through_frontdesk(
+                    short, vllm, requests, 1, pause_s=pause, fresh=vllm.engine.reset_prefix_cache
+                )
             times[way, pause] += run.ttft
             print(f"  first tokens, {way}, pause {pause * 1000:.0f} ms: p50 "
                   f"{pct(run.ttft, 50) * 1000:.1f} ms")  # fmt: skip
@@ -498,9 +502,11 @@ async def other_backends(
             llama._llm.reset()
             return await llamacpp_direct(llama, settings, requests)
 
-        async def frontdesk() -> Run:
+        async def empty_cache() -> None:
             llama._llm.reset()
-            return await through_frontdesk(settings, llama, requests, 1)
+
+        async def frontdesk() -> Run:
+            return await through_frontdesk(settings, llama, requests, 1, fresh=empty_cache)
 
         await through_frontdesk(settings, llama, 1, 1)  # warm-up
         rows.append(("llama.cpp in-process", *await alternate(direct, frontdesk, rounds)))
