@@ -180,8 +180,10 @@ async def through_frontdesk(
     engine's state the direct way's start from (an empty prefix cache or KV cache)."""
     run_id = uuid.uuid4().hex[:6]
     async with frontdesk_path(settings, backend, shows_every_s) as channel:
+        # questions of their own: an engine that keeps the last request's cache (llama.cpp's
+        # server) must not find a timed question's whole prompt in it
         await asyncio.gather(
-            *(channel.say(f"{run_id}-warm-{c}", question(c)) for c in range(in_flight))
+            *(channel.say(f"{run_id}-warm-{c}", question(requests + c)) for c in range(in_flight))
         )
         channel.deltas = 0
         if fresh is not None:
