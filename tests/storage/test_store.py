@@ -368,6 +368,21 @@ async def test_a_store_compiles_its_turn_statements_at_first_use_not_when_opened
         await store.stop()
 
 
+async def test_one_turn_at_a_time_runs_on_the_connection_used_last(pg_database: str) -> None:
+    """A pool hands out the connection used last (most recent first): at a quiet hour the
+    turns run on one warm connection, not on each of the pool's in turn."""
+    store = Store(pg_database, pool_size=5)
+    await store.start()
+    try:
+        pids = []
+        for _ in range(4):
+            async with store.connect() as conn:
+                pids.append((await conn.execute(sql("SELECT pg_backend_pid()"))).scalar_one())
+        assert len(set(pids)) == 1
+    finally:
+        await store.stop()
+
+
 async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat: str) -> None:
     from datetime import UTC, datetime, timedelta
 
