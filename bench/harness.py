@@ -131,7 +131,7 @@ async def frontdesk_path(
     assert settings.redis_url is not None
     async with contextlib.AsyncExitStack() as stack:
         store = Store(settings.database_url)
-        await store.start(migrate=True)
+        await store.start(migrate=True, warm=True)  # as frontdesk's processes start theirs
         stack.push_async_callback(store.stop)
         queues = []
         for consumer in ("worker", "gateway"):

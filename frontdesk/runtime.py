@@ -33,9 +33,10 @@ async def _enter(stack: contextlib.AsyncExitStack, piece: Any, **start_options: 
 
 
 async def open_store(stack: contextlib.AsyncExitStack, settings: Settings) -> Store:
-    """The store, migrated first when running embedded (the first run creates the database)."""
+    """The store, migrated first when running embedded (the first run creates the database),
+    its hot statements ready for the first turns (``warm``)."""
     store = Store(settings.database_url, pool_size=settings.database_pool_size)
-    await _enter(stack, store, migrate=settings.embedded)
+    await _enter(stack, store, migrate=settings.embedded, warm=True)
     return store
 
 

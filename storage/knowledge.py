@@ -194,8 +194,8 @@ class Knowledge(Database):
         self.kb_pgvector = False
         self._kb_hnsw: set[str] = set()  # models whose HNSW index this process has made sure of
 
-    async def start(self, *, migrate: bool = False) -> None:
-        await super().start(migrate=migrate)
+    async def start(self, *, migrate: bool = False, warm: bool = False) -> None:
+        await super().start(migrate=migrate, warm=warm)
         if self.dialect == "postgresql":
             async with self.connect() as conn:
                 self.kb_pgvector = bool(await conn.scalar(_HAS_EMBEDDING))

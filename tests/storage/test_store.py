@@ -368,6 +368,65 @@ async def test_a_store_compiles_its_turn_statements_at_first_use_not_when_opened
         await store.stop()
 
 
+async def test_a_gateway_s_or_worker_s_store_is_ready_for_its_first_turns_when_started(
+    pg_database: str, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL store started ``warm`` (a gateway's or a worker's) compiles its hot
+    statements as it starts, so that its first turns, alone or together, compile nothing; and
+    its idle connections hold no transaction open, before its turns or after (a migration
+    locking the tables goes ahead at once)."""
+    from sqlalchemy.sql.elements import CompilerElement
+
+    migrated = Store(pg_database)
+    await migrated.start(migrate=True)
+    await migrated.stop()
+    compiled: list[str] = []
+    compile_ = CompilerElement.compile
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(type(self).__name__)
+        return compile_(self, *args, **kwargs)
+
+    async def tables_lock_at_once() -> None:
+        admin = await asyncpg.connect(pg_database.replace("+asyncpg", ""))
+        try:
+            await admin.execute("SET lock_timeout = '2s'")
+            async with admin.transaction():
+                await admin.execute("LOCK TABLE conversations, messages")
+        finally:
+            await admin.close()
+
+    monkeypatch.setattr(CompilerElement, "compile", counting)
+    store = Store(pg_database, pool_size=3)
+    await store.start(warm=True)
+    try:
+        assert len(compiled) >= 5  # the turn's statements, one and several at a time
+        compiled.clear()
+        await tables_lock_at_once()
+        route = {"platform": "test", "chat_id": chat, "gateway": "gw"}
+        other = {**route, "chat_id": chat + "-2"}
+        first, second = await asyncio.gather(
+            store.record_user_message(message("hi", chat=chat), route),
+            store.record_user_message(message("hello", chat=chat + "-2"), other),
+        )
+        assert first is not None and second is not None
+        asked = [first, second]
+        await asyncio.gather(*(store.turn_context(m.conversation_id, m.message_id) for m in asked))
+        replies = (
+            store.record_reply(m.conversation_id, m.message_id, "Hi!", ReplyFigures())
+            for m in asked
+        )
+        await asyncio.gather(*replies)
+        third = await store.record_user_message(message("and you?", chat=chat), route)
+        assert third is not None
+        await store.turn_context(third.conversation_id, third.message_id)
+        await store.record_reply(third.conversation_id, third.message_id, "Fine.", ReplyFigures())
+        assert compiled == []
+        await tables_lock_at_once()
+    finally:
+        await store.stop()
+
+
 async def test_one_turn_at_a_time_runs_on_the_connection_used_last(pg_database: str) -> None:
     """A pool hands out the connection used last (most recent first): at a quiet hour the
     turns run on one warm connection, not on each of the pool's in turn."""
