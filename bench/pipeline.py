@@ -25,12 +25,20 @@ With ``--packing``, instead: the Redis commands of one run of the framework (one
 checked and encoded in Python) and with the queue's (``frontdesk.engine.queue.packing``: one
 call to hiredis a command), taking turns: the CPU a turn's commands take to pack each way.
 
+With ``--first-turns N``, instead: a process's first turns, one in flight, each turn a chat's first
+message: N rounds, each a new process started cold (its store as an admin command's: the hot
+statements compiled at their first use) and a new process started warm (as frontdesk's gateway
+and worker start theirs: ``Store.start(warm=True)``, compiled at start), in turn; each process's
+first turn, its second and third, the p50 of its 4th to 20th (the pool's first connections) and
+of its 21st to 40th.
+
 Every process runs on the event loop that frontdesk's commands run on (uvloop where installed).
 
 Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--telemetry-only]
        python bench/pipeline.py --profile FILE [--turns 3000] [--in-flight 64]
        python bench/pipeline.py --parsers
        python bench/pipeline.py --packing [--turns 3000] [--in-flight 64]
+       python bench/pipeline.py --first-turns 5
 Needs Redis and PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
 
@@ -44,6 +52,7 @@ import io
 import logging
 import multiprocessing
 import pstats
+import statistics
 import tempfile
 import time
 import uuid
@@ -179,12 +188,14 @@ async def framework(
     telemetry: bool | None = None,
     profile: cProfile.Profile | None = None,
     measuring: Callable[[bool], None] | None = None,
+    warm: bool = True,
 ) -> tuple[float, float, list[float]]:
     """The framework's turns. ``split``: the worker runs in its own process (scaled mode), and
     the CPU figure adds both processes'. ``telemetry``: on or off (``_observed``, ``_telemetry``)
     in every process; None: as it is (counted, neither served nor logged). ``profile``: enabled
     for the measured turns only (not the start or the warm-up); ``measuring`` is called with True
-    before them and False after."""
+    before them and False after. ``warm``: the store started as frontdesk's processes start
+    theirs (``Store.start(warm=True)``), or as an admin command's."""
     prefix = f"fdbench:{uuid.uuid4().hex[:8]}"
     settings = _settings(db_url, redis_url, prefix, in_flight)
     if telemetry is not None:
@@ -192,7 +203,7 @@ async def framework(
     ports: list[int] = []
     async with contextlib.AsyncExitStack() as stack:
         store = Store(db_url)
-        await store.start(migrate=True)
+        await store.start(migrate=True, warm=warm)
         stack.push_async_callback(store.stop)
         gw_queue = RedisQueue(redis_url, consumer="gateway", prefix=prefix)
         await gw_queue.start()
@@ -265,7 +276,7 @@ def _worker_process(
             _telemetry(telemetry)
         async with contextlib.AsyncExitStack() as stack:
             store = Store(db_url)
-            await store.start()
+            await store.start(warm=True)
             stack.push_async_callback(store.stop)
             port = 0
             if telemetry:
@@ -475,6 +486,51 @@ async def profiled(db_url: str, redis_url: str, turns: int, in_flight: int, path
     print(f"top functions by own and by cumulative time: {path}")
 
 
+FIRST_TURNS = 40
+
+
+def _first_turns_process(db_url: str, redis_url: str, warm: bool, pipe: Any) -> None:
+    """One fresh process's first ``FIRST_TURNS`` turns at one in flight (``--first-turns``):
+    sends their latencies, in order."""
+    _wall, _cpu, latencies = on_frontdesk_loop(
+        framework(db_url, redis_url, FIRST_TURNS, 1, 0, split=False, warm=warm)
+    )
+    pipe.send(latencies)
+
+
+async def first_turns(db_url: str, redis_url: str, rounds: int) -> dict[str, list[list[float]]]:
+    """``rounds`` fresh processes started cold and as many started warm, in turn: each one's
+    turn latencies (s). Every turn is a new chat's first message (``drive`` at one in flight
+    cycles through the benchmark's 64 users)."""
+    ctx = multiprocessing.get_context("spawn")
+    each: dict[str, list[list[float]]] = {"cold": [], "warm": []}
+    for _ in range(rounds):
+        for how in each:
+            pipe, child_end = ctx.Pipe()
+            proc = ctx.Process(
+                target=_first_turns_process, args=(db_url, redis_url, how == "warm", child_end)
+            )
+            proc.start()
+            each[how].append(await asyncio.to_thread(pipe.recv))
+            await asyncio.to_thread(proc.join, 30)
+    return each
+
+
+def report_first_turns(each: dict[str, list[list[float]]]) -> None:
+    print(f"a process's first {FIRST_TURNS} turns, one in flight, each a chat's first message "
+          "(ms; each cell the lowest-highest (median) of the processes):")  # fmt: skip
+    spans = {"1st": (0, 1), "2nd-3rd": (1, 3), "4th-20th p50": (3, 20), "21st-40th p50": (20, 40)}
+    print(f"{'store':>6} " + " ".join(f"{name:>20}" for name in spans))
+    for how, runs in each.items():
+        cells = []
+        for lo, hi in spans.values():
+            values = [statistics.median(run[lo:hi]) * 1000 for run in runs]
+            cells.append(f"{min(values):.1f}-{max(values):.1f} ({statistics.median(values):.1f})")
+        print(f"{how:>6} " + " ".join(f"{cell:>20}" for cell in cells))
+    print("cold: the store as an admin command's (statements compiled at their first use); "
+          "warm: as frontdesk's\ngateway and worker start theirs (compiled at start).")  # fmt: skip
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=3000)
@@ -486,7 +542,13 @@ async def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="profile one run instead (see above)")
     parser.add_argument("--parsers", action="store_true", help="time the Redis reply parsers")
     parser.add_argument("--packing", action="store_true", help="time the Redis command packing")
+    parser.add_argument("--first-turns", type=int, metavar="N", help="a process's first turns")
     args = parser.parse_args()
+
+    if args.first_turns:
+        async with scratch_database(args.pg) as db_url:
+            report_first_turns(await first_turns(db_url, args.redis, args.first_turns))
+        return
 
     if args.profile:
         async with scratch_database(args.pg) as db_url:
