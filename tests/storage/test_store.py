@@ -427,6 +427,35 @@ async def test_a_gateway_s_or_worker_s_store_is_ready_for_its_first_turns_when_s
         await store.stop()
 
 
+async def test_the_store_a_gateway_or_worker_opens_compiles_its_turn_statements_at_start(
+    pg_database: str, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``frontdesk.runtime.open_store``, which the gateway, the worker and the shell start their
+    store with, starts it warm: its first message compiles nothing."""
+    from sqlalchemy.sql.elements import CompilerElement
+
+    from frontdesk.runtime import open_store
+    from frontdesk.settings import Settings
+
+    migrated = Store(pg_database)
+    await migrated.start(migrate=True)
+    await migrated.stop()
+    compiled: list[str] = []
+    compile_ = CompilerElement.compile
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(type(self).__name__)
+        return compile_(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompilerElement, "compile", counting)
+    settings = Settings(_env_file=None, database_url=pg_database, database_pool_size=2)  # type: ignore[call-arg]
+    async with contextlib.AsyncExitStack() as stack:
+        store = await open_store(stack, settings)
+        compiled.clear()
+        assert await store.record_user_message(message("hi", chat=chat)) is not None
+        assert compiled == []
+
+
 async def test_one_turn_at_a_time_runs_on_the_connection_used_last(pg_database: str) -> None:
     """A pool hands out the connection used last (most recent first): at a quiet hour the
     turns run on one warm connection, not on each of the pool's in turn."""
