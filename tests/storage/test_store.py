@@ -43,6 +43,28 @@ def counted_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[st
     return statements
 
 
+async def migrate(url: str) -> None:
+    """The schema made, by a store of its own."""
+    migrated = Store(url)
+    await migrated.start(migrate=True)
+    await migrated.stop()
+
+
+def counted_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the kind of every SQLAlchemy element compiled."""
+    from sqlalchemy.sql.elements import CompilerElement
+
+    compiled: list[str] = []
+    compile_ = CompilerElement.compile
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(type(self).__name__)
+        return compile_(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompilerElement, "compile", counting)
+    return compiled
+
+
 @contextlib.contextmanager
 def through_sqlalchemy(store: Store) -> Iterator[list[str]]:
     """The SQL of every statement ``store`` runs through SQLAlchemy meanwhile."""
@@ -341,19 +363,8 @@ async def test_a_store_compiles_its_turn_statements_at_first_use_not_when_opened
     """A PostgreSQL Store compiles its hot statements (asyncpg's) at their first use: opening
     one and reading, as an admin command does, compiles none of them; a gateway's first message
     compiles the message's statement, and it is compiled once."""
-    from sqlalchemy.sql.elements import CompilerElement
-
-    migrated = Store(pg_database)
-    await migrated.start(migrate=True)  # the schema's DDL is compiled here, not counted
-    await migrated.stop()
-    compiled: list[str] = []
-    compile_ = CompilerElement.compile
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        compiled.append(type(self).__name__)
-        return compile_(self, *args, **kwargs)
-
-    monkeypatch.setattr(CompilerElement, "compile", counting)
+    await migrate(pg_database)  # the schema's DDL is compiled here, not counted
+    compiled = counted_compiles(monkeypatch)
     store = Store(pg_database)
     await store.start()
     try:
@@ -375,17 +386,7 @@ async def test_a_gateway_s_or_worker_s_store_is_ready_for_its_first_turns_when_s
     statements as it starts, so that its first turns, alone or together, compile nothing; and
     its idle connections hold no transaction open, before its turns or after (a migration
     locking the tables goes ahead at once)."""
-    from sqlalchemy.sql.elements import CompilerElement
-
-    migrated = Store(pg_database)
-    await migrated.start(migrate=True)
-    await migrated.stop()
-    compiled: list[str] = []
-    compile_ = CompilerElement.compile
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        compiled.append(type(self).__name__)
-        return compile_(self, *args, **kwargs)
+    await migrate(pg_database)
 
     async def tables_lock_at_once() -> None:
         admin = await asyncpg.connect(pg_database.replace("+asyncpg", ""))
@@ -396,7 +397,7 @@ async def test_a_gateway_s_or_worker_s_store_is_ready_for_its_first_turns_when_s
         finally:
             await admin.close()
 
-    monkeypatch.setattr(CompilerElement, "compile", counting)
+    compiled = counted_compiles(monkeypatch)
     store = Store(pg_database, pool_size=3)
     await store.start(warm=True)
     try:
@@ -432,22 +433,11 @@ async def test_the_store_a_gateway_or_worker_opens_compiles_its_turn_statements_
 ) -> None:
     """``frontdesk.runtime.open_store``, which the gateway, the worker and the shell start their
     store with, starts it warm: its first message compiles nothing."""
-    from sqlalchemy.sql.elements import CompilerElement
-
     from frontdesk.runtime import open_store
     from frontdesk.settings import Settings
 
-    migrated = Store(pg_database)
-    await migrated.start(migrate=True)
-    await migrated.stop()
-    compiled: list[str] = []
-    compile_ = CompilerElement.compile
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        compiled.append(type(self).__name__)
-        return compile_(self, *args, **kwargs)
-
-    monkeypatch.setattr(CompilerElement, "compile", counting)
+    await migrate(pg_database)
+    compiled = counted_compiles(monkeypatch)
     settings = Settings(_env_file=None, database_url=pg_database, database_pool_size=2)  # type: ignore[call-arg]
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(stack, settings)
