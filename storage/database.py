@@ -188,7 +188,7 @@ class Database:
 
     def driver_statement(self, statement: ClauseElement) -> DriverStatement | None:
         """``statement`` for asyncpg (PostgreSQL; None on SQLite), for ``driver_rows``: compiled
-        once, at its first use."""
+        once, at its first use or when a store starts ``warm``."""
         if self.dialect != "postgresql":
             return None
         made = DriverStatement(statement, self.engine.dialect)
