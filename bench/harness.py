@@ -175,9 +175,11 @@ async def through_frontdesk(
     pauses ``pause_s`` before each (``closed_loop``). The path's processes are new each run, so
     one question a client goes first, untimed and uncounted: the engine was warmed once at its
     start, and the path's first turns would otherwise pay for what a running gateway and worker
-    did long before (the turn's statements compiled, and prepared on each new database
-    connection: 3 to 15 ms on a run's first token here). ``fresh``, awaited after those, gives the timed requests the
-    engine's state the direct way's start from (an empty prefix cache or KV cache)."""
+    did long before (the turn's statements prepared on each new database connection; compiling
+    them, 3 to 15 ms on a run's first token here before, is done as the store starts warm, as
+    frontdesk's processes start theirs). ``fresh``, awaited after those, gives the timed
+    requests the engine's state the direct way's start from (an empty prefix cache or KV
+    cache)."""
     run_id = uuid.uuid4().hex[:6]
     async with frontdesk_path(settings, backend, shows_every_s) as channel:
         # questions of their own: an engine that keeps the last request's cache (llama.cpp's

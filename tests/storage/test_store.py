@@ -438,7 +438,11 @@ async def test_the_store_a_gateway_or_worker_opens_compiles_its_turn_statements_
 
     await migrate(pg_database)
     compiled = counted_compiles(monkeypatch)
-    settings = Settings(_env_file=None, database_url=pg_database, database_pool_size=2)  # type: ignore[call-arg]
+    settings = Settings(
+        _env_file=None,
+        database_url=pg_database,
+        database_pool_size=2,
+    )
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(stack, settings)
         compiled.clear()
