@@ -9,11 +9,12 @@ added with a default.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeVar
+
+import orjson
 
 WIRE_VERSION = 1
 
@@ -144,10 +145,18 @@ _FIELDS = {
 _VERSION = str(WIRE_VERSION)
 
 
+def dumps(value: Any) -> str:
+    """``value`` as JSON text, by orjson: what every turn writes (its queue entry, its reply's
+    deltas, where its reply goes) in a tenth of the time ``json.dumps`` takes. Compact, in UTF-8
+    (no ``\\u`` escapes); ``orjson.JSONEncodeError`` (a ``TypeError``) for what is not JSON, as
+    for a lone surrogate (a text no platform or database takes either)."""
+    return orjson.dumps(value).decode()
+
+
 def encode(obj: Turn | ReplyDelta) -> dict[str, str]:
     """Serialise a wire object into queue entry fields."""
     data = {name: getattr(obj, name) for name in _FIELDS[type(obj)]}
-    return {"v": _VERSION, "d": json.dumps(data, ensure_ascii=False)}
+    return {"v": _VERSION, "d": dumps(data)}
 
 
 def decode(cls: type[T], fields: dict[Any, Any]) -> T:
@@ -156,7 +165,7 @@ def decode(cls: type[T], fields: dict[Any, Any]) -> T:
     raw = fields.get("d", fields.get(b"d"))
     if raw is None:
         raise ValueError("queue entry has no 'd' field")
-    data = json.loads(raw)
+    data = orjson.loads(raw)  # orjson.JSONDecodeError: a ValueError
     known = _FIELDS[cls]
     try:
         return cls(**{k: v for k, v in data.items() if k in known})

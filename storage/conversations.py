@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from frontdesk.batching import Batcher
 from frontdesk.errors import NotFound, StorageUnavailable
-from frontdesk.wire import InboundMessage
+from frontdesk.wire import InboundMessage, dumps
 
 from .database import Database, DriverStatement, dialect_insert
 from .models import Conversation, ConversationStatus, Message, MessageStatus, utcnow
@@ -284,7 +284,7 @@ class Conversations(Database):
             "user_name": msg.user_name,
             "status": MessageStatus.OK,
             "created_at": utcnow(),
-            "reply_route": json.dumps(reply_route, ensure_ascii=False) if reply_route else None,
+            "reply_route": dumps(reply_route) if reply_route else None,
         }
         params = {**row, "external_key": msg.conversation_key}
         found: Sequence[Any] | None

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from frontdesk.backoff import Backoff
 from frontdesk.errors import QueueUnavailable
 from frontdesk.secrets import hide_password
-from frontdesk.wire import ReplyDelta, Turn, decode, encode
+from frontdesk.wire import ReplyDelta, Turn, decode, dumps, encode
 
 from .admin import QueueAdmin
 from .base import GROUP, Delivery, Fields, Streams, delivery_of
@@ -366,7 +366,7 @@ class RedisQueue(QueueAdmin):
             gateway, record = tracked
             keys.append(self.deliveries_prefix + gateway)
             expire = REPLY_STREAM_TTL_S if self._expiry_due(keys[-1]) else 0
-            args += [turn.turn_id, json.dumps(record, ensure_ascii=False), expire]
+            args += [turn.turn_id, dumps(record), expire]
         args += fields
         try:
             result = await self._script_together(self._submit, keys, args)
@@ -414,7 +414,7 @@ class RedisQueue(QueueAdmin):
     async def track(self, gateway: str, turn_id: str, record: dict[str, Any]) -> None:
         """Write the gateway's delivery record of a turn (and now and then its hash's expiry)."""
         key = self.deliveries_prefix + gateway
-        value = json.dumps(record, ensure_ascii=False)
+        value = dumps(record)
         expire = self._expiry_due(key)
 
         def recorded(pipe: Pipeline) -> None:
