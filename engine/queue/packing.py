@@ -1,4 +1,5 @@
-"""Redis commands packed by hiredis in one call each.
+"""The queue's Redis connections: commands packed by hiredis in one call each, and replies read
+with a timer only while the process waits for Redis's bytes.
 
 redis-py hands each command to hiredis's packer only after checking and encoding every argument
 in Python, one generator step and several type checks an argument: about 40 µs of CPU for the
@@ -8,21 +9,68 @@ arguments itself, to the same bytes (UTF-8, and ``repr`` for numbers). A command
 else (``None``, ``bool``, a ``bytearray``) is packed by redis-py as before, which refuses what it
 refuses (``DataError``), as are commands whose name holds more than one word (``"CLIENT
 SETNAME"``, which redis-py splits) and those of connections set to another encoding than strict
-UTF-8."""
+UTF-8.
+
+redis-py bounds the read of every reply by the connection's ``socket_timeout`` with a timer of
+its own (an ``asyncio.timeout``, about 3 µs to arm and cancel): five a turn, one for each reply
+of the turn's pipelined commands, though after the first the others are most often read already
+and wait for nothing. Here the timer bounds each wait for bytes from the socket instead (the
+parser's ``read_from_socket``), by the same ``socket_timeout``: a reply found whole in what was
+read already arms none, and a Redis that stops answering fails the read as before (redis-py's
+``TimeoutError``, the connection dropped). A read given a timeout of its own (PubSub's) is
+redis-py's as before."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 from typing import Any
 
 import hiredis
+from redis._parsers import _AsyncHiredisParser
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class _TimedReads(_AsyncHiredisParser):
+    """hiredis's parser, each wait for the socket's bytes bounded by ``bound_s`` while set."""
+
+    bound_s: float | None = None
+
+    async def read_from_socket(self) -> bool:
+        if self.bound_s is None:
+            return bool(await super().read_from_socket())
+        waited = asyncio.timeout(self.bound_s)
+        try:
+            async with waited:
+                return bool(await super().read_from_socket())
+        except TimeoutError:
+            if waited.expired():
+                raise RedisTimeoutError("Timeout reading from Redis") from None
+            raise  # the OS's (ETIMEDOUT): redis-py makes it a ConnectionError
 
 
 class _PackedByHiredis(AbstractConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", _TimedReads)
         super().__init__(*args, **kwargs)
         encoder = self.encoder
         self._hiredis_packs = encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (redis-py's signature)
+        **kwargs: Any,
+    ) -> Any:
+        parser = self._parser
+        if timeout is not None or not self.socket_timeout or not isinstance(parser, _TimedReads):
+            return await super().read_response(disable_decoding, timeout, **kwargs)
+        parser.bound_s = self.socket_timeout  # the socket's waits are timed, not the whole read
+        try:
+            return await super().read_response(disable_decoding, math.inf, **kwargs)
+        finally:
+            parser.bound_s = None
 
     def pack_command(self, *args: Any) -> list[bytes]:
         name: Any = args[0] if args else None

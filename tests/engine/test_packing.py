@@ -3,14 +3,21 @@ packing, the same refusals, on every kind of connection a URL names."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+import redis.asyncio.connection as redis_connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.queue.packing import packed_by_hiredis
@@ -110,3 +117,110 @@ async def test_commands_packed_by_hiredis_reach_redis_whole(
         await queue.redis.delete(key)
     finally:
         await queue.stop()
+
+
+class _SilentRedis:
+    """A Redis stand-in that answers +OK to everything but ``GET silent`` (no reply at all) and
+    ``GET cut`` (the first bytes of a reply, then nothing): a Redis that stopped answering."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import hiredis
+
+        commands = hiredis.Reader()
+        while data := await reader.read(65536):
+            commands.feed(data)
+            while (command := commands.gets()) is not False:
+                if command == [b"GET", b"silent"]:
+                    continue
+                if command[0] == b"HELLO":  # a Redis of RESP2 only, as redis-py then talks
+                    writer.write(b"-ERR unknown command 'HELLO'\r\n")
+                else:
+                    writer.write(b"$11\r\nhello" if command == [b"GET", b"cut"] else b"+OK\r\n")
+            await writer.drain()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.parametrize("key", ["silent", "cut"])
+async def test_a_redis_that_stops_answering_fails_the_read_after_the_socket_timeout(
+    key: str,
+) -> None:
+    """The queue's connections time their waits for bytes, not each reply: a reply that never
+    comes, or stops coming half-way, still fails the command after ``socket_timeout``."""
+    async with _SilentRedis() as port:
+        pool = aioredis.ConnectionPool(
+            connection_class=Packed, host="127.0.0.1", port=port, socket_timeout=0.3
+        )
+        client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        try:
+            assert await client.set("k", "v")
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await asyncio.wait_for(client.get(key), 10)
+            assert 0.25 < time.monotonic() - started < 3
+            assert await client.set("k", "v")  # on a new connection: the stalled one was dropped
+        finally:
+            await client.aclose()
+
+
+async def test_the_replies_of_a_pipeline_read_together_arm_one_timer_not_one_each(
+    redis_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py arms a timer (``socket_timeout``) for each reply it reads; the queue's connections
+    only while they wait for Redis's bytes: five replies that came in one read arm one."""
+    armed: list[float | None] = []
+
+    def counted(delay: float | None) -> asyncio.Timeout:
+        armed.append(delay)
+        return asyncio.Timeout(None if delay is None else asyncio.get_running_loop().time() + delay)
+
+    monkeypatch.setattr(redis_connection, "async_timeout", counted)  # redis-py's, a reply each
+    monkeypatch.setattr(asyncio, "timeout", counted)  # the queue connection's, a wait each
+    key = f"{queue_prefix}:timers"
+    for kind, expected in ((Connection, 5), (Packed, 1)):
+        client = aioredis.from_url(redis_url, connection_class=kind, socket_timeout=5)
+        try:
+            await client.delete(key)
+            armed.clear()
+            async with client.pipeline(transaction=False) as pipe:
+                for n in range(5):
+                    pipe.hset(key, str(n), n)
+                assert await pipe.execute() == [1, 1, 1, 1, 1]
+            assert len(armed) == expected, kind
+            assert armed == [5] * expected
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+
+async def test_a_queue_connection_listening_to_a_channel_waits_past_the_socket_timeout(
+    redis_url: str, queue_prefix: str
+) -> None:
+    """PubSub's listening (the cancel channel's) gives its reads no timeout: they stay so."""
+    client = aioredis.from_url(redis_url, connection_class=Packed, socket_timeout=0.3)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    channel = f"{queue_prefix}:channel"
+    try:
+        await pubsub.subscribe(channel)
+
+        async def later() -> None:
+            await asyncio.sleep(1.0)
+            await client.publish(channel, "stop t1")
+
+        sender = asyncio.create_task(later())
+        async for message in pubsub.listen():
+            assert message["data"] == b"stop t1"
+            break
+        await sender
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
