@@ -10,6 +10,7 @@ failures surface as ``StorageUnavailable``. Works on SQLite (aiosqlite, WAL mode
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import operator
@@ -29,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal_column,
     select,
     text,
     true,
@@ -472,8 +474,11 @@ class Conversations(Database):
         params = {"conversation_ids": conversation_ids, "message_ids": message_ids,
                   "limits": limits}  # fmt: skip
         each: list[list[Sequence[Any]]] = [[] for _ in asked]
-        for row in await self.driver_rows(self._turn_contexts_pg, params):
-            each[row[0] - 1].append(row[1:])  # k: the position of the message it is for
+        # each message's rows, by the position they end with (in runs: no step a row in Python)
+        for k, rows in itertools.groupby(
+            await self.driver_rows(self._turn_contexts_pg, params), _POSITION
+        ):
+            each[k - 1].extend(rows)
         return list(each)
 
     async def messages_before(self, conversation_id: int, message_id: int) -> int:
@@ -684,15 +689,18 @@ def _turn_context(
     conversation_id: ColumnElement[int],
     message_id: ColumnElement[int],
     limit: ColumnElement[int],
+    position: ColumnElement[int],
     *,
     lateral: bool = False,
 ) -> CompoundSelect:
-    """The rows ``turn_context`` reads for one message (``_turn_history`` makes them history).
+    """The rows ``turn_context`` reads for one message (``_turn_history`` makes them history),
+    each ending with ``position``: that of the message among those read together (1 when alone).
     ``lateral``: for a LATERAL subquery (PostgreSQL), whose parts correlate only at its top
     level; SQLite takes no parenthesized part, so its first part is a subquery."""
+    columns = (*_TURN_COLUMNS, position.label("k"))
     # the newest messages up to the one to answer: an index range scan, newest first
     newest = (
-        select(*_TURN_COLUMNS)
+        select(*columns)
         .where(Message.conversation_id == conversation_id, Message.id <= message_id)
         .order_by(Message.id.desc())
         .limit(limit)
@@ -700,7 +708,7 @@ def _turn_context(
     return union_all(
         newest if lateral else select(newest.subquery()),
         # replies stored after it (to it, or to earlier messages): the few rows past it
-        select(*_TURN_COLUMNS).where(
+        select(*columns).where(
             Message.conversation_id == conversation_id,
             Message.id > message_id,
             Message.reply_to_id <= message_id,
@@ -709,9 +717,12 @@ def _turn_context(
 
 
 _SELECT_TURN_CONTEXT = _turn_context(
-    bindparam("conversation_id"), bindparam("message_id"), bindparam("limit")
+    bindparam("conversation_id"),
+    bindparam("message_id"),
+    bindparam("limit"),
+    literal_column("1", Integer),
 )
-# PostgreSQL: the turn contexts of many messages in one statement, each row with the position
+# PostgreSQL: the turn contexts of many messages in one statement, each row ending with the position
 # (from 1) of the message it is for: the turns a worker received together are read together
 _ASKED = (
     func.unnest(
@@ -723,13 +734,13 @@ _ASKED = (
     .render_derived(name="asked")
 )
 _ASKED_ROWS = (
-    _turn_context(_ASKED.c.conversation_id, _ASKED.c.message_id, _ASKED.c.lim, lateral=True)
+    _turn_context(
+        _ASKED.c.conversation_id, _ASKED.c.message_id, _ASKED.c.lim, _ASKED.c.k, lateral=True
+    )
     .subquery()
     .lateral("turn_rows")
 )
-_SELECT_TURN_CONTEXTS = select(_ASKED.c.k, *_ASKED_ROWS.c).select_from(
-    _ASKED.join(_ASKED_ROWS, true())
-)
+_SELECT_TURN_CONTEXTS = select(*_ASKED_ROWS.c).select_from(_ASKED.join(_ASKED_ROWS, true()))
 _COUNT_BEFORE = (
     select(func.count())
     .select_from(Message)
@@ -898,7 +909,8 @@ def _insert_replies() -> Any:
     )
 
 
-_MESSAGE_ID = operator.itemgetter(0)  # of a row of ``_TURN_COLUMNS``
+_MESSAGE_ID = operator.itemgetter(0)  # of a row of ``_turn_context``
+_POSITION = operator.itemgetter(len(_TURN_COLUMNS))  # the last: the message it was read for
 
 
 def _turn_history(
@@ -912,7 +924,7 @@ def _turn_history(
     earlier: list[TurnMessage] = []
     ok = MessageStatus.OK
     new = tuple.__new__  # what ``TurnMessage._make`` does, without a Python call a row
-    for id_, role, content, status, awaiting, body_chars, reply_to_id in sorted(
+    for id_, role, content, status, awaiting, body_chars, reply_to_id, _k in sorted(
         rows, key=_MESSAGE_ID, reverse=True
     ):
         if body_chars is not None:  # a reply's own text, without the sources listed after it
