@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from frontdesk.errors import PromptTooLong
-from frontdesk.wire import ChatMessage
+from frontdesk.wire import CHAT_ROLES, ChatMessage, as_chat
 
 from .backends import Backend, Prompt
 
@@ -30,10 +30,6 @@ class BuiltPrompt:
 
 ANCHOR_EVERY = 64  # messages: a long conversation's cuts are counted from these positions
 KEEP_CUTS = 64  # cuts kept a conversation before those behind its anchor go
-AGENT_SAID = "(A person from our team answered here:)"
-
-
-_CHAT_ROLES = frozenset(("user", "assistant", "system"))
 
 
 class Stored(Protocol):
@@ -50,21 +46,10 @@ def as_chats(stored: Iterable[Stored]) -> list[ChatMessage]:
     new = tuple.__new__  # what ``ChatMessage._make`` does, without a Python call a message
     return [
         new(ChatMessage, (m.role, m.content))
-        if m.role in _CHAT_ROLES
+        if m.role in CHAT_ROLES
         else as_chat(m.role, m.content)
         for m in stored
     ]
-
-
-def as_chat(role: str, content: str) -> ChatMessage:
-    """A stored message as the model sees it. What a person from the team wrote to the customer
-    during a handoff (role ``agent``) is an answer of the assistant's side, marked as a
-    person's: so after the handoff the model knows that a person answered, and what they said."""
-    if role == "agent":
-        return ChatMessage("assistant", f"{AGENT_SAID} {content}")
-    if role in ("user", "assistant", "system"):
-        return ChatMessage(role, content)  # type: ignore[arg-type]
-    raise ValueError(f"a stored message of unknown role {role!r}")
 
 
 def build_prompt(

@@ -24,9 +24,10 @@ from frontdesk.clitools import err, fail, out, parse_when, print_json, run, sett
 from frontdesk.errors import FrontdeskError, PromptTooLong
 from frontdesk.settings import Settings
 from frontdesk.storage import LoggedTurn, Rating, Store
+from frontdesk.wire import as_chat
 
 from .backends import Backend, GenerationParams, create_backend
-from .context import as_chat, build_prompt
+from .context import build_prompt
 from .knowledge import Retriever
 from .knowledge.embeddings import make_embedder
 

@@ -30,6 +30,21 @@ class ChatMessage(NamedTuple):
     content: str
 
 
+AGENT_SAID = "(A person from our team answered here:)"
+CHAT_ROLES = frozenset(("user", "assistant", "system"))  # stored roles a prompt has as they are
+
+
+def as_chat(role: str, content: str) -> ChatMessage:
+    """A stored message as the model sees it. What a person from the team wrote to the customer
+    during a handoff (role ``agent``) is an answer of the assistant's side, marked as a
+    person's: so after the handoff the model knows that a person answered, and what they said."""
+    if role == "agent":
+        return ChatMessage("assistant", f"{AGENT_SAID} {content}")
+    if role in CHAT_ROLES:
+        return ChatMessage(role, content)  # type: ignore[arg-type]
+    raise ValueError(f"a stored message of unknown role {role!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     """A platform event turned into text from a user. Adapters build these; nothing past the

@@ -18,9 +18,9 @@ from frontdesk.bots.slack import SlackChannel
 from frontdesk.bots.slack.desk import CLAIM, RESOLVE, RESOLVE_THREAD
 from frontdesk.bots.telegram import TelegramChannel
 from frontdesk.engine.backends import Chunk, GenerationParams, Prompt
-from frontdesk.engine.context import AGENT_SAID
 from frontdesk.engine.knowledge.ingest import add_paths
 from frontdesk.storage import Rating
+from frontdesk.wire import AGENT_SAID
 from tests.bots.test_slack import DM as SLACK_DM
 from tests.bots.test_slack import RecordingBackend
 from tests.engine.test_knowledge import RETURNS, write

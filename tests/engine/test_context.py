@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from frontdesk.engine.backends import Backend, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
-from frontdesk.engine.context import AGENT_SAID, ANCHOR_EVERY, Cuts, as_chats, build_prompt
+from frontdesk.engine.context import ANCHOR_EVERY, Cuts, as_chats, build_prompt
 from frontdesk.errors import PromptTooLong
 from frontdesk.storage import TurnMessage
-from frontdesk.wire import ChatMessage
+from frontdesk.wire import AGENT_SAID, ChatMessage
 
 SYSTEM = "You are a test assistant. Keep this sentence."
 
