@@ -449,9 +449,9 @@ async def context_load(store: Store, dsn: str, turns: int, rng: random.Random) -
     took = []
     for c, m in pairs[100:]:
         started = time.perf_counter()
-        _reply, history = await store.turn_context(c, m, limit=CONTEXT_LIMIT)
+        context = await store.turn_context(c, m, limit=CONTEXT_LIMIT)
         took.append(time.perf_counter() - started)
-        assert history and history[-1].id == m
+        assert context.ids and context.ids[-1] == m
     return took
 
 

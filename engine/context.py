@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from frontdesk.errors import PromptTooLong
-from frontdesk.wire import CHAT_ROLES, ChatMessage, as_chat
+from frontdesk.wire import ChatMessage
 
 from .backends import Backend, Prompt
 
@@ -30,26 +29,6 @@ class BuiltPrompt:
 
 ANCHOR_EVERY = 64  # messages: a long conversation's cuts are counted from these positions
 KEEP_CUTS = 64  # cuts kept a conversation before those behind its anchor go
-
-
-class Stored(Protocol):
-    """A stored message as a prompt needs it (the store's ``TurnMessage``)."""
-
-    @property
-    def role(self) -> str: ...
-    @property
-    def content(self) -> str: ...
-
-
-def as_chats(stored: Iterable[Stored]) -> list[ChatMessage]:
-    """``as_chat`` of each stored message, in order (a turn's whole history, on every turn)."""
-    new = tuple.__new__  # what ``ChatMessage._make`` does, without a Python call a message
-    return [
-        new(ChatMessage, (m.role, m.content))
-        if m.role in CHAT_ROLES
-        else as_chat(m.role, m.content)
-        for m in stored
-    ]
 
 
 def build_prompt(

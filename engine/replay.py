@@ -81,8 +81,8 @@ async def replay(
 async def _again(
     cfg: Settings, store: Store, backend: Backend, retriever: Retriever, turn: LoggedTurn
 ) -> Replayed:
-    _reply, history = await store.turn_context(turn.conversation_id, turn.question_id)
-    messages = [as_chat(m.role, m.content) for m in history if m.status == "ok"]
+    context = await store.turn_context(turn.conversation_id, turn.question_id)
+    messages = list(context.history)
     previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
     started = time.perf_counter()
     retrieval = await retriever.retrieve(turn.question, previous)

@@ -46,12 +46,12 @@ from frontdesk.errors import (
     StorageUnavailable,
 )
 from frontdesk.settings import Settings
-from frontdesk.storage import AwaitingMessage, MessageStatus, ReplyFigures, Store, TurnMessage
+from frontdesk.storage import AwaitingMessage, MessageStatus, ReplyFigures, Store, TurnContext
 from frontdesk.supervisor import Supervisor, TaskFailed, cancel_and_wait
 from frontdesk.wire import ChatMessage, ReplyDelta, Turn, turn_id_of
 
 from .backends import Backend, GenerationParams, Prompt, Usage
-from .context import ANCHOR_EVERY, BuiltPrompt, Cuts, as_chats, build_prompt
+from .context import ANCHOR_EVERY, BuiltPrompt, Cuts, build_prompt
 from .knowledge import Retrieval, Retriever
 from .knowledge.embeddings import make_embedder
 from .queue import Delivery, TurnQueue
@@ -583,9 +583,10 @@ class Worker:
     async def _answer(self, delivery: Delivery, turn: Turn) -> bool:
         """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it,
         ``_Wait`` to wait for an earlier message, ``Fenced`` when another worker took it."""
-        existing, history = await self.store.turn_context(
+        context = await self.store.turn_context(
             turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
+        existing = context.reply
         if existing is None and await self._joins_later(turn):
             await self.store.mark_answered(turn.message_id)
             await self._coalescer(turn, delivery, turn.gateway, None).join()
@@ -595,7 +596,7 @@ class Worker:
         # Several workers: a turn waits for the earlier messages of its conversation to have
         # their replies (one worker alone takes a conversation's turns in order anyway)
         earlier = self.queue.shared_by_workers and any(
-            m.awaiting and m.id < turn.message_id for m in history
+            i < turn.message_id for i in context.awaiting
         )
         if earlier and not self._should_wait(delivery, "an earlier message awaits its reply"):
             self._waiting.add(delivery.entry_id)
@@ -607,7 +608,7 @@ class Worker:
             await self.store.mark_answered(turn.message_id)
             _settled(turn, "resent")
             return True
-        messages = as_chats(history)
+        messages = context.history
         previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
         retrieval = (
             await self.retriever.retrieve(messages[-1].content, previous) if messages else None
@@ -626,7 +627,7 @@ class Worker:
             _settled(turn, "not_covered")
             return True
         try:
-            built, retrieval = await self._prompt(turn, history, messages, retrieval)
+            built, retrieval = await self._prompt(turn, context, retrieval)
         except PromptTooLong as exc:
             await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
             _settled(turn, "failed")
@@ -685,11 +686,7 @@ class Worker:
             log.warning("cannot count the tokens of turn %s: %s", turn.turn_id, exc)
 
     async def _prompt(
-        self,
-        turn: Turn,
-        history: list[TurnMessage],
-        messages: list[ChatMessage],
-        retrieval: Retrieval | None,
+        self, turn: Turn, context: TurnContext, retrieval: Retrieval | None
     ) -> tuple[BuiltPrompt, Retrieval | None]:
         """The turn's prompt, the retrieved passages in the message being answered. When the
         message with its passages cannot fit, the weakest passages go, then all of them.
@@ -699,17 +696,16 @@ class Worker:
         read fits, more is read, so the read limit never decides where the prompt starts."""
         limit = HISTORY_LIMIT
         while True:
-            offset = 0
-            if len(history) >= limit:  # there may be more before what was read
-                offset = await self.store.messages_before(turn.conversation_id, history[0].id)
+            messages, offset = context.history, 0
+            if len(messages) >= limit:  # there may be more before what was read
+                offset = await self.store.messages_before(turn.conversation_id, context.ids[0])
             built, given = self._fitted(turn.conversation_id, messages, retrieval, offset)
             if not offset or built.dropped > _first_anchor(messages, offset):
                 return built, given
             limit *= 4  # all of it fits from the first cut: read further back
-            _existing, history = await self.store.turn_context(
+            context = await self.store.turn_context(
                 turn.conversation_id, turn.message_id, limit=limit
             )
-            messages = as_chats(history)
 
     def _fitted(
         self,

@@ -15,6 +15,7 @@ from .store import (
     ReplyFigures,
     Store,
     StoredMessage,
+    TurnContext,
     TurnMessage,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "ReplyFigures",
     "Store",
     "StoredMessage",
+    "TurnContext",
     "TurnMessage",
 ]

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from frontdesk.batching import Batcher
 from frontdesk.errors import NotFound, StorageUnavailable
-from frontdesk.wire import InboundMessage, dumps
+from frontdesk.wire import CHAT_ROLES, ChatMessage, InboundMessage, as_chat, dumps
 
 from .database import Database, DriverStatement, dialect_insert
 from .models import Conversation, ConversationStatus, Message, MessageStatus, utcnow
@@ -89,14 +89,26 @@ class StoredMessage:
 
 
 class TurnMessage(NamedTuple):
-    """The part of a stored message a worker needs to build a prompt (a named tuple: every turn
-    makes one for each message of its history, and a tuple is made at about half the cost)."""
+    """A stored message as a worker reads it: the reply already stored for the message a turn
+    answers (a redelivered turn)."""
 
     id: int
     role: str
     content: str
     status: str
     awaiting: bool = False  # a user message whose reply is not stored yet
+
+
+class TurnContext(NamedTuple):
+    """What a worker needs to answer a message (``turn_context``), made in one pass over the
+    rows read: every turn reads one, about a hundred messages in a long conversation."""
+
+    reply: TurnMessage | None  # the reply stored for the message already (a redelivered turn)
+    # the newest good messages up to it, oldest first, each reply right after the message it
+    # answers, as the model sees them (``as_chat``: a person's answers marked as a person's)
+    history: list[ChatMessage]
+    ids: list[int]  # the stored id of each message of ``history``
+    awaiting: list[int]  # the ids of those of ``history`` that await their reply, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,10 +452,10 @@ class Conversations(Database):
 
     async def turn_context(
         self, conversation_id: int, message_id: int, *, limit: int = 200
-    ) -> tuple[TurnMessage | None, list[TurnMessage]]:
+    ) -> TurnContext:
         """What a worker needs to answer ``message_id``, in one query: the reply already stored
         for it (a redelivered turn), and the newest ``limit`` good messages up to it, oldest
-        first, each reply right after the message it answers. A reply stored after newer user
+        first, each reply right after the message it answers, as the model sees them. A reply stored after newer user
         messages (the user sent several at once) has an id past theirs: it is fetched as well,
         by the rows after ``message_id`` that reply to it or to an earlier one. Only the columns
         a prompt needs: this runs on every turn. On PostgreSQL the turns that ask at about the
@@ -456,7 +468,7 @@ class Conversations(Database):
                       "limit": limit + 1}  # fmt: skip
             async with self.connect() as conn:
                 rows = (await conn.execute(_SELECT_TURN_CONTEXT, params)).all()
-        return _turn_history(rows, message_id, limit)
+        return _turn_context_of(rows, message_id, limit)
 
     async def _read_turn_contexts(
         self, asked: list[tuple[int, int, int]]
@@ -693,7 +705,7 @@ def _turn_context(
     *,
     lateral: bool = False,
 ) -> CompoundSelect:
-    """The rows ``turn_context`` reads for one message (``_turn_history`` makes them history),
+    """The rows ``turn_context`` reads for one message (``_turn_context_of`` makes them history),
     each ending with ``position``: that of the message among those read together (1 when alone).
     ``lateral``: for a LATERAL subquery (PostgreSQL), whose parts correlate only at its top
     level; SQLite takes no parenthesized part, so its first part is a subquery."""
@@ -913,40 +925,52 @@ _MESSAGE_ID = operator.itemgetter(0)  # of a row of ``_turn_context``
 _POSITION = operator.itemgetter(len(_TURN_COLUMNS))  # the last: the message it was read for
 
 
-def _turn_history(
-    rows: Sequence[Sequence[Any]], message_id: int, limit: int
-) -> tuple[TurnMessage | None, list[TurnMessage]]:
-    """``turn_context``'s answer from its rows (``_turn_context``'s): the reply stored for
-    ``message_id``, and the newest ``limit`` good messages up to it, oldest first, each reply
-    right after the message it answers."""
+def _turn_context_of(rows: Sequence[Sequence[Any]], message_id: int, limit: int) -> TurnContext:
+    """``turn_context``'s answer from its rows (``_turn_context``'s), in one pass: the reply
+    stored for ``message_id``, and the newest ``limit`` good messages up to it, oldest first,
+    each reply right after the message it answers, each as the model sees it."""
     reply = None
     late: dict[int, TurnMessage] = {}  # user message id -> its reply stored after newer ones
-    earlier: list[TurnMessage] = []
+    chats: list[ChatMessage] = []  # newest first, as the rows are read
+    ids: list[int] = []
+    awaiting: list[int] = []
     ok = MessageStatus.OK
-    new = tuple.__new__  # what ``TurnMessage._make`` does, without a Python call a row
-    for id_, role, content, status, awaiting, body_chars, reply_to_id, _k in sorted(
+    new = tuple.__new__  # what ``ChatMessage._make`` does, without a Python call a row
+    for id_, role, content, status, waits, body_chars, reply_to_id, _k in sorted(
         rows, key=_MESSAGE_ID, reverse=True
     ):
         if body_chars is not None:  # a reply's own text, without the sources listed after it
             content = content[:body_chars]
-        message = new(TurnMessage, (id_, role, content, status, awaiting))
         if reply_to_id == message_id:
-            reply = message
+            reply = TurnMessage(id_, role, content, status, waits)
         elif id_ > message_id:
-            late[reply_to_id] = message
+            late[reply_to_id] = TurnMessage(id_, role, content, status, waits)
         elif status == ok:
-            earlier.append(message)
+            chats.append(
+                new(ChatMessage, (role, content)) if role in CHAT_ROLES else as_chat(role, content)
+            )
+            ids.append(id_)
+            if waits:
+                awaiting.append(id_)
     if late:  # each late reply goes right after the message it answers
-        merged: list[TurnMessage] = []
-        for message in earlier:  # newest first
-            answer = late.get(message.id)
+        merged: list[ChatMessage] = []
+        merged_ids: list[int] = []
+        for chat, id_ in zip(chats, ids, strict=True):
+            answer = late.get(id_)
             if answer is not None and answer.status == ok:
-                merged.append(answer)
-            merged.append(message)
-        earlier = merged
-    history = earlier[:limit]
+                merged.append(as_chat(answer.role, answer.content))
+                merged_ids.append(answer.id)
+            merged.append(chat)
+            merged_ids.append(id_)
+        chats, ids = merged, merged_ids
+    history, kept = chats[:limit], ids[:limit]
     history.reverse()
-    return reply, history
+    kept.reverse()
+    if len(ids) > limit and awaiting:  # only those of the messages kept
+        within = set(kept)
+        awaiting = [i for i in awaiting if i in within]
+    awaiting.reverse()
+    return TurnContext(reply, history, kept, awaiting)
 
 
 def _awaiting(row: Any) -> AwaitingMessage:

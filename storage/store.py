@@ -14,6 +14,7 @@ from .conversations import (
     RecordedMessage,
     ReplyFigures,
     StoredMessage,
+    TurnContext,
     TurnMessage,
 )
 from .desk import HandoffRecord, Handoffs
@@ -39,5 +40,6 @@ __all__ = [
     "ReplyFigures",
     "Store",
     "StoredMessage",
+    "TurnContext",
     "TurnMessage",
 ]

@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from frontdesk.engine.backends import Backend, Prompt
 from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.backends.llamacpp import LlamaCppBackend
-from frontdesk.engine.context import ANCHOR_EVERY, Cuts, as_chats, build_prompt
+from frontdesk.engine.context import ANCHOR_EVERY, Cuts, build_prompt
 from frontdesk.errors import PromptTooLong
-from frontdesk.storage import TurnMessage
-from frontdesk.wire import AGENT_SAID, ChatMessage
+from frontdesk.wire import AGENT_SAID, ChatMessage, as_chat
 
 SYSTEM = "You are a test assistant. Keep this sentence."
 
@@ -30,23 +29,15 @@ def conversation(turns: int) -> list[ChatMessage]:
     return history
 
 
-def test_stored_messages_become_the_model_s_in_order_a_person_s_marked_as_a_person_s() -> None:
-    stored = [
-        TurnMessage(1, "user", "Where is my parcel?", "ok"),
-        TurnMessage(2, "assistant", "Let me check.", "ok"),
-        TurnMessage(3, "agent", "It ships today.", "ok"),
-        TurnMessage(4, "user", "Thanks!", "ok", awaiting=True),
-    ]
-    chats = as_chats(stored)
-    assert all(type(m) is ChatMessage for m in chats)
-    assert chats == [
-        ChatMessage("user", "Where is my parcel?"),
-        ChatMessage("assistant", "Let me check."),
-        ChatMessage("assistant", f"{AGENT_SAID} It ships today."),
-        ChatMessage("user", "Thanks!"),
-    ]
+def test_a_stored_message_becomes_the_model_s_a_person_s_marked_as_a_person_s() -> None:
+    """(``Store.turn_context`` gives a turn's history so: tests/storage/test_desk.py.)"""
+    assert as_chat("user", "Where is my parcel?") == ChatMessage("user", "Where is my parcel?")
+    assert as_chat("assistant", "Let me check.") == ChatMessage("assistant", "Let me check.")
+    assert as_chat("agent", "It ships today.") == ChatMessage(
+        "assistant", f"{AGENT_SAID} It ships today."
+    )
     with pytest.raises(ValueError, match="unknown role 'bot'"):
-        as_chats([TurnMessage(5, "bot", "?", "ok")])
+        as_chat("bot", "?")
 
 
 async def test_budget_drops_oldest_turns_first_and_never_the_system_prompt(

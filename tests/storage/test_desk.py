@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from frontdesk.storage import HandoffState, Store
 from frontdesk.storage.models import utcnow
-from frontdesk.wire import InboundMessage
+from frontdesk.wire import AGENT_SAID, ChatMessage, InboundMessage
 
 
 def message(chat: str, text: str) -> InboundMessage:
@@ -63,6 +63,16 @@ async def test_one_handoff_however_many_open_it_and_its_messages_queue_no_turn(
     assert [(m.role, m.content) for m in messages][-2:] == [
         ("agent", "On its way."), ("user", "thanks"),
     ]  # fmt: skip
+    # a turn's history has the person's answer as the model sees it
+    context = await store.turn_context(first.conversation_id, after.message_id)
+    assert context.history == [
+        ChatMessage("user", "where is my parcel"),
+        ChatMessage("user", "hello? anyone?"),
+        ChatMessage("assistant", f"{AGENT_SAID} On its way."),
+        ChatMessage("user", "thanks"),
+    ]
+    assert all(type(m) is ChatMessage for m in context.history)
+    assert context.ids == [first.message_id, during.message_id, stored, after.message_id]
 
 
 async def test_a_desk_awaits_a_thread_only_for_an_open_handoff_opened_lately_without_one(

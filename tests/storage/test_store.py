@@ -15,7 +15,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 
 from frontdesk.errors import NotFound, StorageUnavailable
-from frontdesk.storage import ReplyFigures, Store
+from frontdesk.storage import ReplyFigures, Store, TurnContext
 from frontdesk.wire import InboundMessage
 
 
@@ -28,6 +28,12 @@ def message(text: str, *, chat: str, message_id: str | None = None) -> InboundMe
         message_id=message_id or uuid.uuid4().hex,
         text=text,
     )
+
+
+def awaiting_of(context: TurnContext) -> list[tuple[str, bool]]:
+    """Each message of a turn's history, and whether it awaits its reply."""
+    waiting = set(context.awaiting)
+    return [(m.content, i in waiting) for m, i in zip(context.history, context.ids, strict=True)]
 
 
 def counted_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -130,10 +136,12 @@ async def test_history_stops_at_the_turn_and_leaves_out_failed_replies(
     b = await store.record_user_message(message("b", chat=chat))
     c = await store.record_user_message(message("c", chat=chat))
     assert b is not None and c is not None
-    _reply, history = await store.turn_context(a.conversation_id, b.message_id)
-    assert [m.content for m in history] == ["a", "b"]
-    _reply, newest = await store.turn_context(a.conversation_id, c.message_id, limit=2)
-    assert [m.content for m in newest] == ["b", "c"]
+    context = await store.turn_context(a.conversation_id, b.message_id)
+    assert [m.content for m in context.history] == ["a", "b"]
+    assert context.ids == [a.message_id, b.message_id]
+    newest = await store.turn_context(a.conversation_id, c.message_id, limit=2)
+    assert [m.content for m in newest.history] == ["b", "c"]
+    assert newest.ids == [b.message_id, c.message_id]
 
 
 async def test_a_reply_stored_after_newer_messages_comes_right_after_its_question(
@@ -144,16 +152,19 @@ async def test_a_reply_stored_after_newer_messages_comes_right_after_its_questio
     one, two, three = [await store.record_user_message(message(t, chat=chat)) for t in "123"]
     assert one is not None and two is not None and three is not None
     conv = one.conversation_id
-    await store.record_reply(conv, one.message_id, "answer 1", ReplyFigures())
-    _reply, history = await store.turn_context(conv, two.message_id)
-    assert [m.content for m in history] == ["1", "answer 1", "2"]
-    await store.record_reply(conv, two.message_id, "answer 2", ReplyFigures())
-    reply, history = await store.turn_context(conv, three.message_id)
-    assert reply is None
-    assert [m.content for m in history] == ["1", "answer 1", "2", "answer 2", "3"]
-    _reply, newest = await store.turn_context(conv, three.message_id, limit=3)
-    assert [m.content for m in newest] == ["2", "answer 2", "3"]
-    reply, _history = await store.turn_context(conv, two.message_id)
+    answer_1 = await store.record_reply(conv, one.message_id, "answer 1", ReplyFigures())
+    context = await store.turn_context(conv, two.message_id)
+    assert [m.content for m in context.history] == ["1", "answer 1", "2"]
+    answer_2 = await store.record_reply(conv, two.message_id, "answer 2", ReplyFigures())
+    context = await store.turn_context(conv, three.message_id)
+    assert context.reply is None
+    assert [m.content for m in context.history] == ["1", "answer 1", "2", "answer 2", "3"]
+    assert [m.role for m in context.history] == ["user", "assistant"] * 2 + ["user"]
+    assert context.ids == [one.message_id, answer_1, two.message_id, answer_2, three.message_id]
+    newest = await store.turn_context(conv, three.message_id, limit=3)
+    assert [m.content for m in newest.history] == ["2", "answer 2", "3"]
+    assert newest.ids == [two.message_id, answer_2, three.message_id]
+    reply = (await store.turn_context(conv, two.message_id)).reply
     assert reply is not None and reply.content == "answer 2"  # a redelivery finds its reply
 
 
@@ -179,10 +190,10 @@ async def test_turn_contexts_asked_together_are_each_what_it_is_alone(
     statements = counted_statements(store, monkeypatch)
     together = await asyncio.gather(*(store.turn_context(c, m, limit=n) for c, m, n in asked))
     assert together == alone
-    assert [m.content for m in together[0][1]] == ["1", "answer 1", "2", "answer 2", "3"]
-    assert together[1][0] is not None and together[1][0].content == "answer 2"
-    assert [m.content for m in together[2][1]] == ["elsewhere"]
-    assert [m.content for m in together[3][1]] == ["2", "answer 2", "3"]
+    assert [m.content for m in together[0].history] == ["1", "answer 1", "2", "answer 2", "3"]
+    assert together[1].reply is not None and together[1].reply.content == "answer 2"
+    assert [m.content for m in together[2].history] == ["elsewhere"]
+    assert [m.content for m in together[3].history] == ["2", "answer 2", "3"]
     if store.dialect == "postgresql":
         assert len(statements) == 1 and "unnest" in statements[0]
 
@@ -229,14 +240,14 @@ async def test_messages_stored_together_are_each_stored_as_alone(
     assert once.conversation_id == opened[1].conversation_id  # type: ignore[union-attr]
     assert to_person is not None and to_person.handed_off
     assert new is not None and new.conversation_id not in {m.conversation_id for m in opened if m}
-    _reply, history = await store.turn_context(first.conversation_id, second.message_id)
-    assert [(m.content, m.awaiting) for m in history] == [
+    context = await store.turn_context(first.conversation_id, second.message_id)
+    assert awaiting_of(context) == [
         ("hello", False), ("first of 0", True), ("second of 0", True),
     ]  # fmt: skip
-    _reply, history = await store.turn_context(once.conversation_id, once.message_id)
-    assert [m.content for m in history] == ["hello", "twice"]
-    _reply, history = await store.turn_context(to_person.conversation_id, to_person.message_id)
-    assert [(m.content, m.awaiting) for m in history] == [("hello", False), ("to a person", False)]
+    context = await store.turn_context(once.conversation_id, once.message_id)
+    assert [m.content for m in context.history] == ["hello", "twice"]
+    context = await store.turn_context(to_person.conversation_id, to_person.message_id)
+    assert awaiting_of(context) == [("hello", False), ("to a person", False)]
 
 
 async def test_a_chat_s_first_message_opens_its_conversation_on_postgresql_in_one_statement(
@@ -255,8 +266,8 @@ async def test_a_chat_s_first_message_opens_its_conversation_on_postgresql_in_on
     opened = (conv.external_key, conv.user_id, conv.user_name, conv.status, conv.message_count)
     assert opened == (chat, "u-1", "Ada", "active", 1)
     assert [(m.id, m.content) for m in messages] == [(first.message_id, "hello")]
-    _reply, history = await store.turn_context(first.conversation_id, first.message_id)
-    assert [m.awaiting for m in history] == [True]
+    context = await store.turn_context(first.conversation_id, first.message_id)
+    assert awaiting_of(context) == [("hello", True)]
 
 
 async def test_a_message_stored_before_opens_no_conversation_when_its_chat_has_none(
@@ -336,9 +347,10 @@ async def test_replies_stored_together_are_each_stored_as_alone(
     ]
     assert (replies[0].tokens_in, replies[0].model) == (3, "m")  # type: ignore[union-attr]
     assert replies[3].sources == [{"chunk_id": 1}]  # type: ignore[union-attr]
-    _reply, history = await store.turn_context(conv, four)
-    assert [m.awaiting for m in history if m.role == "user"] == [False, False, False, False]
-    assert history[-1].content == "4"
+    context = await store.turn_context(conv, four)
+    assert context.awaiting == []
+    assert [m.role for m in context.history] == ["user", "assistant"] * 3 + ["user"]
+    assert context.history[-1].content == "4"
 
     five = await store.record_user_message(message("5", chat=chat), route)
     six = await store.record_user_message(message("6", chat=chat), route)
@@ -480,8 +492,8 @@ async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     young = await store.awaiting_replies(an_hour_ago, 1000)
     assert all(m.route.get("chat_id") != chat for m in young)  # too young for a sweep
-    _reply, history = await store.turn_context(a.conversation_id, b.message_id)
-    assert [m.awaiting for m in history] == [True, True]
+    context = await store.turn_context(a.conversation_id, b.message_id)
+    assert awaiting_of(context) == [("a", True), ("b", True)]
 
     await store.record_reply(a.conversation_id, a.message_id, "", ReplyFigures(), error="boom")
     mine = [m for m in await store.awaiting_replies(later, 1000) if m.route["chat_id"] == chat]
@@ -489,8 +501,8 @@ async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat
     assert await store.awaiting_reply(message("x", chat=chat).dedupe_key) is None
     again = await store.awaiting_reply(b_message.dedupe_key)  # a platform's retry of b
     assert again is not None and again.message_id == b.message_id
-    _reply, history = await store.turn_context(a.conversation_id, b.message_id)
-    assert [m.awaiting for m in history] == [False, True]
+    context = await store.turn_context(a.conversation_id, b.message_id)
+    assert awaiting_of(context) == [("a", False), ("b", True)]
 
 
 async def test_second_reply_to_one_message_is_refused(store: Store, chat: str) -> None:
@@ -579,8 +591,8 @@ async def test_a_connection_lost_under_a_turns_statements_is_storage_unavailable
             with pytest.raises(StorageUnavailable, match="cannot reach the database"):
                 await call()
             await call()  # a new connection
-        _reply, history = await store.turn_context(first.conversation_id, first.message_id + 10)
-        assert [m.content for m in history] == ["hello", "again", "Hi!"]  # by id
+        context = await store.turn_context(first.conversation_id, first.message_id + 10)
+        assert [m.content for m in context.history] == ["hello", "again", "Hi!"]  # by id
     finally:
         await store.stop()
 
@@ -603,10 +615,10 @@ async def test_a_turn_statement_cancelled_midway_gives_its_connection_back_to_th
         assert store.engine.sync_engine.pool.checkedout() == 0  # given back, not left to gc
         first = await asyncio.wait_for(store.record_user_message(message("hi", chat=chat)), 10)
         assert first is not None
-        _reply, history = await asyncio.wait_for(
+        context = await asyncio.wait_for(
             store.turn_context(first.conversation_id, first.message_id), 10
         )
-        assert [m.content for m in history] == ["hi"]
+        assert [m.content for m in context.history] == ["hi"]
     finally:
         await store.stop()
 
