@@ -4,12 +4,14 @@ runtime stops what it started in reverse order, every piece, even when one of th
 from __future__ import annotations
 
 import contextlib
+import gc
+import io
 
 import pytest
 
-from frontdesk.bots import Gateway, ReplyStream
+from frontdesk.bots import ConsoleChannel, Gateway, ReplyStream
 from frontdesk.engine.queue import LocalQueue
-from frontdesk.runtime import _enter
+from frontdesk.runtime import _enter, run_shell
 from frontdesk.storage import Store
 
 
@@ -86,3 +88,20 @@ async def test_a_second_gateway_under_a_running_ones_id_is_refused_in_one_line(
         await store.stop()
         for queue in queues:
             await queue.stop()
+
+
+async def test_a_process_serves_with_its_startup_heap_frozen_and_gives_it_back_as_it_stops(
+    make_settings,
+) -> None:  # type: ignore[no-untyped-def]
+    """What a process made as it started is out of the garbage collector's way while it serves
+    (``gc.freeze``), and the collector's again once it stops."""
+    frozen_while_serving: list[int] = []
+
+    class Probe(ConsoleChannel):
+        async def run(self) -> None:
+            frozen_while_serving.append(gc.get_freeze_count())
+
+    assert gc.get_freeze_count() == 0
+    await run_shell(make_settings(engine="fixed"), Probe(io.StringIO(), io.StringIO()))
+    assert frozen_while_serving and frozen_while_serving[0] > 10_000  # modules, settings, ...
+    assert gc.get_freeze_count() == 0
