@@ -90,6 +90,7 @@ from frontdesk.engine.context import build_prompt
 from frontdesk.engine.knowledge.ingest import add_paths
 from frontdesk.engine.knowledge.retrieval import Retriever
 from frontdesk.model import export_hf
+from frontdesk.runtime import startup_heap_frozen
 from frontdesk.settings import Settings, bundled_model_path, exported_model_dir
 from frontdesk.storage import ReplyFigures, Store
 from frontdesk.wire import ChatMessage, InboundMessage
@@ -175,13 +176,15 @@ async def first_tokens(
     times: dict[tuple[str, float], list[float]] = {way: [] for way in ways}
     for r in range(rounds):
         for way, pause in reversed(ways) if r % 2 else ways:
-            if way == "direct":
-                await vllm.engine.reset_prefix_cache()
-                run = await vllm_direct(vllm, short, requests, 1, pause)
-            else:
-                run = await through_frontdesk(
-                    short, vllm, requests, 1, pause_s=pause, fresh=vllm.engine.reset_prefix_cache
-                )
+            with startup_heap_frozen():  # each way, as frontdesk's processes serve
+                if way == "direct":
+                    await vllm.engine.reset_prefix_cache()
+                    run = await vllm_direct(vllm, short, requests, 1, pause)
+                else:
+                    run = await through_frontdesk(
+                        short, vllm, requests, 1, pause_s=pause,
+                        fresh=vllm.engine.reset_prefix_cache,
+                    )  # fmt: skip
             times[way, pause] += run.ttft
             print(f"  first tokens, {way}, pause {pause * 1000:.0f} ms: p50 "
                   f"{pct(run.ttft, 50) * 1000:.1f} ms")  # fmt: skip

@@ -23,6 +23,7 @@ from frontdesk.engine.backends import Backend
 from frontdesk.engine.context import build_prompt
 from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
+from frontdesk.runtime import startup_heap_frozen
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 from frontdesk.wire import ChatMessage, InboundMessage, ReplyDelta
@@ -221,12 +222,15 @@ def first_prompt(backend: Backend, settings: Settings, n: int) -> Any:
 async def alternate(
     direct: Callable[[], Awaitable[Run]], frontdesk: Callable[[], Awaitable[Run]], rounds: int
 ) -> tuple[Run, Run]:
-    """``rounds`` runs each way, in alternating order (ABBA…), pooled."""
+    """``rounds`` runs each way, in alternating order (ABBA…), pooled. Each run serves with the
+    heap frozen as frontdesk's processes serve (``startup_heap_frozen``), the direct way's too:
+    each starts from the same collected heap."""
     runs: dict[str, list[Run]] = {"direct": [], "frontdesk": []}
     ways = {"direct": direct, "frontdesk": frontdesk}
     for r in range(rounds):
         for way in sorted(ways, reverse=bool(r % 2)):
-            runs[way].append(await ways[way]())
+            with startup_heap_frozen():
+                runs[way].append(await ways[way]())
     return pooled(runs["direct"]), pooled(runs["frontdesk"])
 
 

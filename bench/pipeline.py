@@ -32,7 +32,9 @@ and worker start theirs: ``Store.start(warm=True)``, compiled at start), in turn
 first turn, its second and third, the p50 of its 4th to 20th (the pool's first connections) and
 of its 21st to 40th.
 
-Every process runs on the event loop that frontdesk's commands run on (uvloop where installed).
+Every process runs on the event loop that frontdesk's commands run on (uvloop where installed),
+and serves its turns with its startup heap frozen, as frontdesk's processes serve theirs
+(``frontdesk.runtime.startup_heap_frozen``); the raw hop's turns run so too, in the same process.
 
 Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--telemetry-only]
        python bench/pipeline.py --profile FILE [--turns 3000] [--in-flight 64]
@@ -71,6 +73,7 @@ from frontdesk.engine.backends.fixed import FixedReplyBackend
 from frontdesk.engine.queue import RedisQueue
 from frontdesk.engine.worker import Worker
 from frontdesk.ops import OpsServer
+from frontdesk.runtime import startup_heap_frozen
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
 
@@ -234,6 +237,7 @@ async def framework(
         gateway = Gateway(settings, gw_queue, store, [channel])
         await gateway.start()
         stack.push_async_callback(gateway.stop)
+        stack.enter_context(startup_heap_frozen())  # as frontdesk's processes serve
 
         await drive(turn, warmup, in_flight)
         if split:
@@ -285,6 +289,7 @@ def _worker_process(
                 stack.push_async_callback(queue.stop)
                 port = await stack.enter_async_context(_observed(queue, store))
             await _start_worker(stack, settings, store)
+            stack.enter_context(startup_heap_frozen())
             pipe.send(("ready", port))
             while await asyncio.to_thread(pipe.recv) != "stop":
                 pipe.send(time.process_time())
@@ -354,8 +359,9 @@ async def raw_hop(redis_url: str, turns: int, in_flight: int) -> tuple[float, fl
         await fut
 
     tasks = [asyncio.create_task(consumer()), asyncio.create_task(reply_reader())]
-    await drive(turn, min(turns, 200), in_flight)  # warm-up
-    result = await drive(turn, turns, in_flight)
+    with startup_heap_frozen():  # as the framework's turns run: the same heap, out of the way
+        await drive(turn, min(turns, 200), in_flight)  # warm-up
+        result = await drive(turn, turns, in_flight)
     stop.set()
     await asyncio.gather(*tasks)
     await gw.delete(turns_key, replies_key)
