@@ -101,6 +101,7 @@ async def test_a_process_serves_with_its_startup_heap_frozen_and_gives_it_back_a
         async def run(self) -> None:
             frozen_while_serving.append(gc.get_freeze_count())
 
+    gc.unfreeze()  # whatever an earlier test in this process may have left frozen
     assert gc.get_freeze_count() == 0
     await run_shell(make_settings(engine="fixed"), Probe(io.StringIO(), io.StringIO()))
     assert frozen_while_serving and frozen_while_serving[0] > 10_000  # modules, settings, ...
