@@ -89,14 +89,13 @@ class StoredMessage:
 
 
 class TurnMessage(NamedTuple):
-    """A stored message as a worker reads it: the reply already stored for the message a turn
-    answers (a redelivered turn)."""
+    """A stored reply as a worker reads it: the one stored already for the message a turn
+    answers (a redelivered turn), or one stored after newer messages (``turn_context``)."""
 
     id: int
     role: str
     content: str
     status: str
-    awaiting: bool = False  # a user message whose reply is not stored yet
 
 
 class TurnContext(NamedTuple):
@@ -942,9 +941,9 @@ def _turn_context_of(rows: Sequence[Sequence[Any]], message_id: int, limit: int)
         if body_chars is not None:  # a reply's own text, without the sources listed after it
             content = content[:body_chars]
         if reply_to_id == message_id:
-            reply = TurnMessage(id_, role, content, status, waits)
+            reply = TurnMessage(id_, role, content, status)
         elif id_ > message_id:
-            late[reply_to_id] = TurnMessage(id_, role, content, status, waits)
+            late[reply_to_id] = TurnMessage(id_, role, content, status)
         elif status == ok:
             chats.append(
                 new(ChatMessage, (role, content)) if role in CHAT_ROLES else as_chat(role, content)
