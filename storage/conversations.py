@@ -45,7 +45,14 @@ from frontdesk.errors import NotFound, StorageUnavailable
 from frontdesk.wire import CHAT_ROLES, ChatMessage, InboundMessage, as_chat, dumps
 
 from .database import Database, DriverStatement, dialect_insert
-from .models import Conversation, ConversationStatus, Message, MessageStatus, utcnow
+from .models import (
+    Conversation,
+    ConversationStatus,
+    Message,
+    MessageStatus,
+    chat_active,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +214,7 @@ class Conversations(Database):
         active = select(Conversation.id, *values).where(
             Conversation.platform == bindparam("platform"),
             Conversation.external_key == bindparam("external_key"),
-            Conversation.status == ConversationStatus.ACTIVE,
+            chat_active(),
         )
         self._insert_into_active = (
             insert(Message)
@@ -415,7 +422,7 @@ class Conversations(Database):
                 .where(
                     Conversation.platform == platform,
                     Conversation.external_key == external_key,
-                    Conversation.status == ConversationStatus.ACTIVE,
+                    chat_active(),
                 )
                 .values(status=ConversationStatus.CLOSED)
             )
@@ -683,7 +690,7 @@ _REPLY_COLUMNS = (
 _SELECT_ACTIVE = select(Conversation.id).where(
     Conversation.platform == bindparam("platform"),
     Conversation.external_key == bindparam("external_key"),
-    Conversation.status == ConversationStatus.ACTIVE,
+    chat_active(),
 )
 _TURN_COLUMNS = (
     Message.id,
@@ -827,7 +834,7 @@ def _insert_into_actives() -> Any:
             Conversation,
             (Conversation.platform == new.c.platform)
             & (Conversation.external_key == new.c.external_key)
-            & (Conversation.status == ConversationStatus.ACTIVE),
+            & chat_active(),
         )
         # in the order of their conversations, whose rows the counter trigger locks: two
         # batches never wait on each other's conversations in a cycle

@@ -20,11 +20,11 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from .database import Database, dialect_insert
 from .models import (
     Conversation,
-    ConversationStatus,
     Handoff,
     HandoffState,
     Message,
     MessageStatus,
+    chat_active,
     utcnow,
 )
 
@@ -139,7 +139,7 @@ class Handoffs(Database):
         query = select(Conversation.id, Conversation.user_id, Conversation.handoff_id).where(
             Conversation.platform == platform,
             Conversation.external_key == external_key,
-            Conversation.status == ConversationStatus.ACTIVE,
+            chat_active(),
         )
         async with self.connect() as conn:
             row = (await conn.execute(query)).first()

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     DateTime,
     Dialect,
     ForeignKey,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -107,6 +109,16 @@ class Conversation(Base):
             postgresql_where=text("status = 'active'"),
         ),
     )
+
+
+def chat_active() -> ColumnElement[bool]:
+    """``status = 'active'`` with the value written into the statement, not bound: so that the
+    planner matches a lookup of a chat's active conversation (its platform and key) to the
+    partial unique index above even in the generic plan PostgreSQL switches to once a statement
+    has been prepared and run a few times on a connection. Against a bound value it cannot use
+    that index, and on a table without statistics yet (a new or freshly restored database) it
+    read every conversation of the platform for each message."""
+    return Conversation.status == literal_column(f"'{ConversationStatus.ACTIVE.value}'")
 
 
 class Message(Base):

@@ -477,6 +477,54 @@ async def test_one_turn_at_a_time_runs_on_the_connection_used_last(pg_database: 
         await store.stop()
 
 
+async def test_a_chats_message_finds_its_conversation_by_the_active_chats_index(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a connection has run a statement a few times, PostgreSQL may plan it generically,
+    without its values. Even so, the statements that store a chat's messages (its first, its
+    next, several at once) and the desk's look-up of a chat find the chat's active conversation
+    by the unique index of active chats. With the status bound as a value they could not use
+    it, and on a table without statistics they read every conversation of the platform for each
+    message."""
+    store = Store(pg_database)
+    await store.start(migrate=True)
+    statements = counted_statements(store, monkeypatch)
+    chat = uuid.uuid4().hex
+    try:
+        with through_sqlalchemy(store) as executed:
+            assert await store.record_user_message(message("first", chat=chat)) is not None
+            assert await store.record_user_message(message("next", chat=chat)) is not None
+            together = [message(f"m{n}", chat=f"{chat}-{n}") for n in range(3)]
+            for opened in together:  # their conversations open first, then the three come at once
+                assert await store.record_user_message(opened) is not None
+            stored = await asyncio.gather(
+                *(store.record_user_message(message("again", chat=m.chat_id)) for m in together)
+            )
+            assert all(stored)
+            assert await store.chat_customer("test", chat) is not None
+    finally:
+        await store.stop()
+    finding = {s for s in [*statements, *executed] if "conversations.external_key" in s}
+    assert len(finding) >= 3  # a chat's first message, its next, several at once, the desk's
+    conn = await asyncpg.connect(pg_database.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        for n, statement in enumerate(sorted(finding)):
+            await conn.execute(f"PREPARE finding_{n} AS {statement}")
+            params = await conn.fetchval(
+                "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = $1",
+                f"finding_{n}",
+            )
+            nulls = ", ".join(["NULL"] * params)
+            plan = "\n".join(
+                r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE finding_{n}({nulls})")
+            )
+            assert "uq_conversations_active" in plan, plan
+            assert "ix_conversations_platform_user" not in plan, plan
+    finally:
+        await conn.close()
+
+
 async def test_a_message_awaits_its_reply_until_one_is_stored(store: Store, chat: str) -> None:
     from datetime import UTC, datetime, timedelta
 
