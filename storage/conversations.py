@@ -822,23 +822,29 @@ def _insert_into_actives() -> Any:
     )
     stored = ("role", "content", "platform_message_id", "dedupe_key", "user_id", "user_name",
               "status", "created_at")  # fmt: skip
+    # each message's chat looked up alone (LATERAL), by the active chats' unique index: joined
+    # as sets, a table without statistics got a hash join that read every active conversation
+    chat = (
+        select(Conversation.id, Conversation.handoff_id)
+        .where(
+            Conversation.platform == new.c.platform,
+            Conversation.external_key == new.c.external_key,
+            chat_active(),
+        )
+        .limit(1)
+        .lateral("chat")
+    )
     into_active = (
         select(
-            Conversation.id,
+            chat.c.id,
             new.c.platform,
             *(new.c[c] for c in stored),
-            case((Conversation.handoff_id.is_(None), new.c.reply_route)),
+            case((chat.c.handoff_id.is_(None), new.c.reply_route)),
         )
-        .join_from(
-            new,
-            Conversation,
-            (Conversation.platform == new.c.platform)
-            & (Conversation.external_key == new.c.external_key)
-            & chat_active(),
-        )
+        .join_from(new, chat, true())
         # in the order of their conversations, whose rows the counter trigger locks: two
         # batches never wait on each other's conversations in a cycle
-        .order_by(Conversation.id)
+        .order_by(chat.c.id)
     )
     columns = ["conversation_id", "platform", *stored, "reply_route"]
     return (
