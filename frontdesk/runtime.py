@@ -162,11 +162,11 @@ _frozen = 0  # how many ``startup_heap_frozen`` are open in this process
 def startup_heap_frozen() -> Iterator[None]:
     """What a process made as it started (its modules, settings, compiled statements, a loaded
     model) lives as long as it does: while it serves, those objects are out of the garbage
-    collector's way (``gc.freeze`` after a full collection, as vLLM's servers do after starting),
-    and its collections walk only what its turns made. Without this the collector took about a
-    fifth of a turn's CPU in ``bench/pipeline.py``, over half of it walking those. Given back to the
-    collector as it stops (``gc.unfreeze``: a process that starts again, as a test does, frees
-    what it dropped). Nested, only the outermost freezes and gives back."""
+    collector's way (``gc.freeze`` after a full collection, as vLLM's servers do after
+    starting), and its collections walk only what its turns made. Without this the collector
+    took about a fifth of a turn's CPU in ``bench/pipeline.py``, over half of it walking those.
+    Given back to the collector as it stops (``gc.unfreeze``: a process that starts again, as a
+    test does, frees what it dropped). Nested, only the outermost freezes and gives back."""
     global _frozen
     if not _frozen:
         gc.collect()

@@ -464,8 +464,9 @@ class Conversations(Database):
         first, each reply right after the message it answers, as the model sees them. A reply
         stored after newer user messages (the user sent several at once) has an id past theirs:
         it is fetched as well, by the rows after ``message_id`` that reply to it or to an
-        earlier one. Only the columns a prompt needs: this runs on every turn. On PostgreSQL the turns that ask at about the
-        same moment (those a worker received together) are read by one statement."""
+        earlier one. Only the columns a prompt needs: this runs on every turn. On PostgreSQL
+        the turns that ask at about the same moment (those a worker received together) are read
+        by one statement."""
         rows: Sequence[Sequence[Any]]
         if self._turn_contexts is not None:
             rows = await self._turn_contexts((conversation_id, message_id, limit + 1))
