@@ -43,13 +43,15 @@ def question(n: int) -> str:
 class Run:
     """One closed-loop run: wall seconds, completion tokens, each request's time to first token,
     the CPU seconds this process spent (the engine core is a process of its own), and through
-    frontdesk the reply deltas the channel got."""
+    frontdesk the reply deltas the channel got. Runs pooled into one (``pooled``) keep each
+    run's tokens/s in ``rates``, in the order they ran."""
 
     wall: float
     tokens: int
     ttft: list[float] = field(default_factory=list)
     cpu: float = 0.0
     deltas: int = 0
+    rates: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -242,6 +244,7 @@ def pooled(runs: list[Run]) -> Run:
         ttft=[t for r in runs for t in r.ttft],
         cpu=sum(r.cpu for r in runs),
         deltas=sum(r.deltas for r in runs),
+        rates=[r.rate for r in runs],
     )
 
 
