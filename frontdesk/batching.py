@@ -11,6 +11,7 @@ batches of 5.9 callers, against 2,771 of 6.95.)
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -22,10 +23,15 @@ class Batcher(Generic[Item, Result]):
     """Calls ``run`` with the items of every caller of one loop iteration, in the order they
     came; ``run`` returns one result for each, in the same order. A result that is an exception
     is raised to its caller only; an exception ``run`` raises reaches every caller of the batch.
+    A result that is a future reaches its caller when that is done (what ``run`` finishes for
+    some items after it returns, each answered as its work ends, none waiting for the slowest).
     A caller cancelled meanwhile leaves the rest of its batch alone."""
 
     def __init__(
-        self, run: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]]
+        self,
+        run: Callable[
+            [list[Item]], Awaitable[Sequence[Result | Exception | asyncio.Future[Result]]]
+        ],
     ) -> None:
         self._run = run
         self._queued: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -58,9 +64,23 @@ class Batcher(Generic[Item, Result]):
                 raise
             return
         for (_item, future), result in zip(batch, results, strict=True):
-            if future.done():  # its caller was cancelled
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(functools.partial(_answer, future))
+            elif future.done():  # its caller was cancelled
                 continue
-            if isinstance(result, Exception):
+            elif isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def _answer(caller: asyncio.Future[Result], done: asyncio.Future[Result]) -> None:
+    """A later result (``done``) to its caller, unless the caller was cancelled meanwhile (its
+    error then counts as heard: nobody is left to hear it)."""
+    if done.cancelled():
+        caller.cancel()
+    elif (error := done.exception()) is not None:
+        if not caller.done():
+            caller.set_exception(error)
+    elif not caller.done():
+        caller.set_result(done.result())

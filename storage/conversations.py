@@ -9,6 +9,7 @@ failures surface as ``StorageUnavailable``. Works on SQLite (aiosqlite, WAL mode
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import json
@@ -55,6 +56,11 @@ from .models import (
 )
 
 log = logging.getLogger(__name__)
+
+ALONE_AT_ONCE = 8
+"""PostgreSQL: at most this many of a batch's user messages stored alone at a time (each on a
+connection of the pool's): different chats' first messages side by side, the pool left for the
+rest of the turn's statements."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +279,7 @@ class Conversations(Database):
         self._user_messages = (
             Batcher(self._insert_user_messages) if self._insert_into_actives_pg else None
         )
+        self._storing_alone: set[asyncio.Task[None]] = set()  # ``_stored_alone``'s, running
         self._insert_conversation = (
             insert(Conversation)
             .on_conflict_do_nothing(
@@ -332,15 +339,17 @@ class Conversations(Database):
 
     async def _insert_user_messages(
         self, asked: list[dict[str, Any]]
-    ) -> list[Sequence[Any] | Exception | None]:
+    ) -> list[Sequence[Any] | Exception | None | asyncio.Future[Sequence[Any] | None]]:
         """PostgreSQL: the user messages that come at about the same moment (``Batcher``), each
         into its chat's active conversation, by one statement: for each, the row stored (id,
         conversation id, reply route) or None (a duplicate, or another gateway opened its chat's
         conversation meanwhile: the caller goes the long way). A chat's first message of the
         batch goes in the statement; any later one, and any the statement did not store (its
-        chat has no active conversation), goes after it, alone, by ``_open_or_insert``, in
-        turn: a chat's messages keep the order they came in. When the batch's statement fails
-        for anything but a lost database, each message is stored alone."""
+        chat has no active conversation), goes after it, alone, by ``_open_or_insert``: a chat's
+        messages in turn, in the order they came, and different chats' side by side (at most
+        ``ALONE_AT_ONCE`` statements at a time), so that new chats' first messages arriving
+        together do not wait a round trip for each chat before them. When the batch's statement
+        fails for anything but a lost database, each message is stored alone."""
         assert self._open_or_insert_pg is not None
         together: list[int] = []  # a chat's first message, and a dedupe key's first
         seen: set[object] = set()
@@ -349,7 +358,8 @@ class Conversations(Database):
             if chat not in seen and key not in seen:
                 together.append(i)
             seen.update((chat, key))
-        results: list[Sequence[Any] | Exception | None] = [None] * len(asked)
+        results: list[Sequence[Any] | Exception | None | asyncio.Future[Sequence[Any] | None]]
+        results = [None] * len(asked)
         alone: Sequence[int] = range(len(asked))
         if len(together) > 1:
             assert self._insert_into_actives_pg is not None
@@ -361,13 +371,45 @@ class Conversations(Database):
                 for i in together:
                     results[i] = stored.get(asked[i]["dedupe_key"])
                 alone = [i for i, result in enumerate(results) if result is None]
+        chats: dict[tuple[str, str], list[int]] = {}
         for i in alone:
-            try:
-                found = await self.driver_rows(self._open_or_insert_pg, asked[i])
-                results[i] = next(iter(found), None)
-            except Exception as exc:  # its own caller hears of it
-                results[i] = exc
+            chats.setdefault(_chat(asked[i]), []).append(i)
+        loop = asyncio.get_running_loop()
+        at_once = asyncio.Semaphore(ALONE_AT_ONCE)
+        for of_chat in chats.values():
+            answers: list[asyncio.Future[Sequence[Any] | None]] = []
+            for i in of_chat:
+                results[i] = answer = loop.create_future()
+                answers.append(answer)
+            task = asyncio.create_task(
+                self._stored_alone([asked[i] for i in of_chat], answers, at_once)
+            )
+            self._storing_alone.add(task)
+            task.add_done_callback(self._storing_alone.discard)
         return results
+
+    async def _stored_alone(
+        self,
+        messages: list[dict[str, Any]],
+        answers: list[asyncio.Future[Sequence[Any] | None]],
+        at_once: asyncio.Semaphore,
+    ) -> None:
+        """PostgreSQL: one chat's messages by ``_open_or_insert``, in turn, each answered as
+        it is stored (or with its own error); ``at_once`` bounds the statements of a batch
+        running at a time."""
+        assert self._open_or_insert_pg is not None
+        try:
+            for params, answer in zip(messages, answers, strict=True):
+                try:
+                    async with at_once:
+                        found = await self.driver_rows(self._open_or_insert_pg, params)
+                except Exception as exc:  # its own caller hears of it
+                    answer.set_exception(exc)
+                else:
+                    answer.set_result(next(iter(found), None))
+        finally:  # cancelled midway (the store stopping): the rest are told so
+            for answer in answers:
+                answer.cancel()
 
     async def awaiting_reply(self, dedupe_key: str) -> AwaitingMessage | None:
         """The message stored under ``dedupe_key`` if it still awaits its reply: a platform's

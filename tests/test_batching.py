@@ -99,3 +99,45 @@ async def test_a_cancelled_caller_leaves_the_rest_of_its_batch_its_results() -> 
     recorder.release.set()
     assert await two == 20
     assert one.cancelled()
+
+
+async def test_a_result_given_later_reaches_its_caller_as_soon_as_it_is_done() -> None:
+    """``run`` may answer an item with a future: its caller gets that future's result or error
+    when it is done, while the others of the batch already have theirs."""
+    later: dict[int, asyncio.Future[int]] = {}
+
+    async def run(items: list[int]) -> list[int | asyncio.Future[int]]:
+        loop = asyncio.get_running_loop()
+        later.update({n: loop.create_future() for n in items if n > 1})
+        return [later.get(n, n * 10) for n in items]  # type: ignore[misc]
+
+    batcher = Batcher(run)
+    calls = [asyncio.ensure_future(batcher(n)) for n in (1, 2, 3)]
+    assert await calls[0] == 10
+    await settle()
+    assert not calls[1].done() and not calls[2].done()
+    later[3].set_exception(ValueError("no 3"))
+    with pytest.raises(ValueError, match="no 3"):
+        await calls[2]
+    assert not calls[1].done()
+    later[2].set_result(20)
+    assert await calls[1] == 20
+
+
+async def test_a_caller_cancelled_before_its_later_result_leaves_the_rest_alone() -> None:
+    later: list[asyncio.Future[int]] = []
+
+    async def run(items: list[int]) -> list[asyncio.Future[int]]:
+        loop = asyncio.get_running_loop()
+        later.extend(loop.create_future() for _ in items)
+        return later
+
+    batcher = Batcher(run)
+    calls = [asyncio.ensure_future(batcher(n)) for n in (1, 2)]
+    await settle()
+    calls[0].cancel()
+    await settle()
+    later[0].set_exception(ValueError("nobody hears this"))
+    later[1].set_result(2)
+    assert await calls[1] == 2
+    assert calls[0].cancelled()

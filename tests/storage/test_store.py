@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from frontdesk.errors import NotFound, StorageUnavailable
 from frontdesk.storage import ReplyFigures, Store, TurnContext
+from frontdesk.storage.conversations import ALONE_AT_ONCE
 from frontdesk.wire import InboundMessage
 
 
@@ -309,6 +310,83 @@ async def test_gateways_opening_one_chat_s_conversation_at_once_store_every_mess
     finally:
         for each in stores:
             await each.stop()
+
+
+async def test_a_new_chat_s_first_message_does_not_wait_behind_another_chat_s_held_up(
+    pg_database: str, chat: str
+) -> None:
+    """New chats' first messages that come at the same moment are stored side by side: while
+    one chat's conversation cannot be opened yet (another session is opening it and has not
+    committed), the others' are stored, a chat's two messages in the order they came; the
+    held-up one is stored once the way is clear."""
+    store = Store(pg_database)
+    await store.start(migrate=True)
+    holder = await asyncpg.connect(pg_database.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        held = f"{chat}-held"
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute(
+            "INSERT INTO conversations (platform, external_key, user_id, user_name, status, "
+            "message_count, created_at, last_activity_at) "
+            "VALUES ('test', $1, 'u-2', 'Bo', 'active', 0, now(), now())",
+            held,
+        )
+        asked = [
+            message("held up", chat=held),
+            message("first", chat=f"{chat}-a"),
+            message("second", chat=f"{chat}-a"),
+            message("other", chat=f"{chat}-b"),
+        ]
+        tasks = [asyncio.create_task(store.record_user_message(m)) for m in asked]
+        others = await asyncio.wait_for(asyncio.gather(*tasks[1:]), 10)
+        assert not tasks[0].done()  # still waiting for the other session
+        first, second, other = others
+        assert first is not None and second is not None and other is not None
+        assert first.conversation_id == second.conversation_id != other.conversation_id
+        assert second.message_id > first.message_id
+        context = await store.turn_context(first.conversation_id, second.message_id)
+        assert [m.content for m in context.history] == ["first", "second"]
+        await transaction.rollback()
+        stored = await asyncio.wait_for(tasks[0], 10)
+        assert stored is not None
+        conv, messages = await store.conversation(stored.conversation_id)
+        assert (conv.external_key, [m.content for m in messages]) == (held, ["held up"])
+    finally:
+        await holder.close()
+        await store.stop()
+
+
+async def test_new_chats_first_messages_at_once_take_a_bounded_share_of_the_pool(
+    pg_database: str, chat: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty new chats' first messages at the same moment: each opens its own conversation,
+    their statements run side by side but never more than ``ALONE_AT_ONCE`` at a time (the
+    rest of the pool stays free for the turns' other statements)."""
+    store = Store(pg_database)
+    await store.start(migrate=True)
+    running, most = 0, 0
+    driver_rows = store.driver_rows
+
+    async def counted(statement: Any, params: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.01)  # long enough for the others to start, if they may
+            return await driver_rows(statement, params)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(store, "driver_rows", counted)
+    try:
+        asked = [message(f"hello {n}", chat=f"{chat}-{n}") for n in range(20)]
+        stored = await asyncio.gather(*(store.record_user_message(m) for m in asked))
+        assert all(s is not None for s in stored)
+        assert len({s.conversation_id for s in stored if s is not None}) == 20
+        assert most == ALONE_AT_ONCE
+    finally:
+        await store.stop()
 
 
 async def test_replies_stored_together_are_each_stored_as_alone(
