@@ -339,7 +339,7 @@ class Conversations(Database):
 
     async def _insert_user_messages(
         self, asked: list[dict[str, Any]]
-    ) -> list[Sequence[Any] | Exception | None | asyncio.Future[Sequence[Any] | None]]:
+    ) -> list[Sequence[Any] | Exception | asyncio.Future[Sequence[Any] | None] | None]:
         """PostgreSQL: the user messages that come at about the same moment (``Batcher``), each
         into its chat's active conversation, by one statement: for each, the row stored (id,
         conversation id, reply route) or None (a duplicate, or another gateway opened its chat's
@@ -358,7 +358,7 @@ class Conversations(Database):
             if chat not in seen and key not in seen:
                 together.append(i)
             seen.update((chat, key))
-        results: list[Sequence[Any] | Exception | None | asyncio.Future[Sequence[Any] | None]]
+        results: list[Sequence[Any] | Exception | asyncio.Future[Sequence[Any] | None] | None]
         results = [None] * len(asked)
         alone: Sequence[int] = range(len(asked))
         if len(together) > 1:
