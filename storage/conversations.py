@@ -57,10 +57,11 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
-ALONE_AT_ONCE = 8
+ALONE_AT_ONCE = 4
 """PostgreSQL: at most this many of a batch's user messages stored alone at a time (each on a
 connection of the pool's): different chats' first messages side by side, the pool left for the
-rest of the turn's statements."""
+rest of the turn's statements. (Measured on two cores, 32 new chats at once: 2, 4 and 8 at a time
+all beat one; 8 gave a slow tail, its server processes outnumbering the cores.)"""
 
 
 @dataclass(frozen=True, slots=True)
