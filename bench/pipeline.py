@@ -32,6 +32,11 @@ and worker start theirs: ``Store.start(warm=True)``, compiled at start), in turn
 first turn, its second and third, the p50 of its 4th to 20th (the pool's first connections) and
 of its 21st to 40th.
 
+With ``--new-chats N``, instead: N new chats' first messages at the same moment, stored by one
+store as a gateway stores them (``record_user_message``), 25 bursts of them (the first 5
+untimed), each a moment after the last: each message's time until it is stored, and the
+burst's, p50 and p90.
+
 Every process runs on the event loop that frontdesk's commands run on (uvloop where installed),
 and serves its turns with its startup heap frozen, as frontdesk's processes serve theirs
 (``frontdesk.runtime.startup_heap_frozen``); the raw hop's turns run so too, in the same process.
@@ -41,6 +46,7 @@ Usage: python bench/pipeline.py [--turns 3000] [--in-flight 64] [--pairs 2] [--t
        python bench/pipeline.py --parsers
        python bench/pipeline.py --packing [--turns 3000] [--in-flight 64]
        python bench/pipeline.py --first-turns 5
+       python bench/pipeline.py --new-chats 32
 Needs Redis and PostgreSQL on 127.0.0.1 (a scratch database is created and dropped).
 """
 
@@ -76,6 +82,7 @@ from frontdesk.ops import OpsServer
 from frontdesk.runtime import startup_heap_frozen
 from frontdesk.settings import Settings
 from frontdesk.storage import Store
+from frontdesk.wire import InboundMessage
 
 USERS = 64
 
@@ -537,6 +544,37 @@ def report_first_turns(each: dict[str, list[list[float]]]) -> None:
           "warm: as frontdesk's\ngateway and worker start theirs (compiled at start).")  # fmt: skip
 
 
+async def new_chats(db_url: str, chats: int) -> tuple[list[float], list[float]]:
+    """``chats`` new chats' first messages at once, 25 bursts (5 untimed): each message's time
+    until stored, and each burst's (s)."""
+    each: list[float] = []
+    bursts: list[float] = []
+    store = Store(db_url)
+    await store.start(migrate=True, warm=True)  # as a gateway's store starts
+    try:
+        with startup_heap_frozen():
+            for burst in range(25):
+                run = uuid.uuid4().hex[:8]
+
+                async def stored(chat: int, run: str = run) -> float:
+                    started = time.perf_counter()
+                    await store.record_user_message(InboundMessage(
+                        platform="telegram", chat_id=f"{run}-{chat}", user_id=str(chat),
+                        user_name="Ada", message_id="1", text="What are your opening hours?",
+                    ))  # fmt: skip
+                    return time.perf_counter() - started
+
+                started = time.perf_counter()
+                times = await asyncio.gather(*(stored(chat) for chat in range(chats)))
+                if burst >= 5:
+                    bursts.append(time.perf_counter() - started)
+                    each.extend(times)
+                await asyncio.sleep(0.05)
+    finally:
+        await store.stop()
+    return each, bursts
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=3000)
@@ -549,7 +587,17 @@ async def main() -> None:
     parser.add_argument("--parsers", action="store_true", help="time the Redis reply parsers")
     parser.add_argument("--packing", action="store_true", help="time the Redis command packing")
     parser.add_argument("--first-turns", type=int, metavar="N", help="a process's first turns")
+    parser.add_argument("--new-chats", type=int, metavar="N", help="N new chats' messages at once")
     args = parser.parse_args()
+
+    if args.new_chats:
+        async with scratch_database(args.pg) as db_url:
+            each, bursts = await new_chats(db_url, args.new_chats)
+        print(f"{args.new_chats} new chats' first messages at once, stored by one store, "
+              f"{len(bursts)} bursts:\n  each message until stored: p50 {pct(each, 50) * 1000:.1f} "
+              f"ms, p90 {pct(each, 90) * 1000:.1f} ms\n  the whole burst: p50 "
+              f"{pct(bursts, 50) * 1000:.1f} ms, p90 {pct(bursts, 90) * 1000:.1f} ms")  # fmt: skip
+        return
 
     if args.first_turns:
         async with scratch_database(args.pg) as db_url:
