@@ -65,7 +65,10 @@ class Batcher(Generic[Item, Result]):
             return
         for (_item, future), result in zip(batch, results, strict=True):
             if isinstance(result, asyncio.Future):
-                result.add_done_callback(functools.partial(_answer, future))
+                if result.done():  # answered already: no round of the loop to wait
+                    _answer(future, result)
+                else:
+                    result.add_done_callback(functools.partial(_answer, future))
             elif future.done():  # its caller was cancelled
                 continue
             elif isinstance(result, Exception):

@@ -382,9 +382,11 @@ class Conversations(Database):
             for i in of_chat:
                 results[i] = answer = loop.create_future()
                 answers.append(answer)
-            task = asyncio.create_task(
-                self._stored_alone([asked[i] for i in of_chat], answers, at_once)
-            )
+            storing = self._stored_alone([asked[i] for i in of_chat], answers, at_once)
+            if len(chats) == 1:  # (the common batch, one message) nobody to go side by side with
+                await storing
+                continue
+            task = asyncio.create_task(storing)
             self._storing_alone.add(task)
             task.add_done_callback(self._storing_alone.discard)
         return results
