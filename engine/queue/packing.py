@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
+from collections.abc import Iterable
 from typing import Any
 
 import hiredis
 from redis._parsers import _AsyncHiredisParser
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Python 3.11's asyncio.wait_for wraps what it waits for in a task; 3.12's is asyncio.timeout
+_WAIT_FOR_TASKS = sys.version_info < (3, 12)
 
 
 class _TimedReads(_AsyncHiredisParser):
@@ -71,6 +77,32 @@ class _PackedByHiredis(AbstractConnection):
             return await super().read_response(disable_decoding, math.inf, **kwargs)
         finally:
             parser.bound_s = None
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        bound_s = self.socket_timeout
+        if not (_WAIT_FOR_TASKS and bound_s and self.is_connected):
+            return await super().send_packed_command(command, check_health)
+        if check_health:
+            await self.check_health()
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        bound = asyncio.timeout(bound_s)
+        try:
+            async with bound:
+                await self._send_packed_command(command)
+        except BaseException as exc:
+            await self.disconnect(nowait=True)  # part of a command may be written: not reusable
+            if isinstance(exc, TimeoutError) and bound.expired():
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            if isinstance(exc, OSError):  # the OS's ETIMEDOUT among them: the connection is dead
+                raise RedisConnectionError(
+                    f"Error {exc.errno or 'UNKNOWN'} while writing to socket. {exc.strerror or exc}."
+                ) from exc
+            raise
 
     def pack_command(self, *args: Any) -> list[bytes]:
         name: Any = args[0] if args else None

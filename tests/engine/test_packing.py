@@ -4,6 +4,7 @@ packing, the same refusals, on every kind of connection a URL names."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -176,7 +177,8 @@ async def test_the_replies_of_a_pipeline_read_together_arm_one_timer_not_one_eac
     redis_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """redis-py arms a timer (``socket_timeout``) for each reply it reads; the queue's connections
-    only while they wait for Redis's bytes: five replies that came in one read arm one."""
+    only while they wait for Redis's bytes: five replies that came in one read arm one (and, on
+    Python 3.11, one more bounds the pipeline's write: redis-py's is ``wait_for``, not counted)."""
     armed: list[float | None] = []
 
     def counted(delay: float | None) -> asyncio.Timeout:
@@ -186,7 +188,8 @@ async def test_the_replies_of_a_pipeline_read_together_arm_one_timer_not_one_eac
     monkeypatch.setattr(redis_connection, "async_timeout", counted)  # redis-py's, a reply each
     monkeypatch.setattr(asyncio, "timeout", counted)  # the queue connection's, a wait each
     key = f"{queue_prefix}:timers"
-    for kind, expected in ((Connection, 5), (Packed, 1)):
+    written = 1 if sys.version_info < (3, 12) else 0
+    for kind, expected in ((Connection, 5), (Packed, 1 + written)):
         client = aioredis.from_url(redis_url, connection_class=kind, socket_timeout=5)
         try:
             await client.delete(key)
@@ -224,3 +227,64 @@ async def test_a_queue_connection_listening_to_a_channel_waits_past_the_socket_t
     finally:
         await pubsub.aclose()
         await client.aclose()
+
+
+@pytest.mark.parametrize("kind", [Connection, Packed])
+async def test_a_write_redis_does_not_take_fails_after_the_socket_timeout(kind: type) -> None:
+    """A Redis that stops reading (the socket's buffers full): the write of a command fails with
+    redis-py's ``TimeoutError`` after ``socket_timeout``, on redis-py's connections and on the
+    queue's alike, and the connection is dropped (part of the command may be written)."""
+    stalled: list[asyncio.StreamWriter] = []
+
+    async def never_reads(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stalled.append(writer)
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = kind(host="127.0.0.1", port=port, socket_timeout=0.3, protocol=2)
+    try:
+        connection.on_connect_check_health = lambda **_: asyncio.sleep(0)  # no HELLO to answer
+        await connection.connect()
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="writing"):
+            await asyncio.wait_for(connection.send_command("SET", "k", "x" * (64 << 20)), 10)
+        assert 0.25 < time.monotonic() - started < 3
+        assert not connection.is_connected
+    finally:
+        await connection.disconnect()
+        server.close()
+        for writer in stalled:
+            writer.close()
+
+
+async def test_the_queue_s_connections_write_a_command_without_a_task_of_its_own(
+    redis_url: str, queue_prefix: str
+) -> None:
+    """On Python 3.11 redis-py bounds each write with ``asyncio.wait_for``, which runs it as a
+    task (two turns of the event loop before the command leaves); the queue's connections
+    bound it by ``asyncio.timeout``, in the caller's task. From 3.12 on neither makes one."""
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    key = f"{queue_prefix}:tasks"
+    expected = {Connection: 10 if sys.version_info < (3, 12) else 0, Packed: 0}
+    for kind, tasks in expected.items():
+        client = aioredis.from_url(redis_url, connection_class=kind, socket_timeout=5)
+        try:
+            await client.set(key, "warm")  # connected: its handshake is not counted
+            loop.set_task_factory(counting)
+            made.clear()
+            try:
+                for n in range(10):
+                    assert await client.set(key, n)
+            finally:
+                loop.set_task_factory(None)
+            assert len(made) == tasks, kind
+            assert await client.get(key) == b"9"
+        finally:
+            await client.delete(key)
+            await client.aclose()
