@@ -111,10 +111,15 @@ def greedy(settings: Settings) -> Any:
 
 
 async def vllm_direct(
-    vllm: VLLMBackend, settings: Settings, requests: int, in_flight: int, pause_s: float = 0.0
+    vllm: VLLMBackend,
+    settings: Settings,
+    requests: int,
+    in_flight: int,
+    pause_s: float = 0.0,
+    measured: bool = False,
 ) -> Run:
     """The same requests with ``AsyncLLM.generate`` called directly (``pause_s``: each client's
-    pause before each, as ``closed_loop``'s)."""
+    pause before each, and ``measured``, as ``closed_loop``'s)."""
     sampling = greedy(settings)
     prompts = [first_prompt(vllm, settings, n) for n in range(requests)]
 
@@ -127,7 +132,7 @@ async def vllm_direct(
                 first = time.perf_counter() - started
         return first, tokens
 
-    return await closed_loop(request, requests, in_flight, pause_s)
+    return await closed_loop(request, requests, in_flight, pause_s, measured)
 
 
 async def vllm_throughput(
@@ -145,13 +150,13 @@ async def vllm_throughput(
 
         async def direct(in_flight: int = in_flight, requests: int = requests) -> Run:
             await vllm.engine.reset_prefix_cache()
-            run = await vllm_direct(vllm, settings, requests, in_flight)
+            run = await vllm_direct(vllm, settings, requests, in_flight, measured=True)
             return _said(f"vllm {in_flight:>2} in flight,    direct", run)
 
         async def frontdesk(in_flight: int = in_flight, requests: int = requests) -> Run:
             run = await through_frontdesk(
                 settings, vllm, requests, in_flight, shows_every_s,
-                fresh=vllm.engine.reset_prefix_cache,
+                fresh=vllm.engine.reset_prefix_cache, measured=True,
             )  # fmt: skip
             return _said(f"vllm {in_flight:>2} in flight, frontdesk", run)
 
@@ -211,9 +216,10 @@ def report_first_tokens(times: dict[tuple[str, float], list[float]]) -> None:
 def _said(what: str, run: Run) -> Run:
     """Print one run as it ends (a long benchmark shows it is alive)."""
     deltas = f", {run.deltas / len(run.ttft):.0f} deltas a reply" if run.deltas else ""
+    engine = f", engine core {run.spent['engine'] / run.wall:.1%}" if run.spent else ""
     print(
         f"  {what}: {run.tokens} tokens in {run.wall:.1f} s = {run.rate:.1f} tok/s, "
-        f"CPU here {run.cpu / run.wall:.1%}{deltas}"
+        f"CPU here {run.cpu / run.wall:.1%}{engine}{deltas}"
     )
     return run
 
@@ -574,6 +580,7 @@ def report_vllm(rows: list[tuple[int, Run, Run]], shows_every_s: float) -> None:
         print(
             f"time to first token frontdesk adds, p50 at 1 in flight: {added:.0f} ms (target ≤ 10 ms)"
         )
+    report_spent(rows)
     if any(len(d.rates) > 1 for _n, d, _f in rows):
         # the two runs of a round ran one after the other: how far a round's ratio strays from
         # the pooled one is the noise of the machine at that level
@@ -585,6 +592,40 @@ def report_vllm(rows: list[tuple[int, Run, Run]], shows_every_s: float) -> None:
                 f"(median {statistics.median(each):.3f}; direct "
                 f"{min(d.rates):.1f}-{max(d.rates):.1f} tok/s)"
             )
+
+
+def report_spent(rows: list[tuple[int, Run, Run]]) -> None:
+    """Whose CPU the runs took, each way (``harness.cpu_seconds``), and the engine's tokens for
+    the CPU its core got: where that is the same both ways, what frontdesk's way lacks in
+    tokens/s is CPU its engine core did not get (taken by frontdesk, its servers, or the rest
+    of the machine), not work the engine did worse."""
+    print(f"\n### Whose CPU the runs took (% of one core; {_cores()} cores)\n")
+    print(
+        "| in flight | way | vLLM's engine core | this process | Redis + PostgreSQL | "
+        "the rest of the machine | stolen | tokens per engine core CPU-second |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    per_cpu = []
+    for in_flight, *runs in rows:
+        for way, run in zip(("direct", "frontdesk"), runs, strict=True):
+            spent, wall = run.spent, run.wall
+            rest = spent["machine"] - spent["here"] - spent["engine"] - spent["servers"]
+            print(
+                f"| {in_flight} | {way} | {spent['engine'] / wall:.1%} | {spent['here'] / wall:.1%} | "
+                f"{spent['servers'] / wall:.1%} | {rest / wall:.1%} | "
+                f"{spent['stolen'] / wall:.1%} | {run.tokens / spent['engine']:.1f} |"
+            )
+        direct, frontdesk = runs
+        per_cpu.append((
+            in_flight,
+            (frontdesk.tokens / frontdesk.spent["engine"]) / (direct.tokens / direct.spent["engine"]),
+            (frontdesk.spent["engine"] / frontdesk.wall) / (direct.spent["engine"] / direct.wall),
+        ))  # fmt: skip
+    for in_flight, tokens, share in per_cpu:
+        print(
+            f"{in_flight:>2} in flight, frontdesk / direct: the engine core's tokens a CPU-second "
+            f"{tokens:.3f}, its CPU a second {share:.3f} (their product is the throughput ratio)"
+        )
 
 
 def report_prefix(

@@ -44,7 +44,8 @@ class Run:
     """One closed-loop run: wall seconds, completion tokens, each request's time to first token,
     the CPU seconds this process spent (the engine core is a process of its own), and through
     frontdesk the reply deltas the channel got. Runs pooled into one (``pooled``) keep each
-    run's tokens/s in ``rates``, in the order they ran."""
+    run's tokens/s in ``rates``, in the order they ran. ``spent``: the CPU seconds of the run
+    by whom (``cpu_seconds``)."""
 
     wall: float
     tokens: int
@@ -52,10 +53,38 @@ class Run:
     cpu: float = 0.0
     deltas: int = 0
     rates: list[float] = field(default_factory=list)
+    spent: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.tokens / self.wall
+
+
+SERVERS = ("redis-server", "postgres")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """The CPU seconds spent so far, by whom: this process (``here``: the clients, frontdesk's
+    gateway and worker, vLLM's ``AsyncLLM``), its children (``engine``: vLLM's engine core),
+    Redis's and PostgreSQL's servers (``servers``; a process that ends takes its own with it),
+    the whole machine busy (``machine``), and what the hypervisor took from it (``stolen``)."""
+    import psutil  # vLLM's dependency: only the engines' benchmark asks for it
+
+    def used(process: psutil.Process) -> float:
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            times = process.cpu_times()
+            return float(times.user + times.system)
+        return 0.0
+
+    me = psutil.Process()
+    spent = {"here": used(me), "engine": sum(used(p) for p in me.children(recursive=True))}
+    spent["servers"] = sum(
+        used(p) for p in psutil.process_iter(["name"]) if p.info["name"] in SERVERS
+    )
+    machine = psutil.cpu_times()
+    busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
+    spent["machine"], spent["stolen"] = busy, machine.steal
+    return spent
 
 
 async def closed_loop(
@@ -63,12 +92,14 @@ async def closed_loop(
     requests: int,
     in_flight: int,
     pause_s: float = 0.0,
+    measured: bool = False,
 ) -> Run:
     """``in_flight`` clients, each sending its next request when the last is answered (after
     ``pause_s``), until ``requests`` are done. ``request(n)`` returns (time to first token,
-    tokens or 0)."""
+    tokens or 0). ``measured``: whose CPU the run took, too (``Run.spent``)."""
     pending = iter(range(requests))
     run = Run(0.0, 0)
+    before = cpu_seconds() if measured else {}
 
     async def client() -> None:
         for n in pending:
@@ -81,6 +112,8 @@ async def closed_loop(
     started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client() for _ in range(in_flight)))
     run.wall, run.cpu = time.perf_counter() - started, time.process_time() - cpu
+    if measured:
+        run.spent = {who: spent - before[who] for who, spent in cpu_seconds().items()}
     return run
 
 
@@ -172,6 +205,7 @@ async def through_frontdesk(
     shows_every_s: float = 0.0,
     pause_s: float = 0.0,
     fresh: Callable[[], Awaitable[object]] | None = None,
+    measured: bool = False,
 ) -> Run:
     """``requests`` questions, each in a new conversation, through the full frontdesk path, to
     a channel that shows progress every ``shows_every_s`` (``TimingChannel``); each client
@@ -182,7 +216,7 @@ async def through_frontdesk(
     them, 3 to 15 ms on a run's first token here before, is done as the store starts warm, as
     frontdesk's processes start theirs). ``fresh``, awaited after those, gives the timed
     requests the engine's state the direct way's start from (an empty prefix cache or KV
-    cache)."""
+    cache). ``measured``: whose CPU the timed requests took, too (``closed_loop``)."""
     run_id = uuid.uuid4().hex[:6]
     async with frontdesk_path(settings, backend, shows_every_s) as channel:
         # questions of their own: an engine that keeps the last request's cache (llama.cpp's
@@ -198,7 +232,7 @@ async def through_frontdesk(
         async def request(n: int) -> tuple[float, int]:
             return await channel.say(f"{run_id}-{n}", question(n)), 0
 
-        run = await closed_loop(request, requests, in_flight, pause_s)
+        run = await closed_loop(request, requests, in_flight, pause_s, measured)
         run.deltas = channel.deltas
     run.tokens = await stored_tokens(settings.database_url) - before
     return run
@@ -245,6 +279,7 @@ def pooled(runs: list[Run]) -> Run:
         cpu=sum(r.cpu for r in runs),
         deltas=sum(r.deltas for r in runs),
         rates=[r.rate for r in runs],
+        spent={who: sum(r.spent.get(who, 0.0) for r in runs) for who in runs[0].spent},
     )
 
 
