@@ -72,6 +72,10 @@ SWEEP_BATCH = 500  # messages the sweep looks at per round
 SWEEP_EPOCH_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
+# A turn's last reply delta, with the gateway it goes to: sent with the turn's ack (``_ack``)
+Final = tuple[str, ReplyDelta]
+
+
 class Fenced(Exception):
     """This worker lost its claim on the turn (another took it over): stop, ack nothing."""
 
@@ -87,12 +91,14 @@ class _Coalescer:
     whole, without pausing, goes out in one delta when it is stored. After the first text, the
     rest goes with the engine's next words once ``flush_ms`` is up, or when ``flush_chars`` have
     piled up; text that waits for words the engine does not give (it goes quiet: a busy engine, a
-    slow tool) goes once it has been quiet for ``flush_ms``."""
+    slow tool) goes once it has been quiet for ``flush_ms``. The last delta (``finish``, ``join``)
+    is not sent here: it goes to ``gateway`` with the turn's ack, in one command (``_ack``)."""
 
     def __init__(
         self,
         turn_id: str,
         attempt: int,
+        gateway: str,
         send: Callable[[ReplyDelta], Awaitable[None]],
         flush_ms: int,
         flush_chars: int,
@@ -100,6 +106,7 @@ class _Coalescer:
     ) -> None:
         self._turn_id = turn_id
         self._attempt = attempt
+        self._gateway = gateway
         self._send = send
         self._route = route  # on the first delta only: where a revived turn's reply goes
         self._interval = flush_ms / 1000
@@ -129,7 +136,7 @@ class _Coalescer:
                 raise failed
         now = self._latest = time.monotonic()
         if self._buffered >= self._chars or (self.sent_text and now - self._last >= self._interval):
-            await self._flush(done=False)
+            await self._flush()
             self._last = now
         elif self._due is None:
             loop = asyncio.get_running_loop()
@@ -146,16 +153,19 @@ class _Coalescer:
             self._due.cancel()
             self._due = None
 
-    async def finish(self, *, error: str | None = None, text: str | None = None) -> None:
+    async def finish(self, *, error: str | None = None, text: str | None = None) -> Final:
+        """End the reply: the deltas before go now, and the last (what is buffered, or
+        ``text``, and ``error``) is returned with its gateway, for the turn's ack to send."""
         self.hold()
         if text is not None:
             self._buffer, self._buffered = [text], len(text)
-        await self._flush(done=True, error=error)
+        return await self._final(done=True, error=error)
 
-    async def join(self) -> None:
-        """End the reply with nothing shown: a later message's turn answers for this one."""
+    async def join(self) -> Final:
+        """End the reply with nothing shown: a later message's turn answers for this one (the
+        last delta is returned, as ``finish`` returns it)."""
         self.hold()
-        await self._flush(done=True, joined=True)
+        return await self._final(done=True, joined=True)
 
     def _quiet(self) -> None:
         """Send what is buffered once no text has come for ``flush_ms``."""
@@ -180,26 +190,42 @@ class _Coalescer:
             await sending
         await self._emit(done=False)
 
-    async def _flush(self, *, done: bool, error: str | None = None, joined: bool = False) -> None:
-        if self._due is not None:  # what is buffered goes now, with this delta
+    async def _flush(self) -> None:
+        await self._after_sends()
+        await self._emit(done=False)
+
+    async def _final(self, *, done: bool, error: str | None = None, joined: bool = False) -> Final:
+        """The last delta (what is buffered), once the sends before it are over: not sent."""
+        await self._after_sends()
+        delta = self._next(done=done, error=error, joined=joined)
+        self._sent(delta)
+        return self._gateway, delta
+
+    async def _after_sends(self) -> None:
+        if self._due is not None:  # what is buffered goes now, with the next delta
             self._due.cancel()
             self._due = None
         if self._sending is not None:  # a send still under way goes first
             sending, self._sending = self._sending, None
             await sending
-        await self._emit(done=done, error=error, joined=joined)
 
     async def _emit(self, *, done: bool, error: str | None = None, joined: bool = False) -> None:
+        delta = self._next(done=done, error=error, joined=joined)
+        await self._send(delta)
+        self._sent(delta)
+
+    def _next(self, *, done: bool, error: str | None = None, joined: bool = False) -> ReplyDelta:
         text = "".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
         route = self._route if self._seq == 0 else None
-        delta = ReplyDelta(
+        return ReplyDelta(
             self._turn_id, self._seq, text, done, error, self._attempt, route, joined=joined
         )
-        await self._send(delta)
+
+    def _sent(self, delta: ReplyDelta) -> None:
         self._seq += 1
-        self.sent_text = self.sent_text or bool(text)
+        self.sent_text = self.sent_text or bool(delta.text)
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
@@ -482,9 +508,9 @@ class Worker:
         self._answering.add(delivery.entry_id)
         released = False
         try:
-            finished, settled = await self._answer_leased(delivery, turn)
-            if settled:  # ack it, and give the lease up in the same write
-                released = await self._ack(delivery, turn)
+            finished, final = await self._answer_leased(delivery, turn)
+            if final is not None:  # its last delta, its ack and the lease given up: one write
+                released = await self._ack(delivery, turn, final)
             return finished
         finally:
             self._answering.discard(delivery.entry_id)
@@ -492,14 +518,15 @@ class Worker:
             if not released:
                 await self._safely(self.queue.unlease(turn.conversation_id))
 
-    async def _ack(self, delivery: Delivery, turn: Turn) -> bool:
-        """Ack a settled turn and release its conversation's lease, in one write to Redis.
-        False when that failed (it is logged, and the lease is then released alone)."""
+    async def _ack(self, delivery: Delivery, turn: Turn, final: Final) -> bool:
+        """Send a settled turn's last reply delta, ack the turn and release its conversation's
+        lease, in one write to Redis. False when that failed (it is logged, and the lease is
+        then released alone; the turn, unacked, is answered again once reclaimed)."""
         self._acking.add(delivery.entry_id)
         try:
-            await self.queue.ack(delivery, unlease=turn.conversation_id)
+            await self.queue.ack(delivery, unlease=turn.conversation_id, final=final)
         except Exception as exc:
-            log.warning("queue or storage step failed: %r", exc)
+            log.warning("cannot end turn %s (its last delta and ack): %r", turn.turn_id, exc)
             self.turns_done += 1
             return False
         finally:
@@ -518,18 +545,20 @@ class Worker:
         )
         return True
 
-    async def _answer_leased(self, delivery: Delivery, turn: Turn) -> tuple[bool, bool]:
-        """Answer a turn under its lease: whether it is finished (False: it waits), and whether
-        it is settled (to be acked: answered, and not taken over meanwhile)."""
+    async def _answer_leased(self, delivery: Delivery, turn: Turn) -> tuple[bool, Final | None]:
+        """Answer a turn under its lease: whether it is finished (False: it waits), and when it
+        is settled (to be acked: answered, and not taken over meanwhile), its last delta."""
         try:
             with metrics.IN_FLIGHT.track_inprogress():
-                acked = await self._answer(delivery, turn)
+                final = await self._answer(delivery, turn)
+            if delivery.entry_id in self._fenced:  # its last delta is another worker's to send
+                raise Fenced(delivery.entry_id)
         except _Wait:
-            return False, False
+            return False, None
         except Fenced:
             log.warning("turn %s: another worker took it over; stopping", turn.turn_id)
             await self._safely(self.backend.cancel(turn.turn_id))
-            return True, False
+            return True, None
         except asyncio.CancelledError:
             await self._safely(self.queue.release(delivery))
             raise
@@ -542,7 +571,7 @@ class Worker:
             if self.dead is not None and not self.dead.done():
                 metrics.ENGINE_DEATHS.inc()
                 self.dead.set_result(exc)
-            return True, False
+            return True, None
         except Exception as exc:
             log.warning(
                 "turn %s (conversation %s) failed on delivery %d: %r",
@@ -555,8 +584,8 @@ class Worker:
                 await self._safely(self.queue.postpone(delivery))
             else:
                 await self._safely(self.queue.release(delivery))
-            return True, False
-        return True, acked and delivery.entry_id not in self._fenced
+            return True, None
+        return True, final
 
     def _coalescer(
         self, turn: Turn, delivery: Delivery, gateway: str, route: dict[str, Any] | None
@@ -566,6 +595,7 @@ class Worker:
         return _Coalescer(
             turn.turn_id,
             turn.revived * ATTEMPTS_PER_REQUEUE + delivery.deliveries,
+            gateway,
             self._sender(gateway, delivery.entry_id),
             max(self.settings.stream_flush_ms, turn.flush_ms),
             self.settings.stream_flush_chars,
@@ -580,19 +610,20 @@ class Worker:
         _platform, _, user_id = turn.user.partition(":")
         return await self.store.awaits_later(turn.conversation_id, turn.message_id, user_id)
 
-    async def _answer(self, delivery: Delivery, turn: Turn) -> bool:
-        """Answer one turn. Returns True when the turn is settled (ack it); raises to retry it,
-        ``_Wait`` to wait for an earlier message, ``Fenced`` when another worker took it."""
+    async def _answer(self, delivery: Delivery, turn: Turn) -> Final:
+        """Answer one turn. Returns its reply's last delta, which goes with the turn's ack
+        (``_ack``); raises to retry it, ``_Wait`` to wait for an earlier message, ``Fenced`` when
+        another worker took it."""
         context = await self.store.turn_context(
             turn.conversation_id, turn.message_id, limit=HISTORY_LIMIT
         )
         existing = context.reply
         if existing is None and await self._joins_later(turn):
             await self.store.mark_answered(turn.message_id)
-            await self._coalescer(turn, delivery, turn.gateway, None).join()
+            final = await self._coalescer(turn, delivery, turn.gateway, None).join()
             log.info("turn %s joins a later message's turn (FRONTDESK_BURST_MS)", turn.turn_id)
             _settled(turn, "joined")
-            return True
+            return final
         # Several workers: a turn waits for the earlier messages of its conversation to have
         # their replies (one worker alone takes a conversation's turns in order anyway)
         earlier = self.queue.shared_by_workers and any(
@@ -604,10 +635,12 @@ class Worker:
         gateway, route = await self._destination(turn)
         out = self._coalescer(turn, delivery, gateway, route)
         if existing is not None and existing.status == MessageStatus.OK:
-            await out.finish(text=existing.content)  # a redelivery: the reply already stored
+            # a redelivery: the reply is stored already; its message is marked answered before
+            # the reply goes (with the ack), or a sweep could ask for it again
             await self.store.mark_answered(turn.message_id)
+            final = await out.finish(text=existing.content)
             _settled(turn, "resent")
-            return True
+            return final
         messages = context.history
         previous = next((m.content for m in reversed(messages[:-1]) if m.role == "user"), None)
         retrieval = (
@@ -623,15 +656,15 @@ class Worker:
                 turn.conversation_id, turn.message_id, said,
                 ReplyFigures(latency_ms=_ms_since(turn.enqueued_at)),
             )  # fmt: skip
-            await out.finish(text=said)
+            final = await out.finish(text=said)
             _settled(turn, "not_covered")
-            return True
+            return final
         try:
             built, retrieval = await self._prompt(turn, context, retrieval)
         except PromptTooLong as exc:
-            await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
+            final = await self._fail(turn, out, texts.PROMPT_TOO_LONG, str(exc), 0)
             _settled(turn, "failed")
-            return True
+            return final
         try:
             gen = await self._generate(turn, built.prompt, out)
         except (EngineDead, Fenced):
@@ -640,9 +673,11 @@ class Worker:
         except Exception as exc:
             if not out.sent_text:
                 raise  # nothing shown yet: safe to try again
-            await self._fail(turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens)
+            final = await self._fail(
+                turn, out, texts.ENGINE_FAILED, repr(exc), built.prompt.n_tokens
+            )
             _settled(turn, "failed")
-            return True
+            return final
         figures = ReplyFigures(
             tokens_in=gen.usage.prompt_tokens if gen.usage else built.prompt.n_tokens,
             tokens_out=gen.usage.completion_tokens if gen.usage else None,
@@ -657,9 +692,9 @@ class Worker:
             await self.store.record_reply(
                 turn.conversation_id, turn.message_id, "", figures, error=reason
             )
-            await out.finish(error=note or texts.EMPTY_REPLY)
+            final = await out.finish(error=note or texts.EMPTY_REPLY)
             _settled(turn, "stopped" if gen.stopped else "empty", figures)
-            return True
+            return final
         # A reply stopped part-way is kept as it was shown: it is context for the next turn.
         footer = retrieval.footer() if retrieval is not None and not gen.stopped else ""
         if footer:  # the sources it was given, after it: stored as shown
@@ -670,9 +705,9 @@ class Worker:
             )  # fmt: skip
         else:
             await self.store.record_reply(turn.conversation_id, turn.message_id, gen.text, figures)
-        await out.finish(error=note)
+        final = await out.finish(error=note)
         _settled(turn, "stopped" if gen.stopped else "answered", figures)
-        return True
+        return final
 
     async def _spend(self, turn: Turn, figures: ReplyFigures) -> None:
         """Count what the turn's generation cost against its user's daily token budget
@@ -764,7 +799,7 @@ class Worker:
 
     async def _fail(
         self, turn: Turn, out: _Coalescer, polite: str, error: str, tokens_in: int
-    ) -> None:
+    ) -> Final:
         figures = ReplyFigures(
             tokens_in=tokens_in,
             latency_ms=_ms_since(turn.enqueued_at),
@@ -773,7 +808,7 @@ class Worker:
         await self.store.record_reply(
             turn.conversation_id, turn.message_id, "", figures, error=error
         )
-        await out.finish(error=polite)
+        return await out.finish(error=polite)
 
     async def _give_up(self, delivery: Delivery, turn: Turn) -> None:
         with logfmt.turn_scope(turn.turn_id, turn.conversation_id, metrics.platform_of(turn)):

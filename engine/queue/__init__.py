@@ -6,6 +6,9 @@ Semantics (both implementations):
   leaves them pending; after ``claim_idle_ms`` without a heartbeat another worker reclaims them. So a
   turn can be processed twice: the worker makes that harmless by checking storage for an existing
   reply (``Store.reply_to``) before generating, and storage refuses a second reply.
+* **A turn's end.** The worker's ack carries the turn's last reply delta (``ack(final=...)``):
+  ``RedisQueue`` appends it to the gateway's reply stream and acks in one script, so a turn is
+  acked only once its reply's end is on its way, and that costs one round trip, not two.
 * **Heartbeats.** A worker ``touch``-es the turns it is still working on, so a long generation is
   not mistaken for a dead worker.
 * **Dead letters.** ``Delivery.deliveries`` counts deliveries. The worker moves a turn delivered more

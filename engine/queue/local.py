@@ -122,7 +122,15 @@ class LocalQueue:
             batch.append(self._turns.get_nowait())
         return batch
 
-    async def ack(self, delivery: Delivery, *, unlease: int | None = None) -> bool:
+    async def ack(
+        self,
+        delivery: Delivery,
+        *,
+        unlease: int | None = None,
+        final: tuple[str, ReplyDelta] | None = None,
+    ) -> bool:
+        if final is not None:  # the turn's last reply delta goes first
+            await self.publish(*final)
         if (
             delivery.turn is not None
             and self._live.get(delivery.turn.message_id) == delivery.entry_id

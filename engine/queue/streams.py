@@ -10,9 +10,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import date
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -33,6 +33,7 @@ from .coalesce import Coalescer
 from .packing import packed_by_hiredis
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPLY_STREAM_MAXLEN = 10_000
 REPLY_STREAM_TTL_S = 24 * 3600
@@ -60,8 +61,15 @@ return id
 """
 # Ack an entry only while this consumer holds it (a reclaimed entry is another's to ack), and
 # forget the live turn of its message. With KEYS[3] (a conversation's lease), also release the
-# lease if this consumer holds it, whatever the ack found. Returns 1 when acked.
+# lease if this consumer holds it, whatever the ack found. With KEYS[4] (a gateway's reply
+# stream), first append the turn's last reply delta to it (its fields from ARGV[7]; the stream
+# trimmed to about ARGV[5] entries, and its expiry set to ARGV[6] seconds when that is not 0):
+# what fails there fails the whole command, unacked. Returns 1 when acked.
 _ACK = """
+if KEYS[4] then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7))
+  if ARGV[6] ~= '0' then redis.call('EXPIRE', KEYS[4], ARGV[6]) end
+end
 local acked = 0
 local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #held == 1 and held[1][2] == ARGV[2] then
@@ -611,16 +619,39 @@ class RedisQueue(QueueAdmin):
             out.append(delivery_of(entry_id, fields, times))
         return out
 
-    async def ack(self, delivery: Delivery, *, unlease: int | None = None) -> bool:
+    async def ack(
+        self,
+        delivery: Delivery,
+        *,
+        unlease: int | None = None,
+        final: tuple[str, ReplyDelta] | None = None,
+    ) -> bool:
         """Ack the entry if this consumer still holds it; False when another one took it over.
         ``unlease``: also release this consumer's lease of that conversation, in the same
-        command (the two are independent: the script releases it whatever the ack found)."""
+        command (the two are independent: the script releases it whatever the ack found).
+        ``final`` (gateway, delta): the turn's last reply delta, published first by the same
+        command (with ``unlease``), so that a turn's end is one round trip to Redis, not two;
+        the entry stays unacked when the delta cannot be appended, and while Redis is
+        unreachable the command is tried again as ``publish`` tries a delta."""
+        if final is not None and unlease is None:
+            await self.publish(*final)
+            final = None
         message = delivery.turn.message_id if delivery.turn is not None else ""
         keys = [self.turns_key, self.live_key]
         if unlease is not None:
             keys.append(self.lease_prefix + str(unlease))
-        args = [GROUP, self.consumer, delivery.entry_id, message]
-        return bool(await self._script_together(self._ack, keys, args))
+        args: list[str | int] = [GROUP, self.consumer, delivery.entry_id, message]
+        if final is None:
+            return bool(await self._script_together(self._ack, keys, args))
+        gateway, delta = final
+        stream = self.reply_prefix + gateway
+        expire = REPLY_STREAM_TTL_S if not delta.seq and self._expiry_due(stream) else 0
+        args += [REPLY_STREAM_MAXLEN, expire]
+        args += [part for pair in encode(delta).items() for part in pair]
+        keys.append(stream)
+        return bool(
+            await self._until_sent(stream, lambda: self._script_together(self._ack, keys, args))
+        )
 
     async def _script_together(
         self, script: AsyncScript, keys: list[str], args: list[str | int]
@@ -807,12 +838,18 @@ class RedisQueue(QueueAdmin):
         end in an apology."""
         key = self.reply_prefix + gateway
         fields = cast(Fields, encode(delta))
+        await self._until_sent(
+            key, lambda: self._together.run(lambda pipe: self._append(pipe, key, fields, delta.seq))
+        )
+
+    async def _until_sent(self, key: str, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()`` (a reply's delta, to stream ``key``), tried again while Redis is
+        unreachable (a restart), for up to ``PUBLISH_FOR_S``."""
         backoff = Backoff(first_s=0.1, cap_s=2.0)
         deadline = time.monotonic() + PUBLISH_FOR_S
         while True:
             try:
-                await self._together.run(lambda pipe: self._append(pipe, key, fields, delta.seq))
-                return
+                return await send()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if time.monotonic() >= deadline:
                     raise QueueUnavailable(f"cannot send the reply on Redis: {exc}") from exc

@@ -6,7 +6,9 @@ import asyncio
 import time
 from datetime import date, timedelta
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from frontdesk.engine.queue import GROUP, RedisQueue
 from frontdesk.wire import ReplyDelta, Turn
@@ -472,3 +474,38 @@ async def test_a_turns_ack_and_its_conversations_release_go_in_one_command(
     assert await other.lease(1, ttl_ms=60_000)  # released though the ack was not this one's
     for each in (q, other):
         await each.stop()
+
+
+async def test_a_turns_last_reply_delta_goes_with_its_ack_in_one_command_or_neither_happens(
+    redis_url: str, queue_prefix: str, monkeypatch
+) -> None:
+    """A settled turn's last reply delta, its ack and its lease's release: one command, after
+    which the gateway reads the delta and the turn is no longer pending. When Redis refuses
+    the delta (here the gateway's reply stream is not a stream), nothing of it happens: the
+    turn stays pending, to be answered again, and its lease is the worker's to release."""
+    q = await open_queue(redis_url, queue_prefix, "w")
+    assert await q.submit(Turn(conversation_id=1, message_id=7, gateway="gw"))
+    [delivery] = await q.receive(10, block_ms=500)
+    assert await q.lease(1, ttl_ms=60_000)
+    sent = writes_of(q, monkeypatch)
+    last = ReplyDelta("m7", 0, "We open at nine.", done=True, attempt=1)
+    assert await q.ack(delivery, unlease=1, final=("gw", last))
+    assert sent == [["EVALSHA"]]
+    async for _entry_id, delta in q.replies("gw", after="0-0"):
+        assert delta == last
+        break
+    assert (await q.redis.xpending(q.turns_key, GROUP))["pending"] == 0
+    assert await q.redis.ttl(q.reply_prefix + "gw") > 0  # the stream expires, as publish's
+    assert await q.lease(1, ttl_ms=60_000)  # released: free to take again
+    await q.unlease(1)
+
+    assert await q.submit(Turn(conversation_id=2, message_id=9, gateway="broken"))
+    [delivery] = await q.receive(10, block_ms=500)
+    assert await q.lease(2, ttl_ms=60_000)
+    await q.redis.set(q.reply_prefix + "broken", "not a stream")
+    refused = ReplyDelta("m9", 0, "Lost?", done=True, attempt=1)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await q.ack(delivery, unlease=2, final=("broken", refused))
+    assert (await q.redis.xpending(q.turns_key, GROUP))["pending"] == 1  # to be answered again
+    assert await q.redis.get(q.lease_prefix + "2") == "w"  # still this worker's
+    await q.stop()

@@ -770,6 +770,76 @@ async def test_a_message_whose_xadd_fails_once_after_it_was_stored_is_answered_o
         assert len(p.channel.delivered) == 1
 
 
+async def test_a_replys_last_delta_goes_to_redis_with_the_turns_ack(
+    make_settings, redis_url: str, queue_prefix: str
+) -> None:
+    """A reply the engine gives whole is one delta, and it goes with the turn's ack and the
+    lease's release, in one command: nothing is published on its own."""
+    settings = make_settings(redis_url=redis_url, queue_prefix=queue_prefix)
+    async with pipeline(settings, FixedReplyBackend("pong")) as p:
+        assert isinstance(p.queue, RedisQueue) and p.worker is not None
+        publish, ack = p.queue.publish, p.queue.ack
+        published: list[ReplyDelta] = []
+        acked: list[dict[str, Any]] = []
+
+        async def spied_publish(gateway: str, delta: ReplyDelta) -> None:
+            published.append(delta)
+            await publish(gateway, delta)
+
+        async def spied_ack(delivery: Any, **kwargs: Any) -> bool:
+            acked.append(kwargs)
+            return await ack(delivery, **kwargs)
+
+        p.queue.publish = spied_publish  # type: ignore[method-assign]
+        p.queue.ack = spied_ack  # type: ignore[method-assign]
+        reply = await p.channel.say("ping", wait_s=20)
+        assert reply is not None and reply.text == "pong" and reply.error is None
+        await until(lambda: p.worker is not None and p.worker.turns_done == 1, within=5)
+        assert published == []
+        [kwargs] = acked
+        gateway, last = kwargs["final"]
+        assert gateway == p.gateway.id and last.text == "pong" and last.done
+        assert kwargs["unlease"] is not None
+        assert (await p.queue.redis.xpending(p.queue.turns_key, GROUP))["pending"] == 0
+
+
+async def test_a_turn_whose_end_cannot_reach_redis_is_answered_again_once(
+    make_settings, redis_url: str, queue_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis is unreachable as the turn ends (its last delta and its ack, one command): the
+    turn stays pending, is reclaimed, and its stored reply is sent then: the user sees it
+    once, and the conversation holds it once."""
+    settings = make_settings(
+        redis_url=redis_url, queue_prefix=queue_prefix, queue_claim_idle_ms=300
+    )
+    async with pipeline(settings, FixedReplyBackend("pong")) as p:
+        assert isinstance(p.queue, RedisQueue)
+        ack = p.queue.ack
+        failures = 0
+
+        async def flaky_ack(delivery: Any, **kwargs: Any) -> bool:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise QueueUnavailable("cannot send the reply on Redis")
+            return await ack(delivery, **kwargs)
+
+        p.queue.ack = flaky_ack  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="frontdesk.engine.worker"):
+            reply = await p.channel.say("ping", wait_s=20)
+        assert failures == 1
+        assert reply is not None and reply.text == "pong" and reply.error is None
+        assert any("cannot end turn" in r.getMessage() for r in caplog.records)
+        [conv] = [c for c in await p.store.list_conversations(limit=50)
+                  if c.external_key == p.channel.chat]  # fmt: skip
+        _c, messages = await p.store.conversation(conv.id)
+        assert [(m.role, m.content) for m in messages] == [("user", "ping"), ("assistant", "pong")]
+        assert len(p.channel.delivered) == 1
+        await until(
+            lambda: p.worker is not None and p.worker.turns_done == 2, within=5
+        )  # the failed end, then the resent one
+
+
 async def test_a_reply_answered_before_the_gateway_resumes_after_its_xadd_is_shown_whole(
     make_settings, redis_url: str, queue_prefix: str
 ) -> None:
