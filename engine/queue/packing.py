@@ -18,7 +18,14 @@ and wait for nothing. Here the timer bounds each wait for bytes from the socket 
 parser's ``read_from_socket``), by the same ``socket_timeout``: a reply found whole in what was
 read already arms none, and a Redis that stops answering fails the read as before (redis-py's
 ``TimeoutError``, the connection dropped). A read given a timeout of its own (PubSub's) is
-redis-py's as before."""
+redis-py's as before.
+
+On Python 3.11 redis-py bounds each write by ``socket_timeout`` with ``asyncio.wait_for``, which
+there runs the write as a task of its own, with a future and a timer besides: two more turns of the
+event loop before the command leaves, for each of a turn's round trips to Redis. Here the write is
+bounded by ``asyncio.timeout`` instead, in the caller's task (what ``wait_for`` itself does from
+3.12 on), and fails as redis-py's does: its ``TimeoutError`` when the bound passes, its
+``ConnectionError`` on an error of the socket, the connection dropped either way."""
 
 from __future__ import annotations
 
