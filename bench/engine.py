@@ -614,13 +614,16 @@ def report_spent(rows: list[tuple[int, Run, Run]]) -> None:
                 f"| {in_flight} | {way} | {spent['engine'] / wall:.1%} | {spent['here'] / wall:.1%} | "
                 f"{spent['servers'] / wall:.1%} | {rest / wall:.1%} | "
                 f"{spent['stolen'] / wall:.1%} | {run.tokens / spent['engine']:.1f} |"
-            )
+                if spent["engine"] else f"| {in_flight} | {way} | (no engine core process) |"
+            )  # fmt: skip
         direct, frontdesk = runs
-        per_cpu.append((
-            in_flight,
-            (frontdesk.tokens / frontdesk.spent["engine"]) / (direct.tokens / direct.spent["engine"]),
-            (frontdesk.spent["engine"] / frontdesk.wall) / (direct.spent["engine"] / direct.wall),
-        ))  # fmt: skip
+        if direct.spent["engine"] and frontdesk.spent["engine"]:  # V1 multiprocessing off: none
+            per_cpu.append((
+                in_flight,
+                (frontdesk.tokens / frontdesk.spent["engine"])
+                / (direct.tokens / direct.spent["engine"]),
+                (frontdesk.spent["engine"] / frontdesk.wall) / (direct.spent["engine"] / direct.wall),
+            ))  # fmt: skip
     for in_flight, tokens, share in per_cpu:
         print(
             f"{in_flight:>2} in flight, frontdesk / direct: the engine core's tokens a CPU-second "
