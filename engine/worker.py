@@ -188,18 +188,16 @@ class _Coalescer:
     async def _emit_after(self, sending: asyncio.Task[None] | None) -> None:
         if sending is not None:  # a send still under way goes first
             await sending
-        await self._emit(done=False)
+        await self._emit()
 
     async def _flush(self) -> None:
         await self._after_sends()
-        await self._emit(done=False)
+        await self._emit()
 
     async def _final(self, *, done: bool, error: str | None = None, joined: bool = False) -> Final:
         """The last delta (what is buffered), once the sends before it are over: not sent."""
         await self._after_sends()
-        delta = self._next(done=done, error=error, joined=joined)
-        self._sent(delta)
-        return self._gateway, delta
+        return self._gateway, self._next(done=done, error=error, joined=joined)
 
     async def _after_sends(self) -> None:
         if self._due is not None:  # what is buffered goes now, with the next delta
@@ -209,10 +207,12 @@ class _Coalescer:
             sending, self._sending = self._sending, None
             await sending
 
-    async def _emit(self, *, done: bool, error: str | None = None, joined: bool = False) -> None:
-        delta = self._next(done=done, error=error, joined=joined)
+    async def _emit(self) -> None:
+        """Send what is buffered, as a delta that does not end the reply."""
+        delta = self._next(done=False)
         await self._send(delta)
-        self._sent(delta)
+        self._seq += 1
+        self.sent_text = self.sent_text or bool(delta.text)
 
     def _next(self, *, done: bool, error: str | None = None, joined: bool = False) -> ReplyDelta:
         text = "".join(self._buffer)
@@ -222,10 +222,6 @@ class _Coalescer:
         return ReplyDelta(
             self._turn_id, self._seq, text, done, error, self._attempt, route, joined=joined
         )
-
-    def _sent(self, delta: ReplyDelta) -> None:
-        self._seq += 1
-        self.sent_text = self.sent_text or bool(delta.text)
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
