@@ -508,4 +508,13 @@ async def test_a_turns_last_reply_delta_goes_with_its_ack_in_one_command_or_neit
         await q.ack(delivery, unlease=2, final=("broken", refused))
     assert (await q.redis.xpending(q.turns_key, GROUP))["pending"] == 1  # to be answered again
     assert await q.redis.get(q.lease_prefix + "2") == "w"  # still this worker's
+
+    # with no lease to release, the delta goes first on its own, then the ack
+    assert await q.submit(Turn(conversation_id=3, message_id=11, gateway="gw"))
+    [delivery] = await q.receive(10, block_ms=500)
+    alone = ReplyDelta("m11", 0, "Alone.", done=True, attempt=1)
+    assert await q.ack(delivery, final=("gw", alone))
+    entries = await q.redis.xrange(q.reply_prefix + "gw")
+    assert len(entries) == 2 and '"Alone."' in entries[-1][1]["d"]
+    assert (await q.redis.xpending(q.turns_key, GROUP))["pending"] == 1  # conversation 2's only
     await q.stop()
