@@ -3,8 +3,11 @@
 PagedAttention and continuous batching pay off when many turns are in flight at once and their
 prompts share prefixes, so the worker keeps up to ``FRONTDESK_VLLM_MAX_NUM_SEQS`` turns in flight
 and the context builder keeps prompts prefix-stable. Prompts are rendered with the chat template of
-the tokenizer vLLM loaded and handed over as token ids. Replies stream as deltas, every request
-has ``max_tokens``, and a cancelled turn is aborted inside the engine.
+the tokenizer vLLM loaded and handed over as token ids. Replies stream as deltas, the first token
+at once and then pieces of ``FRONTDESK_VLLM_STREAM_INTERVAL`` tokens (vLLM's output handling and
+the worker's run per piece, in the worker's process, while channels show a reply's progress once a
+second or so), every request has ``max_tokens``, and a cancelled turn is aborted inside the
+engine.
 
 When the engine dies (its core process gone), every stream raises ``EngineDead``: the worker hands
 its turns back to the queue and exits non-zero, for its supervisor to restart it.
@@ -12,6 +15,7 @@ its turns back to the queue and exits non-zero, for its supervisor to restart it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -94,6 +98,7 @@ class VLLMBackend:
             kv_cache_dtype=cast(Any, s.vllm_kv_cache_dtype),
             block_size=s.vllm_block_size,
             disable_log_stats=False,
+            **_stream_interval(AsyncEngineArgs, s.vllm_stream_interval),
         )
         try:
             self.engine = AsyncLLM.from_engine_args(args)
@@ -176,6 +181,19 @@ class VLLMBackend:
             if isinstance(m, Counter) and m.name.startswith("vllm:prefix_cache")
         }
         return found.get("vllm:prefix_cache_queries", 0), found.get("vllm:prefix_cache_hits", 0)
+
+
+def _stream_interval(engine_args: type, tokens: int) -> dict[str, Any]:
+    """vLLM's ``stream_interval``: a request's text comes in pieces of ``tokens`` tokens after
+    the first, which comes at once. A vLLM too old to have it streams every token."""
+    if "stream_interval" in {f.name for f in dataclasses.fields(engine_args)}:
+        return {"stream_interval": tokens}
+    if tokens > 1:
+        log.warning(
+            "this vLLM streams every token: FRONTDESK_VLLM_STREAM_INTERVAL=%d needs a newer one",
+            tokens,
+        )
+    return {}
 
 
 def _setup_error(exc: BaseException, model_dir: Path) -> Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import pytest
 
 from frontdesk.engine.backends import GenerationParams
 from frontdesk.engine.backends.fixed import FixedReplyBackend
-from frontdesk.engine.backends.vllm import VLLMBackend
+from frontdesk.engine.backends.vllm import VLLMBackend, _stream_interval
 from frontdesk.ops import OpsServer
 from frontdesk.wire import ChatMessage
 from tests.support import dashboard_queries, pipeline, seed_conversation
@@ -105,6 +106,51 @@ async def test_the_metrics_endpoint_serves_vllms_own_metrics_beside_frontdesks(
 async def test_it_says_how_big_its_kv_cache_is(vllm: VLLMBackend) -> None:
     sizing = vllm.describe()  # what `frontdesk doctor` prints for vLLM
     assert "KV cache" in sizing and "requests of 2048 tokens at once" in sizing
+
+
+async def test_a_reply_streams_in_pieces_of_four_tokens_after_the_first_and_loses_no_text(
+    vllm: VLLMBackend,
+) -> None:
+    """FRONTDESK_VLLM_STREAM_INTERVAL (4): the first token comes alone, at once (the time to
+    first token), the rest in pieces of four, which the worker handles a quarter as often; the
+    text is the reply's whole text, as the engine gives it in one piece."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    assert vllm.settings.vllm_stream_interval == 4
+    prompt = vllm.render(STORY)
+    chunks = [chunk async for chunk in vllm.stream(prompt, params(41))]
+    pieces = [chunk.text for chunk in chunks if chunk.text]
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 41  # a story: no early end
+    whole = SamplingParams(max_tokens=41, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+    ids = {"prompt_token_ids": list(prompt.tokens)}
+    [out] = [out async for out in vllm.engine.generate(ids, whole, request_id=uuid.uuid4().hex)]
+    assert "".join(pieces) == out.outputs[0].text
+    # the first token, then 40 in pieces of 4 (a piece whose token is half a character adds
+    # nothing until the next): each token streamed alone would be 41 pieces
+    assert 6 <= len(pieces) <= 11
+
+
+def test_a_vllm_without_stream_interval_streams_every_token_and_the_worker_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @dataclasses.dataclass
+    class OldEngineArgs:  # a vLLM from before ``stream_interval``
+        model: str = ""
+
+    @dataclasses.dataclass
+    class EngineArgs(OldEngineArgs):
+        stream_interval: int = 1
+
+    assert _stream_interval(EngineArgs, 4) == {"stream_interval": 4}
+    assert not caplog.records
+    assert _stream_interval(OldEngineArgs, 1) == {}
+    assert not caplog.records  # what that vLLM does anyway
+    assert _stream_interval(OldEngineArgs, 4) == {}
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert "streams every token: FRONTDESK_VLLM_STREAM_INTERVAL=4" in record.getMessage()
 
 
 async def test_a_cancel_aborts_the_request_inside_the_engine(vllm: VLLMBackend) -> None:
