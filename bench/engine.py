@@ -11,10 +11,10 @@ noisy machine.
    ``FRONTDESK_VLLM_STREAM_INTERVAL`` tokens both ways), and the full frontdesk path (gateway →
    Redis → worker → vLLM → reply stream → gateway, PostgreSQL storing both sides). vLLM's prefix
    cache is emptied before each run; a run through frontdesk (a gateway and a worker new each
-   run) first sends one untimed question a client, and the cache is emptied after those. Prints tokens/s both ways and their
-   ratio, the batching gain (32 over 1, through frontdesk), the time to first token that
-   frontdesk adds, this process's CPU both ways and the deltas a reply came in; with
-   ``--rounds`` over 1, each round's ratio too (the machine's noise at that level).
+   run) first sends one untimed question a client, and the cache is emptied after those. Prints
+   tokens/s both ways and their ratio, the batching gain (32 over 1, through frontdesk), the time
+   to first token that frontdesk adds, this process's CPU both ways and the deltas a reply came
+   in; with ``--rounds`` over 1, each round's ratio too (the machine's noise at that level).
    ``--channel-pace S``: the frontdesk way's channel shows a reply's progress every S seconds,
    as Telegram's and Slack's do (its replies then get a delta about that often), rather than
    each delta as it comes, as the console does.
