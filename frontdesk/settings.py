@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # tokens per KV-cache block, the prefix cache's unit; None: vLLM's (16 on GPU, 128 on CPU)
     vllm_block_size: int | None = Field(None, ge=1)
     # tokens in each streamed piece of a reply after its first (vLLM's stream_interval)
-    vllm_stream_interval: int = Field(4, ge=1, le=256)
+    vllm_stream_interval: int = Field(4, ge=1)
     openai_base_urls: Annotated[list[str], NoDecode] = []
     openai_model: str | None = None
     openai_api_key: str | None = None
