@@ -127,6 +127,9 @@ async def test_a_reply_streams_in_pieces_of_four_tokens_after_the_first_and_lose
     ids = {"prompt_token_ids": list(prompt.tokens)}
     [out] = [out async for out in vllm.engine.generate(ids, whole, request_id=uuid.uuid4().hex)]
     assert "".join(pieces) == out.outputs[0].text
+    # the first piece is the first token alone: what a one-token reply says
+    one = [chunk.text async for chunk in vllm.stream(prompt, params(1)) if chunk.text]
+    assert one == pieces[:1]
     # the first token, then 40 in pieces of 4 (a piece whose token is half a character adds
     # nothing until the next): each token streamed alone would be 41 pieces
     assert 6 <= len(pieces) <= 11
