@@ -667,6 +667,8 @@ async def main() -> None:
         'queues). "gateway + worker": one\nprocess; "gateway | worker": two processes, as in '
         "scaled mode. CPU: frontdesk's processes, not the\nRedis and PostgreSQL servers."
     )
+    if not args.pairs:  # --pairs 0: the table above alone
+        return
     print(f"\ntelemetry at {args.in_flight} in flight, {args.turns} turns a run, off and on "
           f"alternately ({args.pairs} runs each):")  # fmt: skip
     print(f"{'processes':>19} {'telemetry':>9} {'turns/s':>9} {'CPU ms/turn':>12} {'p99 ms':>7}")
