@@ -159,13 +159,13 @@ class _Coalescer:
         self.hold()
         if text is not None:
             self._buffer, self._buffered = [text], len(text)
-        return await self._final(done=True, error=error)
+        return await self._final(error=error)
 
     async def join(self) -> Final:
         """End the reply with nothing shown: a later message's turn answers for this one (the
         last delta is returned, as ``finish`` returns it)."""
         self.hold()
-        return await self._final(done=True, joined=True)
+        return await self._final(joined=True)
 
     def _quiet(self) -> None:
         """Send what is buffered once no text has come for ``flush_ms``."""
@@ -194,10 +194,10 @@ class _Coalescer:
         await self._after_sends()
         await self._emit()
 
-    async def _final(self, *, done: bool, error: str | None = None, joined: bool = False) -> Final:
+    async def _final(self, *, error: str | None = None, joined: bool = False) -> Final:
         """The last delta (what is buffered), once the sends before it are over: not sent."""
         await self._after_sends()
-        return self._gateway, self._next(done=done, error=error, joined=joined)
+        return self._gateway, self._next(done=True, error=error, joined=joined)
 
     async def _after_sends(self) -> None:
         if self._due is not None:  # what is buffered goes now, with the next delta
