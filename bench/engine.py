@@ -579,7 +579,8 @@ def report_vllm(rows: list[tuple[int, Run, Run]], shows_every_s: float) -> None:
         d, f = by_level[1]
         added = (pct(f.ttft, 50) - pct(d.ttft, 50)) * 1000
         print(
-            f"time to first token frontdesk adds, p50 at 1 in flight: {added:.0f} ms (target ≤ 10 ms)"
+            f"time to first token frontdesk adds, p50 at 1 in flight: {added:+.1f} ms "
+            f"({len(d.ttft)} requests a way; target ≤ 10 ms)"
         )
     report_spent(rows)
     if any(len(d.rates) > 1 for _n, d, _f in rows):
